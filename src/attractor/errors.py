@@ -1,0 +1,204 @@
+"""The one exception tree of attractor and the single place that maps it to exit codes.
+
+Exit codes (DESIGN.md): 0 success; 1 expected operational failure (lock timeout, identity taken,
+conflict, red gate); 2 bad usage or bad input; 3 unexpected bug (traceback written to the logs
+directory, one line on stderr); 130 interrupted with Ctrl-C.
+
+Every exception carries its data as fields and builds its one-line message from them.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+import traceback
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+EXIT_BUG = 3
+EXIT_INTERRUPTED = 130
+
+
+class AttractorError(Exception):
+    """Root of every error attractor raises on purpose. Exit code 1 unless a subclass says 2."""
+
+    exit_code = EXIT_FAILURE
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class UsageError(AttractorError):
+    """Bad usage or bad input: the caller can fix it. Exit code 2."""
+
+    exit_code = EXIT_USAGE
+
+
+class InvalidNameError(UsageError):
+    def __init__(self, kind: str, value: str, rule: str) -> None:
+        self.kind = kind
+        self.value = value
+        self.rule = rule
+        super().__init__(f"invalid {kind} {value!r}: {rule}")
+
+
+class UnknownValueError(UsageError):
+    """A value outside a closed set: an unknown role, phase, signal kind, shape …"""
+
+    def __init__(self, kind: str, value: str, allowed: Iterable[str]) -> None:
+        self.kind = kind
+        self.value = value
+        self.allowed = tuple(allowed)
+        super().__init__(f"unknown {kind} {value!r}; expected one of: {', '.join(self.allowed)}")
+
+
+class TransitionError(UsageError):
+    def __init__(self, what: str, current: str, target: str, allowed: Iterable[str]) -> None:
+        self.what = what
+        self.current = current
+        self.target = target
+        self.allowed = tuple(allowed)
+        allowed_text = ", ".join(self.allowed) if self.allowed else "none (final state)"
+        super().__init__(
+            f"{what}: illegal transition {current} -> {target}; allowed from {current}: "
+            f"{allowed_text}"
+        )
+
+
+class NotFoundError(UsageError):
+    def __init__(self, kind: str, name: str, hint: str = "") -> None:
+        self.kind = kind
+        self.name = name
+        self.hint = hint
+        suffix = f"; {hint}" if hint else ""
+        super().__init__(f"{kind} {name!r} not found{suffix}")
+
+
+class AlreadyExistsError(AttractorError):
+    def __init__(self, kind: str, name: str, detail: str = "") -> None:
+        self.kind = kind
+        self.name = name
+        self.detail = detail
+        suffix = f" ({detail})" if detail else ""
+        super().__init__(f"{kind} {name!r} already exists{suffix}")
+
+
+class BadInputError(UsageError):
+    """Malformed input the user gave: a payload that is not JSON, a bad option value."""
+
+    def __init__(self, what: str, problem: str) -> None:
+        self.what = what
+        self.problem = problem
+        super().__init__(f"{what}: {problem}")
+
+
+class CorruptStateError(UsageError):
+    """A state file that does not parse or does not match its schema; it was moved aside."""
+
+    def __init__(self, path: Path, problem: str, moved_to: Path | None = None) -> None:
+        self.path = path
+        self.problem = problem
+        self.moved_to = moved_to
+        where = f"; moved aside to {moved_to}" if moved_to else ""
+        super().__init__(f"corrupt state file {path}: {problem}{where}")
+
+
+class StateDirError(UsageError):
+    def __init__(self, path: Path, problem: str) -> None:
+        self.path = path
+        self.problem = problem
+        super().__init__(f"state directory {path}: {problem}")
+
+
+class LockTimeoutError(AttractorError):
+    def __init__(self, path: Path, timeout: float) -> None:
+        self.path = path
+        self.timeout = timeout
+        super().__init__(
+            f"lock {path} not acquired within {timeout:g}s; another attractor process holds it"
+        )
+
+
+class MissingBinaryError(UsageError):
+    def __init__(self, binary: str, hint: str = "") -> None:
+        self.binary = binary
+        self.hint = hint
+        suffix = f"; {hint}" if hint else f"; install {binary} or put it on PATH"
+        super().__init__(f"required program {binary!r} not found{suffix}")
+
+
+class ExternalCommandError(AttractorError):
+    """A tmux or git operation failed; tagged with the operation, like `tmux new-session: …`."""
+
+    def __init__(self, operation: str, stderr: str) -> None:
+        self.operation = operation
+        self.stderr = stderr.strip()
+        first = self.stderr.splitlines()[0] if self.stderr else "failed"
+        super().__init__(f"{operation}: {first}")
+
+
+class TmuxError(ExternalCommandError):
+    pass
+
+
+class GitError(ExternalCommandError):
+    pass
+
+
+class TimeoutExpiredError(AttractorError):
+    def __init__(self, what: str, seconds: float) -> None:
+        self.what = what
+        self.seconds = seconds
+        super().__init__(f"timed out after {seconds:g}s waiting for {what}")
+
+
+def _log_traceback(exc: BaseException, log_dir: Path | None) -> Path | None:
+    if log_dir is None:
+        return None
+    try:
+        log_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
+        path = log_dir / f"crash-{stamp}-{os.getpid()}.log"
+        text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(f"argv: {sys.argv!r}\n{text}")
+        return path
+    except OSError:
+        return None
+
+
+def error_handler(
+    func: Callable[[], int], log_dir: Callable[[], Path | None] | None = None
+) -> int:
+    """Run `func` and map whatever it raises to an exit code and one line on stderr.
+
+    `log_dir` is called only when an unexpected exception happens, to find where the traceback
+    goes (the state directory's `logs/`, when one is known).
+    """
+    try:
+        return func()
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except AttractorError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except BrokenPipeError:
+        return EXIT_FAILURE
+    except Exception as exc:  # the one place that turns a bug into exit code 3
+        where = _log_traceback(exc, log_dir() if log_dir else None)
+        detail = f"; traceback in {where}" if where else ""
+        print(
+            f"error: unexpected {type(exc).__name__}: {exc}{detail}",
+            file=sys.stderr,
+        )
+        return EXIT_BUG

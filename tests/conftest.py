@@ -1,0 +1,56 @@
+"""Isolation for every test: a private HOME, /bin/sh, no inherited tmux, a private tmux socket
+name, git identity fixed, and a guard that fails any test that forgets to choose its own state
+directory (the default one would land in the developer's checkout)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+GUARD_NAME = "UNCHOSEN-state-dir"
+
+
+@pytest.fixture(autouse=True)
+def _isolated_env(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    home = tmp_path_factory.mktemp("home")
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("SHELL", "/bin/sh")
+    monkeypatch.delenv("TMUX", raising=False)
+    monkeypatch.delenv("TMUX_PANE", raising=False)
+    for key, value in (
+        ("GIT_AUTHOR_NAME", "Test Author"), ("GIT_AUTHOR_EMAIL", "test@example.invalid"),
+        ("GIT_COMMITTER_NAME", "Test Author"), ("GIT_COMMITTER_EMAIL", "test@example.invalid"),
+        ("GIT_CONFIG_NOSYSTEM", "1"),
+    ):
+        monkeypatch.setenv(key, value)
+    socket = f"att-test-{uuid.uuid4().hex[:10]}"
+    monkeypatch.setenv("ATTRACTOR_TMUX_SOCKET", socket)
+    guard = home / GUARD_NAME
+    monkeypatch.setenv("ATTRACTOR_STATE_DIR", str(guard))
+    monkeypatch.chdir(home)
+    yield home
+    # kill the private tmux server of this test, if one was started
+    subprocess.run(["tmux", "-L", socket, "kill-server"], capture_output=True, check=False)
+    if guard.exists():
+        pytest.fail(
+            "test wrote state to the default state directory; use the `state_dir` fixture "
+            "or pass --state-dir"
+        )
+
+
+@pytest.fixture
+def state_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A private state directory for this test, also exported as ATTRACTOR_STATE_DIR."""
+    path = tmp_path / "state"
+    monkeypatch.setenv("ATTRACTOR_STATE_DIR", str(path))
+    return path
+
+
+@pytest.fixture
+def tmux_socket() -> str:
+    return os.environ["ATTRACTOR_TMUX_SOCKET"]

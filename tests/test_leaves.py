@@ -1,0 +1,112 @@
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import NamedTuple
+
+import pytest
+
+from attractor import atomic, names, states
+from attractor.errors import (
+    CorruptStateError,
+    InvalidNameError,
+    StateDirError,
+    TransitionError,
+    UnknownValueError,
+)
+
+
+class NameCase(NamedTuple):
+    test_id: str
+    value: str
+    ok: bool
+
+
+NAME_CASES = [
+    NameCase("simple", "impl_auth", True),
+    NameCase("digits-dots", "a1.b-2", True),
+    NameCase("slash", "a/b", False),
+    NameCase("dotdot", "..", False),
+    NameCase("traversal", "../etc", False),
+    NameCase("space", "a b", False),
+    NameCase("single-quote", "a'b", False),
+    NameCase("double-quote", 'a"b', False),
+    NameCase("tmux-meta", "a;b", False),
+    NameCase("dollar", "a$b", False),
+    NameCase("upper", "Abc", False),
+    NameCase("empty", "", False),
+    NameCase("too-long", "a" * 65, False),
+    NameCase("max-len", "a" * 64, True),
+    NameCase("leading-dash", "-x", False),
+    NameCase("newline", "a\nb", False),
+]
+
+
+@pytest.mark.parametrize("case", NAME_CASES, ids=[c.test_id for c in NAME_CASES])
+def test_validate_name(case: NameCase) -> None:
+    if case.ok:
+        assert names.validate_name(case.value) == case.value
+    else:
+        with pytest.raises(InvalidNameError) as info:
+            names.validate_name(case.value, "node name")
+        assert "node name" in str(info.value)
+
+
+def test_split_agent_id() -> None:
+    assert names.split_agent_id("runner-impl_auth") == ("runner", "impl_auth")
+    assert names.split_agent_id("merge-queue-main") == ("merge-queue", "main")
+    with pytest.raises(InvalidNameError):
+        names.split_agent_id("nobody-x")
+
+
+def test_unknown_role() -> None:
+    with pytest.raises(UnknownValueError) as info:
+        names.agent_id("wizard", "x")
+    assert "runner" in str(info.value)
+
+
+def test_transition_names_current_and_allowed() -> None:
+    P = states.HookPhase
+    assert states.transition("hook", P.SPAWNED, P.EXECUTING, states.PHASE_MOVES) is P.EXECUTING
+    with pytest.raises(TransitionError) as info:
+        states.transition("hook runner-a", P.SPAWNED, P.MERGED, states.PHASE_MOVES)
+    text = str(info.value)
+    assert "spawned -> merged" in text and "executing" in text and "failed" in text
+
+
+def test_atomic_write_and_strict_read(tmp_path: Path) -> None:
+    path = tmp_path / "x.json"
+    atomic.write_json_atomic(path, {"schema": 1, "a": 1})
+    assert atomic.read_json_object(path, schema=1) == {"schema": 1, "a": 1}
+    assert oct(path.stat().st_mode & 0o777) == oct(0o600)
+    assert [p.name for p in tmp_path.iterdir()] == ["x.json"]  # no temp left
+
+
+@pytest.mark.parametrize("content", [b"", b"{", b"[1]", b'{"schema": 99}', b"\xff\xfe"])
+def test_corrupt_file_moved_aside(tmp_path: Path, content: bytes) -> None:
+    path = tmp_path / "x.json"
+    path.write_bytes(content)
+    with pytest.raises(CorruptStateError) as info:
+        atomic.read_json_object(path, schema=1)
+    assert str(path) in str(info.value)
+    assert not path.exists()
+    assert info.value.moved_to is not None and info.value.moved_to.exists()
+
+
+def test_private_dir_refuses_world_writable(tmp_path: Path) -> None:
+    d = tmp_path / "state"
+    atomic.ensure_private_dir(d)
+    assert d.stat().st_mode & 0o777 == 0o700
+    os.chmod(d, 0o777)
+    with pytest.raises(StateDirError) as info:
+        atomic.ensure_private_dir(d)
+    assert "chmod 700" in str(info.value)
+
+
+def test_lock_is_beside_the_data(tmp_path: Path) -> None:
+    path = tmp_path / "rec.json"
+    with atomic.file_lock(path):
+        assert (tmp_path / "rec.json.lock").exists()
+        assert not path.exists()
+    json.dumps({})
