@@ -110,3 +110,24 @@ def test_lock_is_beside_the_data(tmp_path: Path) -> None:
         assert (tmp_path / "rec.json.lock").exists()
         assert not path.exists()
     json.dumps({})
+
+
+def test_payload_field_types_are_all_checked() -> None:
+    from attractor import payloads
+
+    for cls in payloads.PAYLOAD_TYPES.values():
+        for name, annotation in cls.__annotations__.items():
+            if name != "kind":
+                assert str(annotation) in payloads._JSON_TYPES, (cls.__name__, name)
+
+
+def test_payload_strict_parse() -> None:
+    from attractor import payloads
+    from attractor.errors import BadInputError
+
+    kind = states.SignalKind.MERGE_READY
+    good = {"node": "a", "branch": "b", "commit": "c", "owner": "runner-a"}
+    assert payloads.payload_from_json(kind, good).to_json()["priority"] == 0
+    for bad in ({"node": "a"}, {**good, "extra": 1}, {**good, "priority": "x"}, [1]):
+        with pytest.raises(BadInputError):
+            payloads.payload_from_json(kind, bad)

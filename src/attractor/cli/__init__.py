@@ -30,7 +30,8 @@ GROUPS = (
     "run",
     "status",
     "agent",
-    "internal",
+    "layers",
+    "demo",
 )
 
 
