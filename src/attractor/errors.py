@@ -202,3 +202,13 @@ def error_handler(
             file=sys.stderr,
         )
         return EXIT_BUG
+
+
+class IdentityTakenError(AttractorError):
+    def __init__(self, agent_id: str, pid: int | None, detail: str = "") -> None:
+        self.agent_id = agent_id
+        self.pid = pid
+        self.detail = detail
+        holder = f"pid {pid}" if pid else "a live process"
+        suffix = f" ({detail})" if detail else ""
+        super().__init__(f"identity {agent_id!r} is held by {holder}{suffix}")
