@@ -1,0 +1,498 @@
+"""Identity registry: one record per agent, at `identities/<role>-<name>.json` in the state dir.
+
+Fields (schema 1):
+    schema          1
+    role, name      the agent's role (names.ROLES) and name; `agent_id` is `<role>-<name>`
+    epoch           spawn epoch: 1 for the first incarnation, +1 for each re-create or respawn.
+                    Signals carry the epoch they were addressed to; older ones are stale.
+    status          states.IdentityStatus; changed only through `set_status` (checked moves)
+    pid             the process holding the identity, or null
+    tmux_socket, tmux_session, pane_id   where the agent runs (null when not in tmux)
+    worktree        the agent's git worktree (absolute path) or null
+    session_id      the agent CLI's own session id (for `--resume`), or null
+    created_at      ISO-8601 UTC time this incarnation was created
+    last_heartbeat  ISO-8601 UTC time of the last `update_liveness`
+    crash_count     how many times the agent was marked crashed, across incarnations
+    history         [{at, from, to, reason}] every status change, oldest first (capped)
+
+Staleness rule: a record in spawning, active or stale whose `last_heartbeat` is older than the
+caller's timeout is stale (`find_stale`); terminated and quarantined records never are, and
+crashed/respawning records belong to the supervisor already. A record in spawning, active or
+stale whose pid is alive holds its identity: `create_identity` refuses to take it over.
+
+Epochs: `create_identity` starts a new incarnation (epoch + 1), except over a record in
+`respawning`, whose epoch `mark_respawning` already advanced; so a respawn costs exactly one
+epoch whether the new process registers itself with `create_identity` or just heartbeats.
+
+Writes: every read-modify-write holds `<file>.lock` and re-reads after locking; records are
+replaced atomically with fsync, except plain heartbeats (cheap to recreate, written often).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from attractor import atomic, clock, names
+from attractor.errors import (
+    BadInputError,
+    CorruptStateError,
+    IdentityTakenError,
+    NotFoundError,
+    UsageError,
+)
+from attractor.statedir import StateDir
+from attractor.states import IDENTITY_MOVES, IdentityStatus, transition
+
+logger = logging.getLogger(__name__)
+
+SCHEMA = 1
+HISTORY_LIMIT = 1000
+S = IdentityStatus
+# Statuses in which a record is claimed by a (possibly) running process.
+LIVE_STATUSES = frozenset({S.SPAWNING, S.ACTIVE, S.STALE})
+# Statuses `find_stale` looks at.
+WATCHED_STATUSES = LIVE_STATUSES
+UPDATABLE_FIELDS = ("pid", "pane_id", "tmux_session", "tmux_socket", "worktree", "session_id")
+
+_TMUX_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,254}")
+_PANE_ID_RE = re.compile(r"%[0-9]{1,9}")
+_SESSION_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}")
+
+
+# --------------------------------------------------------------------------- field checks
+
+
+def pid_alive(pid: int | None) -> bool:
+    """True if a process with this pid exists and is not a zombie (an exited child nobody
+    reaped yet still answers `kill -0`, but it holds nothing)."""
+    if not pid or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # exists, owned by someone else
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            stat = fh.read()
+        return stat[stat.rindex(b")") + 2 : stat.rindex(b")") + 3] != b"Z"
+    except (OSError, ValueError):
+        return True
+
+
+def _check_pid(value: Any) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise BadInputError("pid", f"{value!r} is not a positive process id")
+    return value
+
+
+def _check_pattern(kind: str, value: Any, pattern: re.Pattern[str], rule: str) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not pattern.fullmatch(value):
+        raise BadInputError(kind, f"{value!r} is not valid; {rule}")
+    return value
+
+
+def _check_worktree(value: Any) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value or any(ord(c) < 32 for c in value):
+        raise BadInputError("worktree", f"{value!r} is not a usable path (empty, or control chars)")
+    return value
+
+
+_TMUX_RULE = "use letters, digits, _ . - (no spaces, ; # { or quotes)"
+_FIELD_CHECKS: dict[str, Callable[[Any], Any]] = {
+    "pid": _check_pid,
+    "pane_id": lambda v: _check_pattern("pane id", v, _PANE_ID_RE, "expected a pane id like %12"),
+    "tmux_session": lambda v: _check_pattern("tmux session", v, _TMUX_NAME_RE, _TMUX_RULE),
+    "tmux_socket": lambda v: _check_pattern("tmux socket", v, _TMUX_NAME_RE, _TMUX_RULE),
+    "worktree": _check_worktree,
+    "session_id": lambda v: _check_pattern(
+        "session id", v, _SESSION_ID_RE, "use letters, digits, _ . : - (no spaces or quotes)"
+    ),
+}
+
+
+# --------------------------------------------------------------------------- the record
+
+
+@dataclass(frozen=True)
+class Identity:
+    schema: int
+    role: str
+    name: str
+    agent_id: str
+    epoch: int
+    status: IdentityStatus
+    pid: int | None
+    tmux_socket: str | None
+    tmux_session: str | None
+    pane_id: str | None
+    worktree: str | None
+    session_id: str | None
+    created_at: str
+    last_heartbeat: str
+    crash_count: int
+    history: tuple[dict[str, Any], ...]
+
+    def heartbeat_age(self, now: float | None = None) -> float:
+        """Seconds since the last heartbeat (negative if the stamp is in the future)."""
+        return (time.time() if now is None else now) - clock.parse_iso(self.last_heartbeat)
+
+    @property
+    def holds_live_pid(self) -> bool:
+        return self.status in LIVE_STATUSES and pid_alive(self.pid)
+
+    def to_json(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["status"] = self.status.value
+        data["history"] = [dict(entry) for entry in self.history]
+        return data
+
+    @classmethod
+    def from_json(cls, data: Any) -> Identity:
+        """Strict: a missing, unknown or mistyped field is a BadInputError naming it."""
+        what = "identity record"
+        if not isinstance(data, dict):
+            raise BadInputError(what, f"expected a JSON object, got {type(data).__name__}")
+        expected = {f.name for f in dataclasses.fields(cls)}
+        missing = sorted(expected - set(data))
+        unknown = sorted(set(data) - expected)
+        if missing or unknown:
+            parts = [f"missing field(s) {', '.join(missing)}"] if missing else []
+            parts += [f"unknown field(s) {', '.join(unknown)}"] if unknown else []
+            raise BadInputError(what, "; ".join(parts))
+        if data["schema"] != SCHEMA:
+            raise BadInputError(what, f"schema {data['schema']!r} is not {SCHEMA}")
+        for key in ("epoch", "crash_count"):
+            value = data[key]
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise BadInputError(what, f"field {key!r} must be an integer >= 0, not {value!r}")
+        for key in ("created_at", "last_heartbeat"):
+            if not isinstance(data[key], str):
+                raise BadInputError(what, f"field {key!r} must be an ISO-8601 string")
+            try:
+                clock.parse_iso(data[key])
+            except ValueError:
+                raise BadInputError(what, f"field {key!r} is not ISO-8601: {data[key]!r}") from None
+        history = data["history"]
+        if not isinstance(history, list) or not all(isinstance(e, dict) for e in history):
+            raise BadInputError(what, "field 'history' must be a list of objects")
+        role = names.validate_role(data["role"])
+        name = names.validate_name(data["name"])
+        if data["agent_id"] != f"{role}-{name}":
+            raise BadInputError(what, f"agent_id {data['agent_id']!r} does not match {role}-{name}")
+        fields = {key: check(data[key]) for key, check in _FIELD_CHECKS.items()}
+        return cls(
+            schema=SCHEMA,
+            role=role,
+            name=name,
+            agent_id=data["agent_id"],
+            epoch=data["epoch"],
+            status=IdentityStatus.from_text(data["status"]),
+            created_at=data["created_at"],
+            last_heartbeat=data["last_heartbeat"],
+            crash_count=data["crash_count"],
+            history=tuple(history),
+            **fields,
+        )
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def path_for(state: StateDir, role: str, name: str) -> Path:
+    """The record's path; validates role and name first, so nothing odd ever reaches a path."""
+    return state.identities / f"{names.agent_id(role, name)}.json"
+
+
+def _load(path: Path, *, locked: bool) -> Identity:
+    """Read one record strictly. A corrupt record is moved aside (under its lock, so a good
+    version written meanwhile is never the one moved) and raised as CorruptStateError."""
+    try:
+        data = atomic.read_json_object(path, schema=SCHEMA, move_corrupt=False)
+        record = Identity.from_json(data)
+        if path.name != f"{record.agent_id}.json":
+            raise BadInputError("identity record", f"names {record.agent_id!r}, not the file name")
+        return record
+    except UsageError as first:  # CorruptStateError, or a field that fails its check
+        if not locked:
+            with atomic.file_lock(path):
+                return _load(path, locked=True)
+        problem = first.problem if isinstance(first, CorruptStateError) else str(first)
+        moved = atomic.move_aside(path)
+        logger.warning("corrupt identity record %s moved aside to %s: %s", path, moved, problem)
+        raise CorruptStateError(path, problem, moved) from None
+
+
+def _not_found(agent_id: str) -> NotFoundError:
+    role, name = names.split_agent_id(agent_id)
+    return NotFoundError(
+        "identity", agent_id, f"register it with `attractor identity create {role} {name}`"
+    )
+
+
+def get(state: StateDir, role: str, name: str) -> Identity:
+    path = path_for(state, role, name)
+    try:
+        return _load(path, locked=False)
+    except FileNotFoundError:
+        raise _not_found(path.stem) from None
+
+
+def current_epoch(state: StateDir, agent_id: str) -> int | None:
+    """The epoch of `agent_id`'s record, or None if it has none. One read, no lock: records are
+    replaced atomically, so a reader sees one whole version."""
+    names.validate_agent_id(agent_id)
+    path = state.identities / f"{agent_id}.json"
+    try:
+        data = atomic.read_json_object(path, schema=SCHEMA, move_corrupt=False)
+    except FileNotFoundError:
+        return None
+    except CorruptStateError:
+        return _load(path, locked=False).epoch  # moves it aside and raises, unless repaired
+    epoch = data.get("epoch")
+    if isinstance(epoch, bool) or not isinstance(epoch, int):
+        return _load(path, locked=False).epoch
+    return epoch
+
+
+def list_identities(
+    state: StateDir, problems: list[CorruptStateError] | None = None
+) -> list[Identity]:
+    """Every readable record, sorted by agent id. Corrupt files are moved aside, logged and
+    appended to `problems`; they never raise."""
+    try:
+        paths = sorted(p for p in state.identities.iterdir() if p.name.endswith(".json"))
+    except FileNotFoundError:
+        return []
+    records = []
+    for path in paths:
+        try:
+            records.append(_load(path, locked=False))
+        except FileNotFoundError:
+            continue  # removed meanwhile
+        except CorruptStateError as exc:
+            if problems is not None:
+                problems.append(exc)
+    return records
+
+
+def find_stale(
+    state: StateDir,
+    timeout: float,
+    now: float | None = None,
+    problems: list[CorruptStateError] | None = None,
+) -> list[Identity]:
+    """Records in spawning/active/stale whose heartbeat is older than `timeout` seconds."""
+    if timeout < 0:
+        raise BadInputError("timeout", f"{timeout:g} is negative; give seconds >= 0")
+    moment = time.time() if now is None else now
+    return [
+        record
+        for record in list_identities(state, problems)
+        if record.status in WATCHED_STATUSES and record.heartbeat_age(moment) > timeout
+    ]
+
+
+# --------------------------------------------------------------------------- writing
+
+
+def _history(record: Identity, entry: dict[str, Any]) -> tuple[dict[str, Any], ...]:
+    return (*record.history, entry)[-HISTORY_LIMIT:]
+
+
+def _modify(
+    state: StateDir,
+    role: str,
+    name: str,
+    change: Callable[[Identity, str], Identity],
+    *,
+    fsync: Callable[[Identity, Identity], bool] = lambda old, new: True,
+) -> Identity:
+    """Read-modify-write one existing record under its lock. `change(current, now_iso)` returns
+    the new record (the same object to leave the file untouched)."""
+    path = path_for(state, role, name)
+    if not path.exists():  # no lock file, no directories for a record that is not there
+        raise _not_found(path.stem)
+    state.ensure("identities")
+    with atomic.file_lock(path):
+        try:
+            current = _load(path, locked=True)
+        except FileNotFoundError:
+            raise _not_found(path.stem) from None
+        new = change(current, clock.iso())
+        if new is not current:
+            atomic.write_json_atomic(path, new.to_json(), fsync=fsync(current, new))
+    return new
+
+
+def create_identity(
+    state: StateDir,
+    role: str,
+    name: str,
+    *,
+    session_id: str | None = None,
+    worktree: str | None = None,
+    pid: int | None = None,
+    tmux_socket: str | None = None,
+    tmux_session: str | None = None,
+    pane_id: str | None = None,
+    replace_dead: bool = True,
+) -> Identity:
+    """Register a new incarnation of `<role>-<name>` in status spawning.
+
+    Refuses (IdentityTakenError) if the current record is spawning/active/stale and its pid is
+    alive (unless that pid is the caller's own or the one being registered). With
+    `replace_dead=False` such a record is refused even when its holder is dead."""
+    path = path_for(state, role, name)
+    agent = path.stem
+    fields = {
+        "session_id": session_id, "worktree": worktree, "pid": pid,
+        "tmux_socket": tmux_socket, "tmux_session": tmux_session, "pane_id": pane_id,
+    }
+    checked = {key: _FIELD_CHECKS[key](value) for key, value in fields.items()}
+    state.ensure("identities")
+    with atomic.file_lock(path):
+        note = ""
+        old: Identity | None
+        try:
+            old = _load(path, locked=True)
+        except FileNotFoundError:
+            old = None
+        except CorruptStateError as exc:
+            old = None
+            note = f"; previous record was corrupt, moved aside to {exc.moved_to}"
+        if old is not None and old.status in LIVE_STATUSES:
+            ours = old.pid is not None and old.pid in (os.getpid(), pid)
+            if not ours and pid_alive(old.pid):
+                raise IdentityTakenError(
+                    agent, old.pid, f"status {old.status.value}, epoch {old.epoch}"
+                )
+            if not replace_dead:
+                raise IdentityTakenError(
+                    agent, old.pid,
+                    f"status {old.status.value}, epoch {old.epoch}; holder is gone, "
+                    "allow replacing dead holders to take it over",
+                )
+        now = clock.iso()
+        history: tuple[dict[str, Any], ...] = ()
+        if old is None:
+            epoch, crashes = 1, 0
+            reason = f"created epoch 1{note}"
+        else:
+            epoch = old.epoch if old.status is S.RESPAWNING else old.epoch + 1
+            crashes, history = old.crash_count, old.history
+            holder = f" (pid {old.pid} gone)" if old.status in LIVE_STATUSES and old.pid else ""
+            reason = f"re-created as epoch {epoch}{holder}"
+        record = Identity(
+            schema=SCHEMA, role=role, name=name, agent_id=agent, epoch=epoch,
+            status=S.SPAWNING, created_at=now, last_heartbeat=now, crash_count=crashes,
+            history=(*history, {
+                "at": now, "from": old.status.value if old else None, "to": S.SPAWNING.value,
+                "reason": reason,
+            })[-HISTORY_LIMIT:],
+            **checked,
+        )
+        atomic.write_json_atomic(path, record.to_json())
+    logger.info("identity %s: %s", agent, reason, extra={"att_agent": agent})
+    return record
+
+
+def update_liveness(state: StateDir, role: str, name: str, *, pid: int | None = None) -> Identity:
+    """Heartbeat: stamp `last_heartbeat` (and `pid` if given); spawning, stale and respawning
+    records become active through the checked transition. Not fsynced unless the status moves."""
+    new_pid = _check_pid(pid)
+
+    def change(current: Identity, now: str) -> Identity:
+        status, history = current.status, current.history
+        if status is not S.ACTIVE:
+            what = f"identity {current.agent_id}"
+            status = transition(what, current.status, S.ACTIVE, IDENTITY_MOVES)
+            history = _history(current, {"at": now, "from": current.status.value,
+                                         "to": status.value, "reason": "heartbeat"})
+        return dataclasses.replace(
+            current, status=status, history=history, last_heartbeat=now,
+            pid=current.pid if new_pid is None else new_pid,
+        )
+
+    return _modify(state, role, name, change, fsync=lambda old, new: old.status is not new.status)
+
+
+def update_fields(state: StateDir, role: str, name: str, **fields: Any) -> Identity:
+    """Set any of pid, pane_id, tmux_session, tmux_socket, worktree, session_id."""
+    unknown = sorted(set(fields) - set(UPDATABLE_FIELDS))
+    if unknown:
+        raise BadInputError(
+            "identity fields",
+            f"cannot set {', '.join(unknown)}; settable: {', '.join(UPDATABLE_FIELDS)}",
+        )
+    checked = {key: _FIELD_CHECKS[key](value) for key, value in fields.items()}
+
+    def change(current: Identity, now: str) -> Identity:
+        if all(getattr(current, key) == value for key, value in checked.items()):
+            return current
+        return dataclasses.replace(current, **checked)
+
+    return _modify(state, role, name, change)
+
+
+def set_status(
+    state: StateDir, role: str, name: str, status: IdentityStatus | str, reason: str = ""
+) -> Identity:
+    """The one checked status change, appended to the history. Setting the current status again
+    is a no-op, so a supervisor that retries after a crash does no harm. Entering crashed counts
+    a crash; entering respawning advances the epoch (the next incarnation's)."""
+    target = status if isinstance(status, IdentityStatus) else IdentityStatus.from_text(status)
+    path_for(state, role, name)  # validate before anything else
+
+    def change(current: Identity, now: str) -> Identity:
+        if current.status is target:
+            return current
+        transition(f"identity {current.agent_id}", current.status, target, IDENTITY_MOVES)
+        return dataclasses.replace(
+            current,
+            status=target,
+            crash_count=current.crash_count + (1 if target is S.CRASHED else 0),
+            epoch=current.epoch + (1 if target is S.RESPAWNING else 0),
+            history=_history(current, {"at": now, "from": current.status.value,
+                                       "to": target.value, "reason": reason}),
+        )
+
+    record = _modify(state, role, name, change)
+    logger.info("identity %s: %s (%s)", record.agent_id, record.status.value, reason or "no reason",
+                extra={"att_agent": record.agent_id})
+    return record
+
+
+def mark_crashed(state: StateDir, role: str, name: str, reason: str = "") -> Identity:
+    return set_status(state, role, name, S.CRASHED, reason)
+
+
+def mark_terminated(state: StateDir, role: str, name: str, reason: str = "") -> Identity:
+    return set_status(state, role, name, S.TERMINATED, reason)
+
+
+def mark_respawning(state: StateDir, role: str, name: str, reason: str = "") -> Identity:
+    return set_status(state, role, name, S.RESPAWNING, reason)
+
+
+def mark_quarantined(state: StateDir, role: str, name: str, reason: str = "") -> Identity:
+    return set_status(state, role, name, S.QUARANTINED, reason)
+
+
+def mark_stale(state: StateDir, role: str, name: str, reason: str = "") -> Identity:
+    return set_status(state, role, name, S.STALE, reason)
