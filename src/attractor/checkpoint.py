@@ -1,0 +1,186 @@
+"""Pipeline progress of one run: the checkpoint and the event log.
+
+Files (under the state directory):
+    runs/<run-id>/checkpoint.json   rewritten atomically (fsync) after every node change
+    runs/<run-id>/events.jsonl      append-only, one JSON object per line: {"at", "event", ...}
+
+checkpoint.json fields: schema (1), run_id, pipeline_name, pipeline_path, target_dir,
+target_branch, agent, agent_cmd, max_agents, status (running | succeeded | failed | stopped),
+reason, started_at, updated_at, finished_at, guardian_starts, nodes: {name: {name, kind, state,
+attempts, outcome, reason, branch, merged_sha, started_at, finished_at}}.
+
+Staleness: a checkpoint with status `running` whose guardian identity is dead is a run to resume
+(`attractor run --resume RUN_ID`); merged nodes are never redone. A truncated last line of
+events.jsonl (a writer killed mid-append) is skipped by readers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from attractor import clock
+from attractor.atomic import ensure_private_dir, read_json_object, write_json_atomic
+from attractor.errors import NotFoundError
+from attractor.names import validate_name
+from attractor.states import NODE_MOVES, NodeState, transition
+from attractor.statedir import StateDir
+
+logger = logging.getLogger(__name__)
+
+SCHEMA = 1
+RUN_STATUSES = ("running", "succeeded", "failed", "stopped")
+FINISHED_NODE_STATES = frozenset({NodeState.MERGED, NodeState.DONE, NodeState.FAILED, NodeState.BLOCKED})
+
+
+@dataclass(frozen=True)
+class NodeProgress:
+    name: str
+    kind: str
+    state: NodeState = NodeState.PENDING
+    attempts: int = 0
+    outcome: str | None = None
+    reason: str = ""
+    branch: str | None = None
+    merged_sha: str | None = None
+    started_at: str | None = None
+    finished_at: str | None = None
+
+    @property
+    def finished(self) -> bool:
+        return self.state in FINISHED_NODE_STATES
+
+    def to_json(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["state"] = self.state.value
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> NodeProgress:
+        return cls(**{**data, "state": NodeState.from_text(data["state"])})
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    run_id: str
+    pipeline_name: str
+    pipeline_path: str
+    target_dir: str
+    target_branch: str
+    agent: str
+    agent_cmd: str | None
+    max_agents: int
+    nodes: dict[str, NodeProgress] = field(default_factory=dict)
+    status: str = "running"
+    reason: str = ""
+    started_at: str = field(default_factory=clock.iso)
+    updated_at: str = field(default_factory=clock.iso)
+    finished_at: str | None = None
+    guardian_starts: int = 0
+    schema: int = SCHEMA
+
+    def to_json(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["nodes"] = {name: node.to_json() for name, node in self.nodes.items()}
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Checkpoint:
+        nodes = {name: NodeProgress.from_json(n) for name, n in data.get("nodes", {}).items()}
+        return cls(**{**data, "nodes": nodes})
+
+    def node(self, name: str) -> NodeProgress:
+        return self.nodes[name]
+
+    def with_node(self, name: str, **changes: Any) -> Checkpoint:
+        current = self.nodes[name]
+        target = changes.get("state")
+        if isinstance(target, NodeState) and target is not current.state:
+            transition(f"node {name}", current.state, target, NODE_MOVES)
+        nodes = dict(self.nodes)
+        nodes[name] = dataclasses.replace(current, **changes)
+        return dataclasses.replace(self, nodes=nodes, updated_at=clock.iso())
+
+    def with_status(self, status: str, reason: str = "") -> Checkpoint:
+        assert status in RUN_STATUSES, status
+        finished = None if status == "running" else clock.iso()
+        return dataclasses.replace(self, status=status, reason=reason, finished_at=finished, updated_at=clock.iso())
+
+    def counts(self) -> dict[str, int]:
+        result: dict[str, int] = {}
+        for node in self.nodes.values():
+            result[node.state.value] = result.get(node.state.value, 0) + 1
+        return result
+
+
+def run_dir(state: StateDir, run_id: str) -> Path:
+    return state.runs / validate_name(run_id, "run id")
+
+
+def checkpoint_path(state: StateDir, run_id: str) -> Path:
+    return run_dir(state, run_id) / "checkpoint.json"
+
+
+def write_checkpoint(state: StateDir, cp: Checkpoint) -> None:
+    directory = run_dir(state, cp.run_id)
+    state.ensure("runs")
+    ensure_private_dir(directory)
+    write_json_atomic(directory / "checkpoint.json", cp.to_json())
+
+
+def read_checkpoint(state: StateDir, run_id: str) -> Checkpoint:
+    path = checkpoint_path(state, run_id)
+    try:
+        data = read_json_object(path, schema=SCHEMA)
+    except FileNotFoundError:
+        raise NotFoundError("run", run_id, "list runs with: attractor status") from None
+    return Checkpoint.from_json(data)
+
+
+def list_runs(state: StateDir) -> list[str]:
+    """Run ids, oldest first (by checkpoint modification time)."""
+    if not state.runs.is_dir():
+        return []
+    found = [p for p in state.runs.iterdir() if (p / "checkpoint.json").is_file()]
+    found.sort(key=lambda p: (p / "checkpoint.json").stat().st_mtime)
+    return [p.name for p in found]
+
+
+def latest_run(state: StateDir) -> str | None:
+    runs = list_runs(state)
+    return runs[-1] if runs else None
+
+
+def append_event(state: StateDir, run_id: str, event: str, **fields: Any) -> None:
+    """Append one line to events.jsonl with a single write (O_APPEND)."""
+    directory = run_dir(state, run_id)
+    ensure_private_dir(directory)
+    line = json.dumps({"at": clock.iso(), "event": event, **fields}, sort_keys=True) + "\n"
+    fd = os.open(directory / "events.jsonl", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    try:
+        os.write(fd, line.encode())
+    finally:
+        os.close(fd)
+
+
+def read_events(state: StateDir, run_id: str) -> list[dict[str, Any]]:
+    path = run_dir(state, run_id) / "events.jsonl"
+    events: list[dict[str, Any]] = []
+    try:
+        lines = path.read_text().splitlines()
+    except FileNotFoundError:
+        return events
+    for number, line in enumerate(lines, start=1):
+        try:
+            item = json.loads(line)
+        except json.JSONDecodeError:
+            logger.warning("%s:%d: unreadable event line skipped", path, number)
+            continue
+        if isinstance(item, dict):
+            events.append(item)
+    return events

@@ -1,0 +1,130 @@
+"""The processes of layers 1-3: `attractor guardian`, `attractor runner`, `attractor
+spawn-runner`, `attractor spawn-orchestrator`. The guardian and runners are started in tmux by
+attractor itself; the spawn commands start one layer by hand (also through `scripts/`)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+from typing import Any
+
+from attractor.cli import add_state_dir_option, add_target_dir_option, add_tmux_socket_option, state_dir_from, subparser
+
+
+def _file_logging(state_root: Path, agent_id: str) -> None:
+    from attractor.atomic import ensure_private_dir
+
+    logs = ensure_private_dir(state_root / "logs")
+    handler = logging.FileHandler(logs / f"{agent_id}.log")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s"))
+    logging.getLogger().addHandler(handler)
+    logging.getLogger().setLevel(min(logging.getLogger().level, logging.INFO))
+
+
+def _socket(args: argparse.Namespace, project: Path) -> str:
+    from attractor.tmux import socket_name_for
+
+    return socket_name_for(project, args.tmux_socket)
+
+
+def run_guardian(args: argparse.Namespace) -> int:
+    from attractor.guardian import Guardian, GuardianConfig
+    from attractor.statedir import StateDir
+
+    state = StateDir(state_dir_from(args))
+    _file_logging(state.root, f"guardian-{args.run}")
+    cfg = GuardianConfig(state=state, run_id=args.run, tmux_socket=_socket(args, Path.cwd()), log_level=args.log_level)
+    return Guardian(cfg).run()
+
+
+def _runner_config(args: argparse.Namespace) -> Any:
+    from attractor.runner import RunnerConfig
+    from attractor.statedir import StateDir
+
+    target = Path(args.target_dir or ".").resolve()
+    return RunnerConfig(state=StateDir(state_dir_from(args)), run_id=args.run, node=args.node, target_dir=target,
+                        pipeline_path=Path(args.pipeline).resolve(), agent=args.agent or "scripted",
+                        agent_cmd=args.agent_cmd, tmux_socket=_socket(args, target), target_branch=args.target)
+
+
+def run_runner(args: argparse.Namespace) -> int:
+    from attractor.runner import Runner
+
+    cfg = _runner_config(args)
+    _file_logging(cfg.state.root, f"runner-{args.node}")
+    return Runner(cfg).run()
+
+
+def run_spawn_runner(args: argparse.Namespace) -> int:
+    import json
+
+    from attractor.runner import spawn_runner
+
+    cfg = _runner_config(args)
+    ident = spawn_runner(cfg, log_level=args.log_level if args.log_level != "WARNING" else "INFO")
+    info = {"pid": ident.pid, "tmux_socket": cfg.tmux_socket, "tmux_session": ident.tmux_session,
+            "pane_id": ident.pane_id, "state_file": str(cfg.state.identities / f"runner-{cfg.node}.json"),
+            "hook_file": str(cfg.state.hooks / f"runner-{cfg.node}.json")}
+    if args.json:
+        print(json.dumps(info, indent=2))
+    else:
+        for key, value in info.items():
+            print(f"{key:<12} {value}")
+    return 0
+
+
+def run_spawn_orchestrator(args: argparse.Namespace) -> int:
+    from attractor.runner import Runner
+
+    from attractor import gitops, hooks
+
+    runner = Runner(_runner_config(args))
+    hooks.create_hook(runner.state, "runner", args.node, node=args.node)
+    gitops.exclude_path(runner.cfg.target_dir, ".claude/")
+    gitops.ensure_worktree(runner.cfg.target_dir, runner.worktree, runner.branch, base=runner.cfg.target_branch)
+    runner.spawn_orchestrator(args.attempt)
+    ident = runner.orchestrator()
+    assert ident is not None
+    print(f"pid          {ident.pid}\ntmux_session {ident.tmux_session}\npane_id      {ident.pane_id}")
+    return 0
+
+
+def _node_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--run", required=True, help="run id")
+    parser.add_argument("--node", required=True, help="pipeline node name")
+    parser.add_argument("--pipeline", required=True, help="the DOT pipeline file")
+    add_target_dir_option(parser)
+    parser.add_argument("--agent", default="scripted")
+    parser.add_argument("--agent-cmd")
+    parser.add_argument("--target", default="main", help="target branch (default: main)")
+    add_state_dir_option(parser)
+    add_tmux_socket_option(parser)
+
+
+def add_parser(subparsers: Any) -> None:
+    g = subparser(subparsers, "guardian", "layer 1: own a pipeline run (started by `attractor run`)",
+                  "attractor guardian --run demo-20261124-010203-001 --state-dir /tmp/demo/.claude/state")
+    g.add_argument("--run", required=True, help="run id")
+    add_state_dir_option(g)
+    add_tmux_socket_option(g)
+    g.set_defaults(func=run_guardian)
+
+    r = subparser(subparsers, "runner", "layer 2: own one node (started by the guardian)",
+                  "attractor runner --run R --node impl_auth --pipeline p.dot --target-dir ~/src/app")
+    _node_options(r)
+    r.set_defaults(func=run_runner)
+
+    s = subparser(subparsers, "spawn-runner", "start one runner in tmux; print its pid, session and state file",
+                  "attractor spawn-runner --run R --node impl_auth --pipeline p.dot --target-dir ~/src/app")
+    _node_options(s)
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=run_spawn_runner)
+
+    o = subparser(subparsers, "spawn-orchestrator", "start one node's agent in a tmux pane in its worktree",
+                  "attractor spawn-orchestrator --run R --node impl_auth --pipeline p.dot --target-dir ~/src/app")
+    _node_options(o)
+    o.add_argument("--attempt", type=int, default=1)
+    o.set_defaults(func=run_spawn_orchestrator)
+
+

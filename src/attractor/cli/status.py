@@ -1,0 +1,121 @@
+"""`attractor status` and `attractor stop`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from typing import Any
+
+from attractor.cli import add_json_option, add_state_dir_option, add_target_dir_option, state_dir_from, subparser
+
+
+def _age(stamp: str | None, now: float) -> str:
+    from attractor import clock
+
+    if not stamp:
+        return "-"
+    return f"{now - clock.parse_iso(stamp):.1f}s"
+
+
+def collect(args: argparse.Namespace) -> dict[str, Any]:
+    from attractor import checkpoint as cp_store
+    from attractor import clock, hooks, identities
+    from attractor.errors import NotFoundError
+    from attractor.runner import pid_alive
+    from attractor.statedir import StateDir
+
+    state = StateDir(state_dir_from(args))
+    run_id = args.run or cp_store.latest_run(state)
+    if run_id is None:
+        raise NotFoundError("run", "(any)", f"no run in {state.root}; start one with: attractor run PIPELINE")
+    cp = cp_store.read_checkpoint(state, run_id)
+    now = time.time()
+    problems: list[Any] = []
+    hook_by_node = {h.name: h for h in hooks.list_hooks(state, problems)}
+    agents = []
+    for ident in identities.list_identities(state, problems):
+        alive = pid_alive(ident.pid)
+        socket = ident.tmux_socket
+        agents.append({
+            "agent_id": ident.agent_id, "role": ident.role, "name": ident.name, "status": ident.status.value,
+            "alive": alive, "pid": ident.pid, "epoch": ident.epoch, "crash_count": ident.crash_count,
+            "heartbeat_age": round(now - clock.parse_iso(ident.last_heartbeat), 3) if ident.last_heartbeat else None,
+            "tmux_session": ident.tmux_session, "pane_id": ident.pane_id,
+            "attach": f"tmux -L {socket} attach -t {ident.tmux_session}" if socket and ident.tmux_session and alive else None,
+        })
+    nodes = []
+    for name, node in cp.nodes.items():
+        hook = hook_by_node.get(name)
+        nodes.append({**node.to_json(), "phase": hook.phase.value if hook else None})
+    entries: list[dict[str, Any]] = []
+    try:
+        from attractor import merge_queue
+
+        entries = [e.to_json() for e in merge_queue.list_entries(state)]
+    except (ImportError, AttributeError):
+        pass
+    return {"schema": 1, "run": {k: v for k, v in cp.to_json().items() if k != "nodes"}, "nodes": nodes,
+            "agents": agents, "merge_queue": entries, "problems": [str(p) for p in problems],
+            "state_dir": str(state.root)}
+
+
+def run_status(args: argparse.Namespace) -> int:
+    data = collect(args)
+    if args.json:
+        print(json.dumps(data, indent=2, sort_keys=True))
+        return 0
+    run = data["run"]
+    print(f"run {run['run_id']}  {run['status']}  pipeline {run['pipeline_name']}  target {run['target_branch']}  "
+          f"started {run['started_at']}")
+    if run.get("reason"):
+        print(f"  reason: {run['reason']}")
+    print(f"\n{'NODE':<20} {'KIND':<12} {'STATE':<11} {'PHASE':<14} {'ATTEMPTS':>8}  MERGED")
+    for n in data["nodes"]:
+        print(f"{n['name']:<20} {n['kind']:<12} {n['state']:<11} {(n['phase'] or '-'):<14} {n['attempts']:>8}  "
+              f"{(n['merged_sha'] or '')[:10]}")
+    print(f"\n{'AGENT':<28} {'STATUS':<12} {'ALIVE':<6} {'PID':>7} {'HEARTBEAT':>10} {'CRASHES':>7}  ATTACH")
+    for a in data["agents"]:
+        age = f"{a['heartbeat_age']:.1f}s" if a["heartbeat_age"] is not None else "-"
+        print(f"{a['agent_id']:<28} {a['status']:<12} {'yes' if a['alive'] else 'no':<6} {a['pid'] or '-':>7} "
+              f"{age:>10} {a['crash_count']:>7}  {a['attach'] or ''}")
+    if data["merge_queue"]:
+        print(f"\n{'ENTRY':<14} {'STATE':<11} BRANCH")
+        for e in data["merge_queue"]:
+            print(f"{str(e.get('id'))[:14]:<14} {str(e.get('state')):<11} {e.get('branch')}")
+    for p in data["problems"]:
+        print(f"warning: {p}", file=sys.stderr)
+    return 0
+
+
+def run_stop(args: argparse.Namespace) -> int:
+    from attractor.stop import stop_run
+    from attractor.statedir import StateDir
+
+    result = stop_run(StateDir(state_dir_from(args)), args.run_id, tmux_socket=args.tmux_socket,
+                      timeout=args.timeout)
+    for line in result:
+        print(line)
+    return 0
+
+
+def add_parser(subparsers: Any) -> None:
+    from attractor.cli import add_tmux_socket_option
+
+    p = subparser(subparsers, "status", "show a run: nodes, agents (with the tmux pane to attach to), the queue",
+                  "attractor status --json")
+    p.add_argument("--run", help="run id (default: the latest run)")
+    add_target_dir_option(p)
+    add_state_dir_option(p)
+    add_json_option(p)
+    p.set_defaults(func=run_status)
+
+    s = subparser(subparsers, "stop", "end a run cleanly; remove only what attractor created",
+                  "attractor stop demo-20261124-010203-001")
+    s.add_argument("run_id", nargs="?", help="run id (default: the latest run)")
+    s.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for a clean end (default: 10)")
+    add_target_dir_option(s)
+    add_state_dir_option(s)
+    add_tmux_socket_option(s)
+    s.set_defaults(func=run_stop)

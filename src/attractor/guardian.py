@@ -1,0 +1,478 @@
+"""Layer 1: the guardian owns one pipeline run.
+
+It schedules ready nodes and spawns a runner for each (up to `max_agents`), runs the validation
+commands of a node when its runner reports NODE_IMPL_COMPLETE, hands MERGE_READY branches to the
+merge queue (whose MERGE_COMPLETE / MERGE_FAILED go straight to the runner), supervises its
+runners, writes the checkpoint after every node change and ends the run when nothing more can
+run. Restarted, it rebuilds its view from the checkpoint, the identity registry, the hooks and the
+merge queue: live runners are re-adopted, merged nodes are never re-run, nothing merges twice.
+
+One guardian per state directory: `guardian.lock` (an flock, released when the process dies) is
+held for the guardian's whole life; a second guardian fails naming the live one.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import signal as signal_module
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from attractor import checkpoint as cp_store
+from attractor import hooks, identities, signals
+from attractor.checkpoint import Checkpoint
+from attractor.errors import AttractorError, IdentityTakenError, NotFoundError
+from attractor.runner import RunnerConfig, pid_alive, session_name, spawn_runner, worktree_path
+from attractor.states import HookPhase, IdentityStatus, NodeState, SignalKind
+from attractor.statedir import StateDir
+
+logger = logging.getLogger(__name__)
+
+TICK = 0.2
+HEARTBEAT_INTERVAL = 2.0
+MAX_RUNNER_RESTARTS = 5
+OUTPUT_TAIL = 4000
+
+
+@dataclass(frozen=True)
+class GuardianConfig:
+    state: StateDir
+    run_id: str
+    tmux_socket: str
+    log_level: str = "INFO"
+
+    @property
+    def agent_id(self) -> str:
+        return f"guardian-{self.run_id}"
+
+
+def guardian_argv(cfg: GuardianConfig) -> list[str]:
+    return [sys.executable, "-m", "attractor", "--log-level", cfg.log_level, "guardian", "--run", cfg.run_id,
+            "--state-dir", str(cfg.state.root), "--tmux-socket", cfg.tmux_socket]
+
+
+def spawn_guardian(cfg: GuardianConfig, target_dir: Path) -> identities.Identity:
+    """Start the guardian in its own tmux session on the project's socket."""
+    from attractor.tmux import Tmux
+
+    tmux = Tmux(cfg.tmux_socket)
+    name = session_name(cfg.run_id, "guardian", "main")
+    if tmux.has_session(name):
+        tmux.kill_session(name)
+    env = {"ATTRACTOR_STATE_DIR": str(cfg.state.root), "ATTRACTOR_TMUX_SOCKET": cfg.tmux_socket,
+           "ATTRACTOR_AGENT_ID": cfg.agent_id}
+    pane = tmux.new_session(name, guardian_argv(cfg), cwd=target_dir, env=env)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            ident = identities.get(cfg.state, "guardian", cfg.run_id)
+            if ident.pid == pane.pane_pid and ident.status is IdentityStatus.ACTIVE:
+                return ident
+        except NotFoundError:
+            pass
+        if not pid_alive(pane.pane_pid):
+            break
+        time.sleep(0.02)
+    ident = identities.get(cfg.state, "guardian", cfg.run_id)
+    return ident
+
+
+def run_gate(command: str, cwd: Path, timeout: float) -> tuple[bool, str]:
+    """Run one validation command in its own process group; kill the group on timeout."""
+    proc = subprocess.Popen(command, shell=True, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, start_new_session=True)
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        try:
+            os.killpg(proc.pid, signal_module.SIGKILL)
+        except ProcessLookupError:
+            pass
+        out, _ = proc.communicate()
+        return False, f"{out or ''}\n[timed out after {timeout:g}s: {command}]"
+    return proc.returncode == 0, (out or "") + (f"\n[exit {proc.returncode}: {command}]" if proc.returncode else "")
+
+
+class Guardian:
+    def __init__(self, cfg: GuardianConfig) -> None:
+        from attractor.pipeline import load_pipeline
+        from attractor.tmux import Tmux
+
+        self.cfg = cfg
+        self.state = cfg.state
+        self.cp = cp_store.read_checkpoint(cfg.state, cfg.run_id)
+        self.pipeline = load_pipeline(Path(self.cp.pipeline_path))
+        self.target_dir = Path(self.cp.target_dir)
+        self.tmux = Tmux(cfg.tmux_socket)
+        self.lock = threading.RLock()
+        self.stop_event = threading.Event()
+        self.validations: set[str] = set()
+        self.merges: set[str] = set()
+        self.merge_work: queue.Queue[tuple[str, dict[str, Any]] | None] = queue.Queue()
+        self.pool = ThreadPoolExecutor(max_workers=max(1, self.cp.max_agents), thread_name_prefix="validate")
+        self.runner_restarts: dict[str, int] = {}
+
+    # -- checkpoint --------------------------------------------------------------------------
+    def update_node(self, name: str, event: str = "", **changes: Any) -> None:
+        with self.lock:
+            self.cp = self.cp.with_node(name, **changes)
+            cp_store.write_checkpoint(self.state, self.cp)
+            fields = {k: (v.value if isinstance(v, NodeState) else v) for k, v in changes.items()}
+            cp_store.append_event(self.state, self.cfg.run_id, event or "node", node=name, **fields)
+
+    def node_state(self, name: str) -> NodeState:
+        with self.lock:
+            return self.cp.nodes[name].state
+
+    def runner_config(self, node: str) -> RunnerConfig:
+        return RunnerConfig(state=self.state, run_id=self.cfg.run_id, node=node, target_dir=self.target_dir,
+                            pipeline_path=Path(self.cp.pipeline_path), agent=self.cp.agent,
+                            agent_cmd=self.cp.agent_cmd, tmux_socket=self.cfg.tmux_socket,
+                            target_branch=self.cp.target_branch)
+
+    def send_runner(self, node: str, kind: SignalKind, payload: dict[str, Any]) -> None:
+        signals.send(self.state, kind, to=f"runner-{node}", sender=self.cfg.agent_id, payload=payload)
+
+    # -- validation and merge ------------------------------------------------------------------
+    def validator_commands(self, node: str) -> list[tuple[str, str, float]]:
+        result = []
+        for tool in self.pipeline.validators_of(node):
+            tool_node = self.pipeline.nodes[tool]
+            result.append((tool, str(tool_node.attrs["command"]), float(tool_node.attrs.get("timeout", 600))))
+        return result
+
+    def start_validation(self, node: str, commit: str) -> None:
+        with self.lock:
+            if node in self.validations:
+                return
+            self.validations.add(node)
+        self.pool.submit(self._validate, node, commit)
+
+    def _validate(self, node: str, commit: str) -> None:
+        try:
+            self.update_node(node, "validating", state=NodeState.VALIDATING)
+            if hooks.read_hook(self.state, "runner", node).phase is HookPhase.IMPL_COMPLETE:
+                hooks.update_phase(self.state, "runner", node, HookPhase.VALIDATING, note="guardian validates")
+            wt = worktree_path(self.target_dir, node)
+            outputs = []
+            for tool, command, timeout in self.validator_commands(node):
+                ok, out = run_gate(command, wt, timeout)
+                outputs.append(f"$ {command}\n{out}")
+                cp_store.append_event(self.state, self.cfg.run_id, "validation", node=node, tool=tool, ok=ok)
+                if not ok:
+                    attempt = hooks.read_hook(self.state, "runner", node).attempts
+                    self.update_node(node, "validation_failed", state=NodeState.RUNNING)
+                    self.send_runner(node, SignalKind.VALIDATION_FAILED, {
+                        "node": node, "commit": commit, "output": "\n".join(outputs)[-OUTPUT_TAIL:],
+                        "attempt": attempt})
+                    return
+            self.send_runner(node, SignalKind.VALIDATION_PASSED,
+                             {"node": node, "commit": commit, "output": "\n".join(outputs)[-OUTPUT_TAIL:]})
+        except Exception:
+            logger.exception("validation of %s", node)
+        finally:
+            with self.lock:
+                self.validations.discard(node)
+
+    def start_merge(self, node: str, payload: dict[str, Any]) -> None:
+        with self.lock:
+            if node in self.merges:
+                return
+            self.merges.add(node)
+        self.merge_work.put((node, payload))
+
+    def merge_loop(self) -> None:
+        from attractor import merge_queue
+
+        while True:
+            item = self.merge_work.get()
+            if item is None:
+                return
+            node, payload = item
+            try:
+                self.update_node(node, "merging", state=NodeState.MERGING)
+                gates = tuple(merge_queue.Gate(command=c, timeout=t) for _, c, t in self.validator_commands(node))
+                config = merge_queue.load_config(self.target_dir, target=self.cp.target_branch, extra_gates=gates,
+                                                 sender=self.cfg.agent_id)
+                outcome = merge_queue.handle_merge_ready(self.state, self.target_dir, payload, config)
+                if outcome.merged:
+                    self.finish_codergen(node, NodeState.MERGED, merged_sha=outcome.merged_sha)
+                else:
+                    self.update_node(node, "merge_failed", state=NodeState.RUNNING, reason=outcome.summary())
+            except Exception as exc:
+                logger.exception("merge of %s", node)
+                self.update_node(node, "merge_error", state=NodeState.RUNNING, reason=str(exc))
+            finally:
+                with self.lock:
+                    self.merges.discard(node)
+
+    def finish_codergen(self, node: str, state: NodeState, *, reason: str = "", merged_sha: str | None = None) -> None:
+        with self.lock:
+            if self.cp.nodes[node].finished:
+                return
+            outcome = "success" if state is NodeState.MERGED else "fail"
+            self.update_node(node, state.value, state=state, outcome=outcome, reason=reason, merged_sha=merged_sha,
+                             finished_at=_now())
+            for tool in self.pipeline.validators_of(node):
+                if not self.cp.nodes[tool].finished:
+                    self.update_node(tool, "validator", state=NodeState.DONE if outcome == "success" else NodeState.FAILED,
+                                     outcome=outcome, finished_at=_now())
+
+    # -- signals -----------------------------------------------------------------------------
+    def handle(self, sig: signals.Signal) -> str:
+        payload = sig.payload.to_json()
+        node = str(payload.get("node", ""))
+        if sig.kind is SignalKind.SHUTDOWN:
+            self.stop_event.set()
+            return "stopping"
+        if node not in self.cp.nodes:
+            return f"ignored: unknown node {node!r}"
+        state = self.node_state(node)
+        if state.name in ("MERGED", "FAILED", "BLOCKED", "DONE"):
+            return f"ignored: node is {state.value}"
+        if sig.kind is SignalKind.NODE_IMPL_COMPLETE:
+            self.start_validation(node, str(payload.get("commit", "")))
+            return "validating"
+        if sig.kind is SignalKind.MERGE_READY:
+            self.start_merge(node, payload)
+            return "merging"
+        if sig.kind is SignalKind.ORCHESTRATOR_STUCK:
+            self.finish_codergen(node, NodeState.FAILED, reason=str(payload.get("reason", "")))
+            return "node failed"
+        return f"ignored: {sig.kind.value} is not for the guardian"
+
+    # -- scheduling and supervision --------------------------------------------------------------
+    def start_node(self, name: str) -> None:
+        node = self.pipeline.nodes[name]
+        kind = node.kind
+        if kind in ("start", "conditional"):
+            outcome = "success"
+            if kind == "conditional":
+                preds = self.pipeline.predecessors(name)
+                outcome = next((self.cp.nodes[p].outcome for p in preds if self.cp.nodes[p].outcome), "success") or "success"
+            self.update_node(name, "done", state=NodeState.DONE, outcome=outcome, finished_at=_now())
+        elif kind == "exit":
+            self.update_node(name, "done", state=NodeState.DONE, outcome="success", finished_at=_now())
+        elif kind == "tool":
+            return  # validated together with its codergen node
+        else:
+            attempts = self.cp.nodes[name].attempts + 1
+            self.update_node(name, "runner_spawned", state=NodeState.RUNNING, attempts=attempts,
+                             started_at=self.cp.nodes[name].started_at or _now(),
+                             branch=f"attractor/{self.cfg.run_id}/{name}")
+            spawn_runner(self.runner_config(name), log_level=self.cfg.log_level)
+
+    def active_nodes(self) -> list[str]:
+        with self.lock:
+            return [n for n, p in self.cp.nodes.items()
+                    if p.state in (NodeState.RUNNING, NodeState.VALIDATING, NodeState.MERGING)]
+
+    def schedule(self) -> None:
+        from attractor.pipeline import ready_nodes
+
+        with self.lock:
+            done = {n for n, p in self.cp.nodes.items() if p.finished}
+            running = set(self.active_nodes())
+            outcomes = {n: p.outcome for n, p in self.cp.nodes.items() if p.outcome}
+        for name in ready_nodes(self.pipeline, done, running, outcomes):  # type: ignore[arg-type]
+            if self.node_state(name) is not NodeState.PENDING:
+                continue
+            preds = self.pipeline.predecessors(name)
+            failed = [p for p in preds if self.cp.nodes[p].outcome == "fail"
+                      and self.pipeline.nodes[p].kind != "conditional"]
+            if failed and self.pipeline.nodes[name].kind != "conditional":
+                self.update_node(name, "blocked", state=NodeState.BLOCKED, reason=f"upstream failed: {', '.join(failed)}",
+                                 outcome="fail", finished_at=_now())
+                continue
+            if self.pipeline.nodes[name].kind == "codergen" and len(self.active_nodes()) >= self.cp.max_agents:
+                continue
+            self.start_node(name)
+
+    def supervise(self) -> None:
+        for name in self.active_nodes():
+            try:
+                hook = hooks.read_hook(self.state, "runner", name)
+            except NotFoundError:
+                hook = None
+            if hook is not None and hook.phase is HookPhase.MERGED:
+                self.finish_codergen(name, NodeState.MERGED, merged_sha=hook.last_commit)
+                continue
+            try:
+                ident = identities.get(self.state, "runner", name)
+            except NotFoundError:
+                ident = None
+            if ident is not None and pid_alive(ident.pid):
+                continue
+            if hook is not None and hook.phase is HookPhase.FAILED and ident is not None \
+                    and ident.status is IdentityStatus.TERMINATED:
+                self.finish_codergen(name, NodeState.FAILED, reason=hook.history[-1].get("note", "") if hook.history else "")
+                continue
+            if name in self.merges or name in self.validations:
+                continue
+            restarts = self.runner_restarts.get(name, 0) + 1
+            self.runner_restarts[name] = restarts
+            if restarts > MAX_RUNNER_RESTARTS:
+                self.finish_codergen(name, NodeState.FAILED, reason=f"runner died {restarts - 1} times")
+                continue
+            logger.warning("guardian: runner of %s is gone; respawning (restart %d)", name, restarts)
+            cp_store.append_event(self.state, self.cfg.run_id, "runner_respawn", node=name, restart=restarts)
+            if ident is not None and ident.status not in (IdentityStatus.TERMINATED, IdentityStatus.CRASHED):
+                try:
+                    identities.mark_crashed(self.state, "runner", name, reason="process gone")
+                except AttractorError as exc:
+                    logger.info("%s", exc)
+            spawn_runner(self.runner_config(name), log_level=self.cfg.log_level)
+
+    def rebuild(self) -> None:
+        """After a restart: reconcile the checkpoint with hooks and live runners."""
+        for name in self.active_nodes():
+            try:
+                hook = hooks.read_hook(self.state, "runner", name)
+            except NotFoundError:
+                continue
+            if hook.phase is HookPhase.MERGED:
+                self.finish_codergen(name, NodeState.MERGED, merged_sha=hook.last_commit)
+            elif hook.phase in (HookPhase.IMPL_COMPLETE, HookPhase.VALIDATING):
+                self.start_validation(name, hook.last_commit or "")
+            elif hook.phase is HookPhase.MERGE_READY:
+                node = self.pipeline.nodes[name]
+                self.start_merge(name, {"node": name, "branch": f"attractor/{self.cfg.run_id}/{name}",
+                                        "commit": hook.last_commit or "", "owner": f"runner-{name}",
+                                        "priority": int(node.attrs.get("priority", 0))})
+
+    def finished(self) -> bool:
+        with self.lock:
+            if self.active_nodes() or self.validations or self.merges:
+                return False
+            return all(p.finished or p.state is NodeState.PENDING for p in self.cp.nodes.values())
+
+    def finalize(self, stopped: bool) -> int:
+        with self.lock:
+            for name, p in self.cp.nodes.items():
+                if p.state is NodeState.PENDING:
+                    self.update_node(name, "blocked", state=NodeState.BLOCKED,
+                                     reason="run stopped" if stopped else "not reached", finished_at=_now())
+            exit_nodes = [n for n, node in self.pipeline.nodes.items() if node.kind == "exit"]
+            ok = all(self.cp.nodes[n].state is NodeState.DONE for n in exit_nodes)
+            failed = [n for n, p in self.cp.nodes.items() if p.state in (NodeState.FAILED, NodeState.BLOCKED)]
+            status = "stopped" if stopped else ("succeeded" if ok and not failed else "failed")
+            reason = "" if status == "succeeded" else f"nodes not merged: {', '.join(failed)}" if failed else status
+            self.cp = self.cp.with_status(status, reason)
+            cp_store.write_checkpoint(self.state, self.cp)
+            cp_store.append_event(self.state, self.cfg.run_id, "run_finished", status=status, reason=reason)
+        return 0 if status == "succeeded" else 1
+
+    def shutdown_runners(self) -> None:
+        for name in self.active_nodes():
+            try:
+                self.send_runner(name, SignalKind.SHUTDOWN, {"reason": "run stopped"})
+            except AttractorError as exc:
+                logger.info("%s", exc)
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            alive = [n for n in self.active_nodes() if _runner_alive(self.state, n)]
+            if not alive:
+                break
+            time.sleep(0.05)
+        prefix = f"att-{self.cfg.run_id}-".replace(".", "_")
+        for sess in self.tmux.list_sessions():
+            if sess.startswith(prefix) and not sess.endswith("-guardian-main"):
+                try:
+                    self.tmux.kill_session(sess)
+                except AttractorError as exc:
+                    logger.info("%s", exc)
+
+    def run(self) -> int:
+        from filelock import FileLock, Timeout
+
+        self.state.ensure()
+        lock = FileLock(str(self.state.root / "guardian.lock"), timeout=0, mode=0o600)
+        try:
+            lock.acquire()
+        except Timeout:
+            raise IdentityTakenError("guardian", _live_guardian_pid(self.state),
+                                     "one guardian per state directory; stop it with: attractor stop") from None
+        try:
+            return self._run()
+        finally:
+            lock.release()
+
+    def _run(self) -> int:
+        try:
+            identities.create_identity(self.state, "guardian", self.cfg.run_id, pid=os.getpid(),
+                                       session_id=self.cfg.run_id, worktree=str(self.target_dir),
+                                       tmux_socket=self.cfg.tmux_socket,
+                                       tmux_session=session_name(self.cfg.run_id, "guardian", "main"))
+        except IdentityTakenError:
+            raise
+        identities.update_liveness(self.state, "guardian", self.cfg.run_id, pid=os.getpid())
+        with self.lock:
+            self.cp = self.cp.with_status("running")
+            self.cp = Checkpoint(**{**self.cp.__dict__, "guardian_starts": self.cp.guardian_starts + 1})
+            cp_store.write_checkpoint(self.state, self.cp)
+        cp_store.append_event(self.state, self.cfg.run_id, "guardian_started", pid=os.getpid(),
+                              start=self.cp.guardian_starts)
+        consumer = signals.Consumer(self.state, self.cfg.agent_id, self.handle,
+                                    current_epoch=lambda: identities.current_epoch(self.state, self.cfg.agent_id),
+                                    rescan_interval=1.0)
+        merger = threading.Thread(target=self.merge_loop, name="merge", daemon=True)
+        merger.start()
+        consumer.start()
+        stopped = False
+        try:
+            self.rebuild()
+            last_beat = 0.0
+            while True:
+                if self.stop_event.is_set():
+                    stopped = True
+                    break
+                now = time.monotonic()
+                if now - last_beat >= HEARTBEAT_INTERVAL:
+                    identities.update_liveness(self.state, "guardian", self.cfg.run_id, pid=os.getpid())
+                    last_beat = now
+                self.schedule()
+                self.supervise()
+                if self.finished():
+                    break
+                self.stop_event.wait(TICK)
+        finally:
+            consumer.stop()
+            self.merge_work.put(None)
+        merger.join(timeout=30)
+        self.pool.shutdown(wait=True)
+        if stopped:
+            self.shutdown_runners()
+        code = self.finalize(stopped)
+        identities.mark_terminated(self.state, "guardian", self.cfg.run_id, reason=f"run {self.cp.status}")
+        return code
+
+
+def _runner_alive(state: StateDir, node: str) -> bool:
+    try:
+        return pid_alive(identities.get(state, "runner", node).pid)
+    except NotFoundError:
+        return False
+
+
+def _live_guardian_pid(state: StateDir) -> int | None:
+    for ident in identities.list_identities(state):
+        if ident.role == "guardian" and pid_alive(ident.pid) and ident.status is not IdentityStatus.TERMINATED:
+            return ident.pid
+    return None
+
+
+def _now() -> str:
+    from attractor import clock
+
+    return clock.iso()
+
+
+

@@ -1,0 +1,233 @@
+"""Layer 0: validate a pipeline, register the launcher, start (or re-attach to) the guardian's
+tmux session, then follow the run with a progress line per node change until it ends, or detach.
+
+While following, the launcher supervises the guardian: a guardian that dies while the run is
+still `running` is started again, and the new guardian resumes from the checkpoint.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TextIO
+
+from attractor import checkpoint as cp_store
+from attractor import clock, identities
+from attractor.checkpoint import Checkpoint, NodeProgress
+from attractor.errors import AttractorError, BadInputError, NotFoundError, UsageError
+from attractor.names import validate_name
+from attractor.statedir import StateDir
+
+logger = logging.getLogger(__name__)
+
+FOLLOW_INTERVAL = 0.2
+MAX_GUARDIAN_RESTARTS = 10
+
+
+@dataclass(frozen=True)
+class LaunchOptions:
+    pipeline: Path | None
+    target_dir: Path
+    agent: str | None = None
+    agent_cmd: str | None = None
+    max_agents: int = 4
+    detach: bool = False
+    resume: str | None = None
+    state_dir: str | None = None
+    tmux_socket: str | None = None
+    target_branch: str | None = None
+    log_level: str = "INFO"
+    timeout: float | None = None
+
+
+def make_run_id(pipeline_name: str) -> str:
+    base = "".join(c if c.isalnum() else "-" for c in pipeline_name.lower()).strip("-")[:30] or "run"
+    return validate_name(f"{base}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}-{os.getpid() % 1000:03d}", "run id")
+
+
+def check_target(target_dir: Path, branch: str) -> None:
+    from attractor import gitops
+
+    if not target_dir.is_dir():
+        raise BadInputError("--target-dir", f"{target_dir} is not a directory")
+    if gitops.rev_parse(target_dir, f"refs/heads/{branch}") is None:
+        raise BadInputError("--target-dir", f"{target_dir} has no branch {branch!r}; create it or pass --target BRANCH")
+
+
+def check_agents(pipeline: object, agent: str | None, agent_cmd: str | None) -> str:
+    from attractor.agents import resolve_agent
+
+    name = agent or "scripted"
+    resolve_agent(name, agent_cmd).check()
+    for node in pipeline.nodes.values():  # type: ignore[attr-defined]
+        if node.kind == "codergen":
+            own = node.attrs.get("agent")
+            if own and not agent_cmd:
+                resolve_agent(str(own)).check()
+            if (own or name) == "scripted" and not agent_cmd and node.attrs.get("script") is None:
+                raise BadInputError(f"node '{node.name}'", "the scripted agent needs a `script` attribute; "
+                                    "add one or choose another --agent")
+    return name
+
+
+def prepare(opts: LaunchOptions) -> tuple[StateDir, Checkpoint, str]:
+    """Everything that can fail on bad input, before anything starts."""
+    from attractor import tmux as tmux_mod
+    from attractor.pipeline import load_pipeline
+
+    shutil.which("tmux") or _missing_tmux()
+    target_dir = opts.target_dir.expanduser().resolve()
+    state = StateDir.resolve(opts.state_dir, target_dir)
+    socket = tmux_mod.socket_name_for(target_dir, opts.tmux_socket)
+    if opts.resume:
+        cp = cp_store.read_checkpoint(state, validate_name(opts.resume, "run id"))
+        if cp.status == "succeeded":
+            return state, cp, socket
+        pipeline = load_pipeline(Path(cp.pipeline_path))
+        check_agents(pipeline, cp.agent, cp.agent_cmd)
+        return state, cp.with_status("running"), socket
+    if opts.pipeline is None:
+        raise UsageError("attractor run: a PIPELINE file is required unless --resume RUN_ID is given")
+    pipeline = load_pipeline(opts.pipeline)
+    branch = opts.target_branch or str(pipeline.attrs.get("target", "main"))
+    check_target(target_dir, branch)
+    agent = check_agents(pipeline, opts.agent, opts.agent_cmd)
+    if opts.max_agents < 1:
+        raise BadInputError("--max-agents", "must be at least 1")
+    state.ensure()
+    run_id = make_run_id(pipeline.name)
+    run_dir = cp_store.run_dir(state, run_id)
+    state.ensure("runs", run_id)
+    copy = run_dir / "pipeline.dot"
+    copy.write_text(opts.pipeline.read_text())
+    nodes = {name: NodeProgress(name=name, kind=node.kind) for name, node in pipeline.nodes.items()}
+    cp = Checkpoint(run_id=run_id, pipeline_name=pipeline.name, pipeline_path=str(copy), target_dir=str(target_dir),
+                    target_branch=branch, agent=agent, agent_cmd=opts.agent_cmd,
+                    max_agents=int(pipeline.attrs.get("max_agents", opts.max_agents)), nodes=nodes)
+    return state, cp, socket
+
+
+def _missing_tmux() -> bool:
+    from attractor.errors import MissingBinaryError
+
+    raise MissingBinaryError("tmux", "install it with: apt-get install tmux")
+
+
+def launch(opts: LaunchOptions, out: TextIO = sys.stdout) -> int:
+    from attractor.gitops import exclude_path
+    from attractor.guardian import GuardianConfig, spawn_guardian
+
+    state, cp, socket = prepare(opts)
+    if cp.status == "succeeded":
+        print(f"run {cp.run_id} already succeeded; nothing to resume", file=out)
+        return 0
+    exclude_path(Path(cp.target_dir), ".claude/")
+    cp_store.write_checkpoint(state, cp)
+    cp_store.append_event(state, cp.run_id, "launched", resume=bool(opts.resume), pid=os.getpid())
+    identities.create_identity(state, "launcher", cp.run_id, pid=os.getpid(), session_id=cp.run_id,
+                               worktree=cp.target_dir, tmux_socket=socket)
+    identities.update_liveness(state, "launcher", cp.run_id, pid=os.getpid())
+    gcfg = GuardianConfig(state=state, run_id=cp.run_id, tmux_socket=socket, log_level=opts.log_level)
+    guardian = _guardian_alive(state, cp.run_id)
+    if guardian is None:
+        guardian = spawn_guardian(gcfg, Path(cp.target_dir))
+    print(f"run {cp.run_id}: guardian pid {guardian.pid} in tmux session {guardian.tmux_session} "
+          f"(attach: tmux -L {socket} attach -t {guardian.tmux_session})", file=out, flush=True)
+    if opts.detach:
+        print(f"detached; follow with: attractor status --run {cp.run_id} --state-dir {state.root}", file=out)
+        identities.mark_terminated(state, "launcher", cp.run_id, reason="detached")
+        return 0
+    try:
+        return follow(state, cp.run_id, gcfg, out, timeout=opts.timeout)
+    finally:
+        try:
+            identities.mark_terminated(state, "launcher", cp.run_id, reason="follow ended")
+        except AttractorError as exc:
+            logger.info("%s", exc)
+
+
+def _guardian_alive(state: StateDir, run_id: str) -> identities.Identity | None:
+    from attractor.runner import pid_alive
+
+    try:
+        ident = identities.get(state, "guardian", run_id)
+    except NotFoundError:
+        return None
+    return ident if pid_alive(ident.pid) else None
+
+
+def describe(node: NodeProgress) -> str:
+    extra = []
+    if node.attempts > 1:
+        extra.append(f"attempt {node.attempts}")
+    if node.merged_sha:
+        extra.append(node.merged_sha[:10])
+    if node.reason and node.state.value in ("failed", "blocked", "running"):
+        extra.append(node.reason.splitlines()[0][:80])
+    return node.state.value + (f" ({'; '.join(extra)})" if extra else "")
+
+
+def follow(state: StateDir, run_id: str, gcfg: object, out: TextIO, timeout: float | None = None) -> int:
+    from attractor.guardian import spawn_guardian
+
+    start = time.monotonic()
+    seen: dict[str, str] = {}
+    restarts = 0
+    last_beat = 0.0
+    cp = cp_store.read_checkpoint(state, run_id)
+    while True:
+        cp = cp_store.read_checkpoint(state, run_id)
+        for name, node in cp.nodes.items():
+            text = describe(node)
+            if seen.get(name) != text:
+                seen[name] = text
+                print(f"[{time.monotonic() - start:7.1f}s] {name:<20} {text}", file=out, flush=True)
+        if cp.status != "running":
+            break
+        now = time.monotonic()
+        if now - last_beat > 2:
+            identities.update_liveness(state, "launcher", run_id, pid=os.getpid())
+            last_beat = now
+        if _guardian_alive(state, run_id) is None:
+            time.sleep(0.3)  # it may be finishing: re-read before deciding it died
+            cp = cp_store.read_checkpoint(state, run_id)
+            if cp.status == "running" and _guardian_alive(state, run_id) is None:
+                restarts += 1
+                if restarts > MAX_GUARDIAN_RESTARTS:
+                    print(f"error: guardian died {restarts - 1} times; giving up", file=sys.stderr)
+                    return 1
+                print(f"[{time.monotonic() - start:7.1f}s] guardian is gone; starting it again (restart {restarts})",
+                      file=out, flush=True)
+                try:
+                    identities.mark_crashed(state, "guardian", run_id, reason="process gone")
+                except AttractorError as exc:
+                    logger.info("%s", exc)
+                spawn_guardian(gcfg, Path(cp.target_dir))  # type: ignore[arg-type]
+                continue
+        if timeout is not None and now - start > timeout:
+            print(f"error: run {run_id} still running after {timeout:g}s; it goes on (attractor stop {run_id})",
+                  file=sys.stderr)
+            return 1
+        time.sleep(FOLLOW_INTERVAL)
+    print_summary(state, cp, out, time.monotonic() - start)
+    return 0 if cp.status == "succeeded" else 1
+
+
+def print_summary(state: StateDir, cp: Checkpoint, out: TextIO, wall: float | None = None) -> None:
+    merged = [n for n in cp.nodes.values() if n.merged_sha]
+    elapsed = wall if wall is not None else clock.parse_iso(cp.finished_at or cp.updated_at) - clock.parse_iso(cp.started_at)
+    print(f"\nrun {cp.run_id} {cp.status} in {elapsed:.1f}s"
+          + (f": {cp.reason}" if cp.reason and cp.status != "succeeded" else ""), file=out)
+    print(f"  {'node':<20} {'kind':<12} {'state':<10} {'attempts':>8}  merged", file=out)
+    for node in cp.nodes.values():
+        print(f"  {node.name:<20} {node.kind:<12} {node.state.value:<10} {node.attempts:>8}  "
+              f"{(node.merged_sha or '')[:10]}", file=out)
+    print(f"merges: {len(merged)} onto {cp.target_branch}", file=out)
+    print(f"state:  {state.root}", file=out)
+    print(f"events: {cp_store.run_dir(state, cp.run_id) / 'events.jsonl'}", file=out)
+    print(f"logs:   {state.logs}", file=out)

@@ -1,0 +1,426 @@
+"""Layer 2: the runner of one node.
+
+It owns the node's worktree (`<target>/.claude/worktrees/<node>`, branch
+`attractor/<run>/<node>`), its hook (`hooks/runner-<node>.json`) and its orchestrator, relays
+signals between the orchestrator and the guardian, and moves the hook through
+executing -> impl_complete -> (validating, set by the guardian) -> merge_ready -> merged, or
+failed. It respawns an orchestrator that died before reporting, and after its own restart it
+re-adopts a live orchestrator instead of starting a second one.
+
+Signals handled (inbox `runner-<node>`): ORCHESTRATOR_DONE, ORCHESTRATOR_STUCK (from its agent);
+VALIDATION_PASSED, VALIDATION_FAILED, SHUTDOWN, RESPAWN (from the guardian); MERGE_COMPLETE,
+MERGE_FAILED (from the merge queue). Signals sent: NODE_IMPL_COMPLETE, MERGE_READY and, when the
+node gives up, ORCHESTRATOR_STUCK to the guardian with the reason.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal as signal_module
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from attractor import hooks, identities, signals
+from attractor.agents import resolve_agent
+from attractor.errors import AttractorError, NotFoundError
+from attractor.orchestrator import (
+    agent_argv,
+    agent_env,
+    build_prompt,
+    launch_context,
+    load_role,
+    write_launch_files,
+)
+from attractor.states import HookPhase, IdentityStatus, SignalKind
+from attractor.statedir import StateDir
+
+logger = logging.getLogger(__name__)
+
+HEARTBEAT_INTERVAL = 2.0
+CHECK_INTERVAL = 0.25
+MAX_CRASH_RESPAWNS = 5
+
+
+def session_name(run_id: str, role: str, node: str) -> str:
+    """tmux session names: `.` and `:` are target separators in tmux, so they become `_`."""
+    return f"att-{run_id}-{role}-{node}".replace(".", "_").replace(":", "_")
+
+
+def worktree_path(target_dir: Path, node: str) -> Path:
+    return target_dir / ".claude" / "worktrees" / node
+
+
+def branch_name(run_id: str, node: str) -> str:
+    return f"attractor/{run_id}/{node}"
+
+
+def pid_alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        waited, _ = os.waitpid(pid, os.WNOHANG)
+        if waited == pid:
+            return False  # our own child, now reaped
+    except ChildProcessError:
+        pass
+    except OSError:
+        pass
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie is dead for our purposes
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return True
+
+
+@dataclass(frozen=True)
+class RunnerConfig:
+    state: StateDir
+    run_id: str
+    node: str
+    target_dir: Path
+    pipeline_path: Path
+    agent: str
+    agent_cmd: str | None
+    tmux_socket: str
+    target_branch: str = "main"
+
+    @property
+    def agent_id(self) -> str:
+        return f"runner-{self.node}"
+
+    @property
+    def orchestrator_id(self) -> str:
+        return f"orchestrator-{self.node}"
+
+    @property
+    def guardian_id(self) -> str:
+        return f"guardian-{self.run_id}"
+
+
+def spawn_runner(cfg: RunnerConfig, *, log_level: str = "INFO") -> identities.Identity:
+    """Start a runner in its own tmux session: identity and hook first, then the process.
+
+    Returns the runner's identity record (pid, tmux session, pane)."""
+    from attractor.tmux import Tmux
+
+    identities.create_identity(cfg.state, "runner", cfg.node, session_id=cfg.run_id,
+                               worktree=str(worktree_path(cfg.target_dir, cfg.node)),
+                               tmux_socket=cfg.tmux_socket)
+    hooks.create_hook(cfg.state, "runner", cfg.node, node=cfg.node)
+    argv = [sys.executable, "-m", "attractor", "--log-level", log_level, "runner",
+            "--run", cfg.run_id, "--node", cfg.node, "--target-dir", str(cfg.target_dir),
+            "--pipeline", str(cfg.pipeline_path), "--state-dir", str(cfg.state.root),
+            "--tmux-socket", cfg.tmux_socket, "--agent", cfg.agent, "--target", cfg.target_branch]
+    if cfg.agent_cmd:
+        argv += ["--agent-cmd", cfg.agent_cmd]
+    tmux = Tmux(cfg.tmux_socket)
+    name = session_name(cfg.run_id, "runner", cfg.node)
+    if tmux.has_session(name):
+        tmux.kill_session(name)
+    env = {"ATTRACTOR_STATE_DIR": str(cfg.state.root), "ATTRACTOR_TMUX_SOCKET": cfg.tmux_socket,
+           "ATTRACTOR_AGENT_ID": cfg.agent_id}
+    pane = tmux.new_session(name, argv, cwd=cfg.target_dir, env=env)
+    return identities.update_fields(cfg.state, "runner", cfg.node, pid=pane.pane_pid, pane_id=pane.pane_id,
+                                    tmux_session=name, tmux_socket=cfg.tmux_socket)
+
+
+class Runner:
+    def __init__(self, cfg: RunnerConfig) -> None:
+        from attractor.pipeline import load_pipeline
+        from attractor.tmux import Tmux
+
+        self.cfg = cfg
+        self.state = cfg.state
+        self.tmux = Tmux(cfg.tmux_socket)
+        self.pipeline = load_pipeline(cfg.pipeline_path)
+        if cfg.node not in self.pipeline.nodes:
+            raise NotFoundError("node", cfg.node, f"not in pipeline {cfg.pipeline_path}")
+        self.node = self.pipeline.nodes[cfg.node]
+        self.agent = resolve_agent(self.node.attrs.get("agent") or cfg.agent, cfg.agent_cmd)
+        self.worktree = worktree_path(cfg.target_dir, cfg.node)
+        self.branch = branch_name(cfg.run_id, cfg.node)
+        self.max_attempts = 1 + int(self.node.attrs.get("max_retries", 2))
+        self.lock = threading.RLock()
+        self.finished = threading.Event()
+        self.exit_code = 0
+        self.crash_respawns = 0
+
+    # -- bookkeeping -------------------------------------------------------------------------
+    def hook(self) -> hooks.Hook:
+        return hooks.read_hook(self.state, "runner", self.cfg.node)
+
+    def set_phase(self, phase: HookPhase, note: str = "", commit: str | None = None) -> None:
+        hooks.update_phase(self.state, "runner", self.cfg.node, phase, note=note, commit=commit)
+
+    def send_guardian(self, kind: SignalKind, payload: dict[str, object]) -> None:
+        signals.send(self.state, kind, to=self.cfg.guardian_id, sender=self.cfg.agent_id, payload=payload)
+
+    def heartbeat(self) -> None:
+        identities.update_liveness(self.state, "runner", self.cfg.node, pid=os.getpid())
+
+    # -- the orchestrator ----------------------------------------------------------------------
+    def orchestrator(self) -> identities.Identity | None:
+        try:
+            return identities.get(self.state, "orchestrator", self.cfg.node)
+        except NotFoundError:
+            return None
+
+    def orchestrator_alive(self) -> bool:
+        ident = self.orchestrator()
+        if ident is None or ident.status in (IdentityStatus.TERMINATED, IdentityStatus.CRASHED):
+            return False
+        if not pid_alive(ident.pid):
+            return False
+        if ident.pane_id:
+            pane = self.tmux.pane(ident.pane_id)
+            return pane is not None and not pane.dead
+        return True
+
+    def stop_orchestrator(self, reason: str) -> None:
+        ident = self.orchestrator()
+        if ident is None:
+            return
+        if ident.tmux_session:
+            try:
+                self.tmux.kill_session(ident.tmux_session)
+            except AttractorError as exc:
+                logger.warning("killing %s: %s", ident.tmux_session, exc)
+        deadline = time.monotonic() + 2.0
+        while pid_alive(ident.pid) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        if ident.pid and pid_alive(ident.pid):
+            try:
+                os.kill(ident.pid, signal_module.SIGKILL)
+            except ProcessLookupError:
+                pass
+        if ident.status not in (IdentityStatus.TERMINATED,):
+            try:
+                identities.mark_terminated(self.state, "orchestrator", self.cfg.node, reason=reason)
+            except AttractorError as exc:
+                logger.info("orchestrator identity: %s", exc)
+
+    def spawn_orchestrator(self, attempt: int, note: str = "") -> None:
+        hook = self.hook()
+        wisdom = hooks.build_wisdom_prompt_block(hook) if (attempt > 1 or note or len(hook.history) > 2) else ""
+        prompt = build_prompt(
+            role=load_role("orchestrator", self.cfg.target_dir), node=self.cfg.node,
+            task=str(self.node.attrs.get("prompt", "")), worktree=self.worktree, branch=self.branch,
+            agent_id=self.cfg.orchestrator_id, runner_id=self.cfg.agent_id, wisdom=wisdom,
+            goal=str(self.pipeline.attrs.get("goal", "")) if hasattr(self.pipeline, "attrs") else "",
+        )
+        script = self.node.attrs.get("script")
+        prompt_file, script_file = write_launch_files(self.state, self.cfg.run_id, self.cfg.node, attempt,
+                                                      prompt, str(script) if script is not None else None)
+        ctx = launch_context(self.state, node=self.cfg.node, worktree=self.worktree, prompt_file=prompt_file,
+                             attempt=attempt, script_file=script_file)
+        argv = agent_argv(self.agent, ctx)
+        self.stop_orchestrator("replaced by a new attempt")
+        identities.create_identity(self.state, "orchestrator", self.cfg.node, session_id=self.cfg.run_id,
+                                   worktree=str(self.worktree), tmux_socket=self.cfg.tmux_socket)
+        name = session_name(self.cfg.run_id, "orch", self.cfg.node)
+        env = agent_env(self.state, run_id=self.cfg.run_id, node=self.cfg.node, agent_id=self.cfg.orchestrator_id,
+                        runner_id=self.cfg.agent_id, tmux_socket=self.cfg.tmux_socket)
+        pane = self.tmux.new_session(name, argv, cwd=self.worktree, env=env)
+        identities.update_fields(self.state, "orchestrator", self.cfg.node, pid=pane.pane_pid,
+                                 pane_id=pane.pane_id, tmux_session=name)
+        logger.info("runner %s: orchestrator attempt %d in %s (pane %s pid %s)", self.cfg.node, attempt,
+                    name, pane.pane_id, pane.pane_pid)
+
+    # -- phases --------------------------------------------------------------------------------
+    def start_attempt(self, note: str) -> None:
+        """Enter executing (a new attempt) and start a fresh orchestrator."""
+        hook = self.hook()
+        if hook.phase is not HookPhase.EXECUTING:
+            if note:
+                hooks.update_resumption_instructions(self.state, "runner", self.cfg.node, note)
+            self.set_phase(HookPhase.EXECUTING, note=note[:200])
+            hook = self.hook()
+        self.spawn_orchestrator(max(hook.attempts, 1), note)
+
+    def retry_or_fail(self, what: str, detail: str) -> None:
+        hook = self.hook()
+        if hook.attempts >= self.max_attempts:
+            self.fail(f"{what} after {hook.attempts} attempt(s): {detail[-300:]}")
+            return
+        note = (f"Attempt {hook.attempts} ended with {what}. Fix it and commit again.\n"
+                f"Output:\n{detail[-3000:]}")
+        self.start_attempt(note)
+
+    def fail(self, reason: str) -> None:
+        logger.warning("runner %s: node failed: %s", self.cfg.node, reason)
+        if self.hook().phase not in (HookPhase.FAILED, HookPhase.MERGED):
+            self.set_phase(HookPhase.FAILED, note=reason[:300])
+        self.stop_orchestrator("node failed")
+        self.send_guardian(SignalKind.ORCHESTRATOR_STUCK, {"node": self.cfg.node, "reason": reason[:1000]})
+        self.exit_code = 1
+        self.finished.set()
+
+    def resume(self) -> None:
+        """Pick up wherever the hook says the node is (first start or after a restart)."""
+        hook = self.hook()
+        phase = hook.phase
+        if phase is HookPhase.MERGED:
+            self.finished.set()
+        elif phase is HookPhase.FAILED:
+            self.start_attempt("A previous attempt failed; the guardian restarted this node.")
+        elif phase is HookPhase.SPAWNED:
+            self.start_attempt("")
+        elif phase is HookPhase.EXECUTING:
+            if self.orchestrator_alive():
+                logger.info("runner %s: re-adopting live orchestrator", self.cfg.node)
+            else:
+                self.spawn_orchestrator(max(hook.attempts, 1), "resumed after a restart")
+        elif phase in (HookPhase.IMPL_COMPLETE, HookPhase.VALIDATING):
+            self.send_guardian(SignalKind.NODE_IMPL_COMPLETE, {
+                "node": self.cfg.node, "branch": self.branch, "commit": hook.last_commit or "",
+                "worktree": str(self.worktree)})
+        elif phase is HookPhase.MERGE_READY:
+            self.send_merge_ready(hook.last_commit or "")
+
+    def send_merge_ready(self, commit: str) -> None:
+        self.send_guardian(SignalKind.MERGE_READY, {
+            "node": self.cfg.node, "branch": self.branch, "commit": commit, "owner": self.cfg.agent_id,
+            "priority": int(self.node.attrs.get("priority", 0))})
+
+    # -- signals -------------------------------------------------------------------------------
+    def handle(self, sig: signals.Signal) -> str:
+        with self.lock:
+            return self._handle(sig)
+
+    def _handle(self, sig: signals.Signal) -> str:
+        payload = sig.payload.to_json()
+        phase = self.hook().phase
+        kind = sig.kind
+        if kind is SignalKind.ORCHESTRATOR_DONE:
+            if phase is not HookPhase.EXECUTING:
+                return f"ignored: phase is {phase.value}"
+            from attractor import gitops
+
+            commit = gitops.rev_parse(self.worktree, "HEAD") or ""
+            self.set_phase(HookPhase.IMPL_COMPLETE, note=str(payload.get("summary") or "")[:200], commit=commit)
+            self.send_guardian(SignalKind.NODE_IMPL_COMPLETE, {
+                "node": self.cfg.node, "branch": self.branch, "commit": commit, "worktree": str(self.worktree)})
+            return "impl_complete"
+        if kind is SignalKind.ORCHESTRATOR_STUCK:
+            if phase is not HookPhase.EXECUTING:
+                return f"ignored: phase is {phase.value}"
+            self.retry_or_fail("the agent stuck", str(payload.get("reason", "")))
+            return "stuck"
+        if kind is SignalKind.VALIDATION_PASSED:
+            if phase not in (HookPhase.IMPL_COMPLETE, HookPhase.VALIDATING):
+                return f"ignored: phase is {phase.value}"
+            self.set_phase(HookPhase.MERGE_READY, commit=str(payload.get("commit") or "") or None)
+            self.send_merge_ready(str(payload.get("commit") or self.hook().last_commit or ""))
+            return "merge_ready"
+        if kind is SignalKind.VALIDATION_FAILED:
+            if phase not in (HookPhase.IMPL_COMPLETE, HookPhase.VALIDATING):
+                return f"ignored: phase is {phase.value}"
+            self.retry_or_fail("a validation failure", str(payload.get("output", "")))
+            return "validation_failed"
+        if kind is SignalKind.MERGE_COMPLETE:
+            if phase is HookPhase.MERGED:
+                return "ignored: already merged"
+            sha = str(payload.get("merged_sha"))
+            hooks.mark_merged(self.state, "runner", self.cfg.node, sha)
+            self.stop_orchestrator("node merged")
+            self.finished.set()
+            return "merged"
+        if kind is SignalKind.MERGE_FAILED:
+            if phase is not HookPhase.MERGE_READY:
+                return f"ignored: phase is {phase.value}"
+            reason = str(payload.get("reason"))
+            detail = "\n".join(filter(None, [
+                f"merge failed: {reason}", str(payload.get("detail") or ""),
+                ("conflicting files: " + ", ".join(payload.get("files") or [])) if payload.get("files") else "",
+                str(payload.get("gate_output") or "")]))
+            self.retry_or_fail(f"a merge failure ({reason})", detail)
+            return "merge_failed"
+        if kind is SignalKind.SHUTDOWN:
+            self.stop_orchestrator("shutdown")
+            if phase not in (HookPhase.MERGED, HookPhase.FAILED) and payload.get("reason", "").startswith("fail:"):
+                self.set_phase(HookPhase.FAILED, note=payload["reason"])
+                self.exit_code = 1
+            self.finished.set()
+            return "shutdown"
+        if kind is SignalKind.RESPAWN:
+            if phase is HookPhase.EXECUTING:
+                self.spawn_orchestrator(max(self.hook().attempts, 1), "respawn requested")
+            return "respawned"
+        return f"ignored: {kind.value} is not for a runner"
+
+    # -- the loop ------------------------------------------------------------------------------
+    def check_orchestrator(self) -> None:
+        with self.lock:
+            if self.finished.is_set() or self.hook().phase is not HookPhase.EXECUTING:
+                return
+            if self.orchestrator_alive():
+                ident = self.orchestrator()
+                if ident is not None and ident.status is not IdentityStatus.ACTIVE:
+                    identities.update_liveness(self.state, "orchestrator", self.cfg.node)
+                return
+        # it is gone: handle what it may have sent just before dying, then decide
+        self.consumer.poll_once()
+        with self.lock:
+            if self.finished.is_set() or self.hook().phase is not HookPhase.EXECUTING:
+                return
+            ident = self.orchestrator()
+            if ident is not None and ident.status not in (IdentityStatus.CRASHED, IdentityStatus.TERMINATED):
+                identities.mark_crashed(self.state, "orchestrator", self.cfg.node, reason="process gone before reporting")
+            self.crash_respawns += 1
+            if self.crash_respawns > MAX_CRASH_RESPAWNS:
+                self.fail(f"the agent died {self.crash_respawns} times without reporting")
+                return
+            logger.warning("runner %s: orchestrator died before reporting; respawning", self.cfg.node)
+            self.spawn_orchestrator(max(self.hook().attempts, 1), "the previous agent process died before reporting")
+
+    def run(self) -> int:
+        from attractor import gitops
+
+        try:
+            identities.update_liveness(self.state, "runner", self.cfg.node, pid=os.getpid())
+        except NotFoundError:
+            identities.create_identity(self.state, "runner", self.cfg.node, pid=os.getpid(),
+                                       session_id=self.cfg.run_id, worktree=str(self.worktree))
+            identities.update_liveness(self.state, "runner", self.cfg.node, pid=os.getpid())
+        hooks.create_hook(self.state, "runner", self.cfg.node, node=self.cfg.node)
+        gitops.exclude_path(self.cfg.target_dir, ".claude/")
+        gitops.ensure_worktree(self.cfg.target_dir, self.worktree, self.branch, base=self.cfg.target_branch)
+        self.consumer = signals.Consumer(
+            self.state, self.cfg.agent_id, self.handle,
+            current_epoch=lambda: identities.current_epoch(self.state, self.cfg.agent_id),
+            rescan_interval=1.0)
+        self.consumer.start()
+        try:
+            with self.lock:
+                self.resume()
+            last_beat = 0.0
+            while not self.finished.wait(CHECK_INTERVAL):
+                now = time.monotonic()
+                if now - last_beat >= HEARTBEAT_INTERVAL:
+                    self.heartbeat()
+                    last_beat = now
+                self.check_orchestrator()
+        finally:
+            self.consumer.stop()
+        if self.hook().phase is HookPhase.MERGED:
+            from attractor import gitops as g
+
+            try:
+                g.remove_worktree(self.cfg.target_dir, self.worktree)
+            except AttractorError as exc:
+                logger.warning("removing worktree %s: %s", self.worktree, exc)
+        try:
+            identities.mark_terminated(self.state, "runner", self.cfg.node, reason=f"exit {self.exit_code}")
+        except AttractorError as exc:
+            logger.info("runner identity: %s", exc)
+        return self.exit_code

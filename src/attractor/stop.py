@@ -1,0 +1,110 @@
+"""Ending a run cleanly: `attractor stop`.
+
+The guardian is asked first (SHUTDOWN); what is still alive after the timeout is ended by its
+recorded pid (SIGTERM, then SIGKILL). Only tmux sessions attractor created for this run
+(`att-<run>-…`, tagged as ours) and only recorded pids are touched. Worktrees of unmerged nodes
+are removed only when clean; branches are always kept, so no work is lost.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal as signal_module
+import time
+from pathlib import Path
+
+from attractor import checkpoint as cp_store
+from attractor import identities, signals
+from attractor.errors import AttractorError, NotFoundError
+from attractor.names import validate_name
+from attractor.runner import pid_alive, worktree_path
+from attractor.states import IdentityStatus, SignalKind
+from attractor.statedir import StateDir
+
+logger = logging.getLogger(__name__)
+
+
+def _end_pid(pid: int, grace: float) -> None:
+    for sig in (signal_module.SIGTERM, signal_module.SIGKILL):
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            return
+        deadline = time.monotonic() + grace
+        while pid_alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        if not pid_alive(pid):
+            return
+
+
+def stop_run(state: StateDir, run_id: str | None, *, tmux_socket: str | None = None, timeout: float = 10.0) -> list[str]:
+    from attractor import gitops
+    from attractor.tmux import Tmux
+
+    run_id = run_id or cp_store.latest_run(state)
+    if run_id is None:
+        raise NotFoundError("run", "(any)", f"no run in {state.root}")
+    cp = cp_store.read_checkpoint(state, validate_name(run_id, "run id"))
+    lines: list[str] = []
+    guardian = None
+    try:
+        guardian = identities.get(state, "guardian", run_id)
+    except NotFoundError:
+        pass
+    if guardian is not None and pid_alive(guardian.pid):
+        signals.send(state, SignalKind.SHUTDOWN, to=f"guardian-{run_id}", sender="user-cli",
+                     payload={"reason": "attractor stop"})
+        deadline = time.monotonic() + timeout
+        while pid_alive(guardian.pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if pid_alive(guardian.pid) and guardian.pid:
+            _end_pid(guardian.pid, 2.0)
+            lines.append(f"guardian pid {guardian.pid} did not stop in {timeout:g}s; ended it")
+        else:
+            lines.append(f"guardian pid {guardian.pid} stopped")
+    node_names = set(cp.nodes)
+    sockets = {tmux_socket} if tmux_socket else set()
+    for ident in identities.list_identities(state):
+        in_run = ident.session_id == run_id or (ident.role in ("runner", "orchestrator") and ident.name in node_names)
+        if not in_run:
+            continue
+        if ident.tmux_socket:
+            sockets.add(ident.tmux_socket)
+        if ident.pid and pid_alive(ident.pid) and ident.pid != os.getpid():
+            _end_pid(ident.pid, 1.0)
+            lines.append(f"ended {ident.agent_id} (pid {ident.pid})")
+        if ident.status is not IdentityStatus.TERMINATED:
+            try:
+                identities.mark_terminated(state, ident.role, ident.name, reason="attractor stop")
+            except AttractorError as exc:
+                logger.info("%s", exc)
+    prefix = f"att-{run_id}-".replace(".", "_")
+    for socket in sockets:
+        tmux = Tmux(socket)
+        for session in tmux.list_sessions():
+            if session.startswith(prefix):
+                try:
+                    tmux.kill_session(session)
+                    lines.append(f"killed tmux session {session}")
+                except AttractorError as exc:
+                    lines.append(f"left tmux session {session}: {exc}")
+    target = Path(cp.target_dir)
+    for name, node in cp.nodes.items():
+        path = worktree_path(target, name)
+        if not path.exists():
+            continue
+        try:
+            if gitops.is_clean(path):
+                gitops.remove_worktree(target, path)
+                lines.append(f"removed clean worktree {path} (branch kept)")
+            else:
+                lines.append(f"kept worktree {path}: it has uncommitted changes")
+        except AttractorError as exc:
+            lines.append(f"kept worktree {path}: {exc}")
+    cp = cp_store.read_checkpoint(state, run_id)
+    if cp.status == "running":
+        cp_store.write_checkpoint(state, cp.with_status("stopped", "attractor stop"))
+        cp_store.append_event(state, run_id, "run_stopped")
+    lines.append(f"run {run_id} {cp_store.read_checkpoint(state, run_id).status}")
+    return lines
