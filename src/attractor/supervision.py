@@ -71,6 +71,8 @@ MAX_ALERTS = 20
 EXIT_DO_NOT_RETRY = 78
 CONTROL_ROLES = frozenset({"launcher", "guardian", "runner", "merge-queue"})
 R = TypeVar("R")
+# Stored times have microseconds: a caller waking at exactly `Decision.at` is on time.
+TIME_RESOLUTION = 1e-6
 
 
 @dataclass(frozen=True)
@@ -507,7 +509,8 @@ class Supervisor:
         if rec is not None and rec.quarantined:
             return False
         now = self.clock.time()
-        if rec is not None and rec.next_restart_at is not None and now < rec.next_restart_at:
+        if rec is not None and rec.next_restart_at is not None \
+                and now + TIME_RESOLUTION < rec.next_restart_at:
             return False
         return self.escalation_exempt(agent_id) or self.escalation() is None
 
