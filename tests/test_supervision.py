@@ -241,6 +241,21 @@ def test_escalation_pauses_all_respawns_with_one_alert(
     assert len(sup.due_respawns()) == 8
 
 
+def test_a_new_escalation_after_the_cooldown_raises_a_second_alert(state_dir: Path) -> None:
+    sup, clock = make(state_dir)
+    for n in "abcd":
+        sup.record_death(f"runner-{n}", "pid gone")
+    clock.advance(120.0)
+    assert sup.escalation() is None
+    for n in "efg":
+        assert sup.record_death(f"runner-{n}", "pid gone").action is Action.RESPAWN_NOW
+    assert sup.record_death("runner-h", "pid gone").action is Action.PAUSED
+    assert [a.agents for a in sup.alerts()] == [
+        ("runner-a", "runner-b", "runner-c", "runner-d"),
+        ("runner-e", "runner-f", "runner-g", "runner-h"),
+    ]
+
+
 def test_escalation_needs_four_distinct_agents_within_the_window(state_dir: Path) -> None:
     sup, clock = make(state_dir)
     for _ in range(4):  # one agent dying repeatedly is not an escalation

@@ -163,6 +163,8 @@ PROMPT_CASES = [
     PromptCase("answered-yn", ANSWERED_YN, None),
     PromptCase("scrolled-off", SCROLLED_OFF, None),
     PromptCase("empty", "\n\n\n", None),
+    PromptCase("padded-screen", ANSI_TRUST + "\n" * 45, "claude-trust", PromptAction.ANSWER,
+               ("Enter",)),
     PromptCase("latest-wins-trust", LIMIT_THEN_TRUST, "claude-trust", PromptAction.ANSWER,
                ("Enter",)),
     PromptCase("latest-wins-limit", TRUST_THEN_LIMIT, "usage-limit", PromptAction.WAIT,
@@ -351,6 +353,25 @@ def test_pid_alive_on_a_process_that_is_not_our_child() -> None:
     finally:
         os.kill(pid, signal.SIGKILL)
     retry_until(lambda: not pid_alive(pid), 5.0, what="orphaned sleep seen dead")
+
+
+def test_pid_alive_on_a_zombie_whose_parent_does_not_reap() -> None:
+    # sh starts a sleep, prints its pid, then becomes a `sleep` that never reaps it
+    parent = subprocess.Popen(["sh", "-c", "sleep 60 & echo $!; exec sleep 60"],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert parent.stdout is not None
+        pid = int(parent.stdout.readline())
+        assert pid_alive(pid)
+        os.kill(pid, signal.SIGKILL)
+        retry_until(lambda: not pid_alive(pid), 5.0, what="zombie grandchild seen dead")
+        with open(f"/proc/{pid}/stat") as fh:  # still there, as a zombie
+            assert fh.read().rsplit(")", 1)[1].split()[0] == "Z"
+    finally:
+        parent.kill()
+        parent.wait(5)
+        if parent.stdout is not None:
+            parent.stdout.close()
 
 
 @pytest.mark.parametrize("pid", [0, -1])
