@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -280,6 +281,37 @@ def test_consumer_thread_delivers(state: StateDir, use_events: bool) -> None:
         retry_until(lambda: len(handled) == 3, 5, what="consumer to handle 3 signals")
     assert handled == [s.id for s in sent]
     assert consumer._thread is None
+
+
+def test_claims_do_not_hold_back_the_next_wake_up(state: StateDir) -> None:
+    """Every claim renames a file out of new/. A watcher that holds such move-out events back
+    (as watchdog's Observer does, 0.5 s each, blocking the events behind them) would make each
+    of these ping-pong rounds wait for that delay; the rescan timer is too long to help."""
+    handled: list[str] = []
+    consumer = signals.Consumer(state, AGENT, lambda s: handled.append(s.id) or "ok",
+                                current_epoch=lambda: None, rescan_interval=60.0)
+    rounds = 20
+    with consumer:
+        retry_until(lambda: (state.signals / AGENT / "new").is_dir(), 5)
+        started = time.monotonic()
+        for n in range(1, rounds + 1):
+            signals.send(state, "SHUTDOWN", to=AGENT, sender="user-cli", epoch=1)
+            retry_until(lambda n=n: len(handled) == n, 10, interval=0.001)
+        elapsed = time.monotonic() - started
+    assert elapsed < rounds * 0.05, f"{rounds} rounds took {elapsed:.2f}s"
+
+
+def test_observer_fallback_wakes_on_new_files(tmp_path: Path) -> None:
+    """The watchdog Observer path used where the inotify reader is not available."""
+    wake = threading.Event()
+    unwatch = signals._watch_with_observer(tmp_path, wake)
+    assert unwatch is not None
+    try:
+        (tmp_path / "x.tmp").write_text("{}")
+        os.rename(tmp_path / "x.tmp", tmp_path / "x.json")
+        retry_until(wake.is_set, 5, what="the observer to wake")
+    finally:
+        unwatch()
 
 
 def test_consumer_run_with_outside_stop_event(state: StateDir) -> None:

@@ -38,7 +38,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from attractor import atomic, clock, names
 from attractor.errors import (
@@ -51,9 +51,6 @@ from attractor.errors import (
 from attractor.payloads import PAYLOAD_TYPES, Payload, payload_from_json
 from attractor.statedir import StateDir
 from attractor.states import SignalKind
-
-if TYPE_CHECKING:
-    from watchdog.observers.api import BaseObserver
 
 logger = logging.getLogger(__name__)
 
@@ -526,9 +523,48 @@ def remove_orphan_tmp(state: StateDir, agent_id: str | None = None) -> int:
 # --------------------------------------------------------------------------- waking up
 
 
-def _watch(directory: Path, wake: threading.Event) -> BaseObserver | None:
-    """Set `wake` whenever a file appears in `directory` (inotify through watchdog).
-    None if events are not available; callers then rely on their rescan timer."""
+def _watch(directory: Path, wake: threading.Event) -> Callable[[], None] | None:
+    """Set `wake` whenever a file appears in `directory`; returns the function that stops
+    watching, or None when no file-system events are available (callers then rely on their
+    rescan timer).
+
+    On Linux this registers a callback for IN_CREATE/IN_MOVED_TO on watchdog's shared inotify
+    reader. watchdog's Observer is not used there: it holds every IN_MOVED_FROM back for 0.5 s
+    to pair it with a move target, and events queued behind it wait too, so each claim (a
+    rename out of `new/`) would delay the next wake-up by up to half a second."""
+    try:
+        from watchdog.observers.inotify_c import InotifyConstants, InotifyFD
+    except Exception:  # not Linux, or another watchdog layout
+        return _watch_with_observer(directory, wake)
+    from watchdog.observers.inotify_c import CallbackId, InotifyEvent, Mask, WatchDescriptor
+
+    mask = Mask(InotifyConstants.IN_CREATE | InotifyConstants.IN_MOVED_TO)
+
+    class _Doorbell:
+        def on_event(self, event: InotifyEvent) -> None:
+            if event.mask & mask:
+                wake.set()
+
+        def on_watch_deleted(self, wd: WatchDescriptor) -> None:
+            wake.set()
+
+        def on_queue_overflow(self) -> None:
+            wake.set()  # events were lost: rescan now
+
+    reader = InotifyFD.get_instance()
+    doorbell = _Doorbell()
+    key = CallbackId(id(doorbell))
+    try:
+        wd = reader.add_callback(os.fsencode(directory), mask, doorbell, key)
+    except OSError as exc:
+        logger.warning(
+            "no file-system events for %s (%s); rescanning on the timer only", directory, exc
+        )
+        return None
+    return lambda: reader.remove_callbacks([(wd, key)])
+
+
+def _watch_with_observer(directory: Path, wake: threading.Event) -> Callable[[], None] | None:
     from watchdog.events import (
         FileCreatedEvent,
         FileMovedEvent,
@@ -541,7 +577,6 @@ def _watch(directory: Path, wake: threading.Event) -> BaseObserver | None:
         def on_any_event(self, event: FileSystemEvent) -> None:
             wake.set()
 
-    _quiet_watchdog_stop_race()
     observer = Observer()
     try:
         observer.schedule(
@@ -554,27 +589,20 @@ def _watch(directory: Path, wake: threading.Event) -> BaseObserver | None:
             "no file-system events for %s (%s); rescanning on the timer only", directory, exc
         )
         return None
-    return observer
 
-
-class _DropStopRace(logging.Filter):
-    """watchdog logs an ERROR when an emitter thread starts a read just as it is being stopped
-    (`queue_events() called when the thread is inactive`); nothing is lost, so drop that line."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return "called when the thread is inactive" not in str(record.msg)
-
-
-def _quiet_watchdog_stop_race() -> None:
-    watchdog_logger = logging.getLogger("watchdog.observers.inotify")
-    if not any(isinstance(f, _DropStopRace) for f in watchdog_logger.filters):
-        watchdog_logger.addFilter(_DropStopRace())
-
-
-def _unwatch(observer: BaseObserver | None) -> None:
-    if observer is not None:
+    def unwatch() -> None:
         observer.stop()
         observer.join(timeout=5)
+
+    return unwatch
+
+
+def _unwatch(unwatch: Callable[[], None] | None) -> None:
+    if unwatch is not None:
+        try:
+            unwatch()
+        except Exception as exc:  # a watch already gone (directory deleted) is fine
+            logger.debug("stopping a file-system watch: %s", exc)
 
 
 def _sleep(wake: threading.Event, stop: threading.Event | None, seconds: float) -> None:
@@ -692,7 +720,7 @@ class Consumer:
         rescan every `rescan_interval` seconds (so a lost event delays a signal no longer)."""
         ensure_inbox(self.inbox.state, self.inbox.agent_id)
         self._running_stop = stop
-        observer = _watch(self.inbox.root / "new", self._wake) if self.use_events else None
+        unwatch = _watch(self.inbox.root / "new", self._wake) if self.use_events else None
         try:
             with contextlib.suppress(Exception):
                 sweep_dead_claims(self.inbox.state, self.inbox.agent_id)
@@ -704,7 +732,7 @@ class Consumer:
                     logger.exception("signal consumer of %s: poll failed", self.inbox.agent_id)
                 _sleep(self._wake, stop, self.rescan_interval)
         finally:
-            _unwatch(observer)
+            _unwatch(unwatch)
             self._running_stop = None
 
     def start(self) -> Consumer:
@@ -762,7 +790,7 @@ def wait_for(
     if found is not None:
         return found
     wake = threading.Event()
-    observer = _watch(inbox.root / "new", wake) if use_events else None
+    unwatch = _watch(inbox.root / "new", wake) if use_events else None
     try:
         while True:
             wake.clear()
@@ -779,7 +807,7 @@ def wait_for(
                 pause = min(pause, remaining)
             _sleep(wake, None, pause)
     finally:
-        _unwatch(observer)
+        _unwatch(unwatch)
 
 
 def _claims(
