@@ -86,7 +86,7 @@ class Hook:
     created_at: str
 
     def to_json(self) -> dict[str, Any]:
-        data = dataclasses.asdict(self)
+        data = {f: getattr(self, f) for f in _FIELD_NAMES}  # asdict deep-copies: 10x slower
         data["phase"] = self.phase.value
         data["history"] = [dict(entry) for entry in self.history]
         return data
@@ -97,7 +97,7 @@ class Hook:
         what = "hook record"
         if not isinstance(data, dict):
             raise BadInputError(what, f"expected a JSON object, got {type(data).__name__}")
-        expected = {f.name for f in dataclasses.fields(cls)}
+        expected = set(_FIELD_NAMES)
         missing = sorted(expected - set(data))
         unknown = sorted(set(data) - expected)
         if missing or unknown:
@@ -137,6 +137,9 @@ class Hook:
             updated_at=data["updated_at"],
             created_at=data["created_at"],
         )
+
+
+_FIELD_NAMES = tuple(f.name for f in dataclasses.fields(Hook))
 
 
 # --------------------------------------------------------------------------- reading
