@@ -141,6 +141,8 @@ def test_send_defaults_payload_and_epoch_from_identity(state: StateDir) -> None:
     identities.create_identity(state, "runner", "impl_auth")
     identities.create_identity(state, "runner", "impl_auth")
     assert signals.send(state, "RESPAWN", to=AGENT, sender="guardian-main").epoch == 2
+    (state.identities / f"{AGENT}.json").write_text("{ torn")
+    assert signals.send(state, "RESPAWN", to=AGENT, sender="guardian-main").epoch is None
 
 
 # --------------------------------------------------------------------------- the inbox
@@ -312,6 +314,16 @@ def test_observer_fallback_wakes_on_new_files(tmp_path: Path) -> None:
         retry_until(wake.is_set, 5, what="the observer to wake")
     finally:
         unwatch()
+
+
+def test_poll_once_drains_after_the_loop_stopped(state: StateDir) -> None:
+    handled: list[str] = []
+    consumer = signals.Consumer(state, AGENT, lambda s: handled.append(s.id) or "ok",
+                                current_epoch=lambda: None)
+    consumer.start()
+    consumer.stop()
+    sent = signals.send(state, "SHUTDOWN", to=AGENT, sender="user-cli")
+    assert consumer.poll_once() == 1 and handled == [sent.id]
 
 
 def test_consumer_run_with_outside_stop_event(state: StateDir) -> None:

@@ -9,8 +9,8 @@ Path: `signals/<agent-id>/{tmp,new,cur,done}/` under the state directory.
   (`<start>` is the claimer's process start time from /proc, 0 where unknown, so a reused pid is
   not mistaken for the claimer). Exactly one claimer's rename succeeds.
 - When handled, the record with its outcome is written atomically to `done/<id>.json`, then the
-  claim is removed. A signal whose id is already in `done/` is never handled again (it is what a
-  crash between those two steps leaves behind), so delivery is at most once per id once done.
+  claim is removed. A signal whose id is already in `done/` is never handled again (a crash
+  between those two steps leaves such a copy behind).
 - `sweep_dead_claims` renames claims whose claimer is dead back to `new/`.
 
 Fields (schema 1): `schema`, `id`, `kind` (a `SignalKind` value), `sender` and `recipient` (agent
@@ -304,7 +304,11 @@ def send(
     if epoch is None:
         from attractor import identities
 
-        epoch = identities.current_epoch(state, to)
+        try:
+            epoch = identities.current_epoch(state, to)
+        except CorruptStateError as exc:
+            # a broken registry record must not stop a signal; it goes unaddressed
+            logger.warning("%s; sending to %s without an epoch", exc, to)
     elif not isinstance(epoch, int) or isinstance(epoch, bool) or epoch < 0:
         raise BadInputError("epoch", f"must be a non-negative integer, got {epoch!r}")
     signal = Signal(
@@ -686,7 +690,8 @@ class Consumer:
         self._thread: threading.Thread | None = None
 
     def _stopping(self) -> bool:
-        return self._stop.is_set() or bool(self._running_stop and self._running_stop.is_set())
+        """Only a running loop stops early; a direct `poll_once` always drains the inbox."""
+        return bool(self._running_stop and self._running_stop.is_set())
 
     def poll_once(self) -> int:
         """Claim and handle every pending signal; returns how many were completed."""
@@ -713,7 +718,11 @@ class Consumer:
         except BaseException:
             self.inbox.release(claim)
             raise
-        self.inbox.complete(claim, outcome)
+        try:
+            self.inbox.complete(claim, outcome)
+        except BaseException:
+            self.inbox.release(claim)  # handled again later: handlers are idempotent
+            raise
 
     def run(self, stop: threading.Event) -> None:
         """Handle signals until `stop` is set: on every file-system event in `new/`, and on a
