@@ -1,0 +1,158 @@
+"""Gates: shell commands that must pass before a commit lands (the merge queue runs them on the
+exact tree it is about to put on the target; a validation node can run them in its worktree).
+
+A gate runs with `/bin/sh -c` in its own session (`start_new_session=True`), so the gate and
+everything it starts form one process group: past its timeout the whole group is killed with
+SIGKILL, and whatever it left behind is killed when it ends. Output (stdout and stderr together)
+goes to an anonymous temp file, never a pipe, so a grandchild that keeps the descriptor open
+cannot hang us; only the tail is kept.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shlex
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from attractor.errors import UsageError
+
+DEFAULT_GATE_TIMEOUT = 600.0
+OUTPUT_TAIL_LINES = 40
+OUTPUT_TAIL_CHARS = 4000
+
+# Words a POSIX shell runs itself: a gate starting with one needs no program on PATH.
+SHELL_WORDS = frozenset([
+    "!", ".", ":", "[", "{", "(", "alias", "bg", "break", "case", "cd", "command", "continue",
+    "echo", "eval", "exec", "exit", "export", "false", "fc", "fg", "for", "getopts", "hash", "if",
+    "jobs", "kill", "printf", "pwd", "read", "readonly", "return", "set", "shift", "test",
+    "times", "trap", "true", "type", "ulimit", "umask", "unalias", "unset", "until", "wait",
+    "while",
+])
+
+
+class GateCommandError(UsageError):
+    def __init__(self, command: str, problem: str) -> None:
+        self.command = command
+        self.problem = problem
+        super().__init__(f"gate {command!r}: {problem}")
+
+
+@dataclass(frozen=True)
+class Gate:
+    command: str
+    timeout: float = DEFAULT_GATE_TIMEOUT
+
+
+@dataclass(frozen=True)
+class GateRun:
+    gate: Gate
+    ok: bool
+    timed_out: bool
+    returncode: int | None
+    output_tail: str
+    seconds: float
+
+
+def check_gate(gate: Gate) -> None:
+    """Refuse (exit 2) a gate that cannot run: unparseable, empty, a non-positive timeout, or a
+    program that is neither a shell builtin nor found on PATH. A relative path such as
+    `./ci/test.sh` is looked up only when the gate runs, in the tree under test."""
+    if not gate.timeout > 0:
+        raise GateCommandError(gate.command, f"timeout must be positive, got {gate.timeout:g}")
+    try:
+        words = shlex.split(gate.command)
+    except ValueError as exc:
+        raise GateCommandError(gate.command, f"is not a valid shell command ({exc})") from None
+    while words and "=" in words[0] and "/" not in words[0].split("=", 1)[0]:
+        words = words[1:]  # leading VAR=value assignments
+    if not words:
+        raise GateCommandError(gate.command, "is empty")
+    program = words[0]
+    if program in SHELL_WORDS:
+        return
+    if "/" in program:
+        if os.path.isabs(program) and not os.access(program, os.X_OK):
+            raise GateCommandError(gate.command, f"{program} does not exist or is not executable")
+        return
+    if shutil.which(program) is None:
+        raise GateCommandError(gate.command, f"program {program!r} not found on PATH")
+
+
+def process_start(pid: int) -> int | None:
+    """Start time (clock ticks since boot) of a live, non-zombie process; None if it is gone."""
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_bytes()
+    except OSError:
+        return None
+    fields = raw[raw.rfind(b")") + 2:].split()
+    return None if fields[0] in (b"Z", b"X") else int(fields[19])
+
+
+def kill_session(sid: int, start: int | None) -> int:
+    """SIGKILL every process of session `sid` (a gate's), provided its leader is the recorded
+    process (`start`) or already gone. Returns how many processes were signalled."""
+    leader = process_start(sid)
+    if leader is not None and start is not None and leader != start:
+        return 0  # the pid now belongs to an unrelated process
+    killed = 0
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            raw = Path(f"/proc/{name}/stat").read_bytes()
+        except OSError:
+            continue
+        fields = raw[raw.rfind(b")") + 2:].split()
+        if int(fields[3]) == sid and fields[0] not in (b"Z", b"X"):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(int(name), signal.SIGKILL)
+                killed += 1
+    return killed
+
+
+def tail(data: bytes, lines: int = OUTPUT_TAIL_LINES, chars: int = OUTPUT_TAIL_CHARS) -> str:
+    text = "\n".join(data.decode("utf-8", "replace").splitlines()[-lines:])
+    return text[-chars:]
+
+
+def run_gate(
+    gate: Gate,
+    cwd: Path,
+    env: Mapping[str, str] | None = None,
+    on_start: Callable[[int], None] | None = None,
+) -> GateRun:
+    """Run one gate in `cwd`; `on_start(pid)` is called once it runs (the pid is also its
+    process group and session id)."""
+    started = time.monotonic()
+    with tempfile.TemporaryFile() as out:
+        proc = subprocess.Popen(
+            gate.command, shell=True, cwd=cwd, env=dict(env) if env is not None else None,
+            stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+        timed_out = False
+        returncode: int | None = None
+        try:
+            if on_start is not None:
+                on_start(proc.pid)
+            returncode = proc.wait(timeout=gate.timeout)
+        except subprocess.TimeoutExpired:
+            timed_out = True
+        finally:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        out.seek(0)
+        text = tail(out.read())
+    if timed_out:
+        note = f"[attractor: gate killed after its {gate.timeout:g}s timeout]"
+        text = f"{text}\n{note}" if text else note
+    ok = returncode == 0 and not timed_out
+    return GateRun(gate, ok, timed_out, returncode, text, time.monotonic() - started)

@@ -1,0 +1,458 @@
+"""The one door to git: every git operation of attractor goes through this module, and only this
+module imports GitPython.
+
+GitPython has no native operation for most of what we do (worktrees, rebase, compare-and-swap of
+refs), so those calls shell to git through `Repo.git.<command>`; their failures become
+`errors.GitError` tagged with the operation (`git rebase: CONFLICT …`). A path that is not a git
+repository is a `NotAGitRepositoryError` (bad input, exit code 2).
+
+Layout owned here: agent worktrees live in `<repo>/.claude/worktrees/<node>` and merge worktrees
+in `<repo>/.claude/worktrees/_merge-<entry>`; both directories, like `.claude/state/`, are kept
+out of `git status` through `.git/info/exclude`. Branches are `attractor/<run>/<node>`.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import git
+
+from attractor.errors import AlreadyExistsError, GitError, MissingBinaryError, UsageError
+from attractor.names import validate_name
+
+WORKTREES_DIR = Path(".claude") / "worktrees"
+BRANCH_PREFIX = "attractor"
+# Excluded from `git status` of every repository attractor works on.
+EXCLUDED_PATTERNS = ("/.claude/state/", "/.claude/worktrees/")
+# Our own operations in merge worktrees run without the user's hooks: no prompt, no surprise.
+NO_HOOKS = "core.hooksPath=/dev/null"
+
+_BAD_REF_CHARS = re.compile(r"[\x00-\x20\x7f~^:?*\[\\]")
+
+
+class NotAGitRepositoryError(UsageError):
+    def __init__(self, path: Path, problem: str = "not a git repository") -> None:
+        self.path = path
+        self.problem = problem
+        super().__init__(f"{path}: {problem}; pass --repo with the path of a git checkout")
+
+
+class InvalidBranchError(UsageError):
+    def __init__(self, branch: str, problem: str) -> None:
+        self.branch = branch
+        self.problem = problem
+        super().__init__(f"invalid branch name {branch!r}: {problem}")
+
+
+class BranchCheckedOutError(GitError):
+    def __init__(self, branch: str, worktree: Path) -> None:
+        self.branch = branch
+        self.worktree = worktree
+        super().__init__(
+            "git branch",
+            f"branch {branch!r} is checked out in {worktree}; remove that worktree first",
+        )
+
+
+@dataclass(frozen=True)
+class GitRepo:
+    """An opened repository. `path` is the checkout that was opened (maybe a linked worktree);
+    `root` is the main checkout, under which `.claude/` lives; `common_dir` is the shared
+    `.git` directory."""
+
+    path: Path
+    root: Path
+    common_dir: Path
+    handle: git.Repo
+
+    @property
+    def git(self) -> git.Git:
+        return self.handle.git
+
+
+@dataclass(frozen=True)
+class Worktree:
+    path: Path
+    head: str | None
+    branch: str | None  # short name; None when detached
+    bare: bool = False
+    prunable: bool = False
+
+
+RepoLike = GitRepo | str | os.PathLike[str]
+
+
+# --- opening and running -----------------------------------------------------------------------
+
+
+def open_repo(path: str | os.PathLike[str]) -> GitRepo:
+    """Open the repository containing `path`; a bare repository or a non-repository is refused."""
+    where = Path(path).expanduser().absolute()
+    if not where.is_dir():
+        raise NotAGitRepositoryError(where, "no such directory")
+    try:
+        handle = git.Repo(where, search_parent_directories=True)
+    except (git.InvalidGitRepositoryError, git.NoSuchPathError):
+        raise NotAGitRepositoryError(where) from None
+    if handle.bare or handle.working_tree_dir is None:
+        raise NotAGitRepositoryError(where, "is a bare repository; attractor needs a checkout")
+    opened = Path(handle.working_tree_dir)
+    common = Path(handle.common_dir).resolve()
+    root = common.parent if common.name == ".git" else opened
+    return GitRepo(path=opened, root=root, common_dir=common, handle=handle)
+
+
+def as_repo(repo: RepoLike) -> GitRepo:
+    return repo if isinstance(repo, GitRepo) else open_repo(repo)
+
+
+def _run(
+    repo: RepoLike,
+    op: str,
+    *args: str,
+    cwd: Path | None = None,
+    check: bool = True,
+    config: tuple[str, ...] = (),
+    env: Mapping[str, str] | None = None,
+    timeout: float | None = None,
+) -> tuple[int, str, str]:
+    """Run `git <op> args…` through GitPython; returns (status, stdout, stderr).
+
+    `cwd` runs it in another checkout of the same repository (a worktree); `config` adds
+    `-c key=value` options; a non-zero status raises `GitError("git <op>: …")` when `check`."""
+    if cwd is not None or config:
+        runner = git.Git(str(cwd if cwd is not None else as_repo(repo).path))
+        if config:
+            runner = runner(c=list(config))
+    else:
+        runner = as_repo(repo).git
+    try:
+        status, out, err = getattr(runner, op.replace("-", "_"))(
+            *args,
+            with_extended_output=True,
+            with_exceptions=False,
+            env=dict(env or {}),
+            kill_after_timeout=timeout,
+        )
+    except git.GitCommandNotFound:
+        raise MissingBinaryError("git") from None
+    except git.GitCommandError as exc:  # raised for a timeout even without with_exceptions
+        raise GitError(f"git {op}", str(exc.stderr or exc)) from exc
+    if check and status != 0:
+        raise GitError(f"git {op}", err or out or f"exit status {status}")
+    return int(status), str(out), str(err)
+
+
+# --- names ---------------------------------------------------------------------------------------
+
+
+def validate_branch_name(branch: str) -> str:
+    """Reject what `git check-ref-format --branch` rejects (checked here, without a process)."""
+    problem = ""
+    if not branch:
+        problem = "empty"
+    elif branch.startswith("-"):
+        problem = "starts with '-'"
+    elif _BAD_REF_CHARS.search(branch):
+        problem = "contains a space, control character or one of ~ ^ : ? * [ \\"
+    elif ".." in branch or "@{" in branch or "//" in branch or branch == "@":
+        problem = "contains '..', '@{' or '//', or is '@'"
+    elif branch.startswith("/") or branch.endswith("/") or branch.endswith("."):
+        problem = "starts or ends with '/', or ends with '.'"
+    elif any(part.startswith(".") or part.endswith(".lock") for part in branch.split("/")):
+        problem = "a component starts with '.' or ends with '.lock'"
+    if problem:
+        raise InvalidBranchError(branch, problem + " (git would reject it)")
+    return branch
+
+
+def branch_name(run: str, node: str) -> str:
+    """`attractor/<run>/<node>`, with both parts checked by the one name rule."""
+    return f"{BRANCH_PREFIX}/{validate_name(run, 'run id')}/{validate_name(node, 'node name')}"
+
+
+def worktree_path(repo: RepoLike, node: str) -> Path:
+    return as_repo(repo).root / WORKTREES_DIR / validate_name(node, "node name")
+
+
+def _ref_arg(ref: str) -> str:
+    if not ref or ref.startswith("-") or "\n" in ref:
+        raise UsageError(f"invalid git revision {ref!r}")
+    return ref
+
+
+# --- reading -------------------------------------------------------------------------------------
+
+
+def rev_parse(repo: RepoLike, ref: str, *, cwd: Path | None = None) -> str | None:
+    """The commit `ref` names, or None when it names none."""
+    status, out, _ = _run(
+        repo,
+        "rev-parse",
+        "--verify",
+        "--quiet",
+        f"{_ref_arg(ref)}^{{commit}}",
+        cwd=cwd,
+        check=False,
+    )
+    return out.strip() if status == 0 and out.strip() else None
+
+
+def tree_of(repo: RepoLike, commit: str) -> str:
+    return _run(repo, "rev-parse", "--verify", f"{_ref_arg(commit)}^{{tree}}")[1].strip()
+
+
+def branch_exists(repo: RepoLike, branch: str) -> bool:
+    return rev_parse(repo, f"refs/heads/{validate_branch_name(branch)}") is not None
+
+
+def current_branch(repo: RepoLike, *, cwd: Path | None = None) -> str | None:
+    """The branch checked out in the repository (or in worktree `cwd`); None when detached."""
+    status, out, _ = _run(repo, "symbolic-ref", "--quiet", "--short", "HEAD", cwd=cwd, check=False)
+    return out.strip() if status == 0 and out.strip() else None
+
+
+def head_of(worktree: Path) -> str | None:
+    return rev_parse(worktree, "HEAD", cwd=worktree)
+
+
+def merge_base(repo: RepoLike, a: str, b: str) -> str | None:
+    status, out, _ = _run(repo, "merge-base", _ref_arg(a), _ref_arg(b), check=False)
+    return out.strip() if status == 0 and out.strip() else None
+
+
+def is_ancestor(repo: RepoLike, ancestor: str, descendant: str) -> bool:
+    status, _, err = _run(
+        repo, "merge-base", "--is-ancestor", _ref_arg(ancestor), _ref_arg(descendant), check=False
+    )
+    if status not in (0, 1):
+        raise GitError("git merge-base", err)
+    return status == 0
+
+
+def commits_between(repo: RepoLike, base: str, head: str) -> list[str]:
+    """Commits reachable from `head` and not from `base`, oldest first."""
+    out = _run(repo, "rev-list", "--reverse", f"{_ref_arg(base)}..{_ref_arg(head)}", "--")[1]
+    return out.split()
+
+
+def changed_files(repo: RepoLike, base: str, head: str) -> list[str]:
+    """Files `head` changes since its merge base with `base` (what the branch itself touched)."""
+    out = _run(
+        repo, "diff", "--name-only", "--no-renames", f"{_ref_arg(base)}...{_ref_arg(head)}", "--"
+    )[1]
+    return [line for line in out.splitlines() if line]
+
+
+def is_clean(worktree: RepoLike, *, untracked: bool = True) -> bool:
+    """No staged or unstaged change (and, with `untracked`, no untracked non-ignored file)."""
+    path = worktree.path if isinstance(worktree, GitRepo) else Path(worktree)
+    flag = "--untracked-files=normal" if untracked else "--untracked-files=no"
+    out = _run(path, "status", "--porcelain", flag, cwd=path)[1]
+    return not out.strip()
+
+
+def list_worktrees(repo: RepoLike) -> list[Worktree]:
+    out = _run(repo, "worktree", "list", "--porcelain")[1]
+    result: list[Worktree] = []
+    for block in out.split("\n\n"):
+        fields: dict[str, str] = {}
+        for line in block.splitlines():
+            key, _, value = line.partition(" ")
+            fields[key] = value
+        if "worktree" not in fields:
+            continue
+        branch = fields.get("branch")
+        result.append(
+            Worktree(
+                path=Path(fields["worktree"]),
+                head=fields.get("HEAD"),
+                branch=branch.removeprefix("refs/heads/") if branch else None,
+                bare="bare" in fields,
+                prunable="prunable" in fields,
+            )
+        )
+    return result
+
+
+def worktree_for_branch(repo: RepoLike, branch: str) -> Path | None:
+    for tree in list_worktrees(repo):
+        if tree.branch == branch and not tree.prunable:
+            return tree.path
+    return None
+
+
+# --- changing ------------------------------------------------------------------------------------
+
+
+def create_branch(repo: RepoLike, name: str, start: str) -> str:
+    """Create branch `name` at `start`; returns its commit. An existing branch is an error."""
+    validate_branch_name(name)
+    if branch_exists(repo, name):
+        raise AlreadyExistsError("branch", name)
+    _run(repo, "branch", "--no-track", "--", name, _ref_arg(start))
+    sha = rev_parse(repo, f"refs/heads/{name}")
+    assert sha is not None
+    return sha
+
+
+def delete_branch(repo: RepoLike, name: str, *, expected_sha: str | None = None) -> bool:
+    """Delete branch `name` (only if it still points at `expected_sha`, when given). Returns False
+    when it did not exist or had moved; refuses a branch checked out in a worktree."""
+    validate_branch_name(name)
+    holder = worktree_for_branch(repo, name)
+    if holder is not None:
+        raise BranchCheckedOutError(name, holder)
+    current = rev_parse(repo, f"refs/heads/{name}")
+    if current is None or (expected_sha is not None and current != expected_sha):
+        return False
+    status, _, err = _run(repo, "update-ref", "-d", f"refs/heads/{name}", current, check=False)
+    if status != 0:
+        if rev_parse(repo, f"refs/heads/{name}") != current:
+            return False
+        raise GitError("git update-ref -d", err)
+    return True
+
+
+def update_ref(repo: RepoLike, ref: str, new: str, old: str, *, message: str = "") -> bool:
+    """Compare-and-swap `ref` from `old` to `new`. False when `ref` no longer points at `old`."""
+    args = ["-m", message] if message else []
+    status, _, err = _run(repo, "update-ref", *args, _ref_arg(ref), new, old, check=False)
+    if status == 0:
+        return True
+    if rev_parse(repo, ref) != old:
+        return False
+    raise GitError("git update-ref", err)
+
+
+def exclude_path(repo: RepoLike, pattern: str) -> bool:
+    """Add `pattern` to `.git/info/exclude` unless already there; True if it was added."""
+    if "\n" in pattern or not pattern.strip():
+        raise UsageError(f"invalid exclude pattern {pattern!r}")
+    info = as_repo(repo).common_dir / "info"
+    info.mkdir(parents=True, exist_ok=True)
+    exclude = info / "exclude"
+    try:
+        text = exclude.read_text()
+    except FileNotFoundError:
+        text = ""
+    if pattern in text.splitlines():
+        return False
+    prefix = "" if not text or text.endswith("\n") else "\n"
+    fd = os.open(exclude, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, f"{prefix}{pattern}\n".encode())
+    finally:
+        os.close(fd)
+    return True
+
+
+def exclude_attractor_dirs(repo: RepoLike) -> None:
+    for pattern in EXCLUDED_PATTERNS:
+        exclude_path(repo, pattern)
+
+
+def ensure_worktree(repo: RepoLike, path: Path, branch: str, base: str = "main") -> Path:
+    """A worktree with `branch` checked out, at `path` (branch created from `base` if missing).
+
+    Idempotent: an existing worktree of `branch` is reused, wherever it is."""
+    r = as_repo(repo)
+    validate_branch_name(branch)
+    existing = worktree_for_branch(r, branch)
+    if existing is not None:
+        return existing
+    path = Path(path).absolute()
+    if path.exists() and any(path.iterdir()):
+        raise GitError(
+            "git worktree add", f"{path} already exists and is not a worktree of {branch}"
+        )
+    exclude_attractor_dirs(r)
+    _run(r, "worktree", "prune")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if branch_exists(r, branch):
+        _run(r, "worktree", "add", "--", str(path), branch)
+    else:
+        if rev_parse(r, base) is None:
+            raise GitError("git worktree add", f"base {base!r} names no commit")
+        _run(r, "worktree", "add", "--no-track", "-b", branch, "--", str(path), _ref_arg(base))
+    return path
+
+
+def add_detached_worktree(repo: RepoLike, path: Path, commit: str) -> Path:
+    """A throw-away worktree at `path` with `commit` checked out detached, hooks off."""
+    path = Path(path).absolute()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _run(repo, "worktree", "add", "--detach", "--", str(path), _ref_arg(commit), config=(NO_HOOKS,))
+    return path
+
+
+def remove_worktree(repo: RepoLike, path: Path, force: bool = True) -> None:
+    """Remove worktree `path` (with its uncommitted changes when `force`) and prune; a path that
+    is already gone, or only half registered, is cleaned up all the same."""
+    r = as_repo(repo)
+    path = Path(path).absolute()
+    if path.exists():
+        args = ["--force", "--force"] if force else []
+        status, _, err = _run(r, "worktree", "remove", *args, "--", str(path), check=False)
+        if status == 0:
+            return
+        if not force:
+            raise GitError("git worktree remove", err)
+        shutil.rmtree(path, ignore_errors=True)
+    _run(r, "worktree", "prune")
+
+
+@dataclass(frozen=True)
+class RebaseResult:
+    ok: bool
+    head: str | None
+    conflicts: tuple[str, ...] = ()
+    message: str = ""
+
+
+def rebase(worktree: Path, onto: str, *, exec_cmd: str | None = None) -> RebaseResult:
+    """Rebase the detached HEAD of `worktree` onto `onto`. On a conflict the rebase is aborted
+    and the conflicting files are reported."""
+    args = ["--no-update-refs", "--no-autosquash", "--no-autostash", "--no-verify"]
+    if exec_cmd:
+        args += ["--exec", exec_cmd]
+    status, out, err = _run(
+        worktree, "rebase", *args, _ref_arg(onto), cwd=worktree, check=False, config=(NO_HOOKS,)
+    )
+    if status == 0:
+        return RebaseResult(True, head_of(worktree))
+    unmerged = _run(worktree, "diff", "--name-only", "--diff-filter=U", cwd=worktree, check=False)[
+        1
+    ]
+    conflicts = tuple(line for line in unmerged.splitlines() if line)
+    _run(worktree, "rebase", "--abort", cwd=worktree, check=False, config=(NO_HOOKS,))
+    message = (err or out).strip()
+    if not conflicts and "CONFLICT" not in message:
+        raise GitError("git rebase", message or f"exit status {status}")
+    return RebaseResult(False, None, conflicts, message)
+
+
+def merge_ff_only(worktree: Path, commit: str) -> tuple[bool, str]:
+    """Fast-forward the branch checked out in `worktree` to `commit`; (ok, git's message)."""
+    status, out, err = _run(
+        worktree, "merge", "--ff-only", "--quiet", _ref_arg(commit), cwd=worktree, check=False
+    )
+    return status == 0, (err or out).strip()
+
+
+def push(repo: RepoLike, remote: str, refspec: str, *, timeout: float = 120.0) -> None:
+    _run(
+        repo,
+        "push",
+        "--quiet",
+        "--",
+        remote,
+        refspec,
+        env={"GIT_TERMINAL_PROMPT": "0"},
+        timeout=timeout,
+    )

@@ -1,0 +1,625 @@
+"""The merge queue: lands validated branches on the target branch one at a time, and moves the
+target only by compare-and-swap to a commit that passed the gates on exactly that tree.
+
+Files (under the state directory):
+
+    merge-queue/entries/<id>.json   the entries (format and fields: merge_entries.py)
+    merge-queue/queue.lock          held for each read-modify-write of an entry (tiny sections)
+    merge-queue/slot.lock           the merge slot: held for the whole processing of one entry
+
+Staleness rule: a processor holds `slot.lock` (an flock, released by the kernel when the process
+dies) from claiming an entry until its outcome is recorded. So an entry in `processing` seen by
+whoever holds the slot was abandoned: its gate's session is killed, its merge worktree removed,
+and it is merged if the target already contains the claim's `tested_sha` (the crash came after
+the swap), else queued again as a retry (failed once `max_retries` is used up).
+
+Merge worktrees are `<repo>/.claude/worktrees/_merge-<id>`, detached: never the user's checkout
+nor an agent's. Each is removed when its entry is decided, even on failure; any left by a dead
+processor are removed by the next one.
+
+Config file (optional) `<repo>/.attractor/merge-queue.toml`; CLI options override it:
+
+    target = "main"                 # branch the queue lands on
+    delete_merged_branch = false    # delete a branch once merged (unless checked out)
+    push_remote = "origin"          # push the target there after each merge
+    max_retries = 3                 # re-tests after a moved target / dead processor
+    sender = "merge-queue-main"     # agent id the MERGE_* signals come from
+    [[gates]]
+    command = "pytest -q"
+    timeout = 900                   # seconds; the whole process group is killed past it
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import functools
+import logging
+import os
+import shlex
+import socket
+import time
+import tomllib
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from attractor import atomic, clock, gitops
+from attractor.errors import AttractorError, BadInputError, NotFoundError, UsageError
+from attractor.gates import (
+    DEFAULT_GATE_TIMEOUT,
+    OUTPUT_TAIL_CHARS,
+    Gate,
+    GateCommandError,
+    check_gate,
+    kill_session,
+    process_start,
+    run_gate,
+)
+from attractor.merge_entries import (
+    Claim,
+    Entry,
+    Outcome,
+    Result,
+    UnknownBranchError,
+    enqueue,
+    get_entry,
+    list_entries,
+    new_entry_id,
+    queue_lock,
+    remove_entry,
+    retry_entry,
+    update_entry,
+    write_entry,
+)
+from attractor.names import validate_agent_id
+from attractor.payloads import MergeComplete, MergeFailed, MergeFailureReason, MergeReady
+from attractor.statedir import StateDir
+from attractor.states import MergeEntryState, SignalKind
+
+__all__ = [
+    "Entry", "Gate", "GateCommandError", "Outcome", "QueueConfig", "Result",
+    "UnknownBranchError", "enqueue", "get_entry", "handle_merge_ready", "list_entries",
+    "load_config", "process_all", "process_next", "remove_entry", "retry_entry",
+]
+
+logger = logging.getLogger(__name__)
+
+CONFIG_FILE = Path(".attractor") / "merge-queue.toml"
+DEFAULT_MAX_RETRIES = 3
+RETRY_PENALTY_SECONDS = 300.0  # a retried entry sorts as if enqueued this much later, per retry
+MERGE_WORKTREE_PREFIX = "_merge-"
+# Test hook `<point>:<ready-file>`: the processor writes <ready-file> and stops at <point>
+# (`rebase`: inside git rebase; `before_swap`; `after_swap`) so that a test can kill it there.
+PAUSE_ENV = "ATTRACTOR_MERGE_QUEUE_PAUSE"
+_KEEP_GIT_ENV = frozenset({
+    "GIT_AUTHOR_NAME", "GIT_AUTHOR_EMAIL", "GIT_COMMITTER_NAME", "GIT_COMMITTER_EMAIL",
+    "GIT_CONFIG_NOSYSTEM",
+})
+
+M = MergeEntryState
+DECIDED = (M.MERGED, M.FAILED)
+R = MergeFailureReason
+
+
+# --- configuration --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class QueueConfig:
+    target: str = "main"
+    gates: tuple[Gate, ...] = ()
+    delete_merged_branch: bool = False
+    push_remote: str | None = None
+    sender: str = ""  # default: merge-queue-<target>
+    max_retries: int = DEFAULT_MAX_RETRIES
+
+    def __post_init__(self) -> None:
+        gitops.validate_branch_name(self.target)
+        if not self.sender:
+            cleaned = "".join(c if c.isalnum() or c in "_.-" else "_" for c in self.target.lower())
+            object.__setattr__(self, "sender", f"merge-queue-{cleaned}")
+        validate_agent_id(self.sender)
+        if self.max_retries < 0:
+            raise BadInputError("max_retries", f"must be >= 0, got {self.max_retries}")
+
+
+_CONFIG_TYPES: dict[str, type] = {
+    "target": str, "push_remote": str, "sender": str, "delete_merged_branch": bool,
+    "max_retries": int, "gates": list,
+}
+
+
+def _read_config_file(path: Path) -> dict[str, Any]:
+    what = f"merge queue config {path}"
+    try:
+        data = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        return {}
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise BadInputError(what, f"not valid TOML ({exc})") from None
+    unknown = sorted(set(data) - set(_CONFIG_TYPES))
+    if unknown:
+        allowed = ", ".join(sorted(_CONFIG_TYPES))
+        raise BadInputError(what, f"unknown key(s) {', '.join(unknown)}; allowed: {allowed}")
+    for key, kind in _CONFIG_TYPES.items():
+        value = data.get(key)
+        if value is not None and (type(value) is not kind):
+            raise BadInputError(what, f"{key} must be a {kind.__name__}, got {value!r}")
+    gates = []
+    for item in data.get("gates", []):
+        if (not isinstance(item, dict) or not isinstance(item.get("command"), str)
+                or set(item) - {"command", "timeout"}):
+            raise BadInputError(what, 'each [[gates]] has command = "…" and optional timeout = N')
+        timeout = item.get("timeout", DEFAULT_GATE_TIMEOUT)
+        if isinstance(timeout, bool) or not isinstance(timeout, int | float):
+            raise BadInputError(what, f"gate {item['command']!r}: timeout must be a number")
+        gates.append(Gate(item["command"], float(timeout)))
+    data["gates"] = tuple(gates)
+    return data
+
+
+def load_config(
+    repo: gitops.RepoLike,
+    *,
+    target: str | None = None,
+    gates: Sequence[str] | None = None,
+    gate_timeout: float | None = None,
+    extra_gates: Sequence[Gate] = (),
+    delete_merged_branch: bool | None = None,
+    push_remote: str | None = None,
+    sender: str | None = None,
+    config_file: Path | None = None,
+) -> QueueConfig:
+    """`<repo>/.attractor/merge-queue.toml` (if present) overridden by the given values. `gates`
+    replaces the file's gates; `gate_timeout` applies to `gates`, or to the file's gates when
+    no `gates` are given; `extra_gates` run after them."""
+    path = config_file or gitops.as_repo(repo).root / CONFIG_FILE
+    data = _read_config_file(path)
+    if gate_timeout is not None and not gate_timeout > 0:
+        raise BadInputError("--gate-timeout", f"must be a positive number, got {gate_timeout:g}")
+    if gates is not None:
+        data["gates"] = tuple(Gate(cmd, gate_timeout or DEFAULT_GATE_TIMEOUT) for cmd in gates)
+    elif gate_timeout is not None:
+        data["gates"] = tuple(Gate(g.command, gate_timeout) for g in data.get("gates", ()))
+    data["gates"] = (*data.get("gates", ()), *extra_gates)
+    overrides = {"target": target, "delete_merged_branch": delete_merged_branch,
+                 "push_remote": push_remote, "sender": sender}
+    data.update({k: v for k, v in overrides.items() if v is not None})
+    return QueueConfig(**data)
+
+
+def check_config(repo: gitops.GitRepo, config: QueueConfig) -> None:
+    """Bad gates or a missing target are bad input (exit 2), found before anything is touched."""
+    for gate in config.gates:
+        check_gate(gate)
+    if not gitops.branch_exists(repo, config.target):
+        hint = f"no such branch in {repo.root}; pass --target BRANCH"
+        raise NotFoundError("target branch", config.target, hint)
+
+
+# --- processing -----------------------------------------------------------------------------------
+
+
+class SignalLike(Protocol):
+    @property
+    def payload(self) -> Any: ...
+
+
+@contextlib.contextmanager
+def _slot(state: StateDir, wait: float | None) -> Iterator[None]:
+    state.ensure("merge-queue")
+    with atomic.file_lock(state.merge_queue / "slot", timeout=-1 if wait is None else wait):
+        yield
+
+
+def _merge_worktree(repo: gitops.GitRepo, entry_id: str) -> Path:
+    return repo.root / gitops.WORKTREES_DIR / f"{MERGE_WORKTREE_PREFIX}{entry_id}"
+
+
+def _pause(point: str, *, wait: bool = True) -> str | None:
+    """The test hook (PAUSE_ENV). With `wait`, stop here forever once the ready file is written;
+    without, return the ready file for the caller to use."""
+    name, _, ready = os.environ.get(PAUSE_ENV, "").partition(":")
+    if name != point or not ready:
+        return None
+    if not wait:
+        return ready
+    Path(ready).write_text(f"{os.getpid()}\n")
+    while True:
+        time.sleep(3600)
+
+
+def _fail(entry: Entry, target: str, reason: R, detail: str, **kw: Any) -> Outcome:
+    return Outcome(entry.id, entry.branch, Result.FAILED, target, reason=reason.value,
+                   node=entry.node, detail=detail, **kw)
+
+
+def _merged(entry: Entry, target: str, sha: str, base: str | None, detail: str = "") -> Outcome:
+    return Outcome(entry.id, entry.branch, Result.MERGED, target, merged_sha=sha,
+                   target_sha=base, node=entry.node, detail=detail)
+
+
+def process_next(
+    state: StateDir, repo: gitops.RepoLike, config: QueueConfig, *, wait: float | None = None
+) -> Outcome | None:
+    """Take the merge slot, recover abandoned claims, process the fairest queued entry; returns
+    its outcome, or None when nothing is queued. `wait` bounds the wait for the slot (None: as
+    long as it takes; a live holder is bounded by its gates' timeouts)."""
+    r = gitops.as_repo(repo)
+    check_config(r, config)
+    with _slot(state, wait):
+        recovered = _recover(state, r, config)
+        _notify_pending(state, config)
+        if recovered is not None:
+            return recovered
+        entry = _claim_next(state, r)
+        return None if entry is None else _process_claimed(state, r, config, entry)
+
+
+def process_all(
+    state: StateDir, repo: gitops.RepoLike, config: QueueConfig, *, wait: float | None = None
+) -> list[Outcome]:
+    """Process until nothing is queued (the slot is taken again for every entry)."""
+    outcomes = []
+    while (outcome := process_next(state, repo, config, wait=wait)) is not None:
+        outcomes.append(outcome)
+    return outcomes
+
+
+def handle_merge_ready(
+    state: StateDir,
+    repo: gitops.RepoLike,
+    signal_or_payload: MergeReady | SignalLike | Mapping[str, Any],
+    config: QueueConfig,
+    *,
+    wait: float | None = None,
+) -> Outcome:
+    """Enqueue the branch of a MERGE_READY and process the queue until that entry is decided.
+    Idempotent: a commit already merged returns its recorded outcome and sends nothing more.
+    A branch or commit that does not exist is reported to the owner as MERGE_FAILED."""
+    payload: Any = signal_or_payload
+    if isinstance(payload, Mapping):
+        payload = MergeReady.from_json(dict(payload))
+    elif not isinstance(payload, MergeReady):
+        payload = payload.payload
+    if not isinstance(payload, MergeReady):
+        raise BadInputError("MERGE_READY signal", f"payload is {type(payload).__name__}")
+    r = gitops.as_repo(repo)
+    validate_agent_id(payload.owner)
+    try:
+        entry = enqueue(state, r, payload.branch, owner=payload.owner, node=payload.node or None,
+                        priority=payload.priority, validated_sha=payload.commit)
+    except UsageError as exc:
+        reason = R.BRANCH_MISSING if isinstance(exc, UnknownBranchError) else R.ERROR
+        outcome = Outcome("", payload.branch, Result.FAILED, config.target, reason=reason.value,
+                          node=payload.node or None, detail=str(exc), decided_at=clock.iso())
+        _send(state, config, payload.owner, outcome)
+        return outcome
+    while entry.state not in DECIDED or entry.outcome is None:
+        processed = process_next(state, r, config, wait=wait)
+        entry = get_entry(state, entry.id)
+        if processed is None and entry.state is M.QUEUED:
+            raise AttractorError(f"merge entry {entry.id} is queued but was not processed")
+    return entry.outcome
+
+
+def _claim_next(state: StateDir, repo: gitops.GitRepo) -> Entry | None:
+    with queue_lock(state):
+        queued = [e for e in list_entries(state) if e.state is M.QUEUED]
+        if not queued:
+            return None
+        entry = min(queued, key=_fair_key)
+        pid = os.getpid()
+        claim = Claim(pid=pid, pid_start=process_start(pid), host=socket.gethostname(),
+                      started_at=clock.iso(), worktree=str(_merge_worktree(repo, entry.id)))
+        entry = entry.moved(M.PROCESSING, f"claimed by pid {pid}", claim=claim,
+                            attempts=entry.attempts + 1)
+        write_entry(state, entry)
+    return entry
+
+
+def _fair_key(entry: Entry) -> tuple[int, float, str, str]:
+    """Priority first, then age, with a retried entry sorting as if it came later."""
+    age = clock.parse_iso(entry.enqueued_at) + entry.retries * RETRY_PENALTY_SECONDS
+    return (-entry.priority, age, entry.enqueued_at, entry.id)
+
+
+def _record_claim(state: StateDir, entry_id: str, *, fsync: bool = True, **changes: Any) -> None:
+    def change(e: Entry) -> Entry:
+        assert e.claim is not None
+        return dataclasses.replace(e, claim=dataclasses.replace(e.claim, **changes))
+
+    update_entry(state, entry_id, change, fsync=fsync)
+
+
+def _process_claimed(
+    state: StateDir, repo: gitops.GitRepo, config: QueueConfig, entry: Entry
+) -> Outcome:
+    started = time.monotonic()
+    timings: dict[str, float] = {}
+    worktree = _merge_worktree(repo, entry.id)
+    try:
+        outcome = _attempt(state, repo, config, entry, worktree, timings)
+    except AttractorError as exc:  # an unexpected git failure: this entry fails, loudly
+        logger.error("merge entry %s: %s", entry.id, exc, extra={"att_entry": entry.id})
+        outcome = _fail(entry, config.target, R.ERROR, str(exc))
+    finally:
+        mark = time.monotonic()
+        if worktree.exists():
+            gitops.remove_worktree(repo, worktree)
+        timings["cleanup"] = time.monotonic() - mark
+    timings["total"] = time.monotonic() - started
+    outcome = dataclasses.replace(outcome, timings=timings, decided_at=clock.iso())
+    return _record_outcome(state, config, entry, outcome)
+
+
+def _attempt(
+    state: StateDir,
+    repo: gitops.GitRepo,
+    config: QueueConfig,
+    entry: Entry,
+    worktree: Path,
+    timings: dict[str, float],
+) -> Outcome:
+    """Rebase, gate, swap. Returns the outcome; the caller removes the worktree."""
+    mark = time.monotonic()
+    target = config.target
+    head = gitops.rev_parse(repo, f"refs/heads/{entry.branch}")
+    if head is None:
+        return _fail(entry, target, R.BRANCH_MISSING, f"branch {entry.branch!r} no longer exists")
+    source = entry.validated_sha or head
+    if source != head and not gitops.is_ancestor(repo, source, head):
+        detail = (f"branch {entry.branch} was rewritten after it was validated at "
+                  f"{source[:12]}; enqueue it again")
+        return _fail(entry, target, R.ERROR, detail)
+    old = gitops.rev_parse(repo, f"refs/heads/{target}")
+    if old is None:
+        return _fail(entry, target, R.ERROR, f"target branch {target!r} no longer exists")
+    base = gitops.merge_base(repo, old, source)
+    if base == source:
+        return _merged(entry, target, source, old, "already on the target; nothing to merge")
+    _record_claim(state, entry.id, source_sha=source, target_old=old)
+    gitops.exclude_attractor_dirs(repo)
+    gitops.add_detached_worktree(repo, worktree, source)
+    tested = source
+    if base != old:
+        ready = _pause("rebase", wait=False)
+        hold = f": > {shlex.quote(ready)}; sleep 3600" if ready else None
+        rebased = gitops.rebase(worktree, old, exec_cmd=hold)
+        timings["rebase"] = time.monotonic() - mark
+        if not rebased.ok:
+            detail = (f"rebase onto {target} ({old[:12]}) conflicts in "
+                      f"{', '.join(rebased.conflicts) or 'unknown files'}")
+            return _fail(entry, target, R.CONFLICT, detail, target_sha=old,
+                         files=rebased.conflicts, gate_output=rebased.message[-OUTPUT_TAIL_CHARS:])
+        assert rebased.head is not None
+        tested = rebased.head
+        if tested == old:
+            return _merged(entry, target, old, old, "every commit is already on the target")
+    timings["rebase"] = time.monotonic() - mark
+
+    mark = time.monotonic()
+    failed = _run_gates(state, repo, config, entry, worktree, old, tested)
+    timings["gates"] = time.monotonic() - mark
+    if failed is not None:
+        return failed
+
+    mark = time.monotonic()
+    _record_claim(state, entry.id, tested_sha=tested, target_old=old)
+    _pause("before_swap")
+    refused = _swap(repo, entry, target, old, tested)
+    timings["swap"] = time.monotonic() - mark
+    if refused is not None:
+        return refused
+    _pause("after_swap")
+    mark = time.monotonic()
+    detail = _after_merge(repo, config, entry, head if source == head else None)
+    timings["after"] = time.monotonic() - mark
+    return _merged(entry, target, tested, old, detail)
+
+
+def _run_gates(
+    state: StateDir, repo: gitops.GitRepo, config: QueueConfig, entry: Entry, worktree: Path,
+    old: str, tested: str,
+) -> Outcome | None:
+    """Run every gate on the tested tree; None when all passed, else the failure."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_") or k in _KEEP_GIT_ENV}
+    env.pop(PAUSE_ENV, None)
+    env.update(ATTRACTOR_MERGE_ENTRY=entry.id, ATTRACTOR_MERGE_BRANCH=entry.branch,
+               ATTRACTOR_MERGE_TARGET=config.target, ATTRACTOR_MERGE_BASE=old,
+               ATTRACTOR_MERGE_COMMIT=tested, ATTRACTOR_REPO=str(repo.root))
+
+    def started(pid: int) -> None:
+        _record_claim(state, entry.id, fsync=False, gate_pid=pid, gate_pid_start=process_start(pid))
+
+    for gate in config.gates:
+        run = run_gate(gate, worktree, env, on_start=started)
+        if not run.ok:
+            reason = R.GATE_TIMEOUT if run.timed_out else R.GATE_FAILED
+            what = (f"timed out after {gate.timeout:g}s" if run.timed_out
+                    else f"exited with status {run.returncode}")
+            files = tuple(gitops.changed_files(repo, old, tested))
+            return _fail(entry, config.target, reason, f"gate {gate.command!r} {what}",
+                         target_sha=old, files=files, gate_output=run.output_tail)
+        if gitops.head_of(worktree) != tested:
+            detail = f"gate {gate.command!r} committed in the merge worktree; gates must not commit"
+            return _fail(entry, config.target, R.ERROR, detail, target_sha=old)
+    return None
+
+
+def _swap(repo: gitops.GitRepo, entry: Entry, target: str, old: str, tested: str) -> Outcome | None:
+    """Move `target` from `old` to exactly `tested`: None on success, else why not."""
+    moved = _fail(entry, target, R.TARGET_MOVED,
+                  f"{target} moved away from {old[:12]} while the entry was tested", target_sha=old)
+    holder = gitops.worktree_for_branch(repo, target)
+    if holder is None:
+        message = f"attractor merge-queue: {entry.branch} ({entry.id})"
+        ok = gitops.update_ref(repo, f"refs/heads/{target}", tested, old, message=message)
+        return None if ok else moved
+    if not gitops.is_clean(holder, untracked=False):
+        detail = (f"{target} is checked out in {holder} with uncommitted changes; commit or stash "
+                  f"them, then run 'attractor merge-queue retry {entry.id}'")
+        return _fail(entry, target, R.DIRTY_TARGET, detail, target_sha=old)
+    if gitops.head_of(holder) != old:
+        return moved
+    ok, message = gitops.merge_ff_only(holder, tested)
+    if ok:
+        return None
+    if gitops.rev_parse(repo, f"refs/heads/{target}") != old:
+        return moved
+    detail = f"cannot fast-forward {target} in {holder}: {message}"
+    return _fail(entry, target, R.DIRTY_TARGET, detail, target_sha=old)
+
+
+def _after_merge(repo: gitops.GitRepo, config: QueueConfig, entry: Entry, head: str | None) -> str:
+    """Optional steps once merged (delete the branch, push); their failures are only noted."""
+    notes = []
+    if config.delete_merged_branch:
+        if head is None:
+            notes.append(f"branch {entry.branch} kept: it has commits after the merged one")
+        else:
+            try:
+                deleted = gitops.delete_branch(repo, entry.branch, expected_sha=head)
+                notes.append(f"deleted branch {entry.branch}" if deleted
+                             else f"branch {entry.branch} kept: it moved")
+            except AttractorError as exc:
+                notes.append(f"branch {entry.branch} kept: {exc}")
+    if config.push_remote:
+        ref = f"refs/heads/{config.target}"
+        try:
+            gitops.push(repo, config.push_remote, f"{ref}:{ref}")
+            notes.append(f"pushed {config.target} to {config.push_remote}")
+        except AttractorError as exc:
+            logger.error("merge entry %s: %s", entry.id, exc, extra={"att_entry": entry.id})
+            notes.append(f"push to {config.push_remote} failed: {exc}")
+    return "; ".join(notes)
+
+
+def _record_outcome(
+    state: StateDir, config: QueueConfig, claimed: Entry, outcome: Outcome
+) -> Outcome:
+    """Write the decision into the entry, then tell the owner. A moved target (or the branch
+    enqueued again meanwhile with a newer commit) sends the entry back to the queue instead."""
+
+    def change(e: Entry) -> Entry:
+        nonlocal outcome
+        superseded = e.validated_sha != claimed.validated_sha
+        retry = outcome.reason == R.TARGET_MOVED.value and e.retries < config.max_retries
+        if outcome.result is Result.FAILED and (retry or superseded):
+            why = "enqueued again with a newer commit" if superseded else outcome.detail
+            outcome = dataclasses.replace(outcome, result=Result.REQUEUED)
+            return e.moved(M.QUEUED, f"requeued: {why}", claim=None,
+                           retries=e.retries + (0 if superseded else 1))
+        if outcome.result is Result.MERGED and superseded:
+            fresh = _fresh_entry(state, e)  # the newer commit still has to land
+            write_entry(state, fresh)
+            return e.moved(M.MERGED, f"merged {outcome.merged_sha}; newer commit is {fresh.id}",
+                           claim=None, outcome=outcome, notified=True,
+                           validated_sha=claimed.validated_sha)
+        if outcome.result is Result.MERGED:
+            return e.moved(M.MERGED, f"merged {outcome.merged_sha}", claim=None, outcome=outcome)
+        return e.moved(M.FAILED, f"{outcome.reason}: {outcome.detail}", claim=None,
+                       outcome=outcome, notified=False)
+
+    entry = update_entry(state, claimed.id, change)
+    logger.info("merge entry %s (%s): %s", entry.id, entry.branch, outcome.summary(),
+                extra={"att_entry": entry.id})
+    if entry.state in DECIDED and not entry.notified:
+        _notify(state, config, entry)
+    return outcome
+
+
+def _fresh_entry(state: StateDir, old: Entry) -> Entry:
+    now = clock.iso()
+    return Entry(id=new_entry_id(state), branch=old.branch, owner=old.owner, state=M.QUEUED,
+                 enqueued_at=old.enqueued_at, updated_at=now, node=old.node,
+                 priority=old.priority, validated_sha=old.validated_sha,
+                 history=(f"{now} enqueued again while {old.id} was merging",))
+
+
+def _send(state: StateDir, config: QueueConfig, owner: str, outcome: Outcome) -> None:
+    from attractor.signals import send
+
+    payload: MergeComplete | MergeFailed
+    if outcome.merged:
+        assert outcome.merged_sha is not None
+        payload = MergeComplete(entry_id=outcome.entry_id, branch=outcome.branch,
+                                merged_sha=outcome.merged_sha, target=outcome.target,
+                                node=outcome.node)
+        kind = SignalKind.MERGE_COMPLETE
+    else:
+        payload = MergeFailed(entry_id=outcome.entry_id, branch=outcome.branch,
+                              reason=outcome.reason or R.ERROR.value, target=outcome.target,
+                              target_sha=outcome.target_sha, node=outcome.node,
+                              files=list(outcome.files), gate_output=outcome.gate_output,
+                              detail=outcome.detail)
+        kind = SignalKind.MERGE_FAILED
+    send(state, kind, to=owner, sender=config.sender, payload=payload)
+
+
+def _notify(state: StateDir, config: QueueConfig, entry: Entry) -> None:
+    """Send the entry's outcome to its owner, then mark it notified: at least once, since a
+    crash in between sends it again on the next `process`."""
+    assert entry.outcome is not None
+    try:
+        _send(state, config, entry.owner, entry.outcome)
+    except AttractorError as exc:
+        logger.error("merge entry %s: cannot notify %s: %s", entry.id, entry.owner, exc,
+                     extra={"att_entry": entry.id})
+        return
+    update_entry(state, entry.id, lambda e: dataclasses.replace(e, notified=True), fsync=False)
+
+
+def _notify_pending(state: StateDir, config: QueueConfig) -> None:
+    for entry in list_entries(state):
+        if entry.state in DECIDED and not entry.notified and entry.outcome is not None:
+            _notify(state, config, entry)
+
+
+def _recover(state: StateDir, repo: gitops.GitRepo, config: QueueConfig) -> Outcome | None:
+    """With the slot held, every `processing` entry was abandoned: kill its gate, remove its
+    worktree; merged if the target holds its tested commit, else queued again as a retry."""
+    decided: Outcome | None = None
+    for entry in list_entries(state):
+        if entry.state is not M.PROCESSING or entry.claim is None:
+            continue
+        claim = entry.claim
+        logger.warning("merge entry %s: recovering the claim of processor pid %s", entry.id,
+                       claim.pid, extra={"att_entry": entry.id})
+        if claim.gate_pid:
+            kill_session(claim.gate_pid, claim.gate_pid_start)
+        gitops.remove_worktree(repo, Path(claim.worktree))
+        tip = gitops.rev_parse(repo, f"refs/heads/{config.target}")
+        tested = claim.tested_sha
+        note = f"processor pid {claim.pid} died"
+        outcome: Outcome | None = None
+        if tested and tip and tested != claim.target_old and gitops.is_ancestor(repo, tested, tip):
+            outcome = _merged(entry, config.target, tested, claim.target_old, f"{note} after swap")
+        elif entry.retries >= config.max_retries:
+            detail = f"{note} while processing ({entry.retries + 1} times)"
+            outcome = _fail(entry, config.target, R.ERROR, detail)
+        if outcome is not None:
+            outcome = dataclasses.replace(outcome, decided_at=clock.iso())
+            decided = decided or _record_outcome(state, config, entry, outcome)
+            continue
+        update_entry(state, entry.id, functools.partial(_requeue, note=f"requeued: {note}"))
+    _sweep_worktrees(repo)
+    return decided
+
+
+def _requeue(entry: Entry, note: str) -> Entry:
+    return entry.moved(M.QUEUED, note, claim=None, retries=entry.retries + 1)
+
+
+def _sweep_worktrees(repo: gitops.GitRepo) -> None:
+    """Remove merge worktrees nobody holds (the caller holds the slot: nobody holds any)."""
+    directory = repo.root / gitops.WORKTREES_DIR
+    try:
+        names = os.listdir(directory)
+    except FileNotFoundError:
+        return
+    for path in [directory / n for n in names if n.startswith(MERGE_WORKTREE_PREFIX)]:
+        logger.warning("removing stray merge worktree %s", path)
+        gitops.remove_worktree(repo, path)
