@@ -326,6 +326,24 @@ def test_poll_once_drains_after_the_loop_stopped(state: StateDir) -> None:
     assert consumer.poll_once() == 1 and handled == [sent.id]
 
 
+def test_a_handler_may_stop_its_own_consumer(state: StateDir) -> None:
+    box: list[signals.Consumer] = []
+
+    def handler(signal: signals.Signal) -> str:
+        box[0].stop()
+        return "stopping"
+
+    consumer = signals.Consumer(state, AGENT, handler, current_epoch=lambda: None)
+    box.append(consumer)
+    consumer.start()
+    thread = consumer._thread
+    assert thread is not None
+    signals.send(state, "SHUTDOWN", to=AGENT, sender="user-cli")
+    thread.join(10)
+    assert not thread.is_alive()
+    assert [s.outcome for s in consumer.inbox.list("done")] == ["stopping"]
+
+
 def test_consumer_run_with_outside_stop_event(state: StateDir) -> None:
     stop = threading.Event()
     handled: list[str] = []

@@ -756,10 +756,12 @@ class Consumer:
         return self
 
     def stop(self, timeout: float = 10.0) -> None:
+        """End the thread after the signal in hand (safe to call from a handler, too)."""
         self._stop.set()
         self._wake.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout)
             self._thread = None
 
     def __enter__(self) -> Consumer:
