@@ -187,6 +187,8 @@ def list_hooks(state: StateDir, problems: list[CorruptStateError] | None = None)
         paths = sorted(p for p in state.hooks.iterdir() if p.name.endswith(".json"))
     except FileNotFoundError:
         return []
+    for orphan in atomic.remove_orphan_temps(state.hooks):
+        logger.info("removed %s, left by a writer that died mid-write", orphan)
     records = []
     for path in paths:
         try:

@@ -282,6 +282,8 @@ def list_identities(
         paths = sorted(p for p in state.identities.iterdir() if p.name.endswith(".json"))
     except FileNotFoundError:
         return []
+    for orphan in atomic.remove_orphan_temps(state.identities):
+        logger.info("removed %s, left by a writer that died mid-write", orphan)
     records = []
     for path in paths:
         try:
