@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -160,8 +160,8 @@ def validate_branch_name(branch: str) -> str:
         problem = "starts with '-'"
     elif _BAD_REF_CHARS.search(branch):
         problem = "contains a space, control character or one of ~ ^ : ? * [ \\"
-    elif ".." in branch or "@{" in branch or "//" in branch or branch == "@":
-        problem = "contains '..', '@{' or '//', or is '@'"
+    elif ".." in branch or "@{" in branch or "//" in branch:
+        problem = "contains '..', '@{' or '//'"
     elif branch.startswith("/") or branch.endswith("/") or branch.endswith("."):
         problem = "starts or ends with '/', or ends with '.'"
     elif any(part.startswith(".") or part.endswith(".lock") for part in branch.split("/")):
@@ -435,6 +435,17 @@ def rebase(worktree: Path, onto: str, *, exec_cmd: str | None = None) -> RebaseR
     if not conflicts and "CONFLICT" not in message:
         raise GitError("git rebase", message or f"exit status {status}")
     return RebaseResult(False, None, conflicts, message)
+
+
+def commit_tree(repo: RepoLike, tree: str, parents: Sequence[str], message: str) -> str:
+    """A new commit of `tree` with `parents` (no ref moves); returns its sha."""
+    args = [arg for parent in parents for arg in ("-p", _ref_arg(parent))]
+    return _run(repo, "commit-tree", _ref_arg(tree), *args, "-m", message)[1].strip()
+
+
+def checkout_detached(worktree: Path, commit: str) -> None:
+    _run(worktree, "checkout", "--quiet", "--detach", _ref_arg(commit), cwd=worktree,
+         config=(NO_HOOKS,))
 
 
 def merge_ff_only(worktree: Path, commit: str) -> tuple[bool, str]:

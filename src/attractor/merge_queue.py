@@ -398,6 +398,12 @@ def _attempt(
         tested = rebased.head
         if tested == old:
             return _merged(entry, target, old, old, "every commit is already on the target")
+    if len(gitops.commits_between(repo, old, tested)) > 1:
+        # Several commits: land them under one merge commit (first parent: the old tip), so
+        # that every commit on the target's first-parent line is one that the gates tested.
+        message = f"Merge {entry.branch} into {target}\n\nmerge queue entry {entry.id}"
+        tested = gitops.commit_tree(repo, gitops.tree_of(repo, tested), [old, tested], message)
+        gitops.checkout_detached(worktree, tested)
     timings["rebase"] = time.monotonic() - mark
 
     mark = time.monotonic()

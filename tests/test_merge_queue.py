@@ -1,0 +1,484 @@
+"""The merge queue against real repositories, real gate processes and real signal inboxes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+from pathlib import Path
+from typing import NamedTuple
+
+import pytest
+
+from attractor import merge_entries
+from attractor import merge_queue as mq
+from attractor.errors import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, UsageError
+from attractor.gates import Gate, process_start
+from attractor.payloads import MergeReady
+from attractor.signals import Inbox, send
+from attractor.statedir import StateDir
+from attractor.states import MergeEntryState, SignalKind
+from tests.helpers import commit_file, git, make_repo, retry_until, run_cli, run_script
+
+OWNER = "runner-impl"
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Path:
+    return make_repo(tmp_path / "repo", {"a.txt": "one\ntwo\nthree\n", "b.txt": "b\n"})
+
+
+@pytest.fixture
+def state(state_dir: Path) -> StateDir:
+    return StateDir(state_dir)
+
+
+@pytest.fixture
+def tree_log(tmp_path: Path) -> Path:
+    """Gates append the tree they ran on to this file, outside the repository."""
+    return tmp_path / "gate-trees.log"
+
+
+def branch(repo: Path, name: str, files: dict[str, str], base: str = "main") -> str:
+    """A branch from `base` with one commit per file; the user's checkout stays on main."""
+    git(repo, "checkout", "-q", "-b", name, base)
+    sha = ""
+    for path, text in files.items():
+        sha = commit_file(repo, path, text, f"{name}: {path}")
+    git(repo, "checkout", "-q", "main")
+    return sha
+
+
+def signals_of(state: StateDir, owner: str = OWNER) -> list[tuple[SignalKind, dict[str, object]]]:
+    return [(s.kind, s.payload.to_json()) for s in Inbox(state, owner).pending()]
+
+
+def tree_gate(log: Path, extra: str = "") -> Gate:
+    return Gate(f"git rev-parse 'HEAD^{{tree}}' >> {log}{extra}", 30)
+
+
+def merge_dirs(repo: Path) -> list[str]:
+    wt = repo / ".claude" / "worktrees"
+    return sorted(p.name for p in wt.iterdir()) if wt.exists() else []
+
+
+def assert_gated(repo: Path, base: str, log: Path) -> None:
+    """Every commit the queue put on main (first parent since `base`) passed the gates on
+    exactly its tree."""
+    tested = set(log.read_text().split()) if log.exists() else set()
+    for sha in git(repo, "rev-list", "--first-parent", f"{base}..main").split():
+        assert git(repo, "rev-parse", f"{sha}^{{tree}}") in tested, f"{sha} landed untested"
+
+
+def test_clean_fast_forward(repo: Path, state: StateDir, tree_log: Path) -> None:
+    head = branch(repo, "attractor/r1/impl", {"c.txt": "c\n"})
+    entry = mq.enqueue(state, repo, "attractor/r1/impl", owner=OWNER, node="impl")
+    outcome = mq.process_next(state, repo, mq.QueueConfig(gates=(tree_gate(tree_log),)))
+    assert outcome is not None and outcome.merged and outcome.entry_id == entry.id
+    assert git(repo, "rev-parse", "main") == head == outcome.merged_sha  # exactly the branch
+    assert (repo / "c.txt").read_text() == "c\n"  # the clean checkout was fast-forwarded
+    assert git(repo, "status", "--porcelain") == ""
+    assert mq.get_entry(state, entry.id).state is MergeEntryState.MERGED
+    assert signals_of(state) == [(SignalKind.MERGE_COMPLETE, {
+        "entry_id": entry.id, "branch": "attractor/r1/impl", "merged_sha": head,
+        "target": "main", "node": "impl"})]
+    assert merge_dirs(repo) == [] and len(git(repo, "worktree", "list").splitlines()) == 1
+    assert mq.process_next(state, repo, mq.QueueConfig()) is None  # idempotent: nothing left
+
+
+def test_branch_that_needs_a_rebase(repo: Path, state: StateDir, tree_log: Path) -> None:
+    base = git(repo, "rev-parse", "main")
+    branch(repo, "feature", {"c.txt": "c\n", "d.txt": "d\n"})
+    main_tip = commit_file(repo, "b.txt", "b moved on main\n")
+    mq.enqueue(state, repo, "feature", owner=OWNER)
+    outcome = mq.process_next(state, repo, mq.QueueConfig(gates=(tree_gate(tree_log),)))
+    assert outcome is not None and outcome.merged, outcome
+    assert outcome.target_sha == main_tip
+    # Two commits land rebased, under one merge commit whose first parent is the old tip.
+    assert git(repo, "rev-list", "--first-parent", f"{base}..main").split() == [
+        outcome.merged_sha, main_tip]
+    assert git(repo, "rev-list", "--count", "main^1..main^2") == "2"
+    assert git(repo, "rev-parse", "main^2~2") == main_tip  # rebased onto the tip
+    assert {p.name for p in repo.iterdir()} >= {"c.txt", "d.txt"}
+    assert (repo / "b.txt").read_text() == "b moved on main\n"
+    assert git(repo, "rev-parse", "feature") != outcome.merged_sha  # the agent's branch untouched
+    assert_gated(repo, main_tip, tree_log)
+    assert merge_dirs(repo) == []
+
+
+def test_textual_conflict_fails_and_leaves_the_target_alone(repo: Path, state: StateDir) -> None:
+    branch(repo, "feature", {"a.txt": "one\nTWO from feature\nthree\n", "z.txt": "z\n"})
+    main_tip = commit_file(repo, "a.txt", "one\nTWO from main\nthree\n")
+    entry = mq.enqueue(state, repo, "feature", owner=OWNER, node="impl")
+    outcome = mq.process_next(state, repo, mq.QueueConfig(gates=(Gate("true"),)))
+    assert outcome is not None and outcome.result is mq.Result.FAILED
+    assert outcome.reason == "conflict" and outcome.files == ("a.txt",)
+    assert git(repo, "rev-parse", "main") == main_tip
+    assert git(repo, "status", "--porcelain") == ""
+    [(kind, payload)] = signals_of(state)
+    assert kind is SignalKind.MERGE_FAILED
+    assert payload["reason"] == "conflict" and payload["files"] == ["a.txt"]
+    assert payload["target_sha"] == main_tip and payload["entry_id"] == entry.id
+    assert merge_dirs(repo) == [] and len(git(repo, "worktree", "list").splitlines()) == 1
+    assert mq.get_entry(state, entry.id).state is MergeEntryState.FAILED
+
+
+def test_red_gate_fails_with_its_output(repo: Path, state: StateDir) -> None:
+    main_tip = git(repo, "rev-parse", "main")
+    branch(repo, "feature", {"c.txt": "c\n"})
+    mq.enqueue(state, repo, "feature", owner=OWNER)
+    gates = (Gate("echo first gate ok"), Gate("echo 'assert 1 == 2' >&2; echo FAILED; exit 3"))
+    outcome = mq.process_next(state, repo, mq.QueueConfig(gates=gates))
+    assert outcome is not None and outcome.reason == "gate_failed"
+    assert "assert 1 == 2" in outcome.gate_output and "FAILED" in outcome.gate_output
+    assert "status 3" in outcome.detail and outcome.files == ("c.txt",)
+    assert git(repo, "rev-parse", "main") == main_tip
+    [(kind, payload)] = signals_of(state)
+    assert kind is SignalKind.MERGE_FAILED and "FAILED" in str(payload["gate_output"])
+    assert merge_dirs(repo) == []
+
+
+def test_gate_past_its_timeout_is_killed_with_its_process_group(
+    repo: Path, state: StateDir, tmp_path: Path
+) -> None:
+    pids = tmp_path / "pids"
+    branch(repo, "feature", {"c.txt": "c\n"})
+    mq.enqueue(state, repo, "feature", owner=OWNER)
+    hang = Gate(f"sleep 60 & echo $! >> {pids}; echo $$ >> {pids}; echo started; sleep 60", 0.5)
+    started = time.monotonic()
+    outcome = mq.process_next(state, repo, mq.QueueConfig(gates=(hang,)))
+    assert time.monotonic() - started < 15
+    assert outcome is not None and outcome.reason == "gate_timeout"
+    assert "started" in outcome.gate_output and "timeout" in outcome.gate_output
+    for pid in map(int, pids.read_text().split()):
+        retry_until(lambda p=pid: process_start(p) is None, 5, what=f"gate process {pid} gone")
+    assert merge_dirs(repo) == []
+
+
+def test_dirty_checked_out_target_fails_and_touches_nothing(repo: Path, state: StateDir) -> None:
+    main_tip = git(repo, "rev-parse", "main")
+    branch(repo, "feature", {"c.txt": "c\n"})
+    (repo / "a.txt").write_text("user's unsaved work\n")
+    entry = mq.enqueue(state, repo, "feature", owner=OWNER)
+    outcome = mq.process_next(state, repo, mq.QueueConfig(gates=(Gate("true"),)))
+    assert outcome is not None and outcome.reason == "dirty_target"
+    assert "uncommitted changes" in outcome.detail and f"retry {entry.id}" in outcome.detail
+    assert (repo / "a.txt").read_text() == "user's unsaved work\n"
+    assert not (repo / "c.txt").exists()
+    assert git(repo, "rev-parse", "main") == main_tip
+    assert signals_of(state)[0][1]["reason"] == "dirty_target"
+    # Once the user has committed, a retry lands it.
+    git(repo, "commit", "-q", "-am", "user work")
+    mq.retry_entry(state, entry.id)
+    outcome = mq.process_next(state, repo, mq.QueueConfig(gates=(Gate("true"),)))
+    assert outcome is not None and outcome.merged
+    assert (repo / "a.txt").read_text() == "user's unsaved work\n"
+
+
+def test_target_not_checked_out_moves_by_update_ref(repo: Path, state: StateDir) -> None:
+    branch(repo, "feature", {"c.txt": "c\n"})
+    git(repo, "checkout", "-q", "-b", "elsewhere")
+    (repo / "a.txt").write_text("dirty, but not the target's checkout\n")
+    entry = mq.enqueue(state, repo, "feature", owner=OWNER)
+    outcome = mq.process_next(state, repo, mq.QueueConfig())
+    assert outcome is not None and outcome.merged
+    assert git(repo, "rev-parse", "main") == outcome.merged_sha
+    reflog = git(repo, "reflog", "-1", "--format=%gs", "refs/heads/main")
+    assert reflog == f"attractor merge-queue: feature ({entry.id})"
+    assert (repo / "a.txt").read_text() == "dirty, but not the target's checkout\n"
+    assert git(repo, "rev-parse", "--abbrev-ref", "HEAD") == "elsewhere"
+
+
+def test_branch_deleted_after_enqueue(repo: Path, state: StateDir) -> None:
+    main_tip = git(repo, "rev-parse", "main")
+    branch(repo, "feature", {"c.txt": "c\n"})
+    entry = mq.enqueue(state, repo, "feature", owner=OWNER)
+    git(repo, "branch", "-D", "feature")
+    outcome = mq.process_next(state, repo, mq.QueueConfig(gates=(Gate("true"),)))
+    assert outcome is not None and outcome.reason == "branch_missing"
+    assert git(repo, "rev-parse", "main") == main_tip
+    assert signals_of(state) == [(SignalKind.MERGE_FAILED, {
+        "entry_id": entry.id, "branch": "feature", "reason": "branch_missing", "target": "main",
+        "target_sha": None, "node": None, "files": [], "gate_output": "",
+        "detail": "branch 'feature' no longer exists"})]
+
+
+def _intruder(repo: Path) -> str:
+    """A commit on top of main made by 'someone else', not yet on main."""
+    git(repo, "checkout", "-q", "-b", "intruder")
+    sha = commit_file(repo, "b.txt", "someone else\n", "someone else's commit")
+    git(repo, "checkout", "-q", "main")
+    return sha
+
+
+@pytest.mark.parametrize("checked_out", [True, False], ids=["checked-out", "update-ref"])
+def test_target_moved_between_test_and_swap_is_retested(
+    repo: Path, state: StateDir, tree_log: Path, tmp_path: Path, checked_out: bool
+) -> None:
+    base = git(repo, "rev-parse", "main")
+    branch(repo, "feature", {"c.txt": "c\n"})
+    intruder = _intruder(repo)
+    if not checked_out:
+        git(repo, "checkout", "-q", "--detach")
+    flag = tmp_path / "moved-once"
+    # The gate itself moves main the first time, as another process would while tests run.
+    move = (f"merge -q --ff-only {intruder}" if checked_out
+            else f"update-ref refs/heads/main {intruder}")
+    mover = Gate(f"test -e {flag} || {{ touch {flag}; git -C \"$ATTRACTOR_REPO\" {move}; }}")
+    mq.enqueue(state, repo, "feature", owner=OWNER)
+    config = mq.QueueConfig(gates=(tree_gate(tree_log), mover))
+    first = mq.process_next(state, repo, config)
+    assert first is not None and first.result is mq.Result.REQUEUED
+    assert first.reason == "target_moved"
+    assert git(repo, "rev-parse", "main") == intruder  # the queue did not overwrite it
+    assert signals_of(state) == []  # not decided yet
+    second = mq.process_next(state, repo, config)
+    assert second is not None and second.merged and second.target_sha == intruder
+    assert git(repo, "rev-parse", "main^") == intruder
+    assert_gated(repo, intruder, tree_log)
+    assert len(git(repo, "rev-list", f"{base}..main").split()) == 2
+    assert mq.get_entry(state, first.entry_id).retries == 1
+
+
+def test_target_moved_too_often_fails_without_merging(
+    repo: Path, state: StateDir, tmp_path: Path
+) -> None:
+    branch(repo, "feature", {"c.txt": "c\n"})
+    intruder = _intruder(repo)
+    mover = Gate(f"git -C \"$ATTRACTOR_REPO\" merge -q --ff-only {intruder} 2>/dev/null; true")
+    mq.enqueue(state, repo, "feature", owner=OWNER)
+    [outcome] = mq.process_all(state, repo, mq.QueueConfig(gates=(mover,), max_retries=0))
+    assert outcome.reason == "target_moved" and outcome.result is mq.Result.FAILED
+    assert git(repo, "rev-parse", "main") == intruder
+
+
+def test_every_landed_commit_passed_the_gates_on_its_tree(
+    repo: Path, state: StateDir, tree_log: Path
+) -> None:
+    branch(repo, "f1", {"f1.txt": "1\n"})
+    branch(repo, "f2", {"f2.txt": "2\n", "f2b.txt": "2b\n"})
+    branch(repo, "red", {"RED": "this branch breaks the build\n"})
+    branch(repo, "clash", {"a.txt": "clash\n"})
+    base = commit_file(repo, "a.txt", "main edits a\n")
+    for name in ("f1", "red", "f2", "clash"):
+        mq.enqueue(state, repo, name, owner=OWNER)
+    gate = tree_gate(tree_log, "; test ! -e RED")
+    outcomes = {o.branch: o for o in mq.process_all(state, repo, mq.QueueConfig(gates=(gate,)))}
+    assert {b: o.result.value for b, o in outcomes.items()} == {
+        "f1": "merged", "f2": "merged", "red": "failed", "clash": "failed"}
+    assert outcomes["red"].reason == "gate_failed" and outcomes["clash"].reason == "conflict"
+    assert_gated(repo, base, tree_log)
+    assert git(repo, "rev-parse", "main") == outcomes["f2"].merged_sha
+
+
+def test_fair_order_priority_then_age_with_retry_penalty(repo: Path, state: StateDir) -> None:
+    for name in ("old", "new", "urgent", "retried"):
+        branch(repo, name, {f"{name}.txt": name})
+    mq.enqueue(state, repo, "retried", owner=OWNER)
+    mq.enqueue(state, repo, "old", owner=OWNER)
+    mq.enqueue(state, repo, "new", owner=OWNER)
+    mq.enqueue(state, repo, "urgent", owner=OWNER, priority=5)
+    retried = next(e for e in mq.list_entries(state) if e.branch == "retried")
+    merge_entries.update_entry(state, retried.id, lambda e: e.noted("test", retries=1))
+    order = [o.branch for o in mq.process_all(state, repo, mq.QueueConfig())]
+    assert order == ["urgent", "old", "new", "retried"]
+
+
+def test_same_branch_twice_updates_and_merging_twice_is_once(repo: Path, state: StateDir) -> None:
+    first_sha = branch(repo, "feature", {"c.txt": "c\n"})
+    one = mq.enqueue(state, repo, "feature", owner=OWNER)
+    two = mq.enqueue(state, repo, "feature", owner=OWNER, priority=3, validated_sha=first_sha)
+    assert one.id == two.id and len(mq.list_entries(state)) == 1
+    assert mq.get_entry(state, one.id).priority == 3
+    ready = MergeReady(node="impl", branch="feature", commit=first_sha, owner=OWNER)
+    outcome = mq.handle_merge_ready(state, repo, ready, mq.QueueConfig())
+    assert outcome.merged
+    tip = git(repo, "rev-parse", "main")
+    again = mq.handle_merge_ready(state, repo, ready, mq.QueueConfig())
+    assert again.merged and again.entry_id == outcome.entry_id
+    assert mq.enqueue(state, repo, "feature", owner=OWNER).id == one.id
+    assert git(repo, "rev-parse", "main") == tip and len(mq.list_entries(state)) == 1
+    assert [k for k, _ in signals_of(state)] == [SignalKind.MERGE_COMPLETE]
+
+
+def test_a_failed_branch_enqueued_again_is_retested(repo: Path, state: StateDir) -> None:
+    branch(repo, "feature", {"c.txt": "c\n"})
+    entry = mq.enqueue(state, repo, "feature", owner=OWNER)
+    [failed] = mq.process_all(state, repo, mq.QueueConfig(gates=(Gate("test -e fixed.txt"),)))
+    assert failed.reason == "gate_failed"
+    git(repo, "checkout", "-q", "feature")
+    fixed = commit_file(repo, "fixed.txt", "ok\n")
+    git(repo, "checkout", "-q", "main")
+    assert mq.enqueue(state, repo, "feature", owner=OWNER, validated_sha=fixed).id == entry.id
+    [merged] = mq.process_all(state, repo, mq.QueueConfig(gates=(Gate("test -e fixed.txt"),)))
+    assert merged.merged and git(repo, "rev-parse", "main^2") == fixed  # both commits kept
+
+
+def test_merge_ready_signal_from_an_inbox(repo: Path, state: StateDir) -> None:
+    head = branch(repo, "attractor/r1/impl", {"c.txt": "c\n"})
+    ready = MergeReady(node="impl", branch="attractor/r1/impl", commit=head, owner=OWNER)
+    send(state, SignalKind.MERGE_READY, to="guardian-r1", sender=OWNER, payload=ready)
+    [signal] = Inbox(state, "guardian-r1").pending()
+    outcome = mq.handle_merge_ready(state, repo, signal, mq.QueueConfig(sender="guardian-r1"))
+    assert outcome.merged and outcome.node == "impl"
+    [incoming] = Inbox(state, OWNER).pending()
+    assert incoming.kind is SignalKind.MERGE_COMPLETE and incoming.sender == "guardian-r1"
+    # A MERGE_READY for a branch that does not exist: the owner is told, nothing is queued.
+    missing = {"node": "x", "branch": "attractor/r1/x", "commit": head, "owner": OWNER}
+    failed = mq.handle_merge_ready(state, repo, missing, mq.QueueConfig())
+    assert failed.reason == "branch_missing" and len(mq.list_entries(state)) == 1
+    assert Inbox(state, OWNER).pending()[-1].kind is SignalKind.MERGE_FAILED
+
+
+def test_delete_merged_branch_and_push_to_a_remote(
+    repo: Path, state: StateDir, tmp_path: Path
+) -> None:
+    remote = tmp_path / "remote.git"
+    subprocess.run(["git", "init", "-q", "--bare", "-b", "main", str(remote)], check=True)
+    git(repo, "remote", "add", "origin", str(remote))
+    git(repo, "push", "-q", "origin", "main")
+    branch(repo, "feature", {"c.txt": "c\n"})
+    commit_file(repo, "b.txt", "main moved\n")
+    mq.enqueue(state, repo, "feature", owner=OWNER)
+    config = mq.QueueConfig(delete_merged_branch=True, push_remote="origin")
+    [outcome] = mq.process_all(state, repo, config)
+    assert outcome.merged and "deleted branch feature" in outcome.detail
+    assert git(repo, "branch", "--list", "feature") == ""
+    assert git(remote, "rev-parse", "main") == outcome.merged_sha
+    # A push that fails is noted; the merge stands.
+    branch(repo, "second", {"d.txt": "d\n"})
+    mq.enqueue(state, repo, "second", owner=OWNER)
+    [second] = mq.process_all(state, repo, mq.QueueConfig(push_remote="nowhere"))
+    assert second.merged and "push to nowhere failed" in second.detail
+
+
+def test_config_file_and_overrides(repo: Path) -> None:
+    (repo / ".attractor").mkdir()
+    (repo / ".attractor" / "merge-queue.toml").write_text(
+        'target = "main"\ndelete_merged_branch = true\nmax_retries = 1\n'
+        '[[gates]]\ncommand = "true"\ntimeout = 5\n[[gates]]\ncommand = "echo ok"\n'
+    )
+    config = mq.load_config(repo)
+    assert config.gates == (Gate("true", 5.0), Gate("echo ok", 600.0))
+    assert config.delete_merged_branch and config.max_retries == 1
+    assert config.sender == "merge-queue-main"
+    assert mq.load_config(repo, gate_timeout=9).gates == (Gate("true", 9), Gate("echo ok", 9))
+    over = mq.load_config(repo, gates=["make test"], gate_timeout=7, target="release/1",
+                          extra_gates=[Gate("lint", 3)])
+    assert over.gates == (Gate("make test", 7), Gate("lint", 3))
+    assert over.target == "release/1" and over.sender == "merge-queue-release_1"
+    (repo / ".attractor" / "merge-queue.toml").write_text("gates = 3\n")
+    with pytest.raises(UsageError, match="gates must be a list"):
+        mq.load_config(repo)
+
+
+# --- the command line -----------------------------------------------------------------------------
+
+
+def cli(repo: Path, state: StateDir, *args: str) -> subprocess.CompletedProcess[str]:
+    return run_cli(["merge-queue", *args, "--repo", str(repo), "--state-dir", str(state.root)])
+
+
+def test_cli_round_trip(repo: Path, state: StateDir) -> None:
+    head = branch(repo, "feature", {"c.txt": "c\n"})
+    branch(repo, "red", {"d.txt": "d\n"})
+    done = cli(repo, state, "enqueue", "feature", "--owner", OWNER, "--node", "impl", "--json")
+    assert done.returncode == EXIT_OK, done.stderr
+    entry_id = json.loads(done.stdout)["id"]
+    cli(repo, state, "enqueue", "red", "--owner", OWNER, "--priority", "-1")
+    listed = json.loads(cli(repo, state, "list", "--json").stdout)
+    assert listed["schema"] == 1 and [e["branch"] for e in listed["entries"]] == ["feature", "red"]
+    table = cli(repo, state, "list").stdout
+    assert "feature" in table and "queued" in table
+    processed = cli(repo, state, "process", "--gate", "test ! -e d.txt", "--gate-timeout", "30")
+    assert processed.returncode == EXIT_OK, processed.stderr
+    assert processed.stdout.startswith("merged") and git(repo, "rev-parse", "main") == head
+    failing = cli(repo, state, "process", "--all", "--gate", "test ! -e d.txt", "--json")
+    assert failing.returncode == EXIT_FAILURE
+    [red] = json.loads(failing.stdout)["outcomes"]
+    assert red["reason"] == "gate_failed"
+    status = cli(repo, state, "status", red["entry_id"])
+    assert "gate_failed" in status.stdout and "history:" in status.stdout
+    assert json.loads(cli(repo, state, "status", entry_id, "--json").stdout)["state"] == "merged"
+    assert cli(repo, state, "retry", red["entry_id"]).returncode == EXIT_OK
+    assert cli(repo, state, "remove", red["entry_id"]).returncode == EXIT_OK
+    assert [e.id for e in mq.list_entries(state)] == [entry_id]
+    assert cli(repo, state, "process").stdout.startswith("nothing to process")
+
+
+def test_cli_ready_and_scripts_cli_shim(repo: Path, state: StateDir) -> None:
+    head = branch(repo, "feature", {"c.txt": "c\n"})
+    args = ["merge-queue", "ready", "feature", "--owner", OWNER, "--node", "impl",
+            "--repo", str(repo), "--state-dir", str(state.root), "--json"]
+    done = run_script("cli.py", args)
+    assert done.returncode == EXIT_OK, done.stderr
+    assert json.loads(done.stdout)["outcomes"][0]["merged_sha"] == head
+    listed = run_script("cli.py", ["merge-queue", "list", "--json", "--repo", str(repo),
+                                   "--state-dir", str(state.root)])
+    assert listed.stdout == cli(repo, state, "list", "--json").stdout
+
+
+def test_cli_drain_handles_merge_ready_signals(repo: Path, state: StateDir) -> None:
+    head = branch(repo, "feature", {"c.txt": "c\n"})
+    ready = MergeReady(node="impl", branch="feature", commit=head, owner=OWNER)
+    send(state, SignalKind.MERGE_READY, to="guardian-r1", sender=OWNER, payload=ready)
+    done = cli(repo, state, "drain", "guardian-r1", "--gate", "true")
+    assert done.returncode == EXIT_OK, done.stderr
+    assert git(repo, "rev-parse", "main") == head
+    assert Inbox(state, "guardian-r1").pending() == []
+    assert [s.outcome for s in Inbox(state, "guardian-r1").list("done")] == ["merged"]
+
+
+class BadInput(NamedTuple):
+    test_id: str
+    args: tuple[str, ...]
+    message: str
+
+
+BAD_INPUTS = [
+    BadInput("unknown-branch", ("enqueue", "nope", "--owner", OWNER), "branch 'nope' not found"),
+    BadInput("invalid-branch", ("enqueue", "a..b", "--owner", OWNER), "invalid branch name"),
+    BadInput("bad-owner", ("enqueue", "feature", "--owner", "Bad Owner"), "invalid agent id"),
+    BadInput("unknown-sha", ("enqueue", "feature", "--owner", OWNER, "--sha", "f" * 40),
+             "not found"),
+    BadInput("unknown-entry-status", ("status", "0badc0de"), "entry '0badc0de' not found"),
+    BadInput("unknown-entry-remove", ("remove", "0badc0de"), "entry '0badc0de' not found"),
+    BadInput("unknown-entry-retry", ("retry", "0badc0de"), "entry '0badc0de' not found"),
+    BadInput("bad-entry-id", ("status", "../x"), "invalid entry id"),
+    BadInput("missing-gate-program", ("process", "--gate", "no-such-tool --fast"),
+             "program 'no-such-tool' not found"),
+    BadInput("missing-absolute-gate", ("process", "--gate", "/nonexistent/run"),
+             "does not exist"),
+    BadInput("bad-gate-timeout", ("process", "--gate", "true", "--gate-timeout", "0"),
+             "--gate-timeout"),
+    BadInput("unknown-target", ("process", "--target", "nope"), "target branch 'nope' not found"),
+    BadInput("ready-unknown-branch", ("ready", "nope", "--owner", OWNER), "branch 'nope'"),
+]
+
+
+@pytest.mark.parametrize("case", BAD_INPUTS, ids=[c.test_id for c in BAD_INPUTS])
+def test_bad_input_is_one_line_exit_2_and_changes_nothing(
+    repo: Path, state: StateDir, case: BadInput
+) -> None:
+    branch(repo, "feature", {"c.txt": "c\n"})
+    before = git(repo, "show-ref")
+    done = cli(repo, state, *case.args)
+    assert done.returncode == EXIT_USAGE, done.stderr
+    assert done.stdout == ""
+    [line] = done.stderr.splitlines()
+    assert line.startswith("error: ") and case.message in line
+    assert not state.root.exists()
+    assert git(repo, "show-ref") == before
+    assert not (repo / ".claude").exists()
+
+
+def test_not_a_git_repository_is_exit_2(tmp_path: Path, state: StateDir) -> None:
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    for args in (("list",), ("process", "--all"), ("enqueue", "x", "--owner", OWNER)):
+        done = cli(plain, state, *args)
+        assert done.returncode == EXIT_USAGE
+        [line] = done.stderr.splitlines()
+        assert "not a git repository" in line
+    assert not state.root.exists() and os.listdir(plain) == []
