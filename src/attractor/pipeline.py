@@ -32,6 +32,7 @@ import enum
 import math
 import re
 import threading
+import warnings
 from collections import deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -349,7 +350,10 @@ def _read(path: Path, problems: list[Problem]) -> _Raw | None:
         problems.append(Problem(str(path), f"cannot read the pipeline: {reason}"))
         return None
     import pyparsing
-    from pydot.dot_parser import GraphParser
+
+    with warnings.catch_warnings():  # pydot's grammar uses names pyparsing has deprecated
+        warnings.simplefilter("ignore", DeprecationWarning)
+        from pydot.dot_parser import GraphParser
 
     try:
         with _PARSER_LOCK:
