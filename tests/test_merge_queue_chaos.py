@@ -1,0 +1,170 @@
+"""The merge queue under concurrency and crashes: real processors (`attractor merge-queue
+process`) racing each other or SIGKILLed at chosen points, then recovered by the next one."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import NamedTuple
+
+import pytest
+
+from attractor import atomic
+from attractor import merge_queue as mq
+from attractor.errors import EXIT_OK
+from attractor.gates import process_start
+from attractor.signals import Inbox
+from attractor.statedir import StateDir
+from attractor.states import MergeEntryState, SignalKind
+from tests.helpers import commit_file, git, make_repo, retry_until
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Path:
+    return make_repo(tmp_path / "repo", {"a.txt": "a\n", "b.txt": "b\n"})
+
+
+@pytest.fixture
+def state(state_dir: Path) -> StateDir:
+    return StateDir(state_dir)
+
+
+def branch(repo: Path, name: str, files: dict[str, str]) -> str:
+    git(repo, "checkout", "-q", "-b", name, "main")
+    sha = ""
+    for path, text in files.items():
+        sha = commit_file(repo, path, text, f"{name}: {path}")
+    git(repo, "checkout", "-q", "main")
+    return sha
+
+
+def processor(repo: Path, state: StateDir, gate: str, env: dict[str, str] | None = None
+              ) -> subprocess.Popen[str]:
+    """`attractor merge-queue process --all` in its own session (so its children can be killed
+    with it)."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "attractor", "merge-queue", "process", "--all", "--gate", gate,
+         "--gate-timeout", "60", "--repo", str(repo), "--state-dir", str(state.root)],
+        env={**os.environ, **(env or {})}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True, start_new_session=True,
+    )
+
+
+def gated_trees(log: Path) -> list[str]:
+    return log.read_text().split() if log.exists() else []
+
+
+def assert_gated(repo: Path, base: str, log: Path) -> None:
+    trees = set(gated_trees(log))
+    for sha in git(repo, "rev-list", "--first-parent", f"{base}..main").split():
+        assert git(repo, "rev-parse", f"{sha}^{{tree}}") in trees, f"{sha} landed untested"
+
+
+def assert_no_leftovers(repo: Path, state: StateDir) -> None:
+    worktrees = repo / ".claude" / "worktrees"
+    assert not worktrees.exists() or list(worktrees.iterdir()) == []
+    assert len(git(repo, "worktree", "list", "--porcelain").split("\n\n")) == 1
+    with atomic.file_lock(state.merge_queue / "slot", timeout=0):
+        pass  # nobody holds the merge slot
+
+
+def completes(state: StateDir, owner: str) -> list[str]:
+    return [str(s.payload.to_json()["merged_sha"]) for s in Inbox(state, owner).pending()
+            if s.kind is SignalKind.MERGE_COMPLETE]
+
+
+def test_two_processors_started_together_merge_each_entry_once(
+    repo: Path, state: StateDir, tmp_path: Path
+) -> None:
+    log = tmp_path / "trees.log"
+    names = [f"b{i}" for i in range(6)]
+    for i, name in enumerate(names):
+        branch(repo, name, {f"{name}.txt": f"{name}\n"})
+        if i % 2:
+            commit_file(repo, "a.txt", f"main moves {i}\n")  # later branches need a rebase
+    base = git(repo, "rev-parse", "main")
+    for name in names:
+        mq.enqueue(state, repo, name, owner=f"runner-{name}")
+    gate = f"sleep 0.05; git rev-parse 'HEAD^{{tree}}' >> {log}"
+    first, second = processor(repo, state, gate), processor(repo, state, gate)
+    for proc in (first, second):
+        _, err = proc.communicate(timeout=120)
+        assert proc.returncode == EXIT_OK, err
+    entries = mq.list_entries(state)
+    assert [e.state for e in entries] == [MergeEntryState.MERGED] * len(names)
+    landed = git(repo, "rev-list", "--first-parent", f"{base}..main").split()
+    assert len(landed) == len(names)  # one commit per entry, none twice
+    assert sorted(git(repo, "log", "--format=%s", f"{base}..main").splitlines()) == sorted(
+        f"{name}: {name}.txt" for name in names)
+    for entry in entries:
+        assert completes(state, entry.owner) == [entry.outcome.merged_sha]  # type: ignore[union-attr]
+    assert len(gated_trees(log)) == len(names)  # each gated once
+    assert_gated(repo, base, log)
+    assert_no_leftovers(repo, state)
+
+
+class KillPoint(NamedTuple):
+    test_id: str
+    pause: str  # PAUSE_ENV point, or "" for a gate that waits
+    whole_group: bool  # kill the processor's children too (git rebase), or only the processor
+    swapped: bool  # the target had moved before the kill
+
+
+KILL_POINTS = [
+    KillPoint("during-rebase", "rebase", True, False),
+    KillPoint("during-gate", "", False, False),
+    KillPoint("right-before-swap", "before_swap", False, False),
+    KillPoint("right-after-swap", "after_swap", False, True),
+]
+
+
+@pytest.mark.parametrize("point", KILL_POINTS, ids=[p.test_id for p in KILL_POINTS])
+def test_processor_killed_is_recovered_by_the_next(
+    repo: Path, state: StateDir, tmp_path: Path, point: KillPoint
+) -> None:
+    log, ready, gate_pid = tmp_path / "trees.log", tmp_path / "ready", tmp_path / "gate.pid"
+    branch(repo, "feature", {"c.txt": "c\n", "d.txt": "d\n"})
+    old = commit_file(repo, "a.txt", "main moved\n")  # so the branch needs a rebase
+    entry = mq.enqueue(state, repo, "feature", owner="runner-impl")
+    record = f"git rev-parse 'HEAD^{{tree}}' >> {log}"
+    gate = record
+    env = {mq.PAUSE_ENV: f"{point.pause}:{ready}"} if point.pause else {}
+    if not point.pause:  # the first run of the gate stops, ready to be killed with it
+        hold = f"echo $$ > {gate_pid}; : > {ready}; sleep 60"
+        gate = f"if [ ! -e {ready} ]; then {hold}; fi; {record}"
+    victim = processor(repo, state, gate, env)
+    retry_until(ready.exists, 30, what=f"processor paused {point.test_id}")
+    assert mq.get_entry(state, entry.id).state is MergeEntryState.PROCESSING
+    if point.whole_group:
+        os.killpg(victim.pid, signal.SIGKILL)
+    else:
+        os.kill(victim.pid, signal.SIGKILL)
+    victim.communicate(timeout=30)
+
+    # Dead processor: the target is where it was, or at the tested commit; never elsewhere.
+    tip = git(repo, "rev-parse", "main")
+    assert (tip != old) == point.swapped
+    assert_gated(repo, old, log)
+    assert mq.get_entry(state, entry.id).state is MergeEntryState.PROCESSING
+
+    recovery = processor(repo, state, record)
+    _, err = recovery.communicate(timeout=60)
+    assert recovery.returncode == EXIT_OK, err
+    final = mq.get_entry(state, entry.id)
+    assert final.state is MergeEntryState.MERGED and final.outcome is not None
+    assert final.retries == (0 if point.swapped else 1)
+    assert git(repo, "rev-parse", "main") == final.outcome.merged_sha
+    assert git(repo, "rev-list", "--first-parent", f"{old}..main").split() == [
+        final.outcome.merged_sha]  # merged once: one merge commit on the old tip
+    if point.swapped:
+        assert final.outcome.merged_sha == tip and len(gated_trees(log)) == 1
+    assert completes(state, "runner-impl") == [final.outcome.merged_sha]
+    assert_gated(repo, old, log)
+    assert_no_leftovers(repo, state)
+    if gate_pid.exists():  # the orphaned gate of the killed processor was killed in recovery
+        pid = int(gate_pid.read_text())
+        retry_until(lambda: process_start(pid) is None, 10, what="orphaned gate killed")
+    assert git(repo, "status", "--porcelain") == ""
