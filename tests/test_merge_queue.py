@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -147,13 +149,18 @@ def test_gate_past_its_timeout_is_killed_with_its_process_group(
     mq.enqueue(state, repo, "feature", owner=OWNER)
     hang = Gate(f"sleep 60 & echo $! >> {pids}; echo $$ >> {pids}; echo started; sleep 60", 0.5)
     started = time.monotonic()
-    outcome = mq.process_next(state, repo, mq.QueueConfig(gates=(hang,)))
-    assert time.monotonic() - started < 15
-    assert outcome is not None and outcome.reason == "gate_timeout"
-    assert "started" in outcome.gate_output and "timeout" in outcome.gate_output
-    for pid in map(int, pids.read_text().split()):
-        retry_until(lambda p=pid: process_start(p) is None, 5, what=f"gate process {pid} gone")
-    assert merge_dirs(repo) == []
+    try:
+        outcome = mq.process_next(state, repo, mq.QueueConfig(gates=(hang,)))
+        assert time.monotonic() - started < 15
+        assert outcome is not None and outcome.reason == "gate_timeout"
+        assert "started" in outcome.gate_output and "timeout" in outcome.gate_output
+        for pid in map(int, pids.read_text().split()):
+            retry_until(lambda p=pid: process_start(p) is None, 5, what=f"gate process {pid} gone")
+        assert merge_dirs(repo) == []
+    finally:  # leave nothing running even when the test fails
+        for pid in map(int, pids.read_text().split() if pids.exists() else []):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
 
 
 def test_dirty_checked_out_target_fails_and_touches_nothing(repo: Path, state: StateDir) -> None:

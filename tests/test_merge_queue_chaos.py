@@ -3,10 +3,12 @@ process`) racing each other or SIGKILLed at chosen points, then recovered by the
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import NamedTuple
 
@@ -30,6 +32,16 @@ def repo(tmp_path: Path) -> Path:
 @pytest.fixture
 def state(state_dir: Path) -> StateDir:
     return StateDir(state_dir)
+
+
+@pytest.fixture
+def reaper() -> Iterator[list[int]]:
+    """Sessions (process groups) to SIGKILL after the test, passed or not."""
+    sessions: list[int] = []
+    yield sessions
+    for sid in sessions:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(sid, signal.SIGKILL)
 
 
 def branch(repo: Path, name: str, files: dict[str, str]) -> str:
@@ -77,7 +89,7 @@ def completes(state: StateDir, owner: str) -> list[str]:
 
 
 def test_two_processors_started_together_merge_each_entry_once(
-    repo: Path, state: StateDir, tmp_path: Path
+    repo: Path, state: StateDir, tmp_path: Path, reaper: list[int]
 ) -> None:
     log = tmp_path / "trees.log"
     names = [f"b{i}" for i in range(6)]
@@ -90,6 +102,7 @@ def test_two_processors_started_together_merge_each_entry_once(
         mq.enqueue(state, repo, name, owner=f"runner-{name}")
     gate = f"sleep 0.05; git rev-parse 'HEAD^{{tree}}' >> {log}"
     first, second = processor(repo, state, gate), processor(repo, state, gate)
+    reaper.extend([first.pid, second.pid])
     for proc in (first, second):
         _, err = proc.communicate(timeout=120)
         assert proc.returncode == EXIT_OK, err
@@ -123,7 +136,7 @@ KILL_POINTS = [
 
 @pytest.mark.parametrize("point", KILL_POINTS, ids=[p.test_id for p in KILL_POINTS])
 def test_processor_killed_is_recovered_by_the_next(
-    repo: Path, state: StateDir, tmp_path: Path, point: KillPoint
+    repo: Path, state: StateDir, tmp_path: Path, point: KillPoint, reaper: list[int]
 ) -> None:
     log, ready, gate_pid = tmp_path / "trees.log", tmp_path / "ready", tmp_path / "gate.pid"
     branch(repo, "feature", {"c.txt": "c\n", "d.txt": "d\n"})
@@ -136,7 +149,10 @@ def test_processor_killed_is_recovered_by_the_next(
         hold = f"echo $$ > {gate_pid}; : > {ready}; sleep 60"
         gate = f"if [ ! -e {ready} ]; then {hold}; fi; {record}"
     victim = processor(repo, state, gate, env)
+    reaper.append(victim.pid)
     retry_until(ready.exists, 30, what=f"processor paused {point.test_id}")
+    if gate_pid.exists():
+        reaper.append(int(gate_pid.read_text()))
     assert mq.get_entry(state, entry.id).state is MergeEntryState.PROCESSING
     if point.whole_group:
         os.killpg(victim.pid, signal.SIGKILL)
