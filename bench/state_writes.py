@@ -94,7 +94,7 @@ def _worker(root: str, updates: int, pace: float, start_at: float, queue: Any) -
             yield
 
     identities.update_liveness(state, "runner", "shared")  # warm up: lazy imports, caches
-    atomic.file_lock = timed  # type: ignore[assignment]
+    atomic.file_lock = timed
     rng = random.Random(os.getpid())
     while time.time() < start_at:
         time.sleep(0.0005)

@@ -1,0 +1,159 @@
+"""Whole-process wall time of the hot commands, printed as JSON.
+
+Agents call `attractor identity update-liveness`, `attractor hook update-phase` and
+`attractor signal send` many times an hour, each a new process. This starts each one as a real
+process (`python -m attractor …`, plus the `scripts/` shims) against a private state dir,
+interleaved with a bare `python -c pass`, and reports median and p95 in milliseconds. Target:
+<= 50 ms per hot command on this machine.
+
+Two modes: `cached` is a normal install, where Python keeps compiled bytecode (here in a private
+PYTHONPYCACHEPREFIX, so the checkout stays clean); `no_bytecode_cache` sets
+PYTHONDONTWRITEBYTECODE=1, as some sandboxes do, so every run compiles attractor's modules again
+(the standard library keeps its installed bytecode).
+
+It also runs each hot command once and records which modules it imported (from sys.modules at
+exit): libtmux, git (GitPython), pydot and watchdog must not be among them, or the run fails.
+
+Usage: python bench/hot_commands.py [--runs N] > result.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+HEAVY = ("libtmux", "git", "pydot", "watchdog", "filelock", "yaml")
+FORBIDDEN = ("libtmux", "git", "pydot", "watchdog")
+
+
+def _percentile(values: list[float], pct: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(pct / 100 * (len(ordered) - 1)))]
+
+
+def _commands(state: Path) -> dict[str, list[str]]:
+    py = sys.executable
+    sd = ["--state-dir", str(state)]
+    commands = {
+        "python -c pass": [py, "-c", "pass"],
+        "identity update-liveness": [py, "-m", "attractor", "identity", "update-liveness",
+                                     "runner", "bench", *sd],
+        "hook update-phase": [py, "-m", "attractor", "hook", "update-phase", "runner", "bench",
+                              "{phase}", *sd],
+        "scripts/identity_registry.py --update-liveness": [
+            py, str(REPO / "scripts" / "identity_registry.py"), "--update-liveness", "runner",
+            "bench", *sd],
+        "scripts/hook_manager.py --update-phase": [
+            py, str(REPO / "scripts" / "hook_manager.py"), "--update-phase", "runner", "bench",
+            "{phase}", *sd],
+    }
+    try:
+        import attractor.signals  # noqa: F401
+    except ModuleNotFoundError:
+        pass
+    else:
+        commands["signal send"] = [py, "-m", "attractor", "signal", "send", "ORCHESTRATOR_DONE",
+                                   "--to", "runner-bench", "--payload", '{"node": "bench"}', *sd]
+    return commands
+
+
+_WRAP = """
+import atexit, json, runpy, sys
+out, target = sys.argv[1], sys.argv[2:]
+atexit.register(lambda: open(out, "w").write(json.dumps(sorted(sys.modules))))
+if target[0] == "-m":
+    sys.argv = [target[1], *target[2:]]
+    runpy.run_module(target[1], run_name="__main__", alter_sys=True)
+else:
+    sys.argv = target
+    runpy.run_path(target[0], run_name="__main__")
+"""
+
+
+def _imported(argv: list[str], env: dict[str, str], out: Path) -> dict[str, Any]:
+    """Run `argv` (a `python …` command line) once and report what it imported."""
+    subprocess.run([argv[0], "-c", _WRAP, str(out), *argv[1:]], env=env, capture_output=True,
+                   check=True)
+    modules = json.loads(out.read_text())
+    return {
+        "modules": len(modules),
+        "heavy_imported": sorted({name.split(".")[0] for name in modules} & set(HEAVY)),
+        "attractor_modules": [name for name in modules if name.startswith("attractor")],
+    }
+
+
+def _time(commands: dict[str, list[str]], env: dict[str, str], runs: int) -> dict[str, Any]:
+    times: dict[str, list[float]] = {name: [] for name in commands}
+    phases = ("impl_complete", "executing")
+    for run in range(runs):
+        for name, argv in commands.items():
+            # alternate the phase so every update-phase is a real, fsynced move
+            index = run * 2 + (1 if "hook_manager" in name else 0)
+            concrete = [a.replace("{phase}", phases[index % 2]) for a in argv]
+            start = time.perf_counter()
+            proc = subprocess.run(concrete, env=env, capture_output=True)
+            elapsed = time.perf_counter() - start
+            if proc.returncode != 0:
+                raise SystemExit(f"{name} failed: {proc.stderr.decode().strip()}")
+            times[name].append(elapsed)
+    base = statistics.median(times["python -c pass"])
+    return {
+        name: {
+            "median_ms": round(statistics.median(values) * 1000, 1),
+            "p95_ms": round(_percentile(values, 95) * 1000, 1),
+            "over_bare_python_ms": round((statistics.median(values) - base) * 1000, 1),
+        }
+        for name, values in times.items()
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description="hot command start-up times")
+    parser.add_argument("--runs", type=int, default=40, help="runs per command (default 40)")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="att-hot-") as tmp:
+        state = Path(tmp) / "state"
+        env = {**os.environ, "ATTRACTOR_STATE_DIR": str(state),
+               "PYTHONPYCACHEPREFIX": str(Path(tmp) / "pycache")}
+        for key in ("PYTHONPATH", "PYTHONDONTWRITEBYTECODE"):
+            env.pop(key, None)
+        setup = [sys.executable, "-m", "attractor"]
+        for argv in (["identity", "create", "runner", "bench"],
+                     ["hook", "create", "runner", "bench"],
+                     ["hook", "update-phase", "runner", "bench", "executing"]):
+            subprocess.run([*setup, *argv], env=env, check=True, capture_output=True)
+        commands = _commands(state)
+        result: dict[str, Any] = {"python": sys.version.split()[0], "runs": args.runs,
+                                  "cpus": os.cpu_count(), "target_ms": 50}
+        result["cached"] = _time(commands, env, args.runs)
+        sandbox = {key: value for key, value in env.items() if key != "PYTHONPYCACHEPREFIX"}
+        result["no_bytecode_cache"] = _time(
+            commands, {**sandbox, "PYTHONDONTWRITEBYTECODE": "1"}, max(5, args.runs // 2)
+        )
+        imports = {
+            name: _imported([a.replace("{phase}", "failed") for a in argv], env,
+                            Path(tmp) / "modules.json")
+            for name, argv in commands.items() if name != "python -c pass"
+        }
+        result["imports"] = imports
+    print(json.dumps(result, indent=2))
+    bad = {name: sorted(set(info["heavy_imported"]) & set(FORBIDDEN))
+           for name, info in imports.items()}
+    bad = {name: mods for name, mods in bad.items() if mods}
+    if bad:
+        print(f"error: hot commands import heavy modules: {bad}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
