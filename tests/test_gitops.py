@@ -216,3 +216,25 @@ def test_rebase_reports_conflicting_files_and_aborts(repo: Path) -> None:
     assert not result.ok and result.conflicts == ("a.txt",)
     assert gitops.head_of(path) == gitops.rev_parse(repo, "topic")  # aborted
     gitops.remove_worktree(repo, path)
+
+
+def test_pick_onto_replays_one_commit_in_memory(repo: Path) -> None:
+    git(repo, "checkout", "-q", "-b", "one")
+    commit_file(repo, "new.txt", "new\n", "subject\n\nbody\n\nTrailer: x")
+    git(repo, "checkout", "-q", "-b", "clash", "main")
+    commit_file(repo, "a.txt", "clash\n")
+    git(repo, "checkout", "-q", "main")
+    tip = commit_file(repo, "a.txt", "main\n")
+    picked = gitops.pick_onto(repo, gitops.rev_parse(repo, "one") or "", tip)
+    assert picked.ok and picked.commit is not None
+    assert git(repo, "rev-parse", f"{picked.commit}^") == tip
+    fmt = "--format=%an %ae %ad%n%B"
+    assert git(repo, "log", "-1", fmt, picked.commit) == git(repo, "log", "-1", fmt, "one")
+    assert git(repo, "show", f"{picked.commit}:new.txt") == "new"
+    assert git(repo, "show", f"{picked.commit}:a.txt") == "main"
+    assert gitops.is_clean(repo) and len(gitops.list_worktrees(repo)) == 1  # nothing touched
+    clash = gitops.pick_onto(repo, gitops.rev_parse(repo, "clash") or "", tip)
+    assert not clash.ok and clash.conflicts == ("a.txt",)
+    git(repo, "merge", "-q", "--ff-only", picked.commit)
+    same = gitops.pick_onto(repo, gitops.rev_parse(repo, "one") or "", picked.commit)
+    assert same.commit == picked.commit  # its change is already on the target

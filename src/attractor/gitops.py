@@ -437,6 +437,37 @@ def rebase(worktree: Path, onto: str, *, exec_cmd: str | None = None) -> RebaseR
     return RebaseResult(False, None, conflicts, message)
 
 
+@dataclass(frozen=True)
+class PickResult:
+    ok: bool
+    commit: str | None
+    conflicts: tuple[str, ...] = ()
+
+
+def pick_onto(repo: RepoLike, commit: str, onto: str) -> PickResult:
+    """Replay the one commit `commit` adds over its merge base with `onto` on top of `onto`,
+    in memory (`merge-tree --write-tree`, no worktree): the rebase of a one-commit branch, with
+    the same author, date and message. A change already in `onto` gives `onto` itself."""
+    status, out, err = _run(repo, "merge-tree", "--write-tree", "--name-only", "--no-messages",
+                            _ref_arg(onto), _ref_arg(commit), check=False)
+    lines = out.splitlines()
+    if status == 1:
+        return PickResult(False, None, tuple(dict.fromkeys(line for line in lines[1:] if line)))
+    if status != 0 or not lines:
+        raise GitError("git merge-tree", err or out or f"exit status {status}")
+    # One call for both: the tree of `onto` and the author and message of `commit`.
+    meta = _run(repo, "log", "--no-walk=unsorted", "--date=raw",
+                "--format=%T%x00%an%x00%ae%x00%ad%x00%B%x01", _ref_arg(onto), _ref_arg(commit),
+                "--")[1]
+    onto_tree = meta.split("\0", 1)[0].strip()
+    if lines[0] == onto_tree:
+        return PickResult(True, onto)  # its change is already there
+    _, name, email, date, message = meta.split("\x01")[1].strip("\n").split("\0", 4)
+    env = {"GIT_AUTHOR_NAME": name, "GIT_AUTHOR_EMAIL": email, "GIT_AUTHOR_DATE": date}
+    sha = _run(repo, "commit-tree", lines[0], "-p", onto, "-m", message.rstrip("\n"), env=env)[1]
+    return PickResult(True, sha.strip())
+
+
 def commit_tree(repo: RepoLike, tree: str, parents: Sequence[str], message: str) -> str:
     """A new commit of `tree` with `parents` (no ref moves); returns its sha."""
     args = [arg for parent in parents for arg in ("-p", _ref_arg(parent))]

@@ -382,23 +382,32 @@ def _attempt(
         return _merged(entry, target, source, old, "already on the target; nothing to merge")
     _record_claim(state, entry.id, source_sha=source, target_old=old)
     gitops.exclude_attractor_dirs(repo)
-    gitops.add_detached_worktree(repo, worktree, source)
-    tested = source
-    if base != old:
+    commits = gitops.commits_between(repo, old, source)
+    conflicts: tuple[str, ...] = ()
+    message = ""
+    if base == old:  # already on the tip: nothing to rebase
+        tested = source
+        gitops.add_detached_worktree(repo, worktree, tested)
+    elif len(commits) == 1:  # one commit: replayed in memory, then checked out once
+        picked = gitops.pick_onto(repo, source, old)
+        conflicts, tested = picked.conflicts, picked.commit or ""
+        if picked.ok:
+            gitops.add_detached_worktree(repo, worktree, tested)
+    else:
+        gitops.add_detached_worktree(repo, worktree, source)
         ready = _pause("rebase", wait=False)
         hold = f": > {shlex.quote(ready)}; sleep 3600" if ready else None
         rebased = gitops.rebase(worktree, old, exec_cmd=hold)
+        conflicts, tested, message = rebased.conflicts, rebased.head or "", rebased.message
+    if not tested:
         timings["rebase"] = time.monotonic() - mark
-        if not rebased.ok:
-            detail = (f"rebase onto {target} ({old[:12]}) conflicts in "
-                      f"{', '.join(rebased.conflicts) or 'unknown files'}")
-            return _fail(entry, target, R.CONFLICT, detail, target_sha=old,
-                         files=rebased.conflicts, gate_output=rebased.message[-OUTPUT_TAIL_CHARS:])
-        assert rebased.head is not None
-        tested = rebased.head
-        if tested == old:
-            return _merged(entry, target, old, old, "every commit is already on the target")
-    if len(gitops.commits_between(repo, old, tested)) > 1:
+        detail = (f"rebase onto {target} ({old[:12]}) conflicts in "
+                  f"{', '.join(conflicts) or 'unknown files'}")
+        return _fail(entry, target, R.CONFLICT, detail, target_sha=old, files=conflicts,
+                     gate_output=message[-OUTPUT_TAIL_CHARS:])
+    if tested == old:
+        return _merged(entry, target, old, old, "every commit is already on the target")
+    if len(commits) > 1:
         # Several commits: land them under one merge commit (first parent: the old tip), so
         # that every commit on the target's first-parent line is one that the gates tested.
         message = f"Merge {entry.branch} into {target}\n\nmerge queue entry {entry.id}"
