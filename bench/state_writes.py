@@ -44,7 +44,9 @@ def _ms(seconds: float) -> float:
     return round(seconds * 1000, 3)
 
 
-def replace_cost(directory: Path, rounds: int, fsync: bool) -> dict[str, Any]:
+def replace_cost(directory: Path, rounds: int, fsync: bool, blocks: int = 5) -> dict[str, Any]:
+    """Median cost of a plain write and of an atomic replace, interleaved, in `blocks` blocks
+    (the spread of the per-block ratios shows how much other I/O on the machine moved them)."""
     record = identities.Identity(
         schema=1, role="runner", name="impl_auth", agent_id="runner-impl_auth", epoch=3,
         status=identities.S.ACTIVE, pid=4711, tmux_socket="attractor-0123abcd",
@@ -57,25 +59,31 @@ def replace_cost(directory: Path, rounds: int, fsync: bool) -> dict[str, Any]:
     )
     data = atomic.dumps(record.to_json())
     plain_path, atomic_path = directory / "plain.json", directory / "atomic.json"
-    plain, replaced = [], []
-    for _ in range(rounds):
-        start = time.perf_counter()
-        with open(plain_path, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            if fsync:
-                os.fsync(fh.fileno())
-        plain.append(time.perf_counter() - start)
-        start = time.perf_counter()
-        atomic.write_bytes_atomic(atomic_path, data, fsync=fsync)
-        replaced.append(time.perf_counter() - start)
+    plain, replaced, ratios = [], [], []
+    for _ in range(blocks):
+        block_plain, block_atomic = [], []
+        for _ in range(max(1, rounds // blocks)):
+            start = time.perf_counter()
+            with open(plain_path, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                if fsync:
+                    os.fsync(fh.fileno())
+            block_plain.append(time.perf_counter() - start)
+            start = time.perf_counter()
+            atomic.write_bytes_atomic(atomic_path, data, fsync=fsync)
+            block_atomic.append(time.perf_counter() - start)
+        ratios.append(round(statistics.median(block_atomic) / statistics.median(block_plain), 2))
+        plain += block_plain
+        replaced += block_atomic
     plain_ms, atomic_ms = statistics.median(plain), statistics.median(replaced)
     return {
         "bytes": len(data),
-        "rounds": rounds,
+        "rounds": len(plain),
         "plain_median_ms": _ms(plain_ms),
         "atomic_median_ms": _ms(atomic_ms),
         "ratio": round(atomic_ms / plain_ms, 2),
+        "block_ratios": ratios,
         "target_ratio": 3.5 if fsync else 1.5,
     }
 
