@@ -35,7 +35,8 @@ logger = logging.getLogger(__name__)
 
 SCHEMA = 1
 RUN_STATUSES = ("running", "succeeded", "failed", "stopped")
-FINISHED_NODE_STATES = frozenset({NodeState.MERGED, NodeState.DONE, NodeState.FAILED, NodeState.BLOCKED})
+FINISHED_NODE_STATES = frozenset({NodeState.MERGED, NodeState.DONE, NodeState.FAILED, NodeState.BLOCKED,
+                                  NodeState.SKIPPED})
 
 
 @dataclass(frozen=True)
@@ -156,7 +157,7 @@ def latest_run(state: StateDir) -> str | None:
     return runs[-1] if runs else None
 
 
-def append_event(state: StateDir, run_id: str, event: str, **fields: Any) -> None:
+def append_event(state: StateDir, run_id: str, event: str, /, **fields: Any) -> None:
     """Append one line to events.jsonl with a single write (O_APPEND)."""
     directory = run_dir(state, run_id)
     ensure_private_dir(directory)

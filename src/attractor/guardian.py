@@ -30,7 +30,8 @@ from attractor import checkpoint as cp_store
 from attractor import hooks, identities, signals
 from attractor.checkpoint import Checkpoint
 from attractor.errors import AttractorError, IdentityTakenError, NotFoundError
-from attractor.runner import RunnerConfig, pid_alive, session_name, spawn_runner, worktree_path
+from attractor.identities import pid_alive
+from attractor.runner import RunnerConfig, session_name, spawn_runner, worktree_path
 from attractor.states import HookPhase, IdentityStatus, NodeState, SignalKind
 from attractor.statedir import StateDir
 
@@ -119,6 +120,9 @@ class Guardian:
         self.merge_work: queue.Queue[tuple[str, dict[str, Any]] | None] = queue.Queue()
         self.pool = ThreadPoolExecutor(max_workers=max(1, self.cp.max_agents), thread_name_prefix="validate")
         self.runner_restarts: dict[str, int] = {}
+        from attractor.pipeline import topological_order
+
+        self.order = topological_order(self.pipeline)
 
     # -- checkpoint --------------------------------------------------------------------------
     def update_node(self, name: str, event: str = "", **changes: Any) -> None:
@@ -146,7 +150,7 @@ class Guardian:
         result = []
         for tool in self.pipeline.validators_of(node):
             tool_node = self.pipeline.nodes[tool]
-            result.append((tool, str(tool_node.attrs["command"]), float(tool_node.attrs.get("timeout", 600))))
+            result.append((tool, tool_node.command or "true", tool_node.timeout or 600.0))
         return result
 
     def start_validation(self, node: str, commit: str) -> None:
@@ -158,8 +162,9 @@ class Guardian:
 
     def _validate(self, node: str, commit: str) -> None:
         try:
-            self.update_node(node, "validating", state=NodeState.VALIDATING)
-            if hooks.read_hook(self.state, "runner", node).phase is HookPhase.IMPL_COMPLETE:
+            hook = hooks.read_hook(self.state, "runner", node)
+            self.update_node(node, "validating", state=NodeState.VALIDATING, attempts=max(hook.attempts, 1))
+            if hook.phase is HookPhase.IMPL_COMPLETE:
                 hooks.update_phase(self.state, "runner", node, HookPhase.VALIDATING, note="guardian validates")
             wt = worktree_path(self.target_dir, node)
             outputs = []
@@ -250,25 +255,12 @@ class Guardian:
         return f"ignored: {sig.kind.value} is not for the guardian"
 
     # -- scheduling and supervision --------------------------------------------------------------
-    def start_node(self, name: str) -> None:
-        node = self.pipeline.nodes[name]
-        kind = node.kind
-        if kind in ("start", "conditional"):
-            outcome = "success"
-            if kind == "conditional":
-                preds = self.pipeline.predecessors(name)
-                outcome = next((self.cp.nodes[p].outcome for p in preds if self.cp.nodes[p].outcome), "success") or "success"
-            self.update_node(name, "done", state=NodeState.DONE, outcome=outcome, finished_at=_now())
-        elif kind == "exit":
-            self.update_node(name, "done", state=NodeState.DONE, outcome="success", finished_at=_now())
-        elif kind == "tool":
-            return  # validated together with its codergen node
-        else:
-            attempts = self.cp.nodes[name].attempts + 1
-            self.update_node(name, "runner_spawned", state=NodeState.RUNNING, attempts=attempts,
-                             started_at=self.cp.nodes[name].started_at or _now(),
-                             branch=f"attractor/{self.cfg.run_id}/{name}")
-            spawn_runner(self.runner_config(name), log_level=self.cfg.log_level)
+    def start_codergen(self, name: str) -> None:
+        attempts = self.cp.nodes[name].attempts + 1
+        self.update_node(name, "runner_spawned", state=NodeState.RUNNING, attempts=attempts,
+                         started_at=self.cp.nodes[name].started_at or _now(),
+                         branch=f"attractor/{self.cfg.run_id}/{name}")
+        spawn_runner(self.runner_config(name), log_level=self.cfg.log_level)
 
     def active_nodes(self) -> list[str]:
         with self.lock:
@@ -276,25 +268,49 @@ class Guardian:
                     if p.state in (NodeState.RUNNING, NodeState.VALIDATING, NodeState.MERGING)]
 
     def schedule(self) -> None:
-        from attractor.pipeline import ready_nodes
+        """Bring the checkpoint in line with the pipeline's rules and start ready nodes."""
+        from attractor.pipeline import NodeKind, node_states
+        from attractor.pipeline import NodeState as Rule
 
         with self.lock:
             done = {n for n, p in self.cp.nodes.items() if p.finished}
             running = set(self.active_nodes())
             outcomes = {n: p.outcome for n, p in self.cp.nodes.items() if p.outcome}
-        for name in ready_nodes(self.pipeline, done, running, outcomes):  # type: ignore[arg-type]
-            if self.node_state(name) is not NodeState.PENDING:
+        rules = node_states(self.pipeline, done, running, outcomes)  # type: ignore[arg-type]
+        for name in self.order:
+            rule = rules[name]
+            progress = self.cp.nodes[name]
+            if progress.state is not NodeState.PENDING:
                 continue
+            kind = self.pipeline.nodes[name].kind
+            if rule is Rule.DONE:
+                outcome = self._rule_outcome(name)
+                self.update_node(name, "done", state=NodeState.DONE, outcome=outcome, finished_at=_now())
+            elif rule is Rule.SKIPPED:
+                self.update_node(name, "skipped", state=NodeState.SKIPPED, reason="branch not taken",
+                                 finished_at=_now())
+            elif rule is Rule.BLOCKED:
+                failed = [p for p, n in self.cp.nodes.items() if n.outcome == "fail"]
+                self.update_node(name, "blocked", state=NodeState.BLOCKED, outcome="fail", finished_at=_now(),
+                                 reason=f"upstream failed: {', '.join(failed)}" if failed else "upstream failed")
+            elif rule is Rule.READY:
+                if kind is NodeKind.EXIT:
+                    self.update_node(name, "done", state=NodeState.DONE, outcome="success", finished_at=_now())
+                elif len(self.active_nodes()) < self.cp.max_agents:
+                    self.start_codergen(name)
+
+    def _rule_outcome(self, name: str) -> str:
+        """Outcome of a node the rules finished: a tool follows its codergen node, a conditional
+        fails when a predecessor failed."""
+        from attractor.pipeline import NodeKind
+
+        node = self.pipeline.nodes[name]
+        if node.kind is NodeKind.TOOL:
+            return self.cp.nodes[self.pipeline.validated_node(name)].outcome or "success"
+        if node.kind is NodeKind.CONDITIONAL:
             preds = self.pipeline.predecessors(name)
-            failed = [p for p in preds if self.cp.nodes[p].outcome == "fail"
-                      and self.pipeline.nodes[p].kind != "conditional"]
-            if failed and self.pipeline.nodes[name].kind != "conditional":
-                self.update_node(name, "blocked", state=NodeState.BLOCKED, reason=f"upstream failed: {', '.join(failed)}",
-                                 outcome="fail", finished_at=_now())
-                continue
-            if self.pipeline.nodes[name].kind == "codergen" and len(self.active_nodes()) >= self.cp.max_agents:
-                continue
-            self.start_node(name)
+            return "fail" if any(self.cp.nodes[p].outcome == "fail" for p in preds) else "success"
+        return "success"
 
     def supervise(self) -> None:
         for name in self.active_nodes():
@@ -346,7 +362,7 @@ class Guardian:
                 node = self.pipeline.nodes[name]
                 self.start_merge(name, {"node": name, "branch": f"attractor/{self.cfg.run_id}/{name}",
                                         "commit": hook.last_commit or "", "owner": f"runner-{name}",
-                                        "priority": int(node.attrs.get("priority", 0))})
+                                        "priority": node.priority})
 
     def finished(self) -> bool:
         with self.lock:
@@ -363,8 +379,8 @@ class Guardian:
             exit_nodes = [n for n, node in self.pipeline.nodes.items() if node.kind == "exit"]
             ok = all(self.cp.nodes[n].state is NodeState.DONE for n in exit_nodes)
             failed = [n for n, p in self.cp.nodes.items() if p.state in (NodeState.FAILED, NodeState.BLOCKED)]
-            status = "stopped" if stopped else ("succeeded" if ok and not failed else "failed")
-            reason = "" if status == "succeeded" else f"nodes not merged: {', '.join(failed)}" if failed else status
+            status = "stopped" if stopped else ("succeeded" if ok else "failed")
+            reason = f"nodes that did not finish: {', '.join(failed)}" if failed else ""
             self.cp = self.cp.with_status(status, reason)
             cp_store.write_checkpoint(self.state, self.cp)
             cp_store.append_event(self.state, self.cfg.run_id, "run_finished", status=status, reason=reason)

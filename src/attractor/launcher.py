@@ -35,7 +35,7 @@ class LaunchOptions:
     target_dir: Path
     agent: str | None = None
     agent_cmd: str | None = None
-    max_agents: int = 4
+    max_agents: int | None = None
     detach: bool = False
     resume: str | None = None
     state_dir: str | None = None
@@ -66,10 +66,10 @@ def check_agents(pipeline: object, agent: str | None, agent_cmd: str | None) -> 
     resolve_agent(name, agent_cmd).check()
     for node in pipeline.nodes.values():  # type: ignore[attr-defined]
         if node.kind == "codergen":
-            own = node.attrs.get("agent")
+            own = node.agent
             if own and not agent_cmd:
-                resolve_agent(str(own)).check()
-            if (own or name) == "scripted" and not agent_cmd and node.attrs.get("script") is None:
+                resolve_agent(own).check()
+            if (own or name) == "scripted" and not agent_cmd and node.script is None:
                 raise BadInputError(f"node '{node.name}'", "the scripted agent needs a `script` attribute; "
                                     "add one or choose another --agent")
     return name
@@ -94,11 +94,11 @@ def prepare(opts: LaunchOptions) -> tuple[StateDir, Checkpoint, str]:
     if opts.pipeline is None:
         raise UsageError("attractor run: a PIPELINE file is required unless --resume RUN_ID is given")
     pipeline = load_pipeline(opts.pipeline)
-    branch = opts.target_branch or str(pipeline.attrs.get("target", "main"))
+    branch = opts.target_branch or pipeline.target or "main"
     check_target(target_dir, branch)
     agent = check_agents(pipeline, opts.agent, opts.agent_cmd)
-    if opts.max_agents < 1:
-        raise BadInputError("--max-agents", "must be at least 1")
+    if opts.max_agents is not None and opts.max_agents < 1:
+        raise BadInputError("--max-agents", f"must be at least 1, got {opts.max_agents}")
     state.ensure()
     run_id = make_run_id(pipeline.name)
     run_dir = cp_store.run_dir(state, run_id)
@@ -108,7 +108,7 @@ def prepare(opts: LaunchOptions) -> tuple[StateDir, Checkpoint, str]:
     nodes = {name: NodeProgress(name=name, kind=node.kind) for name, node in pipeline.nodes.items()}
     cp = Checkpoint(run_id=run_id, pipeline_name=pipeline.name, pipeline_path=str(copy), target_dir=str(target_dir),
                     target_branch=branch, agent=agent, agent_cmd=opts.agent_cmd,
-                    max_agents=int(pipeline.attrs.get("max_agents", opts.max_agents)), nodes=nodes)
+                    max_agents=opts.max_agents or pipeline.max_agents or 4, nodes=nodes)
     return state, cp, socket
 
 
@@ -152,7 +152,7 @@ def launch(opts: LaunchOptions, out: TextIO = sys.stdout) -> int:
 
 
 def _guardian_alive(state: StateDir, run_id: str) -> identities.Identity | None:
-    from attractor.runner import pid_alive
+    from attractor.identities import pid_alive
 
     try:
         ident = identities.get(state, "guardian", run_id)
@@ -161,32 +161,85 @@ def _guardian_alive(state: StateDir, run_id: str) -> identities.Identity | None:
     return ident if pid_alive(ident.pid) else None
 
 
-def describe(node: NodeProgress) -> str:
-    extra = []
-    if node.attempts > 1:
-        extra.append(f"attempt {node.attempts}")
-    if node.merged_sha:
-        extra.append(node.merged_sha[:10])
-    if node.reason and node.state.value in ("failed", "blocked", "running"):
-        extra.append(node.reason.splitlines()[0][:80])
-    return node.state.value + (f" ({'; '.join(extra)})" if extra else "")
+def describe_event(event: dict[str, object]) -> str | None:
+    """One progress line for an event of events.jsonl, or None for events not worth a line."""
+    kind = event.get("event")
+    node = str(event.get("node", ""))
+    reason = str(event.get("reason") or "").splitlines()[0][:100] if event.get("reason") else ""
+    if kind == "runner_spawned":
+        text = f"running (attempt {event.get('attempts', 1)})"
+    elif kind == "validating":
+        text = "validating" + (f" (attempt {event['attempts']})" if event.get("attempts") else "")
+    elif kind == "validation":
+        text = f"{event.get('tool')}: {'passed' if event.get('ok') else 'FAILED'}"
+    elif kind == "validation_failed":
+        text = "sent back to its agent with the validation output"
+    elif kind == "merging":
+        text = "in the merge queue"
+    elif kind == "merged":
+        text = f"merged {str(event.get('merged_sha') or '')[:10]}"
+    elif kind in ("merge_failed", "merge_error"):
+        text = f"merge failed: {reason}"
+    elif kind in ("done", "skipped", "blocked", "failed", "validator"):
+        text = str(event.get("state", kind)) + (f": {reason}" if reason else "")
+    elif kind == "runner_respawn":
+        text = f"runner died; started again (restart {event.get('restart')})"
+    elif kind == "guardian_started" and int(str(event.get("start", 1))) > 1:
+        return f"{'guardian':<20} started again (start {event.get('start')}); resuming from the checkpoint"
+    else:
+        return None
+    return f"{node:<20} {text}"
+
+
+class EventTail:
+    """Reads the new complete lines of events.jsonl on each call."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.offset = 0
+
+    def new_events(self) -> list[dict[str, object]]:
+        import json
+
+        try:
+            with open(self.path, "rb") as fh:
+                fh.seek(self.offset)
+                data = fh.read()
+        except FileNotFoundError:
+            return []
+        end = data.rfind(b"\n")
+        if end < 0:
+            return []
+        self.offset += end + 1
+        events = []
+        for line in data[: end + 1].splitlines():
+            try:
+                item = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(item, dict):
+                events.append(item)
+        return events
 
 
 def follow(state: StateDir, run_id: str, gcfg: object, out: TextIO, timeout: float | None = None) -> int:
     from attractor.guardian import spawn_guardian
 
     start = time.monotonic()
-    seen: dict[str, str] = {}
+    tail = EventTail(cp_store.run_dir(state, run_id) / "events.jsonl")
+    tail.new_events()  # what happened before this launcher started is in `attractor status`
     restarts = 0
     last_beat = 0.0
-    cp = cp_store.read_checkpoint(state, run_id)
+
+    def show() -> None:
+        for event in tail.new_events():
+            line = describe_event(event)
+            if line:
+                print(f"[{time.monotonic() - start:7.1f}s] {line}", file=out, flush=True)
+
     while True:
         cp = cp_store.read_checkpoint(state, run_id)
-        for name, node in cp.nodes.items():
-            text = describe(node)
-            if seen.get(name) != text:
-                seen[name] = text
-                print(f"[{time.monotonic() - start:7.1f}s] {name:<20} {text}", file=out, flush=True)
+        show()
         if cp.status != "running":
             break
         now = time.monotonic()
@@ -214,6 +267,7 @@ def follow(state: StateDir, run_id: str, gcfg: object, out: TextIO, timeout: flo
                   file=sys.stderr)
             return 1
         time.sleep(FOLLOW_INTERVAL)
+    show()
     print_summary(state, cp, out, time.monotonic() - start)
     return 0 if cp.status == "succeeded" else 1
 

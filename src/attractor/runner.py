@@ -27,6 +27,7 @@ from pathlib import Path
 from attractor import hooks, identities, signals
 from attractor.agents import resolve_agent
 from attractor.errors import AttractorError, NotFoundError
+from attractor.identities import pid_alive
 from attractor.orchestrator import (
     agent_argv,
     agent_env,
@@ -56,30 +57,6 @@ def worktree_path(target_dir: Path, node: str) -> Path:
 
 def branch_name(run_id: str, node: str) -> str:
     return f"attractor/{run_id}/{node}"
-
-
-def pid_alive(pid: int | None) -> bool:
-    if not pid:
-        return False
-    try:
-        waited, _ = os.waitpid(pid, os.WNOHANG)
-        if waited == pid:
-            return False  # our own child, now reaped
-    except ChildProcessError:
-        pass
-    except OSError:
-        pass
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a zombie is dead for our purposes
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return True
 
 
 @dataclass(frozen=True)
@@ -146,10 +123,10 @@ class Runner:
         if cfg.node not in self.pipeline.nodes:
             raise NotFoundError("node", cfg.node, f"not in pipeline {cfg.pipeline_path}")
         self.node = self.pipeline.nodes[cfg.node]
-        self.agent = resolve_agent(self.node.attrs.get("agent") or cfg.agent, cfg.agent_cmd)
+        self.agent = resolve_agent(self.node.agent or cfg.agent, cfg.agent_cmd)
         self.worktree = worktree_path(cfg.target_dir, cfg.node)
         self.branch = branch_name(cfg.run_id, cfg.node)
-        self.max_attempts = 1 + int(self.node.attrs.get("max_retries", 2))
+        self.max_attempts = 1 + self.node.max_retries
         self.lock = threading.RLock()
         self.finished = threading.Event()
         self.exit_code = 0
@@ -214,13 +191,12 @@ class Runner:
         wisdom = hooks.build_wisdom_prompt_block(hook) if (attempt > 1 or note or len(hook.history) > 2) else ""
         prompt = build_prompt(
             role=load_role("orchestrator", self.cfg.target_dir), node=self.cfg.node,
-            task=str(self.node.attrs.get("prompt", "")), worktree=self.worktree, branch=self.branch,
+            task=self.node.prompt or "", worktree=self.worktree, branch=self.branch,
             agent_id=self.cfg.orchestrator_id, runner_id=self.cfg.agent_id, wisdom=wisdom,
-            goal=str(self.pipeline.attrs.get("goal", "")) if hasattr(self.pipeline, "attrs") else "",
+            goal=self.pipeline.goal,
         )
-        script = self.node.attrs.get("script")
         prompt_file, script_file = write_launch_files(self.state, self.cfg.run_id, self.cfg.node, attempt,
-                                                      prompt, str(script) if script is not None else None)
+                                                      prompt, self.node.script)
         ctx = launch_context(self.state, node=self.cfg.node, worktree=self.worktree, prompt_file=prompt_file,
                              attempt=attempt, script_file=script_file)
         argv = agent_argv(self.agent, ctx)
@@ -290,7 +266,7 @@ class Runner:
     def send_merge_ready(self, commit: str) -> None:
         self.send_guardian(SignalKind.MERGE_READY, {
             "node": self.cfg.node, "branch": self.branch, "commit": commit, "owner": self.cfg.agent_id,
-            "priority": int(self.node.attrs.get("priority", 0))})
+            "priority": self.node.priority})
 
     # -- signals -------------------------------------------------------------------------------
     def handle(self, sig: signals.Signal) -> str:

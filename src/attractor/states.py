@@ -92,6 +92,7 @@ class NodeState(_Named):
     DONE = "done"  # start/exit/tool/conditional nodes that finished without a merge of their own
     FAILED = "failed"
     BLOCKED = "blocked"
+    SKIPPED = "skipped"  # on a branch of a conditional that was not taken
 
     @classmethod
     def from_text(cls, value: str) -> NodeState:
@@ -135,7 +136,7 @@ MERGE_ENTRY_MOVES: Mapping[MergeEntryState, frozenset[MergeEntryState]] = {
 
 N = NodeState
 NODE_MOVES: Mapping[NodeState, frozenset[NodeState]] = {
-    N.PENDING: frozenset({N.RUNNING, N.DONE, N.FAILED, N.BLOCKED}),
+    N.PENDING: frozenset({N.RUNNING, N.DONE, N.FAILED, N.BLOCKED, N.SKIPPED}),
     N.RUNNING: frozenset({N.VALIDATING, N.MERGING, N.DONE, N.FAILED, N.BLOCKED, N.PENDING}),
     N.VALIDATING: frozenset({N.RUNNING, N.MERGING, N.FAILED, N.BLOCKED}),
     N.MERGING: frozenset({N.MERGED, N.RUNNING, N.FAILED, N.BLOCKED}),
@@ -143,6 +144,7 @@ NODE_MOVES: Mapping[NodeState, frozenset[NodeState]] = {
     N.DONE: frozenset(),
     N.FAILED: frozenset({N.PENDING}),
     N.BLOCKED: frozenset({N.PENDING}),
+    N.SKIPPED: frozenset(),
 }
 
 

@@ -18,7 +18,8 @@ from attractor import checkpoint as cp_store
 from attractor import identities, signals
 from attractor.errors import AttractorError, NotFoundError
 from attractor.names import validate_name
-from attractor.runner import pid_alive, worktree_path
+from attractor.identities import pid_alive
+from attractor.runner import worktree_path
 from attractor.states import IdentityStatus, SignalKind
 from attractor.statedir import StateDir
 

@@ -80,6 +80,6 @@ def add_parser(subparsers: Any) -> None:
                   "attractor demo --dir /tmp/calc-demo")
     p.add_argument("--dir", help="where to create the demo repository (default: a new temporary directory)")
     p.add_argument("--pipeline", help="pipeline to run (default: pipelines/demo.dot)")
-    p.add_argument("--max-agents", type=int, default=4)
+    p.add_argument("--max-agents", type=int, help="nodes running at once (default: 4)")
     add_tmux_socket_option(p)
     p.set_defaults(func=run_demo)

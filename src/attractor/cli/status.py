@@ -23,7 +23,7 @@ def collect(args: argparse.Namespace) -> dict[str, Any]:
     from attractor import checkpoint as cp_store
     from attractor import clock, hooks, identities
     from attractor.errors import NotFoundError
-    from attractor.runner import pid_alive
+    from attractor.identities import pid_alive
     from attractor.statedir import StateDir
 
     state = StateDir(state_dir_from(args))
