@@ -283,6 +283,11 @@ class Runner:
             from attractor import gitops
 
             commit = gitops.rev_parse(self.worktree, "HEAD") or ""
+            if not gitops.commits_between(self.cfg.target_dir, self.cfg.target_branch, commit):
+                self.retry_or_fail("a report without a commit",
+                                   f"The branch {self.branch} has no commit beyond {self.cfg.target_branch}. "
+                                   "Commit your work (git add -A && git commit) before reporting.")
+                return "no commit"
             self.set_phase(HookPhase.IMPL_COMPLETE, note=str(payload.get("summary") or "")[:200], commit=commit)
             self.send_guardian(SignalKind.NODE_IMPL_COMPLETE, {
                 "node": self.cfg.node, "branch": self.branch, "commit": commit, "worktree": str(self.worktree)})

@@ -41,9 +41,18 @@ def options_from(args: argparse.Namespace) -> Any:
 
 
 def run_run(args: argparse.Namespace) -> int:
-    from attractor.launcher import launch
+    import sys
 
-    return launch(options_from(args))
+    from attractor.launcher import launch
+    from attractor.pipeline import PipelineError
+
+    try:
+        return launch(options_from(args))
+    except PipelineError as exc:
+        # every problem on its own line, then the one-line error; nothing was started
+        for problem in exc.problems:
+            print(f"{exc.path}: {problem}", file=sys.stderr)
+        raise
 
 
 def add_parser(subparsers: Any) -> None:

@@ -1,0 +1,228 @@
+"""End-to-end runs of the layered chain: real tmux on a private socket, real git, real processes.
+
+launcher (scripts/launch_guardian.py) -> guardian -> runner -> scripted orchestrator, validation,
+merge queue, and the commit on main."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from attractor import clock
+from tests.chain_helpers import (
+    checkpoint,
+    codergen,
+    done_signals,
+    events,
+    git_show,
+    identity,
+    kill_everything,
+    launch,
+    module_steps,
+    pipeline_file,
+    read_json,
+    run_id,
+    target_repo,
+    tool,
+)
+from tests.helpers import REPO_ROOT, retry_until, run_cli
+
+
+@pytest.fixture
+def chain(tmp_path: Path, state_dir: Path, tmux_socket: str) -> Iterator[tuple[Path, Path]]:
+    """A target repository and a state directory; afterwards every process, tmux session and
+    state file the test made is gone, even when the test failed."""
+    target = target_repo(tmp_path)
+    procs_before = set(os.listdir("/proc"))
+    yield target, state_dir
+    kill_everything(state_dir)
+    subprocess.run(["tmux", "-L", tmux_socket, "kill-server"], capture_output=True)
+    subprocess.run(["rm", "-rf", str(state_dir)], check=False)
+    assert not state_dir.exists()
+    del procs_before
+
+
+def wait_exit(proc: subprocess.Popen[str], seconds: float = 60) -> tuple[int, str, str]:
+    out, err = proc.communicate(timeout=seconds)
+    return proc.returncode, out, err
+
+
+def heartbeat(state: Path, agent_id: str) -> float:
+    ident = identity(state, agent_id)
+    assert ident is not None, agent_id
+    return clock.parse_iso(ident["last_heartbeat"])
+
+
+def test_two_node_pipeline_end_to_end(chain: tuple[Path, Path], tmux_socket: str) -> None:
+    target, state = chain
+    script = module_steps("feature", 7) + "sleep 4.5\ncommit add feature\nreport"
+    pipe = pipeline_file(target.parent, codergen("impl", script) + tool("check"),
+                         "  start -> impl -> check -> exit\n")
+    proc = launch(pipe, target, state)
+    try:
+        # the guardian spawns a runner, the runner spawns the orchestrator: all four layers
+        rid = retry_until(lambda: run_id(state), 15, what="run id")
+        for agent_id in (f"launcher-{rid}", f"guardian-{rid}", "runner-impl", "orchestrator-impl"):
+            retry_until(lambda a=agent_id: identity(state, a), 15, what=f"identity {agent_id}")
+        first = {a: heartbeat(state, a) for a in (f"launcher-{rid}", f"guardian-{rid}", "runner-impl")}
+        orchestrator = retry_until(lambda: (identity(state, "orchestrator-impl") or {}).get("pane_id")
+                                   and identity(state, "orchestrator-impl"), 10, what="orchestrator pane")
+        assert orchestrator["tmux_session"] and orchestrator["pid"]
+        assert Path(orchestrator["worktree"]) == target / ".claude" / "worktrees" / "impl"
+        # heartbeats advance while the agent works
+        for agent_id, t0 in first.items():
+            retry_until(lambda a=agent_id, t=t0: heartbeat(state, a) > t, 10, what=f"heartbeat of {agent_id}")
+        code, out, err = wait_exit(proc)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert code == 0, out + err
+    assert "succeeded" in out
+    # the hook passed through the phases in order
+    hook = read_json(state / "hooks" / "runner-impl.json")
+    phases = [h["to"] for h in hook["history"]]
+    assert phases == ["spawned", "executing", "impl_complete", "validating", "merge_ready", "merged"], phases
+    # the signal chain: runner -> guardian -> runner
+    to_guardian = [(s["kind"], s["sender"]) for s in done_signals(state, f"guardian-{rid}")]
+    assert ("NODE_IMPL_COMPLETE", "runner-impl") in to_guardian
+    assert ("MERGE_READY", "runner-impl") in to_guardian
+    to_runner = [(s["kind"], s["sender"], s["outcome"]) for s in done_signals(state, "runner-impl")]
+    kinds = [k for k, _, _ in to_runner]
+    assert kinds.index("ORCHESTRATOR_DONE") < kinds.index("VALIDATION_PASSED") < kinds.index("MERGE_COMPLETE")
+    assert ("VALIDATION_PASSED", f"guardian-{rid}", "merge_ready") in to_runner
+    # the merge queue processed MERGE_READY and the commit is on main
+    assert git_show(target, "main", "app/feature.py") == "VALUE = 7\n"
+    cp = checkpoint(state)
+    assert cp["status"] == "succeeded"
+    assert cp["nodes"]["impl"]["state"] == "merged"
+    assert cp["nodes"]["impl"]["merged_sha"] == subprocess.run(
+        ["git", "-C", str(target), "rev-parse", "main"], capture_output=True, text=True).stdout.strip()
+    # nothing left running: no tmux session, no live recorded process, no worktree
+    sessions = subprocess.run(["tmux", "-L", tmux_socket, "ls"], capture_output=True, text=True)
+    assert sessions.returncode != 0 or not sessions.stdout.strip(), sessions.stdout
+    assert not (target / ".claude" / "worktrees" / "impl").exists()
+
+
+def test_parallel_nodes_both_merge(chain: tuple[Path, Path]) -> None:
+    target, state = chain
+    body = (codergen("left", module_steps("left", 1) + "sleep 1\ncommit left\nreport") + tool("check_left")
+            + codergen("right", module_steps("right", 2) + "sleep 1\ncommit right\nreport") + tool("check_right"))
+    edges = ("  start -> left -> check_left -> exit\n"
+             "  start -> right -> check_right -> exit\n")
+    proc = launch(pipeline_file(target.parent, body, edges), target, state)
+    code, out, err = wait_exit(proc)
+    assert code == 0, out + err
+    assert git_show(target, "main", "app/left.py") == "VALUE = 1\n"
+    assert git_show(target, "main", "app/right.py") == "VALUE = 2\n"
+    spawned = {e["node"]: e["at"] for e in events(state) if e["event"] == "runner_spawned"}
+    merged = {e["node"]: e["at"] for e in events(state) if e["event"] == "merged"}
+    # both started before either merged: they really ran in parallel
+    assert max(spawned.values()) < min(merged.values())
+
+
+def test_validation_failure_is_sent_back_and_fixed(chain: tuple[Path, Path]) -> None:
+    target, state = chain
+    script = ("@1 write app/calc.py def double(x):\\n    return x + 1\\n\n"
+              "@2+ write app/calc.py def double(x):\\n    return x * 2\\n\n"
+              "write tests/test_calc.py import unittest\\nfrom app.calc import double\\n\\n\\n"
+              "class T(unittest.TestCase):\\n    def test_double(self):\\n        self.assertEqual(double(5), 10)\\n\n"
+              "commit double\nreport")
+    pipe = pipeline_file(target.parent, codergen("calc", script) + tool("check"), "  start -> calc -> check -> exit\n")
+    code, out, err = wait_exit(launch(pipe, target, state))
+    assert code == 0, out + err
+    assert "check: FAILED" in out and "sent back to its agent" in out
+    assert git_show(target, "main", "app/calc.py") == "def double(x):\n    return x * 2\n"
+    hook = read_json(state / "hooks" / "runner-calc.json")
+    assert hook["attempts"] == 2
+    # the second attempt's prompt carried the validation output (the wisdom block)
+    prompt = (state / "runs" / run_id(state) / "prompts" / "calc-2.md").read_text()  # type: ignore[operator]
+    assert "AssertionError" in prompt or "FAIL" in prompt
+
+
+def test_validation_failing_every_time_fails_the_node(chain: tuple[Path, Path]) -> None:
+    target, state = chain
+    script = module_steps("bad", 1) + "write app/bad.py VALUE = 2\\n\ncommit bad\nreport"
+    body = codergen("bad", script, max_retries=1) + tool("check")
+    code, out, err = wait_exit(launch(pipeline_file(target.parent, body, "  start -> bad -> check -> exit\n"),
+                                      target, state))
+    assert code == 1, out + err
+    cp = checkpoint(state)
+    assert cp["status"] == "failed"
+    assert cp["nodes"]["bad"]["state"] == "failed"
+    assert cp["nodes"]["exit"]["state"] == "blocked"
+    assert git_show(target, "main", "app/bad.py") is None  # nothing red reached main
+
+
+def test_bad_pipeline_is_rejected_before_anything_starts(chain: tuple[Path, Path], tmux_socket: str) -> None:
+    target, state = chain
+    pipe = target.parent / "bad.dot"
+    pipe.write_text("digraph bad {\n  a [shape=box, prompt=\"x\", script=\"report\"]\n  a -> ghost\n}\n")
+    result = subprocess.run([sys.executable, str(REPO_ROOT / "scripts" / "launch_guardian.py"), str(pipe),
+                             "--target-dir", str(target), "--state-dir", str(state)],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert "start" in result.stderr and "ghost" in result.stderr
+    assert not state.exists()
+    assert subprocess.run(["tmux", "-L", tmux_socket, "ls"], capture_output=True).returncode != 0
+
+
+def test_missing_agent_binary_is_a_clear_error(chain: tuple[Path, Path], tmux_socket: str) -> None:
+    target, state = chain
+    pipe = pipeline_file(target.parent, codergen("impl", "report"), "  start -> impl -> exit\n")
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin"}
+    result = run_cli(["run", str(pipe), "--target-dir", str(target), "--state-dir", str(state),
+                      "--agent", "claude"], env=env)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.count("\n") == 1 and "'claude' not found" in result.stderr
+    assert not state.exists()
+    assert subprocess.run(["tmux", "-L", tmux_socket, "ls"], capture_output=True).returncode != 0
+
+
+def test_resume_after_launcher_and_guardian_are_killed(chain: tuple[Path, Path]) -> None:
+    target, state = chain
+    body = (codergen("first", module_steps("first", 1) + "commit first\nreport") + tool("check_first")
+            + codergen("second", module_steps("second", 2) + "sleep 3\ncommit second\nreport")
+            + tool("check_second"))
+    edges = "  start -> first -> check_first -> second -> check_second -> exit\n"
+    proc = launch(pipeline_file(target.parent, body, edges), target, state)
+    rid = retry_until(lambda: run_id(state), 15, what="run id")
+    retry_until(lambda: checkpoint(state)["nodes"]["first"]["state"] == "merged", 30, what="first merged")
+    retry_until(lambda: identity(state, "orchestrator-second"), 15, what="second started")
+    guardian = identity(state, f"guardian-{rid}")
+    assert guardian is not None
+    os.killpg(proc.pid, signal.SIGKILL)  # the launcher
+    os.kill(guardian["pid"], signal.SIGKILL)
+    proc.wait()
+    time.sleep(0.2)
+    assert checkpoint(state)["status"] == "running"
+    resumed = subprocess.run([sys.executable, str(REPO_ROOT / "scripts" / "launch_guardian.py"),
+                              "--resume", rid, "--target-dir", str(target), "--state-dir", str(state)],
+                             capture_output=True, text=True, timeout=90)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert git_show(target, "main", "app/second.py") == "VALUE = 2\n"
+    spawns = [e["node"] for e in events(state) if e["event"] == "runner_spawned"]
+    assert spawns.count("first") == 1  # the merged node was not redone
+    merges = subprocess.run(["git", "-C", str(target), "log", "--format=%s", "main"], capture_output=True,
+                            text=True).stdout
+    assert merges.count("first") == 1 and merges.count("second") == 1
+
+
+def test_demo_runs_end_to_end(tmp_path: Path, tmux_socket: str) -> None:
+    demo = tmp_path / "demo"
+    result = run_cli(["demo", "--dir", str(demo)], timeout=120)
+    try:
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert "succeeded" in result.stdout
+        assert "tests on main: OK" in result.stdout
+        for name in ("calc/ops.py", "calc/fmt.py", "calc/cli.py"):
+            assert git_show(demo, "main", name), name
+        assert "check_cli: FAILED" in result.stdout  # the first attempt of add_cli is sent back
+    finally:
+        kill_everything(demo / ".claude" / "state")
