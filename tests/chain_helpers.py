@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -110,10 +111,8 @@ def kill_everything(state: Path) -> None:
         except (OSError, ValueError):
             continue
         if pid and pid != os.getpid():
-            try:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
 
 
 def git_show(repo: Path, ref: str, path: str) -> str | None:

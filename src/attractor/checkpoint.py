@@ -28,8 +28,8 @@ from attractor import clock
 from attractor.atomic import ensure_private_dir, read_json_object, write_json_atomic
 from attractor.errors import NotFoundError
 from attractor.names import validate_name
-from attractor.states import NODE_MOVES, NodeState, transition
 from attractor.statedir import StateDir
+from attractor.states import NODE_MOVES, NodeState, transition
 
 logger = logging.getLogger(__name__)
 

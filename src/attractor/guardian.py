@@ -13,6 +13,7 @@ held for the guardian's whole life; a second guardian fails naming the live one.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import queue
@@ -32,8 +33,8 @@ from attractor.checkpoint import Checkpoint
 from attractor.errors import AttractorError, IdentityTakenError, NotFoundError
 from attractor.identities import pid_alive
 from attractor.runner import RunnerConfig, session_name, spawn_runner, worktree_path
-from attractor.states import HookPhase, IdentityStatus, NodeState, SignalKind
 from attractor.statedir import StateDir
+from attractor.states import HookPhase, IdentityStatus, NodeState, SignalKind
 
 logger = logging.getLogger(__name__)
 
@@ -93,10 +94,8 @@ def run_gate(command: str, cwd: Path, timeout: float) -> tuple[bool, str]:
     try:
         out, _ = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal_module.SIGKILL)
-        except ProcessLookupError:
-            pass
         out, _ = proc.communicate()
         return False, f"{out or ''}\n[timed out after {timeout:g}s: {command}]"
     return proc.returncode == 0, (out or "") + (f"\n[exit {proc.returncode}: {command}]" if proc.returncode else "")
@@ -228,7 +227,8 @@ class Guardian:
                              finished_at=_now())
             for tool in self.pipeline.validators_of(node):
                 if not self.cp.nodes[tool].finished:
-                    self.update_node(tool, "validator", state=NodeState.DONE if outcome == "success" else NodeState.FAILED,
+                    tool_state = NodeState.DONE if outcome == "success" else NodeState.FAILED
+                    self.update_node(tool, "validator", state=tool_state,
                                      outcome=outcome, finished_at=_now())
 
     # -- signals -----------------------------------------------------------------------------
@@ -276,7 +276,7 @@ class Guardian:
             done = {n for n, p in self.cp.nodes.items() if p.finished}
             running = set(self.active_nodes())
             outcomes = {n: p.outcome for n, p in self.cp.nodes.items() if p.outcome}
-        rules = node_states(self.pipeline, done, running, outcomes)  # type: ignore[arg-type]
+        rules = node_states(self.pipeline, done, running, outcomes)
         for name in self.order:
             rule = rules[name]
             progress = self.cp.nodes[name]
@@ -329,7 +329,8 @@ class Guardian:
                 continue
             if hook is not None and hook.phase is HookPhase.FAILED and ident is not None \
                     and ident.status is IdentityStatus.TERMINATED:
-                self.finish_codergen(name, NodeState.FAILED, reason=hook.history[-1].get("note", "") if hook.history else "")
+                note = hook.history[-1].get("note", "") if hook.history else ""
+                self.finish_codergen(name, NodeState.FAILED, reason=note)
                 continue
             if name in self.merges or name in self.validations:
                 continue

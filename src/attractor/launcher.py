@@ -274,7 +274,8 @@ def follow(state: StateDir, run_id: str, gcfg: object, out: TextIO, timeout: flo
 
 def print_summary(state: StateDir, cp: Checkpoint, out: TextIO, wall: float | None = None) -> None:
     merged = [n for n in cp.nodes.values() if n.merged_sha]
-    elapsed = wall if wall is not None else clock.parse_iso(cp.finished_at or cp.updated_at) - clock.parse_iso(cp.started_at)
+    end = clock.parse_iso(cp.finished_at or cp.updated_at)
+    elapsed = wall if wall is not None else end - clock.parse_iso(cp.started_at)
     print(f"\nrun {cp.run_id} {cp.status} in {elapsed:.1f}s"
           + (f": {cp.reason}" if cp.reason and cp.status != "succeeded" else ""), file=out)
     print(f"  {'node':<20} {'kind':<12} {'state':<10} {'attempts':>8}  merged", file=out)

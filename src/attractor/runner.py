@@ -15,6 +15,7 @@ node gives up, ORCHESTRATOR_STUCK to the guardian with the reason.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal as signal_module
@@ -36,8 +37,8 @@ from attractor.orchestrator import (
     load_role,
     write_launch_files,
 )
-from attractor.states import HookPhase, IdentityStatus, SignalKind
 from attractor.statedir import StateDir
+from attractor.states import HookPhase, IdentityStatus, SignalKind
 
 logger = logging.getLogger(__name__)
 
@@ -176,10 +177,8 @@ class Runner:
         while pid_alive(ident.pid) and time.monotonic() < deadline:
             time.sleep(0.02)
         if ident.pid and pid_alive(ident.pid):
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(ident.pid, signal_module.SIGKILL)
-            except ProcessLookupError:
-                pass
         if ident.status not in (IdentityStatus.TERMINATED,):
             try:
                 identities.mark_terminated(self.state, "orchestrator", self.cfg.node, reason=reason)
@@ -356,7 +355,8 @@ class Runner:
                 return
             ident = self.orchestrator()
             if ident is not None and ident.status not in (IdentityStatus.CRASHED, IdentityStatus.TERMINATED):
-                identities.mark_crashed(self.state, "orchestrator", self.cfg.node, reason="process gone before reporting")
+                identities.mark_crashed(self.state, "orchestrator", self.cfg.node,
+                                        reason="process gone before reporting")
             self.crash_respawns += 1
             if self.crash_respawns > MAX_CRASH_RESPAWNS:
                 self.fail(f"the agent died {self.crash_respawns} times without reporting")

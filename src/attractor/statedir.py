@@ -25,7 +25,10 @@ def find_repo_root(start: Path) -> Path | None:
     return None
 
 
-def resolve_state_path(explicit: str | os.PathLike[str] | None = None, target_dir: str | os.PathLike[str] | None = None) -> Path:
+PathArg = str | os.PathLike[str] | None
+
+
+def resolve_state_path(explicit: PathArg = None, target_dir: PathArg = None) -> Path:
     """`explicit` > $ATTRACTOR_STATE_DIR > <target_dir or enclosing repo or cwd>/.claude/state."""
     if explicit:
         return Path(explicit).expanduser().absolute()
@@ -42,7 +45,7 @@ class StateDir:
     root: Path
 
     @classmethod
-    def resolve(cls, explicit: str | os.PathLike[str] | None = None, target_dir: str | os.PathLike[str] | None = None) -> StateDir:
+    def resolve(cls, explicit: PathArg = None, target_dir: PathArg = None) -> StateDir:
         return cls(resolve_state_path(explicit, target_dir))
 
     def ensure(self, *parts: str) -> Path:

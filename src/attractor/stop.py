@@ -8,6 +8,7 @@ are removed only when clean; branches are always kept, so no work is lost.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal as signal_module
@@ -17,11 +18,11 @@ from pathlib import Path
 from attractor import checkpoint as cp_store
 from attractor import identities, signals
 from attractor.errors import AttractorError, NotFoundError
-from attractor.names import validate_name
 from attractor.identities import pid_alive
+from attractor.names import validate_name
 from attractor.runner import worktree_path
-from attractor.states import IdentityStatus, SignalKind
 from attractor.statedir import StateDir
+from attractor.states import IdentityStatus, SignalKind
 
 logger = logging.getLogger(__name__)
 
@@ -39,7 +40,8 @@ def _end_pid(pid: int, grace: float) -> None:
             return
 
 
-def stop_run(state: StateDir, run_id: str | None, *, tmux_socket: str | None = None, timeout: float = 10.0) -> list[str]:
+def stop_run(state: StateDir, run_id: str | None, *, tmux_socket: str | None = None,
+             timeout: float = 10.0) -> list[str]:
     from attractor import gitops
     from attractor.tmux import Tmux
 
@@ -49,10 +51,8 @@ def stop_run(state: StateDir, run_id: str | None, *, tmux_socket: str | None = N
     cp = cp_store.read_checkpoint(state, validate_name(run_id, "run id"))
     lines: list[str] = []
     guardian = None
-    try:
+    with contextlib.suppress(NotFoundError):
         guardian = identities.get(state, "guardian", run_id)
-    except NotFoundError:
-        pass
     if guardian is not None and pid_alive(guardian.pid):
         signals.send(state, SignalKind.SHUTDOWN, to=f"guardian-{run_id}", sender="user-cli",
                      payload={"reason": "attractor stop"})
@@ -91,7 +91,7 @@ def stop_run(state: StateDir, run_id: str | None, *, tmux_socket: str | None = N
                 except AttractorError as exc:
                     lines.append(f"left tmux session {session}: {exc}")
     target = Path(cp.target_dir)
-    for name, node in cp.nodes.items():
+    for name in cp.nodes:
         path = worktree_path(target, name)
         if not path.exists():
             continue

@@ -45,7 +45,8 @@ class Agent:
 
     def check(self) -> None:
         if shutil.which(self.binary) is None and not Path(self.binary).is_file():
-            raise MissingBinaryError(self.binary, self.install_hint or f"install {self.binary} or choose another --agent")
+            hint = self.install_hint or f"install {self.binary} or choose another --agent"
+            raise MissingBinaryError(self.binary, hint)
 
     def argv(self, ctx: LaunchContext) -> list[str]:
         values = {
@@ -91,7 +92,8 @@ def custom_agent(template: str) -> Agent:
     for word in words:
         for _, field, _, _ in string.Formatter().parse(word):
             if field is not None and field not in PLACEHOLDERS:
-                raise BadInputError("--agent-cmd", f"unknown placeholder {{{field}}}; use {', '.join('{'+p+'}' for p in PLACEHOLDERS)}")
+                known = ", ".join("{" + p + "}" for p in PLACEHOLDERS)
+                raise BadInputError("--agent-cmd", f"unknown placeholder {{{field}}}; use {known}")
     return Agent("custom", tuple(words), words[0])
 
 

@@ -111,7 +111,8 @@ def _safe_path(worktree: Path, rel: str) -> Path:
 
 
 class ScriptedAgent:
-    def __init__(self, worktree: Path, node: str, attempt: int, agent_id: str, runner_id: str, state_root: Path | None) -> None:
+    def __init__(self, worktree: Path, node: str, attempt: int, agent_id: str, runner_id: str,
+                 state_root: Path | None) -> None:
         self.worktree = worktree
         self.node = node
         self.attempt = attempt
@@ -166,23 +167,28 @@ class ScriptedAgent:
                 with open(path, "a" if step.verb == "append" else "w") as fh:
                     fh.write(unescape(text))
             elif step.verb == "run":
-                result = subprocess.run(unescape(step.args), shell=True, cwd=self.worktree, capture_output=True, text=True)
+                result = subprocess.run(unescape(step.args), shell=True, cwd=self.worktree,
+                                        capture_output=True, text=True)
                 sys.stdout.write(result.stdout[-2000:] + result.stderr[-2000:])
                 if result.returncode != 0:
-                    self.send("ORCHESTRATOR_STUCK", {"node": self.node, "reason": f"command failed ({result.returncode}): {step.args}"})
+                    reason = f"command failed ({result.returncode}): {step.args}"
+                    self.send("ORCHESTRATOR_STUCK", {"node": self.node, "reason": reason})
                     return 1
             elif step.verb == "commit":
                 self.git("add", "-A")
                 status = self.git("status", "--porcelain")
                 if status.stdout.strip():
-                    result = self.git("commit", "-q", "--no-gpg-sign", "-m", unescape(step.args) or f"{self.node}: work")
+                    message = unescape(step.args) or f"{self.node}: work"
+                    result = self.git("commit", "-q", "--no-gpg-sign", "-m", message)
                     if result.returncode != 0:
-                        self.send("ORCHESTRATOR_STUCK", {"node": self.node, "reason": f"commit failed: {result.stderr.strip()}"})
+                        reason = f"commit failed: {result.stderr.strip()}"
+                        self.send("ORCHESTRATOR_STUCK", {"node": self.node, "reason": reason})
                         return 1
             elif step.verb == "sleep":
                 time.sleep(float(step.args))
             elif step.verb == "report":
-                self.send("ORCHESTRATOR_DONE", {"node": self.node, "commit": self.head(), "summary": unescape(step.args)})
+                summary = unescape(step.args)
+                self.send("ORCHESTRATOR_DONE", {"node": self.node, "commit": self.head(), "summary": summary})
                 reported = True
             elif step.verb == "stuck":
                 self.send("ORCHESTRATOR_STUCK", {"node": self.node, "reason": unescape(step.args)})

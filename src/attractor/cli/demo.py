@@ -76,7 +76,8 @@ def run_demo(args: argparse.Namespace) -> int:
 
 
 def add_parser(subparsers: Any) -> None:
-    p = subparser(subparsers, "demo", "create a demo repository and run pipelines/demo.dot on it with the scripted agent",
+    p = subparser(subparsers, "demo",
+                  "create a demo repository and run pipelines/demo.dot on it with the scripted agent",
                   "attractor demo --dir /tmp/calc-demo")
     p.add_argument("--dir", help="where to create the demo repository (default: a new temporary directory)")
     p.add_argument("--pipeline", help="pipeline to run (default: pipelines/demo.dot)")

@@ -75,9 +75,8 @@ def run_spawn_runner(args: argparse.Namespace) -> int:
 
 
 def run_spawn_orchestrator(args: argparse.Namespace) -> int:
-    from attractor.runner import Runner
-
     from attractor import gitops, hooks
+    from attractor.runner import Runner
 
     runner = Runner(_runner_config(args))
     hooks.create_hook(runner.state, "runner", args.node, node=args.node)

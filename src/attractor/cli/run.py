@@ -21,7 +21,8 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--agent-cmd", metavar="TEMPLATE",
                         help="any agent CLI, e.g. 'mycli --prompt-file {prompt_file}' "
                              "(placeholders: {prompt_file} {worktree} {node} {agent_id} {attempt})")
-    parser.add_argument("--max-agents", type=int, help="nodes running at once (default: the pipeline's max_agents, else 4)")
+    parser.add_argument("--max-agents", type=int,
+                        help="nodes running at once (default: the pipeline's max_agents, else 4)")
     parser.add_argument("--target", dest="target_branch", metavar="BRANCH", help="branch to merge onto (default: main)")
     parser.add_argument("--detach", action="store_true", help="start the run and return at once")
     parser.add_argument("--resume", metavar="RUN_ID", help="continue a run; merged nodes are not redone")

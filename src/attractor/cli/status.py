@@ -43,7 +43,8 @@ def collect(args: argparse.Namespace) -> dict[str, Any]:
             "alive": alive, "pid": ident.pid, "epoch": ident.epoch, "crash_count": ident.crash_count,
             "heartbeat_age": round(now - clock.parse_iso(ident.last_heartbeat), 3) if ident.last_heartbeat else None,
             "tmux_session": ident.tmux_session, "pane_id": ident.pane_id,
-            "attach": f"tmux -L {socket} attach -t {ident.tmux_session}" if socket and ident.tmux_session and alive else None,
+            "attach": (f"tmux -L {socket} attach -t {ident.tmux_session}"
+                       if socket and ident.tmux_session and alive else None),
         })
     nodes = []
     for name, node in cp.nodes.items():
@@ -83,15 +84,15 @@ def run_status(args: argparse.Namespace) -> int:
     if data["merge_queue"]:
         print(f"\n{'ENTRY':<14} {'STATE':<11} BRANCH")
         for e in data["merge_queue"]:
-            print(f"{str(e.get('id'))[:14]:<14} {str(e.get('state')):<11} {e.get('branch')}")
+            print(f"{str(e.get('id'))[:14]:<14} {e.get('state')!s:<11} {e.get('branch')}")
     for p in data["problems"]:
         print(f"warning: {p}", file=sys.stderr)
     return 0
 
 
 def run_stop(args: argparse.Namespace) -> int:
-    from attractor.stop import stop_run
     from attractor.statedir import StateDir
+    from attractor.stop import stop_run
 
     result = stop_run(StateDir(state_dir_from(args)), args.run_id, tmux_socket=args.tmux_socket,
                       timeout=args.timeout)
