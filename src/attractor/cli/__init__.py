@@ -20,19 +20,34 @@ from typing import NoReturn
 from attractor import __version__
 from attractor.errors import EXIT_USAGE, UsageError, error_handler
 
-# Subcommand group modules, in the order `--help` lists them.
-GROUPS = (
-    "identity",
-    "hook",
-    "signal",
-    "merge_queue",
-    "pipeline",
-    "run",
-    "status",
-    "agent",
-    "layers",
-    "demo",
-)
+# Subcommand group modules, in the order `--help` lists them, with the commands each adds. Only
+# the module of the command being run is imported: the hot commands stay fast.
+GROUPS: dict[str, tuple[str, ...]] = {
+    "identity": ("identity",),
+    "hook": ("hook",),
+    "signal": ("signal",),
+    "merge_queue": ("merge-queue",),
+    "pipeline": ("pipeline",),
+    "run": ("run",),
+    "status": ("status", "stop"),
+    "agent": ("agent",),
+    "layers": ("guardian", "runner", "spawn-runner", "spawn-orchestrator"),
+    "demo": ("demo",),
+}
+_OPTIONS_WITH_VALUE = frozenset({"--log-level"})
+
+
+def _command_word(argv: Sequence[str]) -> str | None:
+    """The subcommand named on the command line, if any (skipping global options)."""
+    skip = False
+    for word in argv:
+        if skip:
+            skip = False
+        elif word in _OPTIONS_WITH_VALUE:
+            skip = True
+        elif not word.startswith("-"):
+            return word
+    return None
 
 
 class Parser(argparse.ArgumentParser):
@@ -92,7 +107,7 @@ def state_dir_from(args: argparse.Namespace) -> Path:
     return resolve_state_path(getattr(args, "state_dir", None), getattr(args, "target_dir", None))
 
 
-def build_parser() -> Parser:
+def build_parser(argv: Sequence[str] | None = None) -> Parser:
     parser = Parser(
         prog="attractor",
         description="Run a pipeline of AI coding agents on one git repository.",
@@ -107,14 +122,10 @@ def build_parser() -> Parser:
         help="log level for stderr (default: WARNING)",
     )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
-    for group in GROUPS:
-        try:
-            module = importlib.import_module(f"attractor.cli.{group}")
-        except ModuleNotFoundError as exc:
-            if exc.name == f"attractor.cli.{group}":
-                continue  # a group not built yet
-            raise
-        module.add_parser(subparsers)
+    word = _command_word(argv) if argv is not None else None
+    groups = [g for g, commands in GROUPS.items() if word in commands] or list(GROUPS)
+    for group in groups:
+        importlib.import_module(f"attractor.cli.{group}").add_parser(subparsers)
     return parser
 
 
@@ -122,8 +133,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args_box: list[argparse.Namespace] = []
 
     def _run() -> int:
-        parser = build_parser()
-        args = parser.parse_args(list(argv) if argv is not None else None)
+        words = list(argv) if argv is not None else sys.argv[1:]
+        parser = build_parser(words)
+        args = parser.parse_args(words)
         args_box.append(args)
         logging.basicConfig(
             level=getattr(logging, args.log_level),
