@@ -40,7 +40,6 @@ logger = logging.getLogger(__name__)
 
 TICK = 0.2
 HEARTBEAT_INTERVAL = 2.0
-MAX_RUNNER_RESTARTS = 5
 OUTPUT_TAIL = 4000
 
 
@@ -120,8 +119,10 @@ class Guardian:
         self.pool = ThreadPoolExecutor(max_workers=max(1, self.cp.max_agents), thread_name_prefix="validate")
         self.runner_restarts: dict[str, int] = {}
         from attractor.pipeline import topological_order
+        from attractor.watch import Watch
 
         self.order = topological_order(self.pipeline)
+        self.watch = Watch(cfg.state)
 
     # -- checkpoint --------------------------------------------------------------------------
     def update_node(self, name: str, event: str = "", **changes: Any) -> None:
@@ -223,7 +224,8 @@ class Guardian:
             if self.cp.nodes[node].finished:
                 return
             outcome = "success" if state is NodeState.MERGED else "fail"
-            self.update_node(node, state.value, state=state, outcome=outcome, reason=reason, merged_sha=merged_sha,
+            event = "failed" if state is NodeState.FAILED else state.value
+            self.update_node(node, event, state=state, outcome=outcome, reason=reason, merged_sha=merged_sha,
                              finished_at=_now())
             for tool in self.pipeline.validators_of(node):
                 if not self.cp.nodes[tool].finished:
@@ -250,8 +252,10 @@ class Guardian:
             self.start_merge(node, payload)
             return "merging"
         if sig.kind is SignalKind.ORCHESTRATOR_STUCK:
-            self.finish_codergen(node, NodeState.FAILED, reason=str(payload.get("reason", "")))
-            return "node failed"
+            reason = str(payload.get("reason", ""))
+            blocked = reason.startswith("quarantined")
+            self.finish_codergen(node, NodeState.BLOCKED if blocked else NodeState.FAILED, reason=reason)
+            return "node blocked" if blocked else "node failed"
         return f"ignored: {sig.kind.value} is not for the guardian"
 
     # -- scheduling and supervision --------------------------------------------------------------
@@ -313,40 +317,59 @@ class Guardian:
         return "success"
 
     def supervise(self) -> None:
-        for name in self.active_nodes():
+        """Liveness of every runner from one batched tmux query and the recorded pids; dead
+        runners are respawned by the policy (backoff, quarantine, escalation pause)."""
+        from attractor.supervision import Action, Health
+        from attractor.watch import SUPERVISED
+
+        active = self.active_nodes()
+        if not active:
+            return
+        panes = {p.pane_id: p for p in self.tmux.list_panes()}
+        for name in active:
             try:
-                hook = hooks.read_hook(self.state, "runner", name)
+                hook: hooks.Hook | None = hooks.read_hook(self.state, "runner", name)
             except NotFoundError:
                 hook = None
             if hook is not None and hook.phase is HookPhase.MERGED:
                 self.finish_codergen(name, NodeState.MERGED, merged_sha=hook.last_commit)
                 continue
             try:
-                ident = identities.get(self.state, "runner", name)
+                ident: identities.Identity | None = identities.get(self.state, "runner", name)
             except NotFoundError:
                 ident = None
-            if ident is not None and pid_alive(ident.pid):
+            agent = f"runner-{name}"
+            if ident is not None and ident.status in SUPERVISED:
+                verdict = self.watch.check(ident, panes)
+                if verdict.report.health is not Health.DEAD:
+                    continue
+                decision = verdict.decision
+                cp_store.append_event(self.state, self.cfg.run_id, "runner_died", node=name,
+                                      reason=verdict.report.reason)
+            elif ident is not None and ident.status is IdentityStatus.TERMINATED:
+                if hook is not None and hook.phase is HookPhase.FAILED:
+                    note = hook.history[-1].get("note", "") if hook.history else ""
+                    state = NodeState.BLOCKED if str(note).startswith("quarantined") else NodeState.FAILED
+                    self.finish_codergen(name, state, reason=str(note))
+                    continue
+                decision = self.watch.record_death(ident, "runner exited before its node finished")
+            elif ident is not None and ident.status is IdentityStatus.QUARANTINED:
+                self.finish_codergen(name, NodeState.BLOCKED, reason=f"runner quarantined: "
+                                     f"{self.watch.supervisor.state_of(agent).quarantine_reason}")
                 continue
-            if hook is not None and hook.phase is HookPhase.FAILED and ident is not None \
-                    and ident.status is IdentityStatus.TERMINATED:
-                note = hook.history[-1].get("note", "") if hook.history else ""
-                self.finish_codergen(name, NodeState.FAILED, reason=note)
+            else:
+                decision = None  # crashed or respawning: waiting for its respawn time
+            if decision is not None and decision.action is Action.QUARANTINE:
+                self.finish_codergen(name, NodeState.BLOCKED, reason=f"runner quarantined: {decision.reason}")
                 continue
-            if name in self.merges or name in self.validations:
+            if not self.watch.may_respawn(agent):
                 continue
             restarts = self.runner_restarts.get(name, 0) + 1
             self.runner_restarts[name] = restarts
-            if restarts > MAX_RUNNER_RESTARTS:
-                self.finish_codergen(name, NodeState.FAILED, reason=f"runner died {restarts - 1} times")
-                continue
             logger.warning("guardian: runner of %s is gone; respawning (restart %d)", name, restarts)
             cp_store.append_event(self.state, self.cfg.run_id, "runner_respawn", node=name, restart=restarts)
-            if ident is not None and ident.status not in (IdentityStatus.TERMINATED, IdentityStatus.CRASHED):
-                try:
-                    identities.mark_crashed(self.state, "runner", name, reason="process gone")
-                except AttractorError as exc:
-                    logger.info("%s", exc)
             spawn_runner(self.runner_config(name), log_level=self.cfg.log_level)
+            self.watch.respawned(agent)
 
     def rebuild(self) -> None:
         """After a restart: reconcile the checkpoint with hooks and live runners."""
@@ -415,8 +438,12 @@ class Guardian:
         try:
             lock.acquire()
         except Timeout:
-            raise IdentityTakenError("guardian", _live_guardian_pid(self.state),
-                                     "one guardian per state directory; stop it with: attractor stop") from None
+            from attractor.launcher import live_guardian
+
+            live = live_guardian(self.state)
+            raise IdentityTakenError(
+                live.agent_id if live else "guardian", live.pid if live else None,
+                f"tmux session {live.tmux_session if live else '?'}; one guardian per state directory") from None
         try:
             return self._run()
         finally:
@@ -426,7 +453,7 @@ class Guardian:
         try:
             identities.create_identity(self.state, "guardian", self.cfg.run_id, pid=os.getpid(),
                                        session_id=self.cfg.run_id, worktree=str(self.target_dir),
-                                       tmux_socket=self.cfg.tmux_socket,
+                                       tmux_socket=self.cfg.tmux_socket, pane_id=os.environ.get("TMUX_PANE"),
                                        tmux_session=session_name(self.cfg.run_id, "guardian", "main"))
         except IdentityTakenError:
             raise
@@ -477,13 +504,6 @@ def _runner_alive(state: StateDir, node: str) -> bool:
         return pid_alive(identities.get(state, "runner", node).pid)
     except NotFoundError:
         return False
-
-
-def _live_guardian_pid(state: StateDir) -> int | None:
-    for ident in identities.list_identities(state):
-        if ident.role == "guardian" and pid_alive(ident.pid) and ident.status is not IdentityStatus.TERMINATED:
-            return ident.pid
-    return None
 
 
 def _now() -> str:

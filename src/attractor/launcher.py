@@ -19,9 +19,10 @@ from typing import TextIO
 from attractor import checkpoint as cp_store
 from attractor import clock, identities
 from attractor.checkpoint import Checkpoint, NodeProgress
-from attractor.errors import AttractorError, BadInputError, NotFoundError, UsageError
+from attractor.errors import AttractorError, BadInputError, IdentityTakenError, NotFoundError, UsageError
 from attractor.names import validate_name
 from attractor.statedir import StateDir
+from attractor.states import IdentityStatus
 
 logger = logging.getLogger(__name__)
 
@@ -37,6 +38,7 @@ class LaunchOptions:
     agent_cmd: str | None = None
     max_agents: int | None = None
     detach: bool = False
+    attach: bool = False
     resume: str | None = None
     state_dir: str | None = None
     tmux_socket: str | None = None
@@ -123,6 +125,19 @@ def launch(opts: LaunchOptions, out: TextIO = sys.stdout) -> int:
     from attractor.guardian import GuardianConfig, spawn_guardian
 
     state, cp, socket = prepare(opts)
+    live = live_guardian(state) if state.root.is_dir() else None
+    if live is not None and (live.name != cp.run_id or not opts.resume):
+        if opts.attach:
+            cp = cp_store.read_checkpoint(state, live.name)
+            socket = live.tmux_socket or socket
+            print(f"attaching to run {cp.run_id}: guardian pid {live.pid} in tmux session {live.tmux_session}",
+                  file=out, flush=True)
+            gcfg = GuardianConfig(state=state, run_id=cp.run_id, tmux_socket=socket, log_level=opts.log_level)
+            return follow(state, cp.run_id, gcfg, out, timeout=opts.timeout)
+        raise IdentityTakenError(
+            f"guardian-{live.name}", live.pid,
+            f"tmux session {live.tmux_session}; one guardian per state directory: follow it with "
+            f"--attach, or stop it with: attractor stop {live.name}")
     if cp.status == "succeeded":
         print(f"run {cp.run_id} already succeeded; nothing to resume", file=out)
         return 0
@@ -149,6 +164,22 @@ def launch(opts: LaunchOptions, out: TextIO = sys.stdout) -> int:
             identities.mark_terminated(state, "launcher", cp.run_id, reason="follow ended")
         except AttractorError as exc:
             logger.info("%s", exc)
+
+
+def _guardian_identity(state: StateDir, run_id: str) -> identities.Identity | None:
+    try:
+        return identities.get(state, "guardian", run_id)
+    except NotFoundError:
+        return None
+
+
+def live_guardian(state: StateDir) -> identities.Identity | None:
+    """The live guardian of any run in this state directory, if there is one."""
+    for ident in identities.list_identities(state):
+        if ident.role == "guardian" and ident.status is not IdentityStatus.TERMINATED \
+                and identities.pid_alive(ident.pid):
+            return ident
+    return None
 
 
 def _guardian_alive(state: StateDir, run_id: str) -> identities.Identity | None:
@@ -224,7 +255,14 @@ class EventTail:
 
 def follow(state: StateDir, run_id: str, gcfg: object, out: TextIO, timeout: float | None = None) -> int:
     from attractor.guardian import spawn_guardian
+    from attractor.supervision import Health, PolicyConfig, Supervisor
+    from attractor.tmux import Tmux
+    from attractor.watch import SUPERVISED, Watch
 
+    # the guardian is never quarantined: it is what resolves everything else; the launcher gives
+    # up after MAX_GUARDIAN_RESTARTS instead
+    watch = Watch(state, Supervisor(state, PolicyConfig(quarantine_deaths=1_000_000)))
+    tmux = Tmux(gcfg.tmux_socket)  # type: ignore[attr-defined]
     start = time.monotonic()
     tail = EventTail(cp_store.run_dir(state, run_id) / "events.jsonl")
     tail.new_events()  # what happened before this launcher started is in `attractor status`
@@ -246,22 +284,28 @@ def follow(state: StateDir, run_id: str, gcfg: object, out: TextIO, timeout: flo
         if now - last_beat > 2:
             identities.update_liveness(state, "launcher", run_id, pid=os.getpid())
             last_beat = now
-        if _guardian_alive(state, run_id) is None:
-            time.sleep(0.3)  # it may be finishing: re-read before deciding it died
-            cp = cp_store.read_checkpoint(state, run_id)
-            if cp.status == "running" and _guardian_alive(state, run_id) is None:
-                restarts += 1
-                if restarts > MAX_GUARDIAN_RESTARTS:
-                    print(f"error: guardian died {restarts - 1} times; giving up", file=sys.stderr)
-                    return 1
-                print(f"[{time.monotonic() - start:7.1f}s] guardian is gone; starting it again (restart {restarts})",
+        ident = _guardian_identity(state, run_id)
+        if ident is not None and ident.status in SUPERVISED:
+            verdict = watch.check(ident, {p.pane_id: p for p in tmux.list_panes()})
+            if verdict.report.health is Health.DEAD:
+                cp = cp_store.read_checkpoint(state, run_id)
+                if cp.status != "running":
+                    break
+                print(f"[{time.monotonic() - start:7.1f}s] guardian is gone ({verdict.report.reason})",
                       file=out, flush=True)
-                try:
-                    identities.mark_crashed(state, "guardian", run_id, reason="process gone")
-                except AttractorError as exc:
-                    logger.info("%s", exc)
-                spawn_guardian(gcfg, Path(cp.target_dir))  # type: ignore[arg-type]
-                continue
+                ident = _guardian_identity(state, run_id)
+        if ident is not None and ident.status in (IdentityStatus.CRASHED, IdentityStatus.RESPAWNING) \
+                and watch.may_respawn(ident.agent_id):
+            restarts += 1
+            if restarts > MAX_GUARDIAN_RESTARTS:
+                print(f"error: guardian died {restarts - 1} times; giving up (resume later with: "
+                      f"attractor run --resume {run_id})", file=sys.stderr)
+                return 1
+            print(f"[{time.monotonic() - start:7.1f}s] starting the guardian again (restart {restarts})",
+                  file=out, flush=True)
+            spawn_guardian(gcfg, Path(cp.target_dir))  # type: ignore[arg-type]
+            watch.respawned(ident.agent_id)
+            continue
         if timeout is not None and now - start > timeout:
             print(f"error: run {run_id} still running after {timeout:g}s; it goes on (attractor stop {run_id})",
                   file=sys.stderr)

@@ -44,7 +44,7 @@ logger = logging.getLogger(__name__)
 
 HEARTBEAT_INTERVAL = 2.0
 CHECK_INTERVAL = 0.25
-MAX_CRASH_RESPAWNS = 5
+PROMPT_CHECK_INTERVAL = 2.0
 
 
 def session_name(run_id: str, role: str, node: str) -> str:
@@ -131,7 +131,11 @@ class Runner:
         self.lock = threading.RLock()
         self.finished = threading.Event()
         self.exit_code = 0
-        self.crash_respawns = 0
+        from attractor.watch import Watch
+
+        self.watch = Watch(self.state)
+        self.last_capture = 0.0
+        self.answered: dict[tuple[str, str], float] = {}
 
     # -- bookkeeping -------------------------------------------------------------------------
     def hook(self) -> hooks.Hook:
@@ -205,7 +209,7 @@ class Runner:
         name = session_name(self.cfg.run_id, "orch", self.cfg.node)
         env = agent_env(self.state, run_id=self.cfg.run_id, node=self.cfg.node, agent_id=self.cfg.orchestrator_id,
                         runner_id=self.cfg.agent_id, tmux_socket=self.cfg.tmux_socket)
-        pane = self.tmux.new_session(name, argv, cwd=self.worktree, env=env)
+        pane = self.tmux.new_session(name, argv, cwd=self.worktree, env=env, keep_dead_panes=True)
         identities.update_fields(self.state, "orchestrator", self.cfg.node, pid=pane.pane_pid,
                                  pane_id=pane.pane_id, tmux_session=name)
         logger.info("runner %s: orchestrator attempt %d in %s (pane %s pid %s)", self.cfg.node, attempt,
@@ -340,29 +344,76 @@ class Runner:
 
     # -- the loop ------------------------------------------------------------------------------
     def check_orchestrator(self) -> None:
-        with self.lock:
-            if self.finished.is_set() or self.hook().phase is not HookPhase.EXECUTING:
-                return
-            if self.orchestrator_alive():
-                ident = self.orchestrator()
-                if ident is not None and ident.status is not IdentityStatus.ACTIVE:
-                    identities.update_liveness(self.state, "orchestrator", self.cfg.node)
-                return
-        # it is gone: handle what it may have sent just before dying, then decide
-        self.consumer.poll_once()
+        """Supervise the orchestrator: death, hang and known prompts (see `watch`)."""
+        from attractor.supervision import Health
+        from attractor.watch import SUPERVISED
+
         with self.lock:
             if self.finished.is_set() or self.hook().phase is not HookPhase.EXECUTING:
                 return
             ident = self.orchestrator()
-            if ident is not None and ident.status not in (IdentityStatus.CRASHED, IdentityStatus.TERMINATED):
-                identities.mark_crashed(self.state, "orchestrator", self.cfg.node,
-                                        reason="process gone before reporting")
-            self.crash_respawns += 1
-            if self.crash_respawns > MAX_CRASH_RESPAWNS:
-                self.fail(f"the agent died {self.crash_respawns} times without reporting")
+        if ident is None:
+            return
+        agent = ident.agent_id
+        if ident.status in SUPERVISED:
+            pane = self.tmux.pane(ident.pane_id) if ident.pane_id else None
+            gone = not pid_alive(ident.pid) or pane is None or pane.dead
+            if gone:
+                # handle whatever it sent just before it exited, then look again
+                self.consumer.poll_once()
+                with self.lock:
+                    if self.finished.is_set() or self.hook().phase is not HookPhase.EXECUTING:
+                        return
+            text = None
+            now = time.monotonic()
+            if pane is not None and not pane.dead and now - self.last_capture >= PROMPT_CHECK_INTERVAL:
+                self.last_capture = now
+                try:
+                    text = self.tmux.capture_pane(pane.pane_id, 40)
+                except AttractorError:
+                    text = None
+            panes = {pane.pane_id: pane} if pane is not None else {}
+            with self.lock:
+                verdict = self.watch.check(ident, panes, text, exit_code=pane.dead_status if pane else None)
+            health = verdict.report.health
+            if health is Health.BLOCKED and verdict.report.prompt is not None:
+                self.answer_prompt(ident, verdict.report.prompt)
+            if health is not Health.DEAD:
                 return
-            logger.warning("runner %s: orchestrator died before reporting; respawning", self.cfg.node)
-            self.spawn_orchestrator(max(self.hook().attempts, 1), "the previous agent process died before reporting")
+            logger.warning("runner %s: orchestrator dead: %s", self.cfg.node, verdict.report.reason)
+            if verdict.decision is not None and verdict.decision.action.value == "quarantine":
+                with self.lock:
+                    self.fail(f"quarantined: {verdict.decision.reason}; after fixing the cause, "
+                              f"clear it with: attractor agent clear orchestrator {self.cfg.node}")
+                return
+        elif ident.status is IdentityStatus.QUARANTINED or self.watch.quarantined(agent):
+            with self.lock:
+                self.fail(f"quarantined: {self.watch.supervisor.state_of(agent).quarantine_reason}; "
+                          f"clear it with: attractor agent clear orchestrator {self.cfg.node}")
+            return
+        if self.watch.may_respawn(agent):
+            with self.lock:
+                if self.finished.is_set() or self.hook().phase is not HookPhase.EXECUTING:
+                    return
+                self.spawn_orchestrator(max(self.hook().attempts, 1),
+                                        "the previous agent process died before reporting")
+                self.watch.respawned(agent)
+
+    def answer_prompt(self, ident: identities.Identity, prompt: object) -> None:
+        from attractor.prompts import PromptAction, PromptMatch
+
+        assert isinstance(prompt, PromptMatch)
+        key = (prompt.rule, prompt.line)
+        if prompt.action is PromptAction.ANSWER and prompt.keys and ident.pane_id:
+            if self.answered.get(key, 0.0) > time.monotonic() - 5.0:
+                return  # answered a moment ago: give the agent time to move on
+            self.answered[key] = time.monotonic()
+            logger.warning("runner %s: answering prompt %s with %s", self.cfg.node, prompt.rule, prompt.keys)
+            self.tmux.send_key_names(ident.pane_id, prompt.keys)
+        elif key not in self.answered:
+            self.answered[key] = time.monotonic()
+            logger.warning("runner %s: agent blocked at a prompt (%s): %s", self.cfg.node,
+                           prompt.action.value, prompt.reason)
 
     def run(self) -> int:
         from attractor import gitops

@@ -42,6 +42,7 @@ from attractor.errors import (
 )
 from attractor.names import NAME_RULE, validate_name
 
+_KEY_NAME_RE = re.compile(r"[A-Za-z0-9]|Enter|Escape|Tab|Space|BSpace|Up|Down|Left|Right|[CM]-[a-z]")
 logger = logging.getLogger(__name__)
 
 ENV_TMUX_SOCKET = "ATTRACTOR_TMUX_SOCKET"
@@ -463,6 +464,16 @@ class Tmux:
                 commands.append(enter_keys)
         for args in commands:
             self._run(*args)
+
+    def send_key_names(self, pane_id: str, keys: Sequence[str]) -> None:
+        """Press named keys (`Enter`, `Down`, `y`, `1` …) in a pane, e.g. to answer a known
+        prompt. Only plain key names and single printable characters are accepted."""
+        validate_pane_id(pane_id)
+        for key in keys:
+            if not _KEY_NAME_RE.fullmatch(key):
+                raise BadInputError("key name", f"{key!r} is not a plain tmux key name")
+        if keys:
+            self._run("send-keys", "-t", pane_id, *keys)
 
     def capture_pane(self, pane_id: str, lines: int = 200) -> str:
         """The last `lines` lines of a pane's history and screen, wrapped lines joined."""

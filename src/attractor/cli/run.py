@@ -25,6 +25,8 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
                         help="nodes running at once (default: the pipeline's max_agents, else 4)")
     parser.add_argument("--target", dest="target_branch", metavar="BRANCH", help="branch to merge onto (default: main)")
     parser.add_argument("--detach", action="store_true", help="start the run and return at once")
+    parser.add_argument("--attach", action="store_true",
+                        help="if a guardian is already running in this state directory, follow its run")
     parser.add_argument("--resume", metavar="RUN_ID", help="continue a run; merged nodes are not redone")
     parser.add_argument("--timeout", type=float, help="stop following after SECONDS (the run goes on)")
     add_state_dir_option(parser)
@@ -36,7 +38,8 @@ def options_from(args: argparse.Namespace) -> Any:
 
     return LaunchOptions(
         pipeline=args.pipeline, target_dir=Path(args.target_dir or "."), agent=args.agent, agent_cmd=args.agent_cmd,
-        max_agents=args.max_agents, detach=args.detach, resume=args.resume, state_dir=args.state_dir,
+        max_agents=args.max_agents, detach=args.detach, attach=args.attach, resume=args.resume,
+        state_dir=args.state_dir,
         tmux_socket=args.tmux_socket, target_branch=args.target_branch,
         log_level=args.log_level if args.log_level != "WARNING" else "INFO", timeout=args.timeout)
 

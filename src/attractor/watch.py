@@ -1,0 +1,117 @@
+"""Supervision in the loops: turn identity records and one batched tmux query into
+observations, classify them (`supervision.classify`) and apply the respawn policy
+(`supervision.Supervisor`). Used by the guardian (for runners), the runner (for its
+orchestrator) and the launcher (for the guardian), so all three follow one rule.
+
+Timing: at the loops' tick (0.2-0.25 s) a death is seen well within 1 s; a control process
+whose heartbeat is older than 3 intervals (6 s) is stale and is ended so that it is respawned;
+an agent whose pane has been quiet for `hung_after` (10 min) is hung and is ended likewise.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal as signal_module
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from attractor import clock, identities
+from attractor.errors import AttractorError
+from attractor.statedir import StateDir
+from attractor.supervision import (
+    Action,
+    AgentObservation,
+    Decision,
+    Health,
+    HealthReport,
+    Supervisor,
+    classify,
+)
+from attractor.tmux import PaneInfo
+
+logger = logging.getLogger(__name__)
+
+SUPERVISED = (identities.S.SPAWNING, identities.S.ACTIVE, identities.S.STALE)
+
+
+def observe(ident: identities.Identity, panes: Mapping[str, PaneInfo] | None,
+            pane_text: str | None = None) -> AgentObservation:
+    """An observation from an identity record and the batched pane list (None: no pane check)."""
+    pane = panes.get(ident.pane_id) if (panes is not None and ident.pane_id) else None
+    has_pane = panes is not None and bool(ident.pane_id)
+    return AgentObservation(
+        agent_id=ident.agent_id, role=ident.role, spawned_at=clock.parse_iso(ident.created_at),
+        pid=ident.pid, pid_alive=identities.pid_alive(ident.pid),
+        pane_present=(pane is not None) if has_pane else True,
+        pane_dead=bool(pane and pane.dead),
+        last_heartbeat=clock.parse_iso(ident.last_heartbeat) if ident.last_heartbeat else None,
+        last_pane_activity=pane.last_activity if pane is not None and pane.last_activity else None,
+        pane_text_tail=pane_text,
+    )
+
+
+def end_process(pid: int | None, why: str) -> None:
+    """End a stale or hung process by its recorded pid so the supervisor sees it dead."""
+    if not pid or pid == os.getpid():
+        return
+    logger.warning("ending pid %s: %s", pid, why)
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal_module.SIGKILL)
+
+
+@dataclass
+class Verdict:
+    report: HealthReport
+    decision: Decision | None = None  # set when a death was recorded by this check
+
+
+class Watch:
+    """Classify one agent per call and keep its identity and supervision records in step.
+
+    Call `check` only for identities in a supervised status (spawning, active, stale): a death
+    is recorded once, the identity moves to crashed (or quarantined), and the caller respawns
+    when `may_respawn` says so, then calls `respawned`."""
+
+    def __init__(self, state: StateDir, supervisor: Supervisor | None = None) -> None:
+        self.state = state
+        self.supervisor = supervisor or Supervisor(state)
+
+    def check(self, ident: identities.Identity, panes: Mapping[str, PaneInfo] | None,
+              pane_text: str | None = None, exit_code: int | None = None) -> Verdict:
+        report = classify(observe(ident, panes, pane_text), clock.SYSTEM_CLOCK.time(), self.supervisor.config)
+        agent = ident.agent_id
+        if report.health is Health.ALIVE:
+            self.supervisor.record_healthy(agent)
+        elif report.health in (Health.STALE, Health.HUNG):
+            self.supervisor.record_unhealthy(agent)
+            end_process(ident.pid, f"{agent} is {report.health.value}: {report.reason}")
+        elif report.health is Health.BLOCKED:
+            self.supervisor.record_unhealthy(agent)
+        elif report.health is Health.DEAD:
+            return Verdict(report, self.record_death(ident, report.reason, exit_code))
+        return Verdict(report)
+
+    def record_death(self, ident: identities.Identity, cause: str, exit_code: int | None = None) -> Decision:
+        try:
+            if ident.status in SUPERVISED:
+                identities.mark_crashed(self.state, ident.role, ident.name, reason=cause)
+        except AttractorError as exc:
+            logger.info("%s", exc)
+        decision = self.supervisor.record_death(ident.agent_id, cause, exit_code)
+        if decision.action is Action.QUARANTINE:
+            try:
+                identities.mark_quarantined(self.state, ident.role, ident.name, reason=decision.reason)
+            except AttractorError as exc:
+                logger.info("%s", exc)
+        return decision
+
+    def may_respawn(self, agent_id: str) -> bool:
+        return self.supervisor.may_respawn(agent_id)
+
+    def quarantined(self, agent_id: str) -> bool:
+        return self.supervisor.state_of(agent_id).quarantined
+
+    def respawned(self, agent_id: str) -> None:
+        self.supervisor.record_respawn(agent_id)
