@@ -10,7 +10,9 @@ measures the update-ref path).
 Reports entries per minute and merges per minute against the 1/T limit, and per entry:
 `git_ms` (rebase + swap: the worktree, the rebase, the compare-and-swap of the target) and
 `overhead_ms` (everything the queue adds besides the gate: state writes, signals, worktree
-removal), median and p95. Targets (issue 4): serial throughput within 5 % of 1/T at p = 0;
+removal), median and p95. `fs_create_files_ms` is the time this file system takes to create as
+many small files as the tree has, before and after the run: the floor under the one checkout
+each entry needs, and the part that other load on the machine inflates. Targets (issue 4): serial throughput within 5 % of 1/T at p = 0;
 git overhead <= 60 ms p95 on 1,000 commits x 200 files.
 
 Usage: python bench/merge_queue.py [--gate-seconds 1] [--fail-fraction 0] > result.json
@@ -93,6 +95,21 @@ def make_branches(repo: Path, count: int, failing: set[int]) -> list[str]:
     return names
 
 
+def file_creation_ms(directory: Path, files: int, runs: int = 5) -> float:
+    """Median time to create `files` small files in a fresh directory on this file system: the
+    floor under any checkout of the tree, and what other load on the machine slows down."""
+    times = []
+    for run_index in range(runs):
+        fresh = directory / f"fs-probe-{run_index}"
+        started = time.monotonic()
+        fresh.mkdir()
+        for i in range(files):
+            (fresh / f"f{i}.txt").write_text("x" * 400)
+        times.append(1000 * (time.monotonic() - started))
+        shutil.rmtree(fresh)
+    return round(statistics.median(times), 1)
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     work = Path(tempfile.mkdtemp(prefix="bench-mq-"))
     try:
@@ -105,6 +122,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         if args.detached_target:
             _git(repo, "checkout", "-q", "--detach")
         setup_s = time.monotonic() - started
+        fs_before = file_creation_ms(work, args.files)
         state = StateDir(work / "state")
         for name in branches:
             mq.enqueue(state, repo, name, owner="runner-bench")
@@ -113,6 +131,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         started = time.monotonic()
         outcomes = mq.process_all(state, repo, config)
         wall = time.monotonic() - started
+        fs_after = file_creation_ms(work, args.files)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     merged = [o for o in outcomes if o.merged]
@@ -142,6 +161,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "overhead_ms": {"median": round(statistics.median(over_ms), 1),
                             "p95": round(_percentile(over_ms, 95), 1),
                             "max": round(max(over_ms), 1)},
+            "fs_create_files_ms": {"before": fs_before, "after": fs_after},
             "worktree_removal_ms": {"median": round(statistics.median(cleanup_ms), 1),
                                     "p95": round(_percentile(cleanup_ms, 95), 1)},
         },

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import select
 import shlex
 import shutil
 import signal
@@ -123,6 +124,22 @@ def tail(data: bytes, lines: int = OUTPUT_TAIL_LINES, chars: int = OUTPUT_TAIL_C
     return text[-chars:]
 
 
+def _wait(proc: subprocess.Popen[bytes], timeout: float) -> int:
+    """Wait for `proc` at most `timeout` seconds. Popen.wait(timeout) polls with sleeps of up to
+    50 ms; a pidfd becomes readable the moment the process exits."""
+    try:
+        pidfd = os.pidfd_open(proc.pid)
+    except (AttributeError, OSError):  # no pidfd on this system: poll
+        return proc.wait(timeout=timeout)
+    try:
+        ready, _, _ = select.select([pidfd], [], [], timeout)
+    finally:
+        os.close(pidfd)
+    if not ready:
+        raise subprocess.TimeoutExpired(proc.args, timeout)
+    return proc.wait()
+
+
 def run_gate(
     gate: Gate,
     cwd: Path,
@@ -142,7 +159,7 @@ def run_gate(
         try:
             if on_start is not None:
                 on_start(proc.pid)
-            returncode = proc.wait(timeout=gate.timeout)
+            returncode = _wait(proc, gate.timeout)
         except subprocess.TimeoutExpired:
             timed_out = True
         finally:

@@ -235,6 +235,14 @@ def is_ancestor(repo: RepoLike, ancestor: str, descendant: str) -> bool:
     return status == 0
 
 
+def ahead_behind(repo: RepoLike, a: str, b: str) -> tuple[int, int]:
+    """(commits only in `a`, commits only in `b`), in one call."""
+    out = _run(repo, "rev-list", "--left-right", "--count", f"{_ref_arg(a)}...{_ref_arg(b)}",
+               "--")[1]
+    left, right = out.split()
+    return int(left), int(right)
+
+
 def commits_between(repo: RepoLike, base: str, head: str) -> list[str]:
     """Commits reachable from `head` and not from `base`, oldest first."""
     out = _run(repo, "rev-list", "--reverse", f"{_ref_arg(base)}..{_ref_arg(head)}", "--")[1]
@@ -474,8 +482,11 @@ def commit_tree(repo: RepoLike, tree: str, parents: Sequence[str], message: str)
     return _run(repo, "commit-tree", _ref_arg(tree), *args, "-m", message)[1].strip()
 
 
-def checkout_detached(worktree: Path, commit: str) -> None:
-    _run(worktree, "checkout", "--quiet", "--detach", _ref_arg(commit), cwd=worktree,
+def checkout_detached(worktree: Path, commit: str, *, force: bool = False) -> None:
+    """Detach the HEAD of `worktree` at `commit`, updating the files (with `force`, local
+    changes to tracked files are thrown away)."""
+    args = ["--force"] if force else []
+    _run(worktree, "checkout", "--quiet", *args, "--detach", _ref_arg(commit), cwd=worktree,
          config=(NO_HOOKS,))
 
 

@@ -36,8 +36,10 @@ import dataclasses
 import functools
 import logging
 import os
+import secrets
 import shlex
 import socket
+import threading
 import time
 import tomllib
 from collections.abc import Iterator, Mapping, Sequence
@@ -247,25 +249,19 @@ def process_next(
     """Take the merge slot, recover abandoned claims, process the fairest queued entry; returns
     its outcome, or None when nothing is queued. `wait` bounds the wait for the slot (None: as
     long as it takes; a live holder is bounded by its gates' timeouts)."""
-    r = gitops.as_repo(repo)
-    check_config(r, config)
-    with _slot(state, wait):
-        recovered = _recover(state, r, config)
-        _notify_pending(state, config)
-        if recovered is not None:
-            return recovered
-        entry = _claim_next(state, r)
-        return None if entry is None else _process_claimed(state, r, config, entry)
+    with _Processor(state, repo, config, wait, spare=False) as processor:
+        return processor.next()
 
 
 def process_all(
     state: StateDir, repo: gitops.RepoLike, config: QueueConfig, *, wait: float | None = None
 ) -> list[Outcome]:
     """Process until nothing is queued (the slot is taken again for every entry)."""
-    outcomes = []
-    while (outcome := process_next(state, repo, config, wait=wait)) is not None:
-        outcomes.append(outcome)
-    return outcomes
+    with _Processor(state, repo, config, wait, spare=True) as processor:
+        outcomes = []
+        while (outcome := processor.next()) is not None:
+            outcomes.append(outcome)
+        return outcomes
 
 
 def handle_merge_ready(
@@ -297,27 +293,13 @@ def handle_merge_ready(
                           node=payload.node or None, detail=str(exc), decided_at=clock.iso())
         _send(state, config, payload.owner, outcome)
         return outcome
-    while entry.state not in DECIDED or entry.outcome is None:
-        processed = process_next(state, r, config, wait=wait)
-        entry = get_entry(state, entry.id)
-        if processed is None and entry.state is M.QUEUED:
-            raise AttractorError(f"merge entry {entry.id} is queued but was not processed")
+    with _Processor(state, r, config, wait, spare=True) as processor:
+        while entry.state not in DECIDED or entry.outcome is None:
+            processed = processor.next()
+            entry = get_entry(state, entry.id)
+            if processed is None and entry.state is M.QUEUED:
+                raise AttractorError(f"merge entry {entry.id} is queued but was not processed")
     return entry.outcome
-
-
-def _claim_next(state: StateDir, repo: gitops.GitRepo) -> Entry | None:
-    with queue_lock(state):
-        queued = [e for e in list_entries(state) if e.state is M.QUEUED]
-        if not queued:
-            return None
-        entry = min(queued, key=_fair_key)
-        pid = os.getpid()
-        claim = Claim(pid=pid, pid_start=process_start(pid), host=socket.gethostname(),
-                      started_at=clock.iso(), worktree=str(_merge_worktree(repo, entry.id)))
-        entry = entry.moved(M.PROCESSING, f"claimed by pid {pid}", claim=claim,
-                            attempts=entry.attempts + 1)
-        write_entry(state, entry)
-    return entry
 
 
 def _fair_key(entry: Entry) -> tuple[int, float, str, str]:
@@ -334,105 +316,193 @@ def _record_claim(state: StateDir, entry_id: str, *, fsync: bool = True, **chang
     update_entry(state, entry_id, change, fsync=fsync)
 
 
-def _process_claimed(
-    state: StateDir, repo: gitops.GitRepo, config: QueueConfig, entry: Entry
-) -> Outcome:
-    started = time.monotonic()
-    timings: dict[str, float] = {}
-    worktree = _merge_worktree(repo, entry.id)
-    try:
-        outcome = _attempt(state, repo, config, entry, worktree, timings)
-    except AttractorError as exc:  # an unexpected git failure: this entry fails, loudly
-        logger.error("merge entry %s: %s", entry.id, exc, extra={"att_entry": entry.id})
-        outcome = _fail(entry, config.target, R.ERROR, str(exc))
-    finally:
-        mark = time.monotonic()
+class _Processor:
+    """One processor's pass over the queue. With `spare`, while an entry's gates run it checks
+    out a fresh worktree for the next entry in the background (the checkout of the whole tree
+    is most of the git work per merge); the next entry takes it over, checks out its own commit
+    there (only the files that differ are written) and removes it when decided, like any merge
+    worktree. A spare not taken over is removed when the pass ends; one left by a dead
+    processor is swept by the next slot holder."""
+
+    def __init__(self, state: StateDir, repo: gitops.RepoLike, config: QueueConfig,
+                 wait: float | None, *, spare: bool) -> None:
+        self.state = state
+        self.repo = gitops.as_repo(repo)
+        self.config = config
+        self.wait = wait
+        self.use_spare = spare and bool(config.gates)
+        self.spare: Path | None = None
+        self.preparing: threading.Thread | None = None
+        self.more_queued = False
+        check_config(self.repo, config)
+
+    def __enter__(self) -> _Processor:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._join_spare()
+        if self.spare is not None:
+            with contextlib.suppress(AttractorError):
+                gitops.remove_worktree(self.repo, self.spare)
+            self.spare = None
+
+    def next(self) -> Outcome | None:
+        with _slot(self.state, self.wait):
+            recovered = _recover(self.state, self.repo, self.config, keep=self.spare)
+            _notify_pending(self.state, self.config)
+            if recovered is not None:
+                return recovered
+            entry = self._claim_next()
+            return None if entry is None else self._process(entry)
+
+    def _claim_next(self) -> Entry | None:
+        with queue_lock(self.state):
+            queued = [e for e in list_entries(self.state) if e.state is M.QUEUED]
+            if not queued:
+                return None
+            entry = min(queued, key=_fair_key)
+            self.more_queued = len(queued) > 1
+            spare, self.spare = self.spare, None
+            worktree = spare if spare is not None and spare.exists() else _merge_worktree(
+                self.repo, entry.id)
+            pid = os.getpid()
+            claim = Claim(pid=pid, pid_start=process_start(pid), host=socket.gethostname(),
+                          started_at=clock.iso(), worktree=str(worktree))
+            entry = entry.moved(M.PROCESSING, f"claimed by pid {pid}", claim=claim,
+                                attempts=entry.attempts + 1)
+            write_entry(self.state, entry)
+        return entry
+
+    def _process(self, entry: Entry) -> Outcome:
+        assert entry.claim is not None
+        started = time.monotonic()
+        timings: dict[str, float] = {}
+        worktree = Path(entry.claim.worktree)
+        try:
+            outcome = self._attempt(entry, worktree, timings)
+        except AttractorError as exc:  # an unexpected git failure: this entry fails, loudly
+            logger.error("merge entry %s: %s", entry.id, exc, extra={"att_entry": entry.id})
+            outcome = _fail(entry, self.config.target, R.ERROR, str(exc))
+        finally:
+            self._join_spare()
+            mark = time.monotonic()
+            if worktree.exists():
+                gitops.remove_worktree(self.repo, worktree)
+            timings["cleanup"] = time.monotonic() - mark
+        timings["total"] = time.monotonic() - started
+        outcome = dataclasses.replace(outcome, timings=timings, decided_at=clock.iso())
+        return _record_outcome(self.state, self.config, entry, outcome)
+
+    def _checkout(self, worktree: Path, commit: str) -> None:
+        """`worktree` at exactly `commit`: a taken-over spare is moved there, else it is added."""
         if worktree.exists():
-            gitops.remove_worktree(repo, worktree)
-        timings["cleanup"] = time.monotonic() - mark
-    timings["total"] = time.monotonic() - started
-    outcome = dataclasses.replace(outcome, timings=timings, decided_at=clock.iso())
-    return _record_outcome(state, config, entry, outcome)
+            try:
+                gitops.checkout_detached(worktree, commit, force=True)
+                return
+            except AttractorError as exc:  # swept meanwhile, or broken: start afresh
+                logger.warning("spare worktree %s unusable (%s); adding a new one", worktree, exc)
+                gitops.remove_worktree(self.repo, worktree)
+        gitops.add_detached_worktree(self.repo, worktree, commit)
 
+    def _start_spare(self, commit: str) -> None:
+        if not self.use_spare or not self.more_queued or self.spare or self.preparing:
+            return
+        spare = self.repo.root / gitops.WORKTREES_DIR / (
+            f"{MERGE_WORKTREE_PREFIX}spare-{secrets.token_hex(4)}")
 
-def _attempt(
-    state: StateDir,
-    repo: gitops.GitRepo,
-    config: QueueConfig,
-    entry: Entry,
-    worktree: Path,
-    timings: dict[str, float],
-) -> Outcome:
-    """Rebase, gate, swap. Returns the outcome; the caller removes the worktree."""
-    mark = time.monotonic()
-    target = config.target
-    head = gitops.rev_parse(repo, f"refs/heads/{entry.branch}")
-    if head is None:
-        return _fail(entry, target, R.BRANCH_MISSING, f"branch {entry.branch!r} no longer exists")
-    source = entry.validated_sha or head
-    if source != head and not gitops.is_ancestor(repo, source, head):
-        detail = (f"branch {entry.branch} was rewritten after it was validated at "
-                  f"{source[:12]}; enqueue it again")
-        return _fail(entry, target, R.ERROR, detail)
-    old = gitops.rev_parse(repo, f"refs/heads/{target}")
-    if old is None:
-        return _fail(entry, target, R.ERROR, f"target branch {target!r} no longer exists")
-    base = gitops.merge_base(repo, old, source)
-    if base == source:
-        return _merged(entry, target, source, old, "already on the target; nothing to merge")
-    _record_claim(state, entry.id, source_sha=source, target_old=old)
-    gitops.exclude_attractor_dirs(repo)
-    commits = gitops.commits_between(repo, old, source)
-    conflicts: tuple[str, ...] = ()
-    message = ""
-    if base == old:  # already on the tip: nothing to rebase
-        tested = source
-        gitops.add_detached_worktree(repo, worktree, tested)
-    elif len(commits) == 1:  # one commit: replayed in memory, then checked out once
-        picked = gitops.pick_onto(repo, source, old)
-        conflicts, tested = picked.conflicts, picked.commit or ""
-        if picked.ok:
-            gitops.add_detached_worktree(repo, worktree, tested)
-    else:
-        gitops.add_detached_worktree(repo, worktree, source)
-        ready = _pause("rebase", wait=False)
-        hold = f": > {shlex.quote(ready)}; sleep 3600" if ready else None
-        rebased = gitops.rebase(worktree, old, exec_cmd=hold)
-        conflicts, tested, message = rebased.conflicts, rebased.head or "", rebased.message
-    if not tested:
+        def prepare() -> None:
+            try:
+                gitops.add_detached_worktree(self.repo, spare, commit)
+                self.spare = spare
+            except AttractorError as exc:
+                logger.warning("cannot prepare a spare merge worktree: %s", exc)
+
+        self.preparing = threading.Thread(target=prepare, name="merge-queue-spare", daemon=True)
+        self.preparing.start()
+
+    def _join_spare(self) -> None:
+        if self.preparing is not None:
+            self.preparing.join()
+            self.preparing = None
+
+    def _attempt(self, entry: Entry, worktree: Path, timings: dict[str, float]) -> Outcome:
+        """Rebase, gate, swap. Returns the outcome; the caller removes the worktree."""
+        repo, state, config = self.repo, self.state, self.config
+        mark = time.monotonic()
+        target = config.target
+        head = gitops.rev_parse(repo, f"refs/heads/{entry.branch}")
+        if head is None:
+            return _fail(entry, target, R.BRANCH_MISSING,
+                         f"branch {entry.branch!r} no longer exists")
+        source = entry.validated_sha or head
+        if source != head and not gitops.is_ancestor(repo, source, head):
+            detail = (f"branch {entry.branch} was rewritten after it was validated at "
+                      f"{source[:12]}; enqueue it again")
+            return _fail(entry, target, R.ERROR, detail)
+        old = gitops.rev_parse(repo, f"refs/heads/{target}")
+        if old is None:
+            return _fail(entry, target, R.ERROR, f"target branch {target!r} no longer exists")
+        behind, ahead = gitops.ahead_behind(repo, old, source)  # only in old, only in source
+        if ahead == 0:
+            return _merged(entry, target, source, old, "already on the target; nothing to merge")
+        gitops.exclude_attractor_dirs(repo)
+        conflicts: tuple[str, ...] = ()
+        message = ""
+        if behind == 0:  # already on the tip: nothing to rebase
+            tested = source
+            self._checkout(worktree, tested)
+        elif ahead == 1:  # one commit: replayed in memory, then checked out once
+            picked = gitops.pick_onto(repo, source, old)
+            conflicts, tested = picked.conflicts, picked.commit or ""
+            if picked.ok:
+                self._checkout(worktree, tested)
+        else:
+            self._checkout(worktree, source)
+            ready = _pause("rebase", wait=False)
+            hold = f": > {shlex.quote(ready)}; sleep 3600" if ready else None
+            rebased = gitops.rebase(worktree, old, exec_cmd=hold)
+            conflicts, tested, message = rebased.conflicts, rebased.head or "", rebased.message
+        if not tested:
+            timings["rebase"] = time.monotonic() - mark
+            detail = (f"rebase onto {target} ({old[:12]}) conflicts in "
+                      f"{', '.join(conflicts) or 'unknown files'}")
+            return _fail(entry, target, R.CONFLICT, detail, target_sha=old, files=conflicts,
+                         gate_output=message[-OUTPUT_TAIL_CHARS:])
+        if tested == old:
+            return _merged(entry, target, old, old, "every commit is already on the target")
+        if ahead > 1:
+            # Several commits: land them under one merge commit (first parent: the old tip), so
+            # that every commit on the target's first-parent line is one the gates tested.
+            message = f"Merge {entry.branch} into {target}\n\nmerge queue entry {entry.id}"
+            tree = gitops.tree_of(repo, tested)
+            tested = gitops.commit_tree(repo, tree, [old, tested], message)
+            gitops.checkout_detached(worktree, tested)
         timings["rebase"] = time.monotonic() - mark
-        detail = (f"rebase onto {target} ({old[:12]}) conflicts in "
-                  f"{', '.join(conflicts) or 'unknown files'}")
-        return _fail(entry, target, R.CONFLICT, detail, target_sha=old, files=conflicts,
-                     gate_output=message[-OUTPUT_TAIL_CHARS:])
-    if tested == old:
-        return _merged(entry, target, old, old, "every commit is already on the target")
-    if len(commits) > 1:
-        # Several commits: land them under one merge commit (first parent: the old tip), so
-        # that every commit on the target's first-parent line is one that the gates tested.
-        message = f"Merge {entry.branch} into {target}\n\nmerge queue entry {entry.id}"
-        tested = gitops.commit_tree(repo, gitops.tree_of(repo, tested), [old, tested], message)
-        gitops.checkout_detached(worktree, tested)
-    timings["rebase"] = time.monotonic() - mark
 
-    mark = time.monotonic()
-    failed = _run_gates(state, repo, config, entry, worktree, old, tested)
-    timings["gates"] = time.monotonic() - mark
-    if failed is not None:
-        return failed
+        mark = time.monotonic()
+        self._start_spare(old)
+        failed = _run_gates(state, repo, config, entry, worktree, old, tested)
+        self._join_spare()
+        timings["gates"] = time.monotonic() - mark
+        if failed is not None:
+            return failed
 
-    mark = time.monotonic()
-    _record_claim(state, entry.id, tested_sha=tested, target_old=old)
-    _pause("before_swap")
-    refused = _swap(repo, entry, target, old, tested)
-    timings["swap"] = time.monotonic() - mark
-    if refused is not None:
-        return refused
-    _pause("after_swap")
-    mark = time.monotonic()
-    detail = _after_merge(repo, config, entry, head if source == head else None)
-    timings["after"] = time.monotonic() - mark
-    return _merged(entry, target, tested, old, detail)
+        mark = time.monotonic()
+        # Progress inside a claim is not fsynced: a dead process loses nothing of it (the page
+        # cache survives it), and after a power cut a lost `tested_sha` only means the entry is
+        # tested again, and its commit found already on the target.
+        _record_claim(state, entry.id, fsync=False, source_sha=source, tested_sha=tested,
+                      target_old=old)
+        _pause("before_swap")
+        refused = _swap(repo, entry, target, old, tested)
+        timings["swap"] = time.monotonic() - mark
+        if refused is not None:
+            return refused
+        _pause("after_swap")
+        mark = time.monotonic()
+        detail = _after_merge(repo, config, entry, head if source == head else None)
+        timings["after"] = time.monotonic() - mark
+        return _merged(entry, target, tested, old, detail)
 
 
 def _run_gates(
@@ -468,7 +538,8 @@ def _swap(repo: gitops.GitRepo, entry: Entry, target: str, old: str, tested: str
     """Move `target` from `old` to exactly `tested`: None on success, else why not."""
     moved = _fail(entry, target, R.TARGET_MOVED,
                   f"{target} moved away from {old[:12]} while the entry was tested", target_sha=old)
-    holder = gitops.worktree_for_branch(repo, target)
+    holder, holder_head = next(((t.path, t.head) for t in gitops.list_worktrees(repo)
+                                if t.branch == target and not t.prunable), (None, None))
     if holder is None:
         message = f"attractor merge-queue: {entry.branch} ({entry.id})"
         ok = gitops.update_ref(repo, f"refs/heads/{target}", tested, old, message=message)
@@ -477,7 +548,7 @@ def _swap(repo: gitops.GitRepo, entry: Entry, target: str, old: str, tested: str
         detail = (f"{target} is checked out in {holder} with uncommitted changes; commit or stash "
                   f"them, then run 'attractor merge-queue retry {entry.id}'")
         return _fail(entry, target, R.DIRTY_TARGET, detail, target_sha=old)
-    if gitops.head_of(holder) != old:
+    if holder_head != old:
         return moved
     ok, message = gitops.merge_ff_only(holder, tested)
     if ok:
@@ -593,7 +664,9 @@ def _notify_pending(state: StateDir, config: QueueConfig) -> None:
             _notify(state, config, entry)
 
 
-def _recover(state: StateDir, repo: gitops.GitRepo, config: QueueConfig) -> Outcome | None:
+def _recover(
+    state: StateDir, repo: gitops.GitRepo, config: QueueConfig, keep: Path | None = None
+) -> Outcome | None:
     """With the slot held, every `processing` entry was abandoned: kill its gate, remove its
     worktree; merged if the target holds its tested commit, else queued again as a retry."""
     decided: Outcome | None = None
@@ -620,7 +693,7 @@ def _recover(state: StateDir, repo: gitops.GitRepo, config: QueueConfig) -> Outc
             decided = decided or _record_outcome(state, config, entry, outcome)
             continue
         update_entry(state, entry.id, functools.partial(_requeue, note=f"requeued: {note}"))
-    _sweep_worktrees(repo)
+    _sweep_worktrees(repo, keep)
     return decided
 
 
@@ -628,13 +701,16 @@ def _requeue(entry: Entry, note: str) -> Entry:
     return entry.moved(M.QUEUED, note, claim=None, retries=entry.retries + 1)
 
 
-def _sweep_worktrees(repo: gitops.GitRepo) -> None:
-    """Remove merge worktrees nobody holds (the caller holds the slot: nobody holds any)."""
+def _sweep_worktrees(repo: gitops.GitRepo, keep: Path | None) -> None:
+    """Remove merge worktrees nobody holds (the caller holds the slot: nobody but itself holds
+    any, and its own spare is `keep`)."""
     directory = repo.root / gitops.WORKTREES_DIR
     try:
         names = os.listdir(directory)
     except FileNotFoundError:
         return
     for path in [directory / n for n in names if n.startswith(MERGE_WORKTREE_PREFIX)]:
+        if path == keep:
+            continue
         logger.warning("removing stray merge worktree %s", path)
         gitops.remove_worktree(repo, path)
