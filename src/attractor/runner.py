@@ -183,7 +183,7 @@ class Runner:
         if ident.pid and pid_alive(ident.pid):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(ident.pid, signal_module.SIGKILL)
-        if ident.status not in (IdentityStatus.TERMINATED,):
+        if ident.status not in (IdentityStatus.TERMINATED, IdentityStatus.QUARANTINED):
             try:
                 identities.mark_terminated(self.state, "orchestrator", self.cfg.node, reason=reason)
             except AttractorError as exc:
@@ -192,6 +192,8 @@ class Runner:
     def spawn_orchestrator(self, attempt: int, note: str = "") -> None:
         hook = self.hook()
         wisdom = hooks.build_wisdom_prompt_block(hook) if (attempt > 1 or note or len(hook.history) > 2) else ""
+        if note and note not in wisdom:
+            wisdom = f"{wisdom.rstrip()}\n\nWhy this agent was started again: {note}\n"
         prompt = build_prompt(
             role=load_role("orchestrator", self.cfg.target_dir), node=self.cfg.node,
             task=self.node.prompt or "", worktree=self.worktree, branch=self.branch,

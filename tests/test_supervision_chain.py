@@ -1,0 +1,169 @@
+"""Supervision in the running chain: real processes killed with real signals on a private tmux
+socket. Each test SIGKILLs one layer mid-run and checks the run still ends right."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.chain_helpers import (
+    checkpoint,
+    codergen,
+    events,
+    git_show,
+    identity,
+    kill_everything,
+    launch,
+    module_steps,
+    pipeline_file,
+    read_json,
+    run_id,
+    target_repo,
+    tool,
+)
+from tests.helpers import REPO_ROOT, retry_until, run_cli
+
+
+@pytest.fixture
+def chain(tmp_path: Path, state_dir: Path, tmux_socket: str) -> Iterator[tuple[Path, Path]]:
+    target = target_repo(tmp_path)
+    yield target, state_dir
+    kill_everything(state_dir)
+    subprocess.run(["tmux", "-L", tmux_socket, "kill-server"], capture_output=True)
+
+
+def slow_node(name: str, value: int, seconds: float = 4) -> str:
+    return codergen(name, module_steps(name, value) + f"sleep {seconds}\ncommit {name}\nreport") + tool(f"check_{name}")
+
+
+def finish(proc: subprocess.Popen[str], seconds: float = 90) -> tuple[int, str]:
+    out, err = proc.communicate(timeout=seconds)
+    return proc.returncode, out + err
+
+
+def live_pid(state: Path, agent_id: str) -> int:
+    def found() -> int | None:
+        ident = identity(state, agent_id)
+        if ident and ident.get("pid") and ident["status"] in ("spawning", "active"):
+            try:
+                os.kill(ident["pid"], 0)
+                return int(ident["pid"])
+            except ProcessLookupError:
+                return None
+        return None
+    return retry_until(found, 20, what=f"live {agent_id}")
+
+
+def test_killed_orchestrator_is_respawned_with_its_wisdom(chain: tuple[Path, Path]) -> None:
+    target, state = chain
+    proc = launch(pipeline_file(target.parent, slow_node("work", 3), "  start -> work -> check_work -> exit\n"),
+                  target, state)
+    first = live_pid(state, "orchestrator-work")
+    os.kill(first, signal.SIGKILL)
+    code, out = finish(proc)
+    assert code == 0, out
+    ident = read_json(state / "identities" / "orchestrator-work.json")
+    assert ident["epoch"] >= 2 and ident["crash_count"] >= 1
+    assert git_show(target, "main", "app/work.py") == "VALUE = 3\n"
+    prompt = sorted((state / "runs" / run_id(state) / "prompts").glob("work-*.md"))  # type: ignore[operator]
+    assert prompt and "died before reporting" in prompt[-1].read_text()
+
+
+def test_killed_runner_is_respawned_and_readopts_its_orchestrator(chain: tuple[Path, Path]) -> None:
+    target, state = chain
+    proc = launch(pipeline_file(target.parent, slow_node("work", 4, 5), "  start -> work -> check_work -> exit\n"),
+                  target, state)
+    orchestrator = live_pid(state, "orchestrator-work")
+    runner = live_pid(state, "runner-work")
+    os.kill(runner, signal.SIGKILL)
+    new_runner = retry_until(lambda: live_pid(state, "runner-work") != runner and live_pid(state, "runner-work"),
+                             10, what="new runner")
+    assert new_runner != runner
+    # the orchestrator was re-adopted, not replaced
+    assert identity(state, "orchestrator-work")["pid"] == orchestrator  # type: ignore[index]
+    code, out = finish(proc)
+    assert code == 0, out
+    assert read_json(state / "identities" / "orchestrator-work.json")["epoch"] == 1
+    assert [e for e in events(state) if e["event"] == "runner_respawn"]
+    assert git_show(target, "main", "app/work.py") == "VALUE = 4\n"
+
+
+def test_killed_guardian_is_respawned_and_merged_nodes_are_not_rerun(chain: tuple[Path, Path]) -> None:
+    target, state = chain
+    body = slow_node("one", 1, 0) + slow_node("two", 2, 4)
+    proc = launch(pipeline_file(target.parent, body, "  start -> one -> check_one -> two -> check_two -> exit\n"),
+                  target, state)
+    rid = retry_until(lambda: run_id(state), 10, what="run")
+    retry_until(lambda: checkpoint(state)["nodes"]["one"]["state"] == "merged", 30, what="one merged")
+    guardian = live_pid(state, f"guardian-{rid}")
+    os.kill(guardian, signal.SIGKILL)
+    code, out = finish(proc)
+    assert code == 0, out
+    assert "starting the guardian again" in out
+    assert checkpoint(state)["guardian_starts"] >= 2
+    assert [e["node"] for e in events(state) if e["event"] == "runner_spawned"].count("one") == 1
+    log = subprocess.run(["git", "-C", str(target), "log", "--format=%s", "main"], capture_output=True, text=True)
+    assert log.stdout.count("one") == 1 and "two" in log.stdout
+
+
+def test_second_guardian_is_refused_and_attach_follows(chain: tuple[Path, Path]) -> None:
+    target, state = chain
+    pipe = pipeline_file(target.parent, slow_node("work", 5, 4), "  start -> work -> check_work -> exit\n")
+    proc = launch(pipe, target, state)
+    rid = retry_until(lambda: run_id(state), 10, what="run")
+    guardian = live_pid(state, f"guardian-{rid}")
+    second = run_cli(["run", str(pipe), "--target-dir", str(target), "--state-dir", str(state)])
+    assert second.returncode == 1
+    assert f"pid {guardian}" in second.stderr and "--attach" in second.stderr
+    assert second.stderr.count("\n") == 1
+    attached = run_cli(["run", str(pipe), "--target-dir", str(target), "--state-dir", str(state), "--attach"],
+                       timeout=90)
+    assert attached.returncode == 0, attached.stdout + attached.stderr
+    assert f"attaching to run {rid}" in attached.stdout and "succeeded" in attached.stdout
+    code, out = finish(proc)
+    assert code == 0, out
+
+
+def test_do_not_retry_exit_quarantines_and_the_run_goes_on(chain: tuple[Path, Path]) -> None:
+    target, state = chain
+    body = (codergen("broken", "fail 78") + tool("check_broken")
+            + codergen("fine", module_steps("fine", 6) + "commit fine\nreport") + tool("check_fine"))
+    edges = "  start -> broken -> check_broken -> exit\n  start -> fine -> check_fine -> exit\n"
+    code, out = finish(launch(pipeline_file(target.parent, body, edges), target, state))
+    assert code == 1, out
+    cp = checkpoint(state)
+    assert cp["nodes"]["fine"]["state"] == "merged"
+    assert cp["nodes"]["broken"]["state"] == "blocked"
+    assert "quarantined" in cp["nodes"]["broken"]["reason"] and "exit code 78" in cp["nodes"]["broken"]["reason"]
+    assert identity(state, "orchestrator-broken")["status"] == "quarantined"  # type: ignore[index]
+    listing = run_cli(["agent", "list", "--state-dir", str(state)])
+    assert "quarantined" in listing.stdout
+    cleared = run_cli(["agent", "clear", "orchestrator", "broken", "--state-dir", str(state)])
+    assert cleared.returncode == 0, cleared.stderr
+    assert identity(state, "orchestrator-broken")["status"] != "quarantined"  # type: ignore[index]
+
+
+def test_stop_ends_a_run_and_keeps_the_work(chain: tuple[Path, Path], tmux_socket: str) -> None:
+    target, state = chain
+    pipe = pipeline_file(target.parent, slow_node("work", 8, 30), "  start -> work -> check_work -> exit\n")
+    proc = launch(pipe, target, state)
+    rid = retry_until(lambda: run_id(state), 10, what="run")
+    orchestrator = live_pid(state, "orchestrator-work")
+    stopped = subprocess.run([sys.executable, "-m", "attractor", "stop", rid, "--state-dir", str(state)],
+                             capture_output=True, text=True, timeout=60, cwd=REPO_ROOT)
+    assert stopped.returncode == 0, stopped.stderr
+    finish(proc)
+    assert checkpoint(state)["status"] == "stopped"
+    with pytest.raises(ProcessLookupError):
+        os.kill(orchestrator, 0)
+    sessions = subprocess.run(["tmux", "-L", tmux_socket, "ls"], capture_output=True, text=True)
+    assert not sessions.stdout.strip(), sessions.stdout
+    branch = subprocess.run(["git", "-C", str(target), "branch", "--list", f"attractor/{rid}/work"],
+                            capture_output=True, text=True)
+    assert branch.stdout.strip()  # the branch is kept
