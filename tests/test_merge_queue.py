@@ -7,6 +7,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import NamedTuple
@@ -489,3 +490,18 @@ def test_not_a_git_repository_is_exit_2(tmp_path: Path, state: StateDir) -> None
         [line] = done.stderr.splitlines()
         assert "not a git repository" in line
     assert not state.root.exists() and os.listdir(plain) == []
+
+
+def test_a_spare_worktree_nobody_took_is_removed_at_the_end(repo: Path, state: StateDir) -> None:
+    branch(repo, "first", {"f.txt": "f\n"})
+    branch(repo, "second", {"s.txt": "s\n"})
+    mq.enqueue(state, repo, "first", owner=OWNER)
+    second = mq.enqueue(state, repo, "second", owner=OWNER)
+    # While the first entry's gate runs (and the spare for the next one is prepared), the
+    # second entry is removed: the spare is left over at the end of the pass.
+    remove = (f"{sys.executable} -m attractor merge-queue remove {second.id} "
+              f"--repo {repo} --state-dir {state.root}")
+    gate = Gate(f"test -e s.txt || {remove} >/dev/null", 30)
+    [outcome] = mq.process_all(state, repo, mq.QueueConfig(gates=(gate,)))
+    assert outcome.merged and outcome.branch == "first"
+    assert merge_dirs(repo) == [] and len(git(repo, "worktree", "list").splitlines()) == 1

@@ -164,7 +164,9 @@ def test_processor_killed_is_recovered_by_the_next(
     tip = git(repo, "rev-parse", "main")
     assert (tip != old) == point.swapped
     assert_gated(repo, old, log)
-    assert mq.get_entry(state, entry.id).state is MergeEntryState.PROCESSING
+    abandoned = mq.get_entry(state, entry.id)
+    assert abandoned.state is MergeEntryState.PROCESSING
+    assert abandoned.claim is not None and not abandoned.claim.alive()
 
     recovery = processor(repo, state, record)
     _, err = recovery.communicate(timeout=60)
@@ -184,3 +186,29 @@ def test_processor_killed_is_recovered_by_the_next(
         pid = int(gate_pid.read_text())
         retry_until(lambda: process_start(pid) is None, 10, what="orphaned gate killed")
     assert git(repo, "status", "--porcelain") == ""
+
+
+def test_spare_worktree_of_a_killed_processor_is_swept(
+    repo: Path, state: StateDir, tmp_path: Path, reaper: list[int]
+) -> None:
+    ready, gate_pid = tmp_path / "ready", tmp_path / "gate.pid"
+    for name in ("first", "second"):
+        branch(repo, name, {f"{name}.txt": f"{name}\n"})
+        mq.enqueue(state, repo, name, owner=f"runner-{name}")
+    # The first gate run waits long enough for the next entry's spare worktree to be ready.
+    hold = f"echo $$ > {gate_pid}; : > {ready}; sleep 60"
+    gate = f"if [ ! -e {ready} ]; then {hold}; fi"
+    victim = processor(repo, state, gate)
+    reaper.append(victim.pid)
+    retry_until(ready.exists, 30, what="first gate running")
+    reaper.append(int(gate_pid.read_text()))
+    worktrees = repo / ".claude" / "worktrees"
+    retry_until(lambda: any(p.name.startswith("_merge-spare-") for p in worktrees.iterdir()), 30,
+                what="spare worktree prepared")
+    os.kill(victim.pid, signal.SIGKILL)
+    victim.communicate(timeout=30)
+    recovery = processor(repo, state, gate)
+    _, err = recovery.communicate(timeout=60)
+    assert recovery.returncode == EXIT_OK, err
+    assert [e.state for e in mq.list_entries(state)] == [MergeEntryState.MERGED] * 2
+    assert_no_leftovers(repo, state)

@@ -13,9 +13,15 @@ whoever holds the slot was abandoned: its gate's session is killed, its merge wo
 and it is merged if the target already contains the claim's `tested_sha` (the crash came after
 the swap), else queued again as a retry (failed once `max_retries` is used up).
 
-Merge worktrees are `<repo>/.claude/worktrees/_merge-<id>`, detached: never the user's checkout
-nor an agent's. Each is removed when its entry is decided, even on failure; any left by a dead
+Merge worktrees are `<repo>/.claude/worktrees/_merge-<id>` (or `_merge-spare-<hex>`, checked out
+for the next entry while the current one's gates run), detached: never the user's checkout nor
+an agent's. Each is removed when its entry is decided, even on failure; any left by a dead
 processor are removed by the next one.
+
+Landing: a branch already on the target's tip lands as it is; a one-commit branch is replayed
+on the tip in memory; a longer one is rebased in the merge worktree and lands under a merge
+commit whose first parent is the old tip, so every commit on the target's first-parent line is
+one that passed the gates on exactly its tree.
 
 Config file (optional) `<repo>/.attractor/merge-queue.toml`; CLI options override it:
 
