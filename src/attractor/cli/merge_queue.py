@@ -106,7 +106,8 @@ def _config_options(parser: argparse.ArgumentParser) -> None:
                         help="a gate shell command (repeatable; replaces the config file's gates)")
     parser.add_argument("--gate-timeout", type=float, metavar="S",
                         help="seconds before a gate's process group is killed (default: 600)")
-    parser.add_argument("--target", metavar="BRANCH", help="branch to land on (default: main)")
+    parser.add_argument("--target", metavar="BRANCH",
+                        help="branch to land on (default: the config file's, else main)")
     parser.add_argument("--wait", type=float, metavar="S",
                         help="give up (exit 1) if the merge slot is still busy after S seconds")
 
