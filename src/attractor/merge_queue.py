@@ -288,18 +288,19 @@ def handle_merge_ready(
         payload = payload.payload
     if not isinstance(payload, MergeReady):
         raise BadInputError("MERGE_READY signal", f"payload is {type(payload).__name__}")
-    r = gitops.as_repo(repo)
     validate_agent_id(payload.owner)
-    try:
-        entry = enqueue(state, r, payload.branch, owner=payload.owner, node=payload.node or None,
-                        priority=payload.priority, validated_sha=payload.commit)
-    except UsageError as exc:
-        reason = R.BRANCH_MISSING if isinstance(exc, UnknownBranchError) else R.ERROR
-        outcome = Outcome("", payload.branch, Result.FAILED, config.target, reason=reason.value,
-                          node=payload.node or None, detail=str(exc), decided_at=clock.iso())
-        _send(state, config, payload.owner, outcome)
-        return outcome
-    with _Processor(state, r, config, wait, spare=True) as processor:
+    with _Processor(state, repo, config, wait, spare=True) as processor:  # checks the config
+        try:
+            entry = enqueue(state, processor.repo, payload.branch, owner=payload.owner,
+                            node=payload.node or None, priority=payload.priority,
+                            validated_sha=payload.commit)
+        except UsageError as exc:
+            reason = R.BRANCH_MISSING if isinstance(exc, UnknownBranchError) else R.ERROR
+            outcome = Outcome("", payload.branch, Result.FAILED, config.target,
+                              reason=reason.value, node=payload.node or None, detail=str(exc),
+                              decided_at=clock.iso())
+            _send(state, config, payload.owner, outcome)
+            return outcome
         while entry.state not in DECIDED or entry.outcome is None:
             processed = processor.next()
             entry = get_entry(state, entry.id)
