@@ -338,8 +338,8 @@ def test_merge_ready_signal_from_an_inbox(repo: Path, state: StateDir) -> None:
     assert failed.reason == "branch_missing" and len(mq.list_entries(state)) == 1
     assert Inbox(state, OWNER).pending()[-1].kind is SignalKind.MERGE_FAILED
     # A gate that cannot run is the caller's bad input: refused before anything is queued.
-    branch(repo, "attractor/r1/y", {"y.txt": "y\n"})
-    later = MergeReady(node="y", branch="attractor/r1/y", commit=head, owner=OWNER)
+    y_head = branch(repo, "attractor/r1/y", {"y.txt": "y\n"})
+    later = MergeReady(node="y", branch="attractor/r1/y", commit=y_head, owner=OWNER)
     with pytest.raises(mq.GateCommandError):
         mq.handle_merge_ready(state, repo, later, mq.QueueConfig(gates=(Gate("no-such-tool"),)))
     assert len(mq.list_entries(state)) == 1
