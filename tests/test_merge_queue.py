@@ -521,3 +521,12 @@ def test_cli_process_gives_up_on_a_busy_slot_with_wait(repo: Path, state: StateD
     assert done.returncode == EXIT_FAILURE
     assert "slot.lock" in done.stderr and len(done.stderr.splitlines()) == 1
     assert mq.list_entries(state)[0].state is MergeEntryState.QUEUED
+
+
+def test_scripts_cli_runs_from_a_checkout_without_the_package_installed() -> None:
+    shim = Path(__file__).resolve().parent.parent / "scripts" / "cli.py"
+    # -S: no site-packages, so `attractor` is importable only through the shim's own path.
+    done = subprocess.run([sys.executable, "-I", "-S", str(shim), "merge-queue", "--help"],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == EXIT_OK, done.stderr
+    assert "merge-queue" in done.stdout and "process" in done.stdout
