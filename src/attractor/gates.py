@@ -73,6 +73,8 @@ def check_gate(gate: Gate) -> None:
     except ValueError as exc:
         raise GateCommandError(gate.command, f"is not a valid shell command ({exc})") from None
     while words and "=" in words[0] and "/" not in words[0].split("=", 1)[0]:
+        if "$(" in words[0] or "`" in words[0]:
+            return  # an assignment from a command substitution: the shell decides at run time
         words = words[1:]  # leading VAR=value assignments
     if not words:
         raise GateCommandError(gate.command, "is empty")

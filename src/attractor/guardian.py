@@ -215,6 +215,10 @@ class Guardian:
             except Exception as exc:
                 logger.exception("merge of %s", node)
                 self.update_node(node, "merge_error", state=NodeState.RUNNING, reason=str(exc))
+                # the runner waits in merge_ready: tell it, so it retries or gives up
+                self.send_runner(node, SignalKind.MERGE_FAILED, {
+                    "entry_id": "", "branch": str(payload.get("branch", "")), "reason": "error",
+                    "target": self.cp.target_branch, "node": node, "detail": str(exc)[:2000]})
             finally:
                 with self.lock:
                     self.merges.discard(node)

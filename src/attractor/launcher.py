@@ -77,6 +77,19 @@ def check_agents(pipeline: object, agent: str | None, agent_cmd: str | None) -> 
     return name
 
 
+def check_commands(pipeline: object) -> None:
+    """A validation command whose program does not exist is bad input, found before anything
+    starts (the merge queue runs the same commands as its gates)."""
+    from attractor.gates import Gate, check_gate
+
+    for node in pipeline.nodes.values():  # type: ignore[attr-defined]
+        if node.kind == "tool" and node.command:
+            try:
+                check_gate(Gate(node.command, node.timeout or 600.0))
+            except UsageError as exc:
+                raise BadInputError(f"node '{node.name}'", str(exc)) from None
+
+
 def prepare(opts: LaunchOptions) -> tuple[StateDir, Checkpoint, str]:
     """Everything that can fail on bad input, before anything starts."""
     from attractor import tmux as tmux_mod
@@ -99,6 +112,7 @@ def prepare(opts: LaunchOptions) -> tuple[StateDir, Checkpoint, str]:
     branch = opts.target_branch or pipeline.target or "main"
     check_target(target_dir, branch)
     agent = check_agents(pipeline, opts.agent, opts.agent_cmd)
+    check_commands(pipeline)
     if opts.max_agents is not None and opts.max_agents < 1:
         raise BadInputError("--max-agents", f"must be at least 1, got {opts.max_agents}")
     state.ensure()
@@ -255,13 +269,13 @@ class EventTail:
 
 def follow(state: StateDir, run_id: str, gcfg: object, out: TextIO, timeout: float | None = None) -> int:
     from attractor.guardian import spawn_guardian
-    from attractor.supervision import Health, PolicyConfig, Supervisor
+    from attractor.supervision import Health, Supervisor
     from attractor.tmux import Tmux
-    from attractor.watch import SUPERVISED, Watch
+    from attractor.watch import SUPERVISED, Watch, policy_from_env
 
     # the guardian is never quarantined: it is what resolves everything else; the launcher gives
     # up after MAX_GUARDIAN_RESTARTS instead
-    watch = Watch(state, Supervisor(state, PolicyConfig(quarantine_deaths=1_000_000)))
+    watch = Watch(state, Supervisor(state, policy_from_env(quarantine_deaths=1_000_000)))
     tmux = Tmux(gcfg.tmux_socket)  # type: ignore[attr-defined]
     start = time.monotonic()
     tail = EventTail(cp_store.run_dir(state, run_id) / "events.jsonl")

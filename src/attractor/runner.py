@@ -91,9 +91,10 @@ def spawn_runner(cfg: RunnerConfig, *, log_level: str = "INFO") -> identities.Id
     Returns the runner's identity record (pid, tmux session, pane)."""
     from attractor.tmux import Tmux
 
+    name = session_name(cfg.run_id, "runner", cfg.node)
     identities.create_identity(cfg.state, "runner", cfg.node, session_id=cfg.run_id,
                                worktree=str(worktree_path(cfg.target_dir, cfg.node)),
-                               tmux_socket=cfg.tmux_socket)
+                               tmux_socket=cfg.tmux_socket, tmux_session=name)
     hooks.create_hook(cfg.state, "runner", cfg.node, node=cfg.node)
     argv = [sys.executable, "-m", "attractor", "--log-level", log_level, "runner",
             "--run", cfg.run_id, "--node", cfg.node, "--target-dir", str(cfg.target_dir),
@@ -102,7 +103,6 @@ def spawn_runner(cfg: RunnerConfig, *, log_level: str = "INFO") -> identities.Id
     if cfg.agent_cmd:
         argv += ["--agent-cmd", cfg.agent_cmd]
     tmux = Tmux(cfg.tmux_socket)
-    name = session_name(cfg.run_id, "runner", cfg.node)
     if tmux.has_session(name):
         tmux.kill_session(name)
     env = {"ATTRACTOR_STATE_DIR": str(cfg.state.root), "ATTRACTOR_TMUX_SOCKET": cfg.tmux_socket,
@@ -206,9 +206,12 @@ class Runner:
                              attempt=attempt, script_file=script_file)
         argv = agent_argv(self.agent, ctx)
         self.stop_orchestrator("replaced by a new attempt")
-        identities.create_identity(self.state, "orchestrator", self.cfg.node, session_id=self.cfg.run_id,
-                                   worktree=str(self.worktree), tmux_socket=self.cfg.tmux_socket)
         name = session_name(self.cfg.run_id, "orch", self.cfg.node)
+        if self.tmux.has_session(name):
+            self.tmux.kill_session(name)  # the dead pane of an earlier incarnation, kept for diagnosis
+        identities.create_identity(self.state, "orchestrator", self.cfg.node, session_id=self.cfg.run_id,
+                                   worktree=str(self.worktree), tmux_socket=self.cfg.tmux_socket,
+                                   tmux_session=name)
         env = agent_env(self.state, run_id=self.cfg.run_id, node=self.cfg.node, agent_id=self.cfg.orchestrator_id,
                         runner_id=self.cfg.agent_id, tmux_socket=self.cfg.tmux_socket)
         pane = self.tmux.new_session(name, argv, cwd=self.worktree, env=env, keep_dead_panes=True)

@@ -68,8 +68,8 @@ def stop_run(state: StateDir, run_id: str | None, *, tmux_socket: str | None = N
     sockets = {tmux_socket} if tmux_socket else set()
     for ident in identities.list_identities(state):
         in_run = ident.session_id == run_id or (ident.role in ("runner", "orchestrator") and ident.name in node_names)
-        if not in_run:
-            continue
+        if not in_run or ident.role == "launcher":
+            continue  # a following launcher sees the run stopped and ends by itself
         if ident.tmux_socket:
             sockets.add(ident.tmux_socket)
         if ident.pid and pid_alive(ident.pid) and ident.pid != os.getpid():

@@ -11,6 +11,7 @@ an agent whose pane has been quiet for `hung_after` (10 min) is hung and is ende
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import signal as signal_module
@@ -18,7 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from attractor import clock, identities
-from attractor.errors import AttractorError
+from attractor.errors import AttractorError, BadInputError
 from attractor.statedir import StateDir
 from attractor.supervision import (
     Action,
@@ -26,6 +27,7 @@ from attractor.supervision import (
     Decision,
     Health,
     HealthReport,
+    PolicyConfig,
     Supervisor,
     classify,
 )
@@ -34,6 +36,27 @@ from attractor.tmux import PaneInfo
 logger = logging.getLogger(__name__)
 
 SUPERVISED = (identities.S.SPAWNING, identities.S.ACTIVE, identities.S.STALE)
+POLICY_ENV = "ATTRACTOR_POLICY"
+
+
+def policy_from_env(**overrides: float) -> PolicyConfig:
+    """The supervision policy, with numbers overridden by `$ATTRACTOR_POLICY`
+    (`name=value,name=value`, e.g. `escalation_cooldown=30,quarantine_deaths=8`) and then by
+    `overrides`. A bad entry is a clear error naming it."""
+    values: dict[str, float] = {}
+    known = {f.name: f.type for f in dataclasses.fields(PolicyConfig)}
+    for item in filter(None, (part.strip() for part in os.environ.get(POLICY_ENV, "").split(","))):
+        key, sep, raw = item.partition("=")
+        kind = known.get(key.strip())
+        if not sep or kind not in ("float", "int"):
+            numeric = ", ".join(k for k, t in known.items() if t in ("float", "int"))
+            raise BadInputError(f"${POLICY_ENV} entry {item!r}", f"expected NAME=NUMBER with NAME one of: {numeric}")
+        try:
+            values[key.strip()] = int(raw) if kind == "int" else float(raw)
+        except ValueError:
+            raise BadInputError(f"${POLICY_ENV} entry {item!r}", f"{raw!r} is not a number") from None
+    values.update(overrides)
+    return PolicyConfig(**values)  # type: ignore[arg-type]
 
 
 def observe(ident: identities.Identity, panes: Mapping[str, PaneInfo] | None,
@@ -76,12 +99,18 @@ class Watch:
 
     def __init__(self, state: StateDir, supervisor: Supervisor | None = None) -> None:
         self.state = state
-        self.supervisor = supervisor or Supervisor(state)
+        self.supervisor = supervisor or Supervisor(state, policy_from_env())
 
     def check(self, ident: identities.Identity, panes: Mapping[str, PaneInfo] | None,
               pane_text: str | None = None, exit_code: int | None = None) -> Verdict:
-        report = classify(observe(ident, panes, pane_text), clock.SYSTEM_CLOCK.time(), self.supervisor.config)
+        now = clock.SYSTEM_CLOCK.time()
         agent = ident.agent_id
+        age = now - clock.parse_iso(ident.created_at)
+        if ident.pid is None and age > self.supervisor.config.startup_grace:
+            # registered, but its spawner died before a process was recorded: it never started
+            report = HealthReport(Health.DEAD, f"no process recorded {age:.1f}s after it was registered")
+            return Verdict(report, self.record_death(ident, report.reason))
+        report = classify(observe(ident, panes, pane_text), now, self.supervisor.config)
         if report.health is Health.ALIVE:
             self.supervisor.record_healthy(agent)
         elif report.health in (Health.STALE, Health.HUNG):

@@ -35,7 +35,11 @@ def run_guardian(args: argparse.Namespace) -> int:
     state = StateDir(state_dir_from(args))
     _file_logging(state.root, f"guardian-{args.run}")
     cfg = GuardianConfig(state=state, run_id=args.run, tmux_socket=_socket(args, Path.cwd()), log_level=args.log_level)
-    return Guardian(cfg).run()
+    try:
+        return Guardian(cfg).run()
+    except Exception:
+        logging.getLogger("attractor.guardian").exception("guardian %s ended with an error", args.run)
+        raise
 
 
 def _runner_config(args: argparse.Namespace) -> Any:
@@ -53,7 +57,11 @@ def run_runner(args: argparse.Namespace) -> int:
 
     cfg = _runner_config(args)
     _file_logging(cfg.state.root, f"runner-{args.node}")
-    return Runner(cfg).run()
+    try:
+        return Runner(cfg).run()
+    except Exception:
+        logging.getLogger("attractor.runner").exception("runner %s ended with an error", args.node)
+        raise
 
 
 def run_spawn_runner(args: argparse.Namespace) -> int:
