@@ -426,11 +426,26 @@ class Guardian:
             if not alive:
                 break
             time.sleep(0.05)
+        self.cleanup_sessions()
+
+    def cleanup_sessions(self) -> None:
+        """Kill what is left of this run's runner and orchestrator sessions (a runner that died
+        after its node was decided leaves its agent's kept dead pane behind)."""
         prefix = f"att-{self.cfg.run_id}-".replace(".", "_")
+        own = session_name(self.cfg.run_id, "guardian", "main")
         for sess in self.tmux.list_sessions():
-            if sess.startswith(prefix) and not sess.endswith("-guardian-main"):
+            if sess.startswith(prefix) and sess != own:
                 try:
                     self.tmux.kill_session(sess)
+                except AttractorError as exc:
+                    logger.info("%s", exc)
+        for ident in identities.list_identities(self.state):
+            if ident.role in ("runner", "orchestrator") and ident.name in self.cp.nodes \
+                    and ident.status in (IdentityStatus.SPAWNING, IdentityStatus.ACTIVE, IdentityStatus.STALE,
+                                         IdentityStatus.CRASHED, IdentityStatus.RESPAWNING) \
+                    and not pid_alive(ident.pid):
+                try:
+                    identities.mark_terminated(self.state, ident.role, ident.name, reason="run ended")
                 except AttractorError as exc:
                     logger.info("%s", exc)
 
@@ -488,6 +503,7 @@ class Guardian:
                     last_beat = now
                 self.schedule()
                 self.supervise()
+                self.schedule()  # what supervision just finished may make the exit ready
                 if self.finished():
                     break
                 self.stop_event.wait(TICK)
@@ -499,6 +515,7 @@ class Guardian:
         if stopped:
             self.shutdown_runners()
         code = self.finalize(stopped)
+        self.cleanup_sessions()
         identities.mark_terminated(self.state, "guardian", self.cfg.run_id, reason=f"run {self.cp.status}")
         return code
 

@@ -291,7 +291,7 @@ class Runner:
             from attractor import gitops
 
             commit = gitops.rev_parse(self.worktree, "HEAD") or ""
-            if not gitops.commits_between(self.cfg.target_dir, self.cfg.target_branch, commit):
+            if not commit or not gitops.commits_between(self.cfg.target_dir, self.cfg.target_branch, commit):
                 self.retry_or_fail("a report without a commit",
                                    f"The branch {self.branch} has no commit beyond {self.cfg.target_branch}. "
                                    "Commit your work (git add -A && git commit) before reporting.")
