@@ -3,6 +3,7 @@ socket. Each test SIGKILLs one layer mid-run and checks the run still ends right
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -85,6 +86,10 @@ def test_killed_runner_is_respawned_and_readopts_its_orchestrator(chain: tuple[P
     new_runner = retry_until(lambda: live_pid(state, "runner-work") != runner and live_pid(state, "runner-work"),
                              10, what="new runner")
     assert new_runner != runner
+    status = run_cli(["status", "--json", "--state-dir", str(state)])
+    agents = {a["agent_id"]: a for a in json.loads(status.stdout)["agents"]}
+    assert agents["runner-work"]["restarts"] == 1
+    assert agents["orchestrator-work"]["health"] in ("starting", "alive")
     # the orchestrator was re-adopted, not replaced
     assert identity(state, "orchestrator-work")["pid"] == orchestrator  # type: ignore[index]
     code, out = finish(proc)
@@ -142,6 +147,10 @@ def test_do_not_retry_exit_quarantines_and_the_run_goes_on(chain: tuple[Path, Pa
     assert cp["nodes"]["broken"]["state"] == "blocked"
     assert "quarantined" in cp["nodes"]["broken"]["reason"] and "exit code 78" in cp["nodes"]["broken"]["reason"]
     assert identity(state, "orchestrator-broken")["status"] == "quarantined"  # type: ignore[index]
+    status = run_cli(["status", "--json", "--state-dir", str(state)])
+    agents = {a["agent_id"]: a for a in json.loads(status.stdout)["agents"]}
+    assert agents["orchestrator-broken"]["health"] == "quarantined"
+    assert "exit code 78" in agents["orchestrator-broken"]["quarantine_reason"]
     listing = run_cli(["agent", "list", "--state-dir", str(state)])
     assert "quarantined" in listing.stdout
     cleared = run_cli(["agent", "clear", "orchestrator", "broken", "--state-dir", str(state)])

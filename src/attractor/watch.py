@@ -84,6 +84,11 @@ def end_process(pid: int | None, why: str) -> None:
         os.kill(pid, signal_module.SIGKILL)
 
 
+def health_of(ident: identities.Identity, panes: Mapping[str, PaneInfo] | None) -> HealthReport:
+    """How an agent is doing now, by the same rules the loops use, without recording anything."""
+    return classify(observe(ident, panes), clock.SYSTEM_CLOCK.time(), policy_from_env())
+
+
 @dataclass
 class Verdict:
     report: HealthReport

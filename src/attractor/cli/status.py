@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 from attractor.cli import add_json_option, add_state_dir_option, add_target_dir_option, state_dir_from, subparser
@@ -34,12 +35,30 @@ def collect(args: argparse.Namespace) -> dict[str, Any]:
     now = time.time()
     problems: list[Any] = []
     hook_by_node = {h.name: h for h in hooks.list_hooks(state, problems)}
+    from attractor.supervision import Supervisor
+    from attractor.watch import SUPERVISED, health_of
+
+    supervisor = Supervisor(state)
+    records = identities.list_identities(state, problems)
+    recorded = next((i.tmux_socket for i in records if i.role == "guardian" and i.name == run_id and i.tmux_socket),
+                    None)
+    panes = _panes(getattr(args, "tmux_socket", None) or recorded, cp)
     agents = []
-    for ident in identities.list_identities(state, problems):
+    for ident in records:
         alive = pid_alive(ident.pid)
         socket = ident.tmux_socket
+        sup = supervisor.state_of(ident.agent_id)
+        if sup.quarantined or ident.status.value == "quarantined":
+            health = "quarantined"
+        elif ident.status in SUPERVISED:
+            health = health_of(ident, panes).health.value
+        else:
+            health = ident.status.value
         agents.append({
             "agent_id": ident.agent_id, "role": ident.role, "name": ident.name, "status": ident.status.value,
+            "health": health, "restarts": sup.restarts,
+            "next_restart": clock.iso(sup.next_restart_at) if sup.awaiting_respawn and sup.next_restart_at else None,
+            "quarantine_reason": sup.quarantine_reason or None,
             "alive": alive, "pid": ident.pid, "epoch": ident.epoch, "crash_count": ident.crash_count,
             "heartbeat_age": round(now - clock.parse_iso(ident.last_heartbeat), 3) if ident.last_heartbeat else None,
             "tmux_session": ident.tmux_session, "pane_id": ident.pane_id,
@@ -62,6 +81,17 @@ def collect(args: argparse.Namespace) -> dict[str, Any]:
             "state_dir": str(state.root)}
 
 
+def _panes(socket: str | None, cp: Any) -> dict[str, Any] | None:
+    """One batched pane query on the run's tmux socket; None when tmux cannot be asked."""
+    from attractor.errors import AttractorError
+    from attractor.tmux import Tmux, socket_name_for
+
+    try:
+        return {p.pane_id: p for p in Tmux(socket_name_for(Path(cp.target_dir), socket)).list_panes()}
+    except AttractorError:
+        return None
+
+
 def run_status(args: argparse.Namespace) -> int:
     data = collect(args)
     if args.json:
@@ -76,11 +106,13 @@ def run_status(args: argparse.Namespace) -> int:
     for n in data["nodes"]:
         print(f"{n['name']:<20} {n['kind']:<12} {n['state']:<11} {(n['phase'] or '-'):<14} {n['attempts']:>8}  "
               f"{(n['merged_sha'] or '')[:10]}")
-    print(f"\n{'AGENT':<28} {'STATUS':<12} {'ALIVE':<6} {'PID':>7} {'HEARTBEAT':>10} {'CRASHES':>7}  ATTACH")
+    width = max([len("AGENT"), *(len(a["agent_id"]) for a in data["agents"])])
+    print(f"\n{'AGENT':<{width}} {'HEALTH':<12} {'PID':>7} {'HEARTBEAT':>10} {'RESTARTS':>8}  NEXT/ATTACH")
     for a in data["agents"]:
         age = f"{a['heartbeat_age']:.1f}s" if a["heartbeat_age"] is not None else "-"
-        print(f"{a['agent_id']:<28} {a['status']:<12} {'yes' if a['alive'] else 'no':<6} {a['pid'] or '-':>7} "
-              f"{age:>10} {a['crash_count']:>7}  {a['attach'] or ''}")
+        extra = a["attach"] or (f"restart at {a['next_restart']}" if a["next_restart"] else "") \
+            or (a["quarantine_reason"] or "")
+        print(f"{a['agent_id']:<{width}} {a['health']:<12} {a['pid'] or '-':>7} {age:>10} {a['restarts']:>8}  {extra}")
     if data["merge_queue"]:
         print(f"\n{'ENTRY':<14} {'STATE':<11} BRANCH")
         for e in data["merge_queue"]:
@@ -109,6 +141,7 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--run", help="run id (default: the latest run)")
     add_target_dir_option(p)
     add_state_dir_option(p)
+    add_tmux_socket_option(p)
     add_json_option(p)
     p.set_defaults(func=run_status)
 
