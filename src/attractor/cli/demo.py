@@ -71,7 +71,9 @@ def run_demo(args: argparse.Namespace) -> int:
                            cwd=target, capture_output=True, text=True)
     last = (tests.stderr.strip().splitlines() or ["(no output)"])[-1]
     print(f"tests on main: {last}")
-    print(f"look around: cd {target} && attractor status")
+    attractor = Path(sys.executable).parent / "attractor"
+    command = str(attractor) if attractor.exists() else f"{sys.executable} -m attractor"
+    print(f"look around: {command} status --target-dir {target}")
     return code if tests.returncode == 0 else 1
 
 
