@@ -226,3 +226,45 @@ def test_demo_runs_end_to_end(tmp_path: Path, tmux_socket: str) -> None:
         assert "check_cli: FAILED" in result.stdout  # the first attempt of add_cli is sent back
     finally:
         kill_everything(demo / ".claude" / "state")
+
+
+def test_a_stuck_agent_uses_up_its_retries_and_the_node_fails(chain: tuple[Path, Path]) -> None:
+    target, state = chain
+    pipe = pipeline_file(target.parent, codergen("stuck", "stuck the spec is missing", max_retries=1) + tool("check"),
+                         "  start -> stuck -> check -> exit\n")
+    code, out, err = wait_exit(launch(pipe, target, state), 60)
+    assert code == 1, out + err
+    hook = read_json(state / "hooks" / "runner-stuck.json")
+    assert hook["attempts"] == 2 and hook["phase"] == "failed"
+    assert "the spec is missing" in checkpoint(state)["nodes"]["stuck"]["reason"]
+
+
+def test_a_report_without_a_commit_is_sent_back(chain: tuple[Path, Path]) -> None:
+    target, state = chain
+    script = "@1 report nothing to see\n" + module_steps("late", 9) + "commit late\nreport"
+    pipe = pipeline_file(target.parent, codergen("late", script) + tool("check"), "  start -> late -> check -> exit\n")
+    code, out, err = wait_exit(launch(pipe, target, state))
+    assert code == 0, out + err
+    assert read_json(state / "hooks" / "runner-late.json")["attempts"] == 2
+    assert git_show(target, "main", "app/late.py") == "VALUE = 9\n"
+
+
+def test_a_gate_that_leaves_a_background_process_does_not_block(chain: tuple[Path, Path]) -> None:
+    target, state = chain
+    body = codergen("bg", module_steps("bg", 1) + "commit bg\nreport") + tool("check", "sleep 60 & true")
+    started = time.monotonic()
+    code, out, err = wait_exit(launch(pipeline_file(target.parent, body, "  start -> bg -> check -> exit\n"),
+                                      target, state))
+    assert code == 0, out + err
+    assert time.monotonic() - started < 30
+
+
+def test_a_second_run_reuses_node_names(chain: tuple[Path, Path]) -> None:
+    target, state = chain
+    for value in (1, 2):
+        body = codergen("same", module_steps("same", value) + "commit same\nreport") + tool("check")
+        pipe = pipeline_file(target.parent, body, "  start -> same -> check -> exit\n", name=f"p{value}")
+        code, out, err = wait_exit(launch(pipe, target, state))
+        assert code == 0, out + err
+        assert git_show(target, "main", "app/same.py") == f"VALUE = {value}\n"
+    assert list((state / "hooks").glob("runner-same.json.retired-*"))

@@ -137,7 +137,8 @@ def test_second_guardian_is_refused_and_attach_follows(chain: tuple[Path, Path])
 
 def test_do_not_retry_exit_quarantines_and_the_run_goes_on(chain: tuple[Path, Path]) -> None:
     target, state = chain
-    body = (codergen("broken", "fail 78") + tool("check_broken")
+    body = (codergen("broken", "@1 fail 78\n" + module_steps("broken", 7) + "commit broken\nreport")
+            + tool("check_broken")
             + codergen("fine", module_steps("fine", 6) + "commit fine\nreport") + tool("check_fine"))
     edges = "  start -> broken -> check_broken -> exit\n  start -> fine -> check_fine -> exit\n"
     code, out = finish(launch(pipeline_file(target.parent, body, edges), target, state))
@@ -156,6 +157,12 @@ def test_do_not_retry_exit_quarantines_and_the_run_goes_on(chain: tuple[Path, Pa
     cleared = run_cli(["agent", "clear", "orchestrator", "broken", "--state-dir", str(state)])
     assert cleared.returncode == 0, cleared.stderr
     assert identity(state, "orchestrator-broken")["status"] != "quarantined"  # type: ignore[index]
+    # once cleared, resuming the run gives the blocked node another attempt
+    resumed = subprocess.run([sys.executable, str(REPO_ROOT / "scripts" / "launch_guardian.py"), "--resume",
+                              str(run_id(state)), "--target-dir", str(target), "--state-dir", str(state)],
+                             capture_output=True, text=True, timeout=90)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert git_show(target, "main", "app/broken.py") == "VALUE = 7\n"
 
 
 def test_stop_ends_a_run_and_keeps_the_work(chain: tuple[Path, Path], tmux_socket: str) -> None:
@@ -176,3 +183,22 @@ def test_stop_ends_a_run_and_keeps_the_work(chain: tuple[Path, Path], tmux_socke
     branch = subprocess.run(["git", "-C", str(target), "branch", "--list", f"attractor/{rid}/work"],
                             capture_output=True, text=True)
     assert branch.stdout.strip()  # the branch is kept
+
+
+def test_stop_then_resume_finishes_the_run(chain: tuple[Path, Path]) -> None:
+    target, state = chain
+    body = slow_node("first", 1, 6) + slow_node("second", 2, 0)
+    pipe = pipeline_file(target.parent, body, "  start -> first -> check_first -> second -> check_second -> exit\n")
+    proc = launch(pipe, target, state)
+    rid = retry_until(lambda: run_id(state), 10, what="run")
+    live_pid(state, "orchestrator-first")
+    stopped = run_cli(["stop", rid, "--state-dir", str(state)], timeout=60)
+    assert stopped.returncode == 0, stopped.stderr
+    finish(proc)
+    assert checkpoint(state)["status"] == "stopped"
+    resumed = subprocess.run([sys.executable, str(REPO_ROOT / "scripts" / "launch_guardian.py"), "--resume", rid,
+                              "--target-dir", str(target), "--state-dir", str(state)],
+                             capture_output=True, text=True, timeout=90)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert git_show(target, "main", "app/first.py") == "VALUE = 1\n"
+    assert git_show(target, "main", "app/second.py") == "VALUE = 2\n"

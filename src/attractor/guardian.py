@@ -18,7 +18,6 @@ import logging
 import os
 import queue
 import signal as signal_module
-import subprocess
 import sys
 import threading
 import time
@@ -31,6 +30,7 @@ from attractor import checkpoint as cp_store
 from attractor import hooks, identities, signals
 from attractor.checkpoint import Checkpoint
 from attractor.errors import AttractorError, IdentityTakenError, NotFoundError
+from attractor.gates import Gate, run_gate
 from attractor.identities import pid_alive
 from attractor.runner import RunnerConfig, session_name, spawn_runner, worktree_path
 from attractor.statedir import StateDir
@@ -86,20 +86,6 @@ def spawn_guardian(cfg: GuardianConfig, target_dir: Path) -> identities.Identity
     return ident
 
 
-def run_gate(command: str, cwd: Path, timeout: float) -> tuple[bool, str]:
-    """Run one validation command in its own process group; kill the group on timeout."""
-    proc = subprocess.Popen(command, shell=True, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, start_new_session=True)
-    try:
-        out, _ = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal_module.SIGKILL)
-        out, _ = proc.communicate()
-        return False, f"{out or ''}\n[timed out after {timeout:g}s: {command}]"
-    return proc.returncode == 0, (out or "") + (f"\n[exit {proc.returncode}: {command}]" if proc.returncode else "")
-
-
 class Guardian:
     def __init__(self, cfg: GuardianConfig) -> None:
         from attractor.pipeline import load_pipeline
@@ -118,6 +104,7 @@ class Guardian:
         self.merge_work: queue.Queue[tuple[str, dict[str, Any]] | None] = queue.Queue()
         self.pool = ThreadPoolExecutor(max_workers=max(1, self.cp.max_agents), thread_name_prefix="validate")
         self.runner_restarts: dict[str, int] = {}
+        self.gate_pids: set[int] = set()
         from attractor.pipeline import topological_order
         from attractor.watch import Watch
 
@@ -169,7 +156,8 @@ class Guardian:
             wt = worktree_path(self.target_dir, node)
             outputs = []
             for tool, command, timeout in self.validator_commands(node):
-                ok, out = run_gate(command, wt, timeout)
+                result = run_gate(Gate(command, timeout), wt, on_start=lambda pid: self.gate_pids.add(pid))
+                ok, out = result.ok, result.output_tail
                 outputs.append(f"$ {command}\n{out}")
                 cp_store.append_event(self.state, self.cfg.run_id, "validation", node=node, tool=tool, ok=ok)
                 if not ok:
@@ -181,8 +169,14 @@ class Guardian:
                     return
             self.send_runner(node, SignalKind.VALIDATION_PASSED,
                              {"node": node, "commit": commit, "output": "\n".join(outputs)[-OUTPUT_TAIL:]})
-        except Exception:
+        except Exception as exc:
             logger.exception("validation of %s", node)
+            # the runner waits in impl_complete: tell it, so it retries or gives up
+            with contextlib.suppress(AttractorError):
+                self.update_node(node, "validation_failed", state=NodeState.RUNNING, reason=str(exc))
+            with contextlib.suppress(AttractorError):
+                self.send_runner(node, SignalKind.VALIDATION_FAILED, {
+                    "node": node, "commit": commit, "output": f"validation could not run: {exc}"})
         finally:
             with self.lock:
                 self.validations.discard(node)
@@ -227,6 +221,8 @@ class Guardian:
         with self.lock:
             if self.cp.nodes[node].finished:
                 return
+            if state is NodeState.MERGED:
+                self._settle_merged_hook(node, merged_sha)
             outcome = "success" if state is NodeState.MERGED else "fail"
             event = "failed" if state is NodeState.FAILED else state.value
             self.update_node(node, event, state=state, outcome=outcome, reason=reason, merged_sha=merged_sha,
@@ -236,6 +232,22 @@ class Guardian:
                     tool_state = NodeState.DONE if outcome == "success" else NodeState.FAILED
                     self.update_node(tool, "validator", state=tool_state,
                                      outcome=outcome, finished_at=_now())
+
+    def _settle_merged_hook(self, node: str, sha: str | None) -> None:
+        """The queue merged the node: make its hook say so even if its runner died before it
+        heard MERGE_COMPLETE, and remove the worktree such a runner would have removed."""
+        try:
+            hook = hooks.read_hook(self.state, "runner", node)
+            if hook.phase is HookPhase.MERGE_READY and sha:
+                hooks.mark_merged(self.state, "runner", node, sha)
+            if not _runner_alive(self.state, node):
+                from attractor import gitops
+
+                path = worktree_path(self.target_dir, node)
+                if path.exists() and gitops.is_clean(path):
+                    gitops.remove_worktree(self.target_dir, path)
+        except AttractorError as exc:
+            logger.info("settling hook of %s: %s", node, exc)
 
     # -- signals -----------------------------------------------------------------------------
     def handle(self, sig: signals.Signal) -> str:
@@ -343,6 +355,15 @@ class Guardian:
             except NotFoundError:
                 ident = None
             agent = f"runner-{name}"
+            if hook is not None and hook.phase is HookPhase.FAILED and (ident is None or not pid_alive(ident.pid)):
+                note = str(hook.history[-1].get("note", "")) if hook.history else ""
+                self.finish_codergen(name, NodeState.BLOCKED if note.startswith("quarantined") else NodeState.FAILED,
+                                     reason=note or "the runner gave up")
+                continue
+            if self.watch.quarantined(agent):
+                self.finish_codergen(name, NodeState.BLOCKED, reason=f"runner quarantined: "
+                                     f"{self.watch.supervisor.state_of(agent).quarantine_reason}")
+                continue
             if ident is not None and ident.status in SUPERVISED:
                 verdict = self.watch.check(ident, panes)
                 if verdict.report.health is not Health.DEAD:
@@ -400,10 +421,11 @@ class Guardian:
 
     def finalize(self, stopped: bool) -> int:
         with self.lock:
-            for name, p in self.cp.nodes.items():
-                if p.state is NodeState.PENDING:
-                    self.update_node(name, "blocked", state=NodeState.BLOCKED,
-                                     reason="run stopped" if stopped else "not reached", finished_at=_now())
+            if not stopped:  # a stopped run keeps its pending nodes for --resume
+                for name, p in self.cp.nodes.items():
+                    if p.state is NodeState.PENDING:
+                        self.update_node(name, "blocked", state=NodeState.BLOCKED, reason="not reached",
+                                         finished_at=_now())
             exit_nodes = [n for n, node in self.pipeline.nodes.items() if node.kind == "exit"]
             ok = all(self.cp.nodes[n].state is NodeState.DONE for n in exit_nodes)
             failed = [n for n, p in self.cp.nodes.items() if p.state in (NodeState.FAILED, NodeState.BLOCKED)]
@@ -431,14 +453,11 @@ class Guardian:
     def cleanup_sessions(self) -> None:
         """Kill what is left of this run's runner and orchestrator sessions (a runner that died
         after its node was decided leaves its agent's kept dead pane behind)."""
-        prefix = f"att-{self.cfg.run_id}-".replace(".", "_")
-        own = session_name(self.cfg.run_id, "guardian", "main")
-        for sess in self.tmux.list_sessions():
-            if sess.startswith(prefix) and sess != own:
-                try:
-                    self.tmux.kill_session(sess)
-                except AttractorError as exc:
-                    logger.info("%s", exc)
+        for role in ("runner", "orch"):
+            try:
+                self.tmux.kill_owned_sessions(f"att-{self.cfg.run_id}-{role}-".replace(".", "_"))
+            except AttractorError as exc:
+                logger.info("%s", exc)
         for ident in identities.list_identities(self.state):
             if ident.role in ("runner", "orchestrator") and ident.name in self.cp.nodes \
                     and ident.status in (IdentityStatus.SPAWNING, IdentityStatus.ACTIVE, IdentityStatus.STALE,
@@ -469,13 +488,10 @@ class Guardian:
             lock.release()
 
     def _run(self) -> int:
-        try:
-            identities.create_identity(self.state, "guardian", self.cfg.run_id, pid=os.getpid(),
-                                       session_id=self.cfg.run_id, worktree=str(self.target_dir),
-                                       tmux_socket=self.cfg.tmux_socket, pane_id=os.environ.get("TMUX_PANE"),
-                                       tmux_session=session_name(self.cfg.run_id, "guardian", "main"))
-        except IdentityTakenError:
-            raise
+        identities.create_identity(self.state, "guardian", self.cfg.run_id, pid=os.getpid(),
+                                   session_id=self.cfg.run_id, worktree=str(self.target_dir),
+                                   tmux_socket=self.cfg.tmux_socket, pane_id=os.environ.get("TMUX_PANE"),
+                                   tmux_session=session_name(self.cfg.run_id, "guardian", "main"))
         identities.update_liveness(self.state, "guardian", self.cfg.run_id, pid=os.getpid())
         with self.lock:
             self.cp = self.cp.with_status("running")
@@ -483,6 +499,15 @@ class Guardian:
             cp_store.write_checkpoint(self.state, self.cp)
         cp_store.append_event(self.state, self.cfg.run_id, "guardian_started", pid=os.getpid(),
                               start=self.cp.guardian_starts)
+        beating = threading.Event()
+
+        def beat() -> None:
+            while not beating.wait(HEARTBEAT_INTERVAL):
+                with contextlib.suppress(AttractorError):
+                    identities.update_liveness(self.state, "guardian", self.cfg.run_id, pid=os.getpid())
+
+        heart = threading.Thread(target=beat, name="heartbeat", daemon=True)
+        heart.start()
         consumer = signals.Consumer(self.state, self.cfg.agent_id, self.handle,
                                     current_epoch=lambda: identities.current_epoch(self.state, self.cfg.agent_id),
                                     rescan_interval=1.0)
@@ -492,15 +517,10 @@ class Guardian:
         stopped = False
         try:
             self.rebuild()
-            last_beat = 0.0
             while True:
                 if self.stop_event.is_set():
                     stopped = True
                     break
-                now = time.monotonic()
-                if now - last_beat >= HEARTBEAT_INTERVAL:
-                    identities.update_liveness(self.state, "guardian", self.cfg.run_id, pid=os.getpid())
-                    last_beat = now
                 self.schedule()
                 self.supervise()
                 self.schedule()  # what supervision just finished may make the exit ready
@@ -510,14 +530,23 @@ class Guardian:
         finally:
             consumer.stop()
             self.merge_work.put(None)
+        if stopped:
+            self.kill_gates()
         merger.join(timeout=30)
         self.pool.shutdown(wait=True)
         if stopped:
             self.shutdown_runners()
         code = self.finalize(stopped)
         self.cleanup_sessions()
+        beating.set()
         identities.mark_terminated(self.state, "guardian", self.cfg.run_id, reason=f"run {self.cp.status}")
         return code
+
+    def kill_gates(self) -> None:
+        """End validation commands still running (each is its own process group)."""
+        for pid in list(self.gate_pids):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(pid, signal_module.SIGKILL)
 
 
 def _runner_alive(state: StateDir, node: str) -> bool:

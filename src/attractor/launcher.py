@@ -94,8 +94,10 @@ def prepare(opts: LaunchOptions) -> tuple[StateDir, Checkpoint, str]:
     """Everything that can fail on bad input, before anything starts."""
     from attractor import tmux as tmux_mod
     from attractor.pipeline import load_pipeline
+    from attractor.watch import policy_from_env
 
     shutil.which("tmux") or _missing_tmux()
+    policy_from_env()  # a bad $ATTRACTOR_POLICY is bad input, before anything starts
     target_dir = opts.target_dir.expanduser().resolve()
     state = StateDir.resolve(opts.state_dir, target_dir)
     socket = tmux_mod.socket_name_for(target_dir, opts.tmux_socket)
@@ -105,7 +107,7 @@ def prepare(opts: LaunchOptions) -> tuple[StateDir, Checkpoint, str]:
             return state, cp, socket
         pipeline = load_pipeline(Path(cp.pipeline_path))
         check_agents(pipeline, cp.agent, cp.agent_cmd)
-        return state, cp.with_status("running"), socket
+        return state, reopen(cp), socket
     if opts.pipeline is None:
         raise UsageError("attractor run: a PIPELINE file is required unless --resume RUN_ID is given")
     pipeline = load_pipeline(opts.pipeline)
@@ -115,17 +117,61 @@ def prepare(opts: LaunchOptions) -> tuple[StateDir, Checkpoint, str]:
     check_commands(pipeline)
     if opts.max_agents is not None and opts.max_agents < 1:
         raise BadInputError("--max-agents", f"must be at least 1, got {opts.max_agents}")
-    state.ensure()
+    check_session_names(pipeline)
     run_id = make_run_id(pipeline.name)
-    run_dir = cp_store.run_dir(state, run_id)
-    state.ensure("runs", run_id)
-    copy = run_dir / "pipeline.dot"
-    copy.write_text(opts.pipeline.read_text())
+    copy = cp_store.run_dir(state, run_id) / "pipeline.dot"
     nodes = {name: NodeProgress(name=name, kind=node.kind) for name, node in pipeline.nodes.items()}
     cp = Checkpoint(run_id=run_id, pipeline_name=pipeline.name, pipeline_path=str(copy), target_dir=str(target_dir),
                     target_branch=branch, agent=agent, agent_cmd=opts.agent_cmd,
                     max_agents=opts.max_agents or pipeline.max_agents or 4, nodes=nodes)
     return state, cp, socket
+
+
+def reopen(cp: Checkpoint) -> Checkpoint:
+    """A resumed run: merged and done nodes stay; failed and blocked ones (a quarantine since
+    cleared, a stop, a red gate since fixed) are pending again."""
+    from attractor.states import NodeState
+
+    for name, node in cp.nodes.items():
+        if node.state in (NodeState.FAILED, NodeState.BLOCKED):
+            cp = cp.with_node(name, state=NodeState.PENDING, outcome=None, reason="", finished_at=None)
+    return cp.with_status("running")
+
+
+def check_session_names(pipeline: object) -> None:
+    """Node names that tmux would turn into the same session name (`a.b` and `a_b`)."""
+    from attractor.runner import session_name
+
+    seen: dict[str, str] = {}
+    for name in pipeline.nodes:  # type: ignore[attr-defined]
+        key = session_name("r", "runner", name)
+        if key in seen:
+            raise BadInputError(f"nodes '{seen[key]}' and '{name}'",
+                                "tmux would give them the same session name ('.' becomes '_'); rename one")
+        seen[key] = name
+
+
+def retire_node_records(state: StateDir, cp: Checkpoint) -> None:
+    """Before a new run: the hooks and supervision records of its node names belong to earlier
+    runs; they are kept beside the data as `*.json.retired-<stamp>`. Clean worktrees they left
+    are removed; a worktree with uncommitted changes stops the launch."""
+    from attractor import gitops
+    from attractor.runner import worktree_path
+
+    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
+    for name, node in cp.nodes.items():
+        if node.kind != "codergen":
+            continue
+        for path in (state.hooks / f"runner-{name}.json", state.root / "supervision" / f"runner-{name}.json",
+                     state.root / "supervision" / f"orchestrator-{name}.json"):
+            if path.exists():
+                os.replace(path, path.with_name(f"{path.name}.retired-{stamp}"))
+        tree = worktree_path(Path(cp.target_dir), name)
+        if tree.exists():
+            if not gitops.is_clean(tree):
+                raise BadInputError(f"worktree {tree}", "has uncommitted changes from an earlier run; commit, "
+                                    "stash or remove it, or resume that run with --resume")
+            gitops.remove_worktree(Path(cp.target_dir), tree)
 
 
 def _missing_tmux() -> bool:
@@ -140,8 +186,8 @@ def launch(opts: LaunchOptions, out: TextIO = sys.stdout) -> int:
 
     state, cp, socket = prepare(opts)
     live = live_guardian(state) if state.root.is_dir() else None
-    if live is not None and (live.name != cp.run_id or not opts.resume):
-        if opts.attach:
+    if live is not None:
+        if opts.attach or (opts.resume and live.name == cp.run_id):
             cp = cp_store.read_checkpoint(state, live.name)
             socket = live.tmux_socket or socket
             print(f"attaching to run {cp.run_id}: guardian pid {live.pid} in tmux session {live.tmux_session}",
@@ -156,6 +202,11 @@ def launch(opts: LaunchOptions, out: TextIO = sys.stdout) -> int:
         print(f"run {cp.run_id} already succeeded; nothing to resume", file=out)
         return 0
     exclude_path(Path(cp.target_dir), ".claude/")
+    if not opts.resume:
+        assert opts.pipeline is not None
+        state.ensure("runs", cp.run_id)
+        Path(cp.pipeline_path).write_text(opts.pipeline.read_text())
+        retire_node_records(state, cp)
     cp_store.write_checkpoint(state, cp)
     cp_store.append_event(state, cp.run_id, "launched", resume=bool(opts.resume), pid=os.getpid())
     identities.create_identity(state, "launcher", cp.run_id, pid=os.getpid(), session_id=cp.run_id,

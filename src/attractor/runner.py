@@ -224,6 +224,11 @@ class Runner:
     def start_attempt(self, note: str) -> None:
         """Enter executing (a new attempt) and start a fresh orchestrator."""
         hook = self.hook()
+        if hook.phase is HookPhase.EXECUTING and hook.attempts >= 1:
+            # the attempt under way ended (stuck, a report without a commit): close it as failed
+            # so that the next one is counted
+            self.set_phase(HookPhase.FAILED, note=f"attempt {hook.attempts} ended: {note[:150]}")
+            hook = self.hook()
         if hook.phase is not HookPhase.EXECUTING:
             if note:
                 hooks.update_resumption_instructions(self.state, "runner", self.cfg.node, note)
@@ -244,8 +249,8 @@ class Runner:
         logger.warning("runner %s: node failed: %s", self.cfg.node, reason)
         if self.hook().phase not in (HookPhase.FAILED, HookPhase.MERGED):
             self.set_phase(HookPhase.FAILED, note=reason[:300])
-        self.stop_orchestrator("node failed")
         self.send_guardian(SignalKind.ORCHESTRATOR_STUCK, {"node": self.cfg.node, "reason": reason[:1000]})
+        self.stop_orchestrator("node failed")
         self.exit_code = 1
         self.finished.set()
 
@@ -285,6 +290,11 @@ class Runner:
         payload = sig.payload.to_json()
         phase = self.hook().phase
         kind = sig.kind
+        if kind in (SignalKind.ORCHESTRATOR_DONE, SignalKind.ORCHESTRATOR_STUCK):
+            current = self.orchestrator()
+            if current is not None and sig.created_at < current.created_at:
+                logger.info("runner %s: %s from an earlier agent incarnation ignored", self.cfg.node, kind.value)
+                return "stale: sent by an earlier incarnation of the agent"
         if kind is SignalKind.ORCHESTRATOR_DONE:
             if phase is not HookPhase.EXECUTING:
                 return f"ignored: phase is {phase.value}"
@@ -336,9 +346,6 @@ class Runner:
             return "merge_failed"
         if kind is SignalKind.SHUTDOWN:
             self.stop_orchestrator("shutdown")
-            if phase not in (HookPhase.MERGED, HookPhase.FAILED) and payload.get("reason", "").startswith("fail:"):
-                self.set_phase(HookPhase.FAILED, note=payload["reason"])
-                self.exit_code = 1
             self.finished.set()
             return "shutdown"
         if kind is SignalKind.RESPAWN:
@@ -379,6 +386,9 @@ class Runner:
                     text = None
             panes = {pane.pane_id: pane} if pane is not None else {}
             with self.lock:
+                again = self.orchestrator()
+                if again is None or again.epoch != ident.epoch or self.hook().phase is not HookPhase.EXECUTING:
+                    return  # replaced or finished meanwhile: this observation is out of date
                 verdict = self.watch.check(ident, panes, text, exit_code=pane.dead_status if pane else None)
             health = verdict.report.health
             if health is Health.BLOCKED and verdict.report.prompt is not None:
@@ -430,8 +440,14 @@ class Runner:
                                        session_id=self.cfg.run_id, worktree=str(self.worktree))
             identities.update_liveness(self.state, "runner", self.cfg.node, pid=os.getpid())
         hooks.create_hook(self.state, "runner", self.cfg.node, node=self.cfg.node)
-        gitops.exclude_path(self.cfg.target_dir, ".claude/")
-        gitops.ensure_worktree(self.cfg.target_dir, self.worktree, self.branch, base=self.cfg.target_branch)
+        try:
+            gitops.exclude_path(self.cfg.target_dir, ".claude/")
+            gitops.ensure_worktree(self.cfg.target_dir, self.worktree, self.branch, base=self.cfg.target_branch)
+        except AttractorError as exc:
+            # respawning would fail the same way: give up with the reason, once
+            self.fail(f"cannot prepare the worktree {self.worktree}: {exc}")
+            identities.mark_terminated(self.state, "runner", self.cfg.node, reason="setup failed")
+            return 1
         self.consumer = signals.Consumer(
             self.state, self.cfg.agent_id, self.handle,
             current_epoch=lambda: identities.current_epoch(self.state, self.cfg.agent_id),

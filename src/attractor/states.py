@@ -137,8 +137,9 @@ MERGE_ENTRY_MOVES: Mapping[MergeEntryState, frozenset[MergeEntryState]] = {
 N = NodeState
 NODE_MOVES: Mapping[NodeState, frozenset[NodeState]] = {
     N.PENDING: frozenset({N.RUNNING, N.DONE, N.FAILED, N.BLOCKED, N.SKIPPED}),
-    N.RUNNING: frozenset({N.VALIDATING, N.MERGING, N.DONE, N.FAILED, N.BLOCKED, N.PENDING}),
-    N.VALIDATING: frozenset({N.RUNNING, N.MERGING, N.FAILED, N.BLOCKED}),
+    # RUNNING/VALIDATING -> MERGED: a restarted guardian finds the hook already merged
+    N.RUNNING: frozenset({N.VALIDATING, N.MERGING, N.MERGED, N.DONE, N.FAILED, N.BLOCKED, N.PENDING}),
+    N.VALIDATING: frozenset({N.RUNNING, N.MERGING, N.MERGED, N.FAILED, N.BLOCKED}),
     N.MERGING: frozenset({N.MERGED, N.RUNNING, N.FAILED, N.BLOCKED}),
     N.MERGED: frozenset(),
     N.DONE: frozenset(),

@@ -64,32 +64,27 @@ def stop_run(state: StateDir, run_id: str | None, *, tmux_socket: str | None = N
             lines.append(f"guardian pid {guardian.pid} did not stop in {timeout:g}s; ended it")
         else:
             lines.append(f"guardian pid {guardian.pid} stopped")
-    node_names = set(cp.nodes)
     sockets = {tmux_socket} if tmux_socket else set()
+    live = (IdentityStatus.SPAWNING, IdentityStatus.ACTIVE, IdentityStatus.STALE)
     for ident in identities.list_identities(state):
-        in_run = ident.session_id == run_id or (ident.role in ("runner", "orchestrator") and ident.name in node_names)
-        if not in_run or ident.role == "launcher":
-            continue  # a following launcher sees the run stopped and ends by itself
+        if ident.session_id != run_id or ident.role == "launcher":
+            continue  # another run's, or the following launcher: it sees the run stopped and ends
         if ident.tmux_socket:
             sockets.add(ident.tmux_socket)
-        if ident.pid and pid_alive(ident.pid) and ident.pid != os.getpid():
+        if ident.status in live and ident.pid and pid_alive(ident.pid) and ident.pid != os.getpid():
             _end_pid(ident.pid, 1.0)
             lines.append(f"ended {ident.agent_id} (pid {ident.pid})")
-        if ident.status is not IdentityStatus.TERMINATED:
+        if ident.status in live or ident.status in (IdentityStatus.CRASHED, IdentityStatus.RESPAWNING):
             try:
                 identities.mark_terminated(state, ident.role, ident.name, reason="attractor stop")
             except AttractorError as exc:
                 logger.info("%s", exc)
     prefix = f"att-{run_id}-".replace(".", "_")
     for socket in sockets:
-        tmux = Tmux(socket)
-        for session in tmux.list_sessions():
-            if session.startswith(prefix):
-                try:
-                    tmux.kill_session(session)
-                    lines.append(f"killed tmux session {session}")
-                except AttractorError as exc:
-                    lines.append(f"left tmux session {session}: {exc}")
+        try:
+            lines += [f"killed tmux session {name}" for name in Tmux(socket).kill_owned_sessions(prefix)]
+        except AttractorError as exc:
+            lines.append(f"left tmux sessions on {socket}: {exc}")
     target = Path(cp.target_dir)
     for name in cp.nodes:
         path = worktree_path(target, name)

@@ -47,8 +47,10 @@ def _runner_config(args: argparse.Namespace) -> Any:
     from attractor.statedir import StateDir
 
     target = Path(args.target_dir or ".").resolve()
-    return RunnerConfig(state=StateDir(state_dir_from(args)), run_id=args.run, node=args.node, target_dir=target,
-                        pipeline_path=Path(args.pipeline).resolve(), agent=args.agent or "scripted",
+    state = StateDir(state_dir_from(args))
+    pipeline = Path(args.pipeline).resolve() if args.pipeline else state.runs / args.run / "pipeline.dot"
+    return RunnerConfig(state=state, run_id=args.run, node=args.node, target_dir=target,
+                        pipeline_path=pipeline, agent=args.agent or "scripted",
                         agent_cmd=args.agent_cmd, tmux_socket=_socket(args, target), target_branch=args.target)
 
 
@@ -100,7 +102,7 @@ def run_spawn_orchestrator(args: argparse.Namespace) -> int:
 def _node_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--run", required=True, help="run id")
     parser.add_argument("--node", required=True, help="pipeline node name")
-    parser.add_argument("--pipeline", required=True, help="the DOT pipeline file")
+    parser.add_argument("--pipeline", help="the DOT pipeline file (default: the run's copy, runs/RUN/pipeline.dot)")
     add_target_dir_option(parser)
     parser.add_argument("--agent", default="scripted")
     parser.add_argument("--agent-cmd")
