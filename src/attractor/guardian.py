@@ -82,8 +82,8 @@ def spawn_guardian(cfg: GuardianConfig, target_dir: Path) -> identities.Identity
         if not pid_alive(pane.pane_pid):
             break
         time.sleep(0.02)
-    ident = identities.get(cfg.state, "guardian", cfg.run_id)
-    return ident
+    log = cfg.state.logs / f"guardian-{cfg.run_id}.log"
+    raise AttractorError(f"the guardian of run {cfg.run_id} did not start; its log is {log}")
 
 
 class Guardian:
