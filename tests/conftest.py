@@ -54,3 +54,15 @@ def state_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 @pytest.fixture
 def tmux_socket() -> str:
     return os.environ["ATTRACTOR_TMUX_SOCKET"]
+
+
+@pytest.fixture
+def chain(tmp_path: Path, state_dir: Path, tmux_socket: str) -> Iterator[tuple[Path, Path]]:
+    """A target repository and a state directory for a run of the chain; afterwards every
+    process the run recorded and its tmux server are gone, even when the test failed."""
+    from tests.chain_helpers import kill_everything, target_repo
+
+    target = target_repo(tmp_path)
+    yield target, state_dir
+    kill_everything(state_dir)
+    subprocess.run(["tmux", "-L", tmux_socket, "kill-server"], capture_output=True, check=False)

@@ -10,10 +10,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
-
-import pytest
 
 from attractor import clock
 from tests.chain_helpers import (
@@ -29,24 +26,9 @@ from tests.chain_helpers import (
     pipeline_file,
     read_json,
     run_id,
-    target_repo,
     tool,
 )
 from tests.helpers import REPO_ROOT, retry_until, run_cli
-
-
-@pytest.fixture
-def chain(tmp_path: Path, state_dir: Path, tmux_socket: str) -> Iterator[tuple[Path, Path]]:
-    """A target repository and a state directory; afterwards every process, tmux session and
-    state file the test made is gone, even when the test failed."""
-    target = target_repo(tmp_path)
-    procs_before = set(os.listdir("/proc"))
-    yield target, state_dir
-    kill_everything(state_dir)
-    subprocess.run(["tmux", "-L", tmux_socket, "kill-server"], capture_output=True)
-    subprocess.run(["rm", "-rf", str(state_dir)], check=False)
-    assert not state_dir.exists()
-    del procs_before
 
 
 def wait_exit(proc: subprocess.Popen[str], seconds: float = 60) -> tuple[int, str, str]:

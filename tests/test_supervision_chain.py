@@ -8,7 +8,6 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -19,24 +18,14 @@ from tests.chain_helpers import (
     events,
     git_show,
     identity,
-    kill_everything,
     launch,
     module_steps,
     pipeline_file,
     read_json,
     run_id,
-    target_repo,
     tool,
 )
 from tests.helpers import REPO_ROOT, retry_until, run_cli
-
-
-@pytest.fixture
-def chain(tmp_path: Path, state_dir: Path, tmux_socket: str) -> Iterator[tuple[Path, Path]]:
-    target = target_repo(tmp_path)
-    yield target, state_dir
-    kill_everything(state_dir)
-    subprocess.run(["tmux", "-L", tmux_socket, "kill-server"], capture_output=True)
 
 
 def slow_node(name: str, value: int, seconds: float = 4) -> str:

@@ -26,7 +26,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from attractor.errors import CorruptStateError, LockTimeoutError, StateDirError
+from attractor.errors import BadInputError, CorruptStateError, LockTimeoutError, StateDirError
 
 FILE_MODE = 0o600
 DIR_MODE = 0o700
@@ -218,3 +218,20 @@ def file_lock(path: Path, timeout: float = DEFAULT_LOCK_TIMEOUT) -> Iterator[Non
         yield
     finally:
         os.close(fd)
+
+
+def check_record_fields(what: str, data: Any, names: tuple[str, ...] | list[str], schema: int) -> dict[str, Any]:
+    """The common part of a strict `from_json`: an object with exactly these fields and this
+    schema version; anything else is a BadInputError naming what is missing or unknown."""
+    if not isinstance(data, dict):
+        raise BadInputError(what, f"expected a JSON object, got {type(data).__name__}")
+    expected = set(names)
+    missing = sorted(expected - set(data))
+    unknown = sorted(set(data) - expected)
+    if missing or unknown:
+        parts = [f"missing field(s) {', '.join(missing)}"] if missing else []
+        parts += [f"unknown field(s) {', '.join(unknown)}"] if unknown else []
+        raise BadInputError(what, "; ".join(parts))
+    if data["schema"] != schema:
+        raise BadInputError(what, f"schema {data['schema']!r} is not {schema}")
+    return data

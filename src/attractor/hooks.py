@@ -95,17 +95,7 @@ class Hook:
     def from_json(cls, data: Any) -> Hook:
         """Strict: a missing, unknown or mistyped field is a BadInputError naming it."""
         what = "hook record"
-        if not isinstance(data, dict):
-            raise BadInputError(what, f"expected a JSON object, got {type(data).__name__}")
-        expected = set(_FIELD_NAMES)
-        missing = sorted(expected - set(data))
-        unknown = sorted(set(data) - expected)
-        if missing or unknown:
-            parts = [f"missing field(s) {', '.join(missing)}"] if missing else []
-            parts += [f"unknown field(s) {', '.join(unknown)}"] if unknown else []
-            raise BadInputError(what, "; ".join(parts))
-        if data["schema"] != SCHEMA:
-            raise BadInputError(what, f"schema {data['schema']!r} is not {SCHEMA}")
+        data = atomic.check_record_fields(what, data, _FIELD_NAMES, SCHEMA)
         attempts = data["attempts"]
         if isinstance(attempts, bool) or not isinstance(attempts, int) or attempts < 0:
             raise BadInputError(what, f"field 'attempts' must be an integer >= 0, not {attempts!r}")

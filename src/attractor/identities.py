@@ -166,17 +166,7 @@ class Identity:
     def from_json(cls, data: Any) -> Identity:
         """Strict: a missing, unknown or mistyped field is a BadInputError naming it."""
         what = "identity record"
-        if not isinstance(data, dict):
-            raise BadInputError(what, f"expected a JSON object, got {type(data).__name__}")
-        expected = set(_FIELD_NAMES)
-        missing = sorted(expected - set(data))
-        unknown = sorted(set(data) - expected)
-        if missing or unknown:
-            parts = [f"missing field(s) {', '.join(missing)}"] if missing else []
-            parts += [f"unknown field(s) {', '.join(unknown)}"] if unknown else []
-            raise BadInputError(what, "; ".join(parts))
-        if data["schema"] != SCHEMA:
-            raise BadInputError(what, f"schema {data['schema']!r} is not {SCHEMA}")
+        data = atomic.check_record_fields(what, data, _FIELD_NAMES, SCHEMA)
         for key in ("epoch", "crash_count"):
             value = data[key]
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
