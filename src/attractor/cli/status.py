@@ -45,6 +45,8 @@ def collect(args: argparse.Namespace) -> dict[str, Any]:
     panes = _panes(getattr(args, "tmux_socket", None) or recorded, cp)
     agents = []
     for ident in records:
+        if ident.session_id != run_id and not getattr(args, "all_agents", False):
+            continue  # another run's
         alive = pid_alive(ident.pid)
         socket = ident.tmux_socket
         sup = supervisor.state_of(ident.agent_id)
@@ -142,6 +144,7 @@ def add_parser(subparsers: Any) -> None:
     add_target_dir_option(p)
     add_state_dir_option(p)
     add_tmux_socket_option(p)
+    p.add_argument("--all-agents", action="store_true", help="also list agents of other runs")
     add_json_option(p)
     p.set_defaults(func=run_status)
 
