@@ -191,3 +191,31 @@ def test_stop_then_resume_finishes_the_run(chain: tuple[Path, Path]) -> None:
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     assert git_show(target, "main", "app/first.py") == "VALUE = 1\n"
     assert git_show(target, "main", "app/second.py") == "VALUE = 2\n"
+
+
+def test_agent_blocked_at_a_trust_prompt_is_answered(chain: tuple[Path, Path]) -> None:
+    target, state = chain
+    script = ("ask Do you trust the files in this folder?\\n> 1. Yes, proceed\\n  2. No, exit\n"
+              + module_steps("trusted", 5) + "commit trusted\nreport")
+    pipe = pipeline_file(target.parent, codergen("trusted", script) + tool("check_trusted"),
+                         "  start -> trusted -> check_trusted -> exit\n")
+    code, out = finish(launch(pipe, target, state), 60)
+    assert code == 0, out
+    assert git_show(target, "main", "app/trusted.py") == "VALUE = 5\n"
+    assert "answering prompt claude-trust" in (state / "logs" / "runner-trusted.log").read_text()
+
+
+def test_hung_agent_is_ended_and_respawned(chain: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    target, state = chain
+    monkeypatch.setenv("ATTRACTOR_POLICY", "hung_after=1.5,startup_grace=2")
+    marker = target.parent / "hung-once"
+    script = (f"run test -e {marker} || {{ touch {marker}; sleep 600; }}\n"
+              + module_steps("slowpoke", 4) + "commit slowpoke\nreport")
+    pipe = pipeline_file(target.parent, codergen("slowpoke", script) + tool("check_slowpoke"),
+                         "  start -> slowpoke -> check_slowpoke -> exit\n")
+    code, out = finish(launch(pipe, target, state), 60)
+    assert code == 0, out
+    ident = read_json(state / "identities" / "orchestrator-slowpoke.json")
+    assert ident["epoch"] == 2 and ident["crash_count"] == 1
+    assert any("hung" in h.get("reason", "") or "not alive" in h.get("reason", "") for h in ident["history"])
+    assert "is hung" in (state / "logs" / "runner-slowpoke.log").read_text()

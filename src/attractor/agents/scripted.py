@@ -12,6 +12,8 @@ argument `\\n` is a newline, `\\t` a tab, `\\\\` a backslash.
     run COMMAND          run a shell command in the worktree; a non-zero exit reports STUCK
     commit MESSAGE       `git add -A` and commit (nothing to commit is not an error)
     sleep SECONDS        wait
+    ask TEXT             print TEXT as a prompt and wait for a line typed into the pane (how a
+                         real agent CLI blocks at a trust or permission question)
     report [SUMMARY]     send ORCHESTRATOR_DONE with the HEAD commit (implicit at the end)
     stuck REASON         send ORCHESTRATOR_STUCK and stop
     fail [CODE]          exit with CODE (default 1) without reporting
@@ -37,7 +39,7 @@ from pathlib import Path
 
 from attractor.errors import BadInputError, UsageError, error_handler
 
-VERBS = ("write", "append", "run", "commit", "sleep", "report", "stuck", "fail", "hang", "crash")
+VERBS = ("write", "append", "run", "commit", "sleep", "ask", "report", "stuck", "fail", "hang", "crash")
 _FILTER_RE = re.compile(r"@(\d+)(\+)?$")
 
 
@@ -90,8 +92,8 @@ def parse_script(text: str) -> list[Step]:
             raise BadInputError(f"script line {number}", f"unknown step {verb!r}; steps: {', '.join(VERBS)}")
         if verb in ("write", "append") and not args.split(" ", 1)[0]:
             raise BadInputError(f"script line {number}", f"{verb} needs a PATH")
-        if verb == "run" and not args:
-            raise BadInputError(f"script line {number}", "run needs a COMMAND")
+        if verb in ("run", "ask") and not args:
+            raise BadInputError(f"script line {number}", f"{verb} needs {'a COMMAND' if verb == 'run' else 'a TEXT'}")
         if verb == "sleep":
             try:
                 float(args)
@@ -186,6 +188,13 @@ class ScriptedAgent:
                         return 1
             elif step.verb == "sleep":
                 time.sleep(float(step.args))
+            elif step.verb == "ask":
+                print(unescape(step.args), flush=True)
+                try:
+                    answer = sys.stdin.readline()
+                except OSError:
+                    answer = ""
+                self.say(f"answered: {answer.strip()!r}")
             elif step.verb == "report":
                 summary = unescape(step.args)
                 self.send("ORCHESTRATOR_DONE", {"node": self.node, "commit": self.head(), "summary": summary})
