@@ -54,7 +54,7 @@ def soak_pipeline(tmp: Path, log: Path) -> Path:
     for i in range(NODES):
         name = f"n{i:02d}"
         lane = i % lanes
-        body += codergen(name, module_steps(name, i) + "sleep 1.5\ncommit " + name + "\nreport", max_retries=6)
+        body += codergen(name, module_steps(name, i) + "sleep 2.5\ncommit " + name + "\nreport", max_retries=6)
         body += f"  v{i:02d} [shape=parallelogram, command={dot_quote(gate_command(log))}, timeout=60]\n"
         edges += f"  {previous[lane]} -> {name} -> v{i:02d}\n"
         previous[lane] = f"v{i:02d}"
@@ -94,7 +94,7 @@ def test_chaos_soak(tmp_path: Path, state_dir: Path, tmux_socket: str, monkeypat
     try:
         rid = retry_until(lambda: run_id(state_dir), 20, what="run")
         while proc.poll() is None and time.monotonic() - started < DEADLINE:
-            time.sleep(rng.uniform(0.2, 0.6))
+            time.sleep(rng.uniform(0.1, 0.4))
             if len(kills) >= KILLS:
                 continue
             choices = [(a, p) for a, p in live_agents(state_dir)
