@@ -219,3 +219,21 @@ def test_hung_agent_is_ended_and_respawned(chain: tuple[Path, Path], monkeypatch
     assert ident["epoch"] == 2 and ident["crash_count"] == 1
     assert any("hung" in h.get("reason", "") or "not alive" in h.get("reason", "") for h in ident["history"])
     assert "is hung" in (state / "logs" / "runner-slowpoke.log").read_text()
+
+
+def test_report_sent_while_the_runner_was_down_is_not_lost(chain: tuple[Path, Path]) -> None:
+    target, state = chain
+    marker = target.parent / "killed-once"
+    runner_file = state / "identities" / "runner-relay.json"
+    kill = (f"run test -e {marker} || {{ touch {marker}; kill -9 $(python3 -c "
+            f"'import json; print(json.load(open(\"{runner_file}\"))[\"pid\"])'); }}")
+    script = module_steps("relay", 3) + "commit relay\n" + kill + "\nreport"
+    pipe = pipeline_file(target.parent, codergen("relay", script) + tool("check_relay"),
+                         "  start -> relay -> check_relay -> exit\n")
+    code, out = finish(launch(pipe, target, state), 60)
+    assert code == 0, out
+    assert marker.exists()
+    assert git_show(target, "main", "app/relay.py") == "VALUE = 3\n"
+    # the agent was not run again: its report, addressed to the dead runner, was acted on
+    assert read_json(state / "identities" / "orchestrator-relay.json")["epoch"] == 1
+    assert read_json(state / "identities" / "runner-relay.json")["epoch"] >= 2

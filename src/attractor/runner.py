@@ -265,6 +265,8 @@ class Runner:
         elif phase is HookPhase.SPAWNED:
             self.start_attempt("")
         elif phase is HookPhase.EXECUTING:
+            if self.rescue_report():
+                return
             if self.orchestrator_alive():
                 logger.info("runner %s: re-adopting live orchestrator", self.cfg.node)
             else:
@@ -275,6 +277,24 @@ class Runner:
                 "worktree": str(self.worktree)})
         elif phase is HookPhase.MERGE_READY:
             self.send_merge_ready(hook.last_commit or "")
+
+    def rescue_report(self) -> bool:
+        """A report the current agent sent while this runner was down was addressed to the
+        runner's previous epoch and recorded as stale; the agent's work is not stale, so act on
+        it. Reports from earlier incarnations of the agent stay ignored."""
+        current = self.orchestrator()
+        if current is None:
+            return False
+        self.consumer.poll_once()  # what waits in new/ is handled (or found stale) first
+        if self.hook().phase is not HookPhase.EXECUTING:
+            return True
+        for sig in reversed(signals.Inbox(self.state, self.cfg.agent_id).list("done")):
+            if sig.kind is SignalKind.ORCHESTRATOR_DONE and (sig.outcome or "").startswith("stale") \
+                    and sig.created_at >= current.created_at:
+                logger.info("runner %s: acting on a report sent while the runner was down", self.cfg.node)
+                self._handle(sig)
+                return True
+        return False
 
     def send_merge_ready(self, commit: str) -> None:
         self.send_guardian(SignalKind.MERGE_READY, {
