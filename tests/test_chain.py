@@ -250,3 +250,16 @@ def test_a_second_run_reuses_node_names(chain: tuple[Path, Path]) -> None:
         assert code == 0, out + err
         assert git_show(target, "main", "app/same.py") == f"VALUE = {value}\n"
     assert list((state / "hooks").glob("runner-same.json.retired-*"))
+
+
+def test_validation_sees_only_what_was_committed(chain: tuple[Path, Path]) -> None:
+    target, state = chain
+    script = (module_steps("half", 1) + "write app/half.py VALUE = 2\\n\ncommit half\n"
+              "write app/half.py VALUE = 1\\n\nreport")  # the fix is left uncommitted
+    body = codergen("half", script, max_retries=0) + tool("check")
+    code, out, err = wait_exit(launch(pipeline_file(target.parent, body, "  start -> half -> check -> exit\n"),
+                                      target, state))
+    assert code == 1, out + err
+    assert [e["ok"] for e in events(state) if e["event"] == "validation"] == [False]
+    assert not [e for e in events(state) if e["event"] == "merging"]
+    assert not list((target / ".claude" / "worktrees").glob("_validate-*"))

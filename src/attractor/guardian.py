@@ -41,6 +41,7 @@ logger = logging.getLogger(__name__)
 TICK = 0.2
 HEARTBEAT_INTERVAL = 2.0
 OUTPUT_TAIL = 4000
+VALIDATION_PREFIX = "_validate-"  # node names start with a letter or digit: no clash
 
 
 @dataclass(frozen=True)
@@ -153,11 +154,25 @@ class Guardian:
             self.update_node(node, "validating", state=NodeState.VALIDATING, attempts=max(hook.attempts, 1))
             if hook.phase is HookPhase.IMPL_COMPLETE:
                 hooks.update_phase(self.state, "runner", node, HookPhase.VALIDATING, note="guardian validates")
-            wt = worktree_path(self.target_dir, node)
+            from attractor import gitops
+
+            # validate exactly what was committed, in a checkout of its own: whatever the agent
+            # left uncommitted in its worktree neither helps nor hurts
+            wt = self.validation_tree(node)
+            if wt.exists():
+                gitops.remove_worktree(self.target_dir, wt)
+            gitops.add_detached_worktree(self.target_dir, wt, commit or f"attractor/{self.cfg.run_id}/{node}")
             outputs = []
-            for tool, command, timeout in self.validator_commands(node):
-                result = run_gate(Gate(command, timeout), wt, on_start=lambda pid: self.gate_pids.add(pid))
-                ok, out = result.ok, result.output_tail
+            try:
+                results = []
+                for tool, command, timeout in self.validator_commands(node):
+                    result = run_gate(Gate(command, timeout), wt, on_start=lambda pid: self.gate_pids.add(pid))
+                    results.append((tool, command, result.ok, result.output_tail))
+                    if not result.ok:
+                        break
+            finally:
+                gitops.remove_worktree(self.target_dir, wt)
+            for tool, command, ok, out in results:
                 outputs.append(f"$ {command}\n{out}")
                 cp_store.append_event(self.state, self.cfg.run_id, "validation", node=node, tool=tool, ok=ok)
                 if not ok:
@@ -180,6 +195,18 @@ class Guardian:
         finally:
             with self.lock:
                 self.validations.discard(node)
+
+    def validation_tree(self, node: str) -> Path:
+        return self.target_dir / ".claude" / "worktrees" / f"{VALIDATION_PREFIX}{node}"
+
+    def sweep_validation_trees(self) -> None:
+        """Checkouts a killed guardian left behind while validating."""
+        from attractor import gitops
+
+        directory = self.target_dir / ".claude" / "worktrees"
+        for path in directory.glob(f"{VALIDATION_PREFIX}*") if directory.is_dir() else []:
+            with contextlib.suppress(AttractorError):
+                gitops.remove_worktree(self.target_dir, path)
 
     def start_merge(self, node: str, payload: dict[str, Any]) -> None:
         with self.lock:
@@ -398,6 +425,7 @@ class Guardian:
 
     def rebuild(self) -> None:
         """After a restart: reconcile the checkpoint with hooks and live runners."""
+        self.sweep_validation_trees()
         for name in self.active_nodes():
             try:
                 hook = hooks.read_hook(self.state, "runner", name)
