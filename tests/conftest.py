@@ -4,6 +4,7 @@ directory (the default one would land in the developer's checkout)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import uuid
@@ -36,6 +37,10 @@ def _isolated_env(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.
     yield home
     # kill the private tmux server of this test, if one was started
     subprocess.run(["tmux", "-L", socket, "kill-server"], capture_output=True, check=False)
+    # tmux leaves its socket file behind when the server exits
+    leftover = Path(os.environ.get("TMUX_TMPDIR", "/tmp")) / f"tmux-{os.getuid()}" / socket
+    with contextlib.suppress(OSError):
+        leftover.unlink()
     if guard.exists():
         pytest.fail(
             "test wrote state to the default state directory; use the `state_dir` fixture "
