@@ -5,6 +5,7 @@ merge queue, and the commit on main."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -263,3 +264,21 @@ def test_validation_sees_only_what_was_committed(chain: tuple[Path, Path]) -> No
     assert [e["ok"] for e in events(state) if e["event"] == "validation"] == [False]
     assert not [e for e in events(state) if e["event"] == "merging"]
     assert not list((target / ".claude" / "worktrees").glob("_validate-*"))
+
+
+def test_spawn_runner_script_starts_one_runner_and_its_agent(chain: tuple[Path, Path], tmux_socket: str) -> None:
+    target, state = chain
+    script = module_steps("solo", 1) + "commit solo\nreport"
+    pipe = pipeline_file(target.parent, codergen("solo", script) + tool("check"), "  start -> solo -> check -> exit\n")
+    result = subprocess.run([sys.executable, str(REPO_ROOT / "scripts" / "spawn_runner.py"), "--node", "solo",
+                             "--prd", "manual-1", "--pipeline", str(pipe), "--target-dir", str(target),
+                             "--state-dir", str(state), "--json"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    info = json.loads(result.stdout)
+    assert info["pid"] and info["tmux_session"] == "att-manual-1-runner-solo"
+    assert Path(info["state_file"]) == state / "identities" / "runner-solo.json"
+    # the runner spawns the agent, which reports; with no guardian the hook waits at impl_complete
+    retry_until(lambda: read_json(state / "hooks" / "runner-solo.json")["phase"] == "impl_complete", 30,
+                what="impl_complete")
+    pending = [s for s in (state / "signals" / "guardian-manual-1" / "new").glob("*.json")]
+    assert [read_json(p)["kind"] for p in pending] == ["NODE_IMPL_COMPLETE"]
