@@ -280,5 +280,6 @@ def test_spawn_runner_script_starts_one_runner_and_its_agent(chain: tuple[Path, 
     # the runner spawns the agent, which reports; with no guardian the hook waits at impl_complete
     retry_until(lambda: read_json(state / "hooks" / "runner-solo.json")["phase"] == "impl_complete", 30,
                 what="impl_complete")
-    pending = [s for s in (state / "signals" / "guardian-manual-1" / "new").glob("*.json")]
+    inbox = state / "signals" / "guardian-manual-1" / "new"
+    pending = retry_until(lambda: list(inbox.glob("*.json")), 10, what="NODE_IMPL_COMPLETE sent")
     assert [read_json(p)["kind"] for p in pending] == ["NODE_IMPL_COMPLETE"]
