@@ -116,12 +116,15 @@ def test_second_guardian_is_refused_and_attach_follows(chain: tuple[Path, Path])
     assert second.returncode == 1
     assert f"pid {guardian}" in second.stderr and "--attach" in second.stderr
     assert second.stderr.count("\n") == 1
-    attached = run_cli(["run", str(pipe), "--target-dir", str(target), "--state-dir", str(state), "--attach"],
-                       timeout=90)
+    attached = run_cli(["run", "--attach", "--target-dir", str(target), "--state-dir", str(state)], timeout=90)
     assert attached.returncode == 0, attached.stdout + attached.stderr
     assert f"attaching to run {rid}" in attached.stdout and "succeeded" in attached.stdout
     code, out = finish(proc)
     assert code == 0, out
+    # the follower that attached did not take over the launcher's identity
+    assert read_json(state / "identities" / f"launcher-{rid}.json")["pid"] == proc.pid
+    nothing = run_cli(["run", "--attach", "--target-dir", str(target), "--state-dir", str(state)])
+    assert nothing.returncode == 2 and "live guardian" in nothing.stderr
 
 
 def test_do_not_retry_exit_quarantines_and_the_run_goes_on(chain: tuple[Path, Path]) -> None:

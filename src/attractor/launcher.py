@@ -7,6 +7,7 @@ still `running` is started again, and the new guardian resumes from the checkpoi
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
@@ -184,16 +185,18 @@ def launch(opts: LaunchOptions, out: TextIO = sys.stdout) -> int:
     from attractor.gitops import exclude_path
     from attractor.guardian import GuardianConfig, spawn_guardian
 
+    if opts.attach and opts.pipeline is None and not opts.resume:
+        state = StateDir.resolve(opts.state_dir, opts.target_dir.expanduser().resolve())
+        live = live_guardian(state) if state.root.is_dir() else None
+        if live is None:
+            raise NotFoundError("live guardian", str(state.root),
+                                "start a run with: attractor run PIPELINE --target-dir DIR")
+        return attach(state, live, opts, out)
     state, cp, socket = prepare(opts)
     live = live_guardian(state) if state.root.is_dir() else None
     if live is not None:
         if opts.attach or (opts.resume and live.name == cp.run_id):
-            cp = cp_store.read_checkpoint(state, live.name)
-            socket = live.tmux_socket or socket
-            print(f"attaching to run {cp.run_id}: guardian pid {live.pid} in tmux session {live.tmux_session}",
-                  file=out, flush=True)
-            gcfg = GuardianConfig(state=state, run_id=cp.run_id, tmux_socket=socket, log_level=opts.log_level)
-            return follow(state, cp.run_id, gcfg, out, timeout=opts.timeout)
+            return attach(state, live, opts, out)
         raise IdentityTakenError(
             f"guardian-{live.name}", live.pid,
             f"tmux session {live.tmux_session}; one guardian per state directory: follow it with "
@@ -224,11 +227,42 @@ def launch(opts: LaunchOptions, out: TextIO = sys.stdout) -> int:
         return 0
     try:
         return follow(state, cp.run_id, gcfg, out, timeout=opts.timeout)
+    except KeyboardInterrupt:
+        print(f"\ndetached: run {cp.run_id} goes on; follow it with `attractor run --attach --target-dir "
+              f"{cp.target_dir}`, stop it with `attractor stop {cp.run_id} --target-dir {cp.target_dir}`",
+              file=sys.stderr)
+        return 130
     finally:
         try:
             identities.mark_terminated(state, "launcher", cp.run_id, reason="follow ended")
         except AttractorError as exc:
             logger.info("%s", exc)
+
+
+def attach(state: StateDir, live: identities.Identity, opts: LaunchOptions, out: TextIO) -> int:
+    """Follow the run of a live guardian (and supervise it) instead of starting one."""
+    from attractor.guardian import GuardianConfig
+    from attractor.tmux import socket_name_for
+
+    socket = live.tmux_socket or socket_name_for(opts.target_dir.expanduser().resolve(), opts.tmux_socket)
+    print(f"attaching to run {live.name}: guardian pid {live.pid} in tmux session {live.tmux_session}",
+          file=out, flush=True)
+    gcfg = GuardianConfig(state=state, run_id=live.name, tmux_socket=socket, log_level=opts.log_level)
+    try:  # this process becomes the run's launcher, unless another live one already follows it
+        identities.create_identity(state, "launcher", live.name, pid=os.getpid(), session_id=live.name,
+                                   worktree=live.worktree, tmux_socket=socket)
+        owner = True
+    except IdentityTakenError:
+        owner = False
+    try:
+        return follow(state, live.name, gcfg, out, timeout=opts.timeout, heartbeat=owner)
+    except KeyboardInterrupt:
+        print(f"\ndetached from run {live.name}; it goes on", file=sys.stderr)
+        return 130
+    finally:
+        if owner:
+            with contextlib.suppress(AttractorError):
+                identities.mark_terminated(state, "launcher", live.name, reason="follow ended")
 
 
 def _guardian_identity(state: StateDir, run_id: str) -> identities.Identity | None:
@@ -318,7 +352,8 @@ class EventTail:
         return events
 
 
-def follow(state: StateDir, run_id: str, gcfg: object, out: TextIO, timeout: float | None = None) -> int:
+def follow(state: StateDir, run_id: str, gcfg: object, out: TextIO, timeout: float | None = None,
+           heartbeat: bool = True) -> int:
     from attractor.guardian import spawn_guardian
     from attractor.supervision import Health, Supervisor
     from attractor.tmux import Tmux
@@ -346,7 +381,7 @@ def follow(state: StateDir, run_id: str, gcfg: object, out: TextIO, timeout: flo
         if cp.status != "running":
             break
         now = time.monotonic()
-        if now - last_beat > 2:
+        if heartbeat and now - last_beat > 2:
             identities.update_liveness(state, "launcher", run_id, pid=os.getpid())
             last_beat = now
         ident = _guardian_identity(state, run_id)
