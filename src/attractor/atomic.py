@@ -22,9 +22,9 @@ import re
 import stat
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 from attractor.errors import BadInputError, CorruptStateError, LockTimeoutError, StateDirError
 
@@ -235,3 +235,35 @@ def check_record_fields(what: str, data: Any, names: tuple[str, ...] | list[str]
     if data["schema"] != schema:
         raise BadInputError(what, f"schema {data['schema']!r} is not {schema}")
     return data
+
+
+class _Named(Protocol):
+    @property
+    def agent_id(self) -> str: ...
+
+
+R = TypeVar("R", bound=_Named)
+
+
+def load_record(path: Path, parse: Callable[[dict[str, Any]], R], what: str, schema: int,
+                *, locked: bool = False) -> R:
+    """Read one `<agent-id>.json` record strictly. A corrupt one is moved aside under its lock
+    (so that a good version written meanwhile is never the one moved) and raised as
+    CorruptStateError; FileNotFoundError passes through."""
+    import logging
+
+    from attractor.errors import UsageError
+
+    try:
+        record = parse(read_json_object(path, schema=schema, move_corrupt=False))
+        if path.name != f"{record.agent_id}.json":
+            raise BadInputError(what, f"names {record.agent_id!r}, not the file name")
+        return record
+    except UsageError as first:  # CorruptStateError, or a field that fails its check
+        if not locked:
+            with file_lock(path):
+                return load_record(path, parse, what, schema, locked=True)
+        problem = first.problem if isinstance(first, CorruptStateError) else str(first)
+        moved = move_aside(path)
+        logging.getLogger(__name__).warning("corrupt %s %s moved aside to %s: %s", what, path, moved, problem)
+        raise CorruptStateError(path, problem, moved) from None

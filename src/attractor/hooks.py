@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from attractor import atomic, clock, names
-from attractor.errors import BadInputError, CorruptStateError, NotFoundError, UsageError
+from attractor.errors import BadInputError, CorruptStateError, NotFoundError
 from attractor.statedir import StateDir
 from attractor.states import PHASE_MOVES, HookPhase, transition
 
@@ -141,20 +141,8 @@ def path_for(state: StateDir, role: str, name: str) -> Path:
 
 
 def _load(path: Path, *, locked: bool) -> Hook:
-    """Read one hook strictly; a corrupt one is moved aside under its lock and raised."""
-    try:
-        record = Hook.from_json(atomic.read_json_object(path, schema=SCHEMA, move_corrupt=False))
-        if path.name != f"{record.agent_id}.json":
-            raise BadInputError("hook record", f"names {record.agent_id!r}, not the file name")
-        return record
-    except UsageError as first:  # CorruptStateError, or a field that fails its check
-        if not locked:
-            with atomic.file_lock(path):
-                return _load(path, locked=True)
-        problem = first.problem if isinstance(first, CorruptStateError) else str(first)
-        moved = atomic.move_aside(path)
-        logger.warning("corrupt hook %s moved aside to %s: %s", path, moved, problem)
-        raise CorruptStateError(path, problem, moved) from None
+    """Read one record strictly; a corrupt one is moved aside under its lock and raised."""
+    return atomic.load_record(path, Hook.from_json, "hook record", SCHEMA, locked=locked)
 
 
 def _not_found(agent_id: str) -> NotFoundError:

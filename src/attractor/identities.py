@@ -46,7 +46,6 @@ from attractor.errors import (
     CorruptStateError,
     IdentityTakenError,
     NotFoundError,
-    UsageError,
 )
 from attractor.statedir import StateDir
 from attractor.states import IDENTITY_MOVES, IdentityStatus, transition
@@ -213,22 +212,8 @@ def path_for(state: StateDir, role: str, name: str) -> Path:
 
 
 def _load(path: Path, *, locked: bool) -> Identity:
-    """Read one record strictly. A corrupt record is moved aside (under its lock, so a good
-    version written meanwhile is never the one moved) and raised as CorruptStateError."""
-    try:
-        data = atomic.read_json_object(path, schema=SCHEMA, move_corrupt=False)
-        record = Identity.from_json(data)
-        if path.name != f"{record.agent_id}.json":
-            raise BadInputError("identity record", f"names {record.agent_id!r}, not the file name")
-        return record
-    except UsageError as first:  # CorruptStateError, or a field that fails its check
-        if not locked:
-            with atomic.file_lock(path):
-                return _load(path, locked=True)
-        problem = first.problem if isinstance(first, CorruptStateError) else str(first)
-        moved = atomic.move_aside(path)
-        logger.warning("corrupt identity record %s moved aside to %s: %s", path, moved, problem)
-        raise CorruptStateError(path, problem, moved) from None
+    """Read one record strictly; a corrupt one is moved aside under its lock and raised."""
+    return atomic.load_record(path, Identity.from_json, "identity record", SCHEMA, locked=locked)
 
 
 def _not_found(agent_id: str) -> NotFoundError:
