@@ -4,7 +4,7 @@
    truncate-and-write of the same ~1 KB record, without fsync and with it (the atomic write then
    also fsyncs the directory). Medians of interleaved runs, side by side; targets 1.5x and 3.5x.
 2. Registry-update wait: N processes (1, 8, 32) update the SAME identity record at once. For
-   each call we time the lock wait (entering `atomic.file_lock`) and the whole update. Two
+   each call we time the lock wait (entering `locks.file_lock`) and the whole update. Two
    loads: `burst` (every process updates back to back: the worst case, the lock is never free)
    and `paced` (each process heartbeats every ~100 ms with jitter: still far above real agent
    rates, which are seconds apart). Target: p99 wait <= 20 ms at 32 processes.
@@ -30,7 +30,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
 
-from attractor import atomic, identities
+from attractor import atomic, identities, locks
 from attractor.statedir import StateDir
 
 
@@ -92,17 +92,17 @@ def _worker(root: str, updates: int, pace: float, start_at: float, queue: Any) -
     state = StateDir(Path(root))
     waits: list[float] = []
     totals: list[float] = []
-    original = atomic.file_lock
+    original = locks.file_lock
 
     @contextlib.contextmanager
-    def timed(path: Path, timeout: float = atomic.DEFAULT_LOCK_TIMEOUT) -> Iterator[None]:
+    def timed(path: Path, timeout: float = locks.DEFAULT_LOCK_TIMEOUT) -> Iterator[None]:
         begin = time.perf_counter()
         with original(path, timeout):
             waits.append(time.perf_counter() - begin)
             yield
 
     identities.update_liveness(state, "runner", "shared")  # warm up: lazy imports, caches
-    atomic.file_lock = timed
+    locks.file_lock = timed
     rng = random.Random(os.getpid())
     while time.time() < start_at:
         time.sleep(0.0005)
@@ -152,7 +152,7 @@ def main() -> int:
     args = parser.parse_args()
     scale = 0.2 if args.quick else 1.0
     result: dict[str, Any] = {
-        "lock": "blocking flock (atomic.file_lock)",
+        "lock": "queue (locks.file_lock)" if locks.QUEUED else "flock fallback (locks.file_lock)",
         "python": sys.version.split()[0],
         "cpus": os.cpu_count(),
     }

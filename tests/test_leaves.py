@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import NamedTuple
@@ -104,12 +103,38 @@ def test_private_dir_refuses_world_writable(tmp_path: Path) -> None:
     assert "chmod 700" in str(info.value)
 
 
-def test_lock_is_beside_the_data(tmp_path: Path) -> None:
-    path = tmp_path / "rec.json"
-    with atomic.file_lock(path):
-        assert (tmp_path / "rec.json.lock").exists()
-        assert not path.exists()
-    json.dumps({})
+def test_replacement_stages_before_and_cleans_up_after(tmp_path: Path) -> None:
+    path = tmp_path / "x.json"
+    path.write_bytes(b"old")
+    with open(path, "rb") as reader:  # a reader of the old version keeps reading it whole
+        with atomic.Replacement(path) as new:
+            staged = [p.name for p in tmp_path.iterdir() if p.name != "x.json"]
+            assert len(staged) == 1 and staged[0].startswith(".x.json.tmp-")  # made on entry
+            assert path.read_bytes() == b"old"
+            new.commit(b"new", fsync=False)
+            assert path.read_bytes() == b"new"
+            # the replaced version lives on under a second name until the block ends
+            assert sorted(p.read_bytes() for p in tmp_path.iterdir()) == [b"new", b"old"]
+            with pytest.raises(RuntimeError):
+                new.commit(b"again")
+        assert [p.name for p in tmp_path.iterdir()] == ["x.json"]
+        assert oct(path.stat().st_mode & 0o777) == oct(0o600)
+        assert reader.read() == b"old"
+
+
+def test_replacement_without_commit_leaves_the_file_alone(tmp_path: Path) -> None:
+    path = tmp_path / "x.json"
+    with atomic.Replacement(path):  # a first version that is never written
+        pass
+    assert list(tmp_path.iterdir()) == []
+    path.write_bytes(b"old")
+    with pytest.raises(ValueError), atomic.Replacement(path):
+        raise ValueError("decided not to write")
+    assert [p.name for p in tmp_path.iterdir()] == ["x.json"] and path.read_bytes() == b"old"
+    with atomic.Replacement(tmp_path / "fresh.json") as new:
+        new.commit(b"first")
+    assert (tmp_path / "fresh.json").read_bytes() == b"first"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fresh.json", "x.json"]
 
 
 def test_payload_field_types_are_all_checked() -> None:

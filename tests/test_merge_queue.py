@@ -14,7 +14,7 @@ from typing import NamedTuple
 
 import pytest
 
-from attractor import atomic, merge_entries
+from attractor import locks, merge_entries
 from attractor import merge_queue as mq
 from attractor.errors import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, UsageError
 from attractor.gates import Gate, process_start
@@ -516,7 +516,7 @@ def test_a_spare_worktree_nobody_took_is_removed_at_the_end(repo: Path, state: S
 def test_cli_process_gives_up_on_a_busy_slot_with_wait(repo: Path, state: StateDir) -> None:
     branch(repo, "feature", {"c.txt": "c\n"})
     mq.enqueue(state, repo, "feature", owner=OWNER)
-    with atomic.file_lock(state.merge_queue / "slot", timeout=0):  # another processor's slot
+    with locks.file_lock(state.merge_queue / "slot", timeout=0):  # another processor's slot
         done = cli(repo, state, "process", "--wait", "0.2")
     assert done.returncode == EXIT_FAILURE
     assert "slot.lock" in done.stderr and len(done.stderr.splitlines()) == 1

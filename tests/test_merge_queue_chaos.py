@@ -14,7 +14,7 @@ from typing import NamedTuple
 
 import pytest
 
-from attractor import atomic
+from attractor import locks
 from attractor import merge_queue as mq
 from attractor.errors import EXIT_OK
 from attractor.gates import process_start
@@ -79,7 +79,7 @@ def assert_no_leftovers(repo: Path, state: StateDir) -> None:
     worktrees = repo / ".claude" / "worktrees"
     assert not worktrees.exists() or list(worktrees.iterdir()) == []
     assert len(git(repo, "worktree", "list", "--porcelain").split("\n\n")) == 1
-    with atomic.file_lock(state.merge_queue / "slot", timeout=0):
+    with locks.file_lock(state.merge_queue / "slot", timeout=0):
         pass  # nobody holds the merge slot
 
 

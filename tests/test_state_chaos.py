@@ -15,14 +15,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from attractor import atomic, hooks, identities
-from attractor.errors import LockTimeoutError, TransitionError
+from attractor.errors import TransitionError
 from attractor.statedir import StateDir
 from attractor.states import HookPhase as P
 from attractor.states import IdentityStatus as S
-from tests.helpers import REPO_ROOT
 
 WRITERS = 32
 ROUNDS = 12
@@ -253,46 +250,3 @@ def test_sigkilled_hook_writers_leave_old_or_new(state_dir: Path) -> None:
     assert last >= 10
     assert not [n for n in os.listdir(state.hooks) if "corrupt" in n]
     assert len(hooks.list_hooks(state)) == 1
-
-
-# --------------------------------------------------------------------------- the lock itself
-
-
-HOLDER = (
-    "import sys, time\n"
-    f"sys.path.insert(0, {str(REPO_ROOT / 'src')!r})\n"
-    "from pathlib import Path\n"
-    "from attractor import atomic\n"
-    "with atomic.file_lock(Path(sys.argv[1])):\n"
-    "    print('held', flush=True)\n"
-    "    time.sleep(60)\n"
-)
-
-
-def test_lock_timeouts_and_a_dead_holder(tmp_path: Path) -> None:
-    path = tmp_path / "rec.json"
-    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(path)], stdout=subprocess.PIPE,
-                              text=True)
-    try:
-        assert holder.stdout is not None and holder.stdout.readline() == "held\n"
-        with pytest.raises(LockTimeoutError) as info, atomic.file_lock(path, timeout=0):
-            pass
-        assert info.value.path == tmp_path / "rec.json.lock"
-        began = time.monotonic()
-        with pytest.raises(LockTimeoutError), atomic.file_lock(path, timeout=0.2):
-            pass
-        assert 0.2 <= time.monotonic() - began < 5
-        holder.kill()  # dies holding the lock: the kernel releases it
-        holder.wait()
-        with atomic.file_lock(path, timeout=5):
-            pass
-        with atomic.file_lock(path, timeout=-1):
-            pass
-    finally:
-        holder.kill()
-        holder.wait()
-        if holder.stdout:
-            holder.stdout.close()
-    # the waiter abandoned at the 0.2 s timeout got the lock after the kill and let it go
-    with atomic.file_lock(path, timeout=0):
-        pass

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from attractor import atomic, clock, names
+from attractor import atomic, clock, locks, names
 from attractor.errors import BadInputError, CorruptStateError, NotFoundError
 from attractor.statedir import StateDir
 from attractor.states import PHASE_MOVES, HookPhase, transition
@@ -191,7 +191,7 @@ def create_hook(
     node = _check_node(node)
     instructions = _check_text("resumption instructions", instructions)
     state.ensure("hooks")
-    with atomic.file_lock(path):
+    with locks.file_lock(path):
         try:
             existing = _load(path, locked=True)
         except FileNotFoundError:
@@ -224,14 +224,14 @@ def _modify(state: StateDir, role: str, name: str, change: Callable[[Hook, str],
     if not path.exists():  # no lock file, no directories for a hook that is not there
         raise _not_found(path.stem)
     state.ensure("hooks")
-    with atomic.file_lock(path):
+    with atomic.Replacement(path) as replacement, locks.file_lock(path):
         try:
             current = _load(path, locked=True)
         except FileNotFoundError:
             raise _not_found(path.stem) from None
         new = change(current, clock.iso())
         if new is not current:
-            atomic.write_json_atomic(path, new.to_json())
+            replacement.commit(atomic.dumps(new.to_json()))
     return new
 
 

@@ -40,7 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from attractor import atomic, clock, names
+from attractor import atomic, clock, locks, names
 from attractor.errors import (
     BadInputError,
     CorruptStateError,
@@ -309,14 +309,14 @@ def _modify(
     if not path.exists():  # no lock file, no directories for a record that is not there
         raise _not_found(path.stem)
     state.ensure("identities")
-    with atomic.file_lock(path):
+    with atomic.Replacement(path) as replacement, locks.file_lock(path):
         try:
             current = _load(path, locked=True)
         except FileNotFoundError:
             raise _not_found(path.stem) from None
         new = change(current, clock.iso())
         if new is not current:
-            atomic.write_json_atomic(path, new.to_json(), fsync=fsync(current, new))
+            replacement.commit(atomic.dumps(new.to_json()), fsync=fsync(current, new))
     return new
 
 
@@ -346,7 +346,7 @@ def create_identity(
     }
     checked = {key: _FIELD_CHECKS[key](value) for key, value in fields.items()}
     state.ensure("identities")
-    with atomic.file_lock(path):
+    with locks.file_lock(path):
         note = ""
         old: Identity | None
         try:

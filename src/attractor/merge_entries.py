@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from attractor import atomic, clock, gitops
+from attractor import atomic, clock, gitops, locks
 from attractor.errors import AttractorError, BadInputError, CorruptStateError, NotFoundError
 from attractor.gates import process_start
 from attractor.names import validate_agent_id, validate_name
@@ -210,7 +210,7 @@ def write_entry(state: StateDir, entry: Entry, *, fsync: bool = True) -> None:
 @contextlib.contextmanager
 def queue_lock(state: StateDir) -> Iterator[None]:
     state.ensure("merge-queue", "entries")
-    with atomic.file_lock(state.merge_queue / "queue"):
+    with locks.file_lock(state.merge_queue / "queue"):
         yield
 
 

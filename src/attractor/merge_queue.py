@@ -53,7 +53,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from attractor import atomic, clock, gitops
+from attractor import clock, gitops, locks
 from attractor.errors import AttractorError, BadInputError, NotFoundError, UsageError
 from attractor.gates import (
     DEFAULT_GATE_TIMEOUT,
@@ -218,7 +218,7 @@ class SignalLike(Protocol):
 @contextlib.contextmanager
 def _slot(state: StateDir, wait: float | None) -> Iterator[None]:
     state.ensure("merge-queue")
-    with atomic.file_lock(state.merge_queue / "slot", timeout=-1 if wait is None else wait):
+    with locks.file_lock(state.merge_queue / "slot", timeout=-1 if wait is None else wait):
         yield
 
 

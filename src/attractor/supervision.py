@@ -49,13 +49,13 @@ from typing import Any, TypeVar
 
 from attractor.atomic import (
     ensure_private_dir,
-    file_lock,
     move_aside,
     read_json_object,
     write_json_atomic,
 )
 from attractor.clock import SYSTEM_CLOCK, Clock, iso, parse_iso
 from attractor.errors import CorruptStateError, InvalidNameError
+from attractor.locks import file_lock
 from attractor.names import split_agent_id, validate_agent_id
 from attractor.prompts import PromptMatch, match_prompt
 from attractor.statedir import StateDir
