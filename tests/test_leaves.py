@@ -113,8 +113,8 @@ def test_replacement_stages_before_and_cleans_up_after(tmp_path: Path) -> None:
             assert path.read_bytes() == b"old"
             new.commit(b"new", fsync=False)
             assert path.read_bytes() == b"new"
-            # the replaced version lives on under a second name until the block ends
-            assert sorted(p.read_bytes() for p in tmp_path.iterdir()) == [b"new", b"old"]
+            # the replaced version is held open until the block ends, then freed
+            assert new.replaced is not None and os.fstat(new.replaced).st_nlink == 0
             with pytest.raises(RuntimeError):
                 new.commit(b"again")
         assert [p.name for p in tmp_path.iterdir()] == ["x.json"]

@@ -147,6 +147,32 @@ def test_a_timed_out_waiter_keeps_its_place_and_passes_the_lock_on(tmp_path: Pat
         finish(procs)
 
 
+def test_a_timed_out_waiter_thread_does_the_same_for_a_process_next_to_it(tmp_path: Path) -> None:
+    path, log = tmp_path / "rec.json", tmp_path / "log"
+    timeouts: list[LockTimeoutError] = []
+
+    def impatient() -> None:
+        try:
+            with locks.file_lock(path, timeout=0.3):
+                pass
+        except LockTimeoutError as exc:
+            timeouts.append(exc)
+
+    patient = None
+    try:
+        with locks.file_lock(path):
+            drawn = tickets(path)
+            thread = threading.Thread(target=impatient)
+            thread.start()
+            thread.join(10)
+            assert len(timeouts) == 1 and tickets(path) == drawn + 1
+            patient = locker(path, "patient", log)
+            retry_until(lambda: tickets(path) == drawn + 2, what="patient queued behind it")
+        retry_until(lambda: log_lines(log) == ["patient#0"], what="patient got the lock")
+    finally:
+        finish([patient] if patient else [])
+
+
 def test_threads_of_one_process_exclude_each_other(tmp_path: Path) -> None:
     counter = tmp_path / "n"
     counter.write_text("0")

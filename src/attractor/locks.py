@@ -38,7 +38,6 @@ from pathlib import Path
 from attractor.errors import LockTimeoutError
 
 FILE_MODE = 0o600
-PENDING: list[str] = []
 DEFAULT_LOCK_TIMEOUT = 10.0
 
 GUARD, HELD, FIRST_TICKET = 0, 1, 2
@@ -250,5 +249,3 @@ def file_lock(path: Path, timeout: float = DEFAULT_LOCK_TIMEOUT) -> Iterator[Non
         yield
     finally:
         os.close(fd)
-        while PENDING:
-            os.unlink(PENDING.pop())
