@@ -3,13 +3,16 @@
 1. Atomic replace (temp file + os.replace, `atomic.write_bytes_atomic`) against a plain
    truncate-and-write of the same ~1 KB record, without fsync and with it (the atomic write then
    also fsyncs the directory). Medians of interleaved runs, side by side; targets 1.5x and 3.5x.
+   Also the part of a record update's write that runs under the record's lock
+   (`atomic.Replacement.commit`: write the staged temp file, rename it over the record).
 2. Registry-update wait: N processes (1, 8, 32) update the SAME identity record at once. For
    each call we time the lock wait (entering `locks.file_lock`) and the whole update. Two
-   loads: `burst` (every process updates back to back: the worst case, the lock is never free)
-   and `paced` (each process heartbeats every ~100 ms with jitter: still far above real agent
+   loads: `burst` (every process updates back to back: the worst case, the lock is never free;
+   `--rounds` rounds, the queue lock and a plain flock taking turns, medians over rounds) and
+   `paced` (each process heartbeats every ~100 ms with jitter: still far above real agent
    rates, which are seconds apart). Target: p99 wait <= 20 ms at 32 processes.
 
-Usage: python bench/state_writes.py [--quick] > result.json
+Usage: python bench/state_writes.py [--quick] [--rounds N] > result.json
 """
 
 from __future__ import annotations
@@ -59,7 +62,8 @@ def replace_cost(directory: Path, rounds: int, fsync: bool, blocks: int = 5) -> 
     )
     data = atomic.dumps(record.to_json())
     plain_path, atomic_path = directory / "plain.json", directory / "atomic.json"
-    plain, replaced, ratios = [], [], []
+    split_path = directory / "split.json"
+    plain, replaced, in_lock, ratios = [], [], [], []
     for _ in range(blocks):
         block_plain, block_atomic = [], []
         for _ in range(max(1, rounds // blocks)):
@@ -73,6 +77,10 @@ def replace_cost(directory: Path, rounds: int, fsync: bool, blocks: int = 5) -> 
             start = time.perf_counter()
             atomic.write_bytes_atomic(atomic_path, data, fsync=fsync)
             block_atomic.append(time.perf_counter() - start)
+            with atomic.Replacement(split_path) as new:
+                start = time.perf_counter()
+                new.commit(data, fsync=fsync)
+                in_lock.append(time.perf_counter() - start)
         ratios.append(round(statistics.median(block_atomic) / statistics.median(block_plain), 2))
         plain += block_plain
         replaced += block_atomic
@@ -85,10 +93,13 @@ def replace_cost(directory: Path, rounds: int, fsync: bool, blocks: int = 5) -> 
         "ratio": round(atomic_ms / plain_ms, 2),
         "block_ratios": ratios,
         "target_ratio": 3.5 if fsync else 1.5,
+        "record_update_in_lock_median_ms": _ms(statistics.median(in_lock)),
+        "record_update_in_lock_ratio": round(statistics.median(in_lock) / plain_ms, 2),
     }
 
 
-def _worker(root: str, updates: int, pace: float, start_at: float, queue: Any) -> None:
+def _worker(root: str, updates: int, pace: float, start_at: float, queue: Any, queued: bool) -> None:
+    locks.QUEUED = queued  # False: the plain flock that locks.py falls back to
     state = StateDir(Path(root))
     waits: list[float] = []
     totals: list[float] = []
@@ -115,13 +126,13 @@ def _worker(root: str, updates: int, pace: float, start_at: float, queue: Any) -
     queue.put((waits, totals))
 
 
-def update_wait(root: Path, processes: int, updates: int, pace: float) -> dict[str, Any]:
+def update_wait(root: Path, processes: int, updates: int, pace: float, queued: bool = True) -> dict[str, Any]:
     state = StateDir(root)
     identities.create_identity(state, "runner", "shared")
     ctx = multiprocessing.get_context("fork")
     queue = ctx.Queue()
     start_at = time.time() + 0.3 + processes * 0.01
-    procs = [ctx.Process(target=_worker, args=(str(root), updates, pace, start_at, queue))
+    procs = [ctx.Process(target=_worker, args=(str(root), updates, pace, start_at, queue, queued))
              for _ in range(processes)]
     began = time.perf_counter()
     for proc in procs:
@@ -146,9 +157,36 @@ def update_wait(root: Path, processes: int, updates: int, pace: float) -> dict[s
     }
 
 
+def burst_rounds(base: Path, processes: int, updates: int, rounds: int) -> list[dict[str, Any]]:
+    """Back-to-back updates, `rounds` times, the queue and a plain flock taking turns; the
+    medians over rounds, with every round's p99."""
+    runs: dict[str, list[dict[str, Any]]] = {"queue": [], "flock": []}
+    for k in range(rounds):
+        for lock, queued in (("queue", True), ("flock", False)):
+            if queued and not locks.QUEUED:
+                continue
+            root = base / f"burst-{processes}-{lock}-{k}"
+            runs[lock].append(update_wait(root, processes, updates, 0.0, queued))
+    rows = []
+    for lock, results in runs.items():
+        if not results:
+            continue
+        rows.append({
+            "processes": processes,
+            "lock": lock,
+            "rounds": len(results),
+            "updates_per_round": results[0]["updates"],
+            **{key: round(statistics.median(r[key] for r in results), 3)
+               for key in ("lock_wait_p50_ms", "lock_wait_p99_ms", "update_p50_ms", "update_p99_ms")},
+            "lock_wait_p99_ms_by_round": [r["lock_wait_p99_ms"] for r in results],
+        })
+    return rows
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--quick", action="store_true", help="fewer rounds (a smoke run)")
+    parser.add_argument("--rounds", type=int, default=5, help="rounds of the burst load (default 5)")
     args = parser.parse_args()
     scale = 0.2 if args.quick else 1.0
     result: dict[str, Any] = {
@@ -160,12 +198,13 @@ def main() -> int:
         base = Path(tmp)
         result["replace_no_fsync"] = replace_cost(base, int(3000 * scale), fsync=False)
         result["replace_fsync"] = replace_cost(base, int(300 * scale), fsync=True)
-        for load, pace, updates in (("burst", 0.0, 60), ("paced", 0.1, 30)):
-            rows = []
-            for n in (1, 8, 32):
-                root = base / f"{load}-{n}"
-                rows.append(update_wait(root, n, max(5, int(updates * scale)), pace))
-            result[f"update_wait_{load}"] = rows
+        result["update_wait_burst"] = [
+            row for n in (1, 8, 32)
+            for row in burst_rounds(base, n, max(5, int(60 * scale)), max(1, args.rounds))
+        ]
+        result["update_wait_paced"] = [
+            update_wait(base / f"paced-{n}", n, max(5, int(30 * scale)), 0.1) for n in (1, 8, 32)
+        ]
     result["target_p99_wait_ms_at_32"] = 20
     print(json.dumps(result, indent=2))
     return 0
