@@ -16,8 +16,8 @@ until byte `2 + t - 1` is free (the one ahead has finished, given up or died); t
 Each waiter sleeps on its own byte, so a release wakes exactly the next in line, and a process
 that releases and locks again queues behind everyone already waiting. A plain flock wakes every
 waiter and lets the releaser take the lock straight back: with 32 processes updating one record
-back to back on two cores its p99 wait was 58 ms, the queue's is in README "Performance"
-(bench/state_writes.py).
+back to back on two cores its p99 wait is about twice the queue's (bench/state_writes.py, README
+"Performance"). A lock taken while nobody holds or waits for it draws no ticket.
 
 Staleness: none to clean up. A dead process's byte locks vanish with it; if a waiter dies, the
 one behind it goes straight on to wait for `HELD`, so mutual exclusion never rests on the queue.

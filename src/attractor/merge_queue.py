@@ -7,7 +7,7 @@ Files (under the state directory):
     merge-queue/queue.lock          held for each read-modify-write of an entry (tiny sections)
     merge-queue/slot.lock           the merge slot: held for the whole processing of one entry
 
-Staleness rule: a processor holds `slot.lock` (an flock, released by the kernel when the process
+Staleness rule: a processor holds `slot.lock` (`locks.file_lock`, released by the kernel when the process
 dies) from claiming an entry until its outcome is recorded. So an entry in `processing` seen by
 whoever holds the slot was abandoned: its gate's session is killed, its merge worktree removed,
 and it is merged if the target already contains the claim's `tested_sha` (the crash came after
