@@ -5,7 +5,10 @@ other, a forked child gets its own waiter threads, and a dead holder releases ev
 
 from __future__ import annotations
 
+import math
 import multiprocessing
+import os
+import signal
 import subprocess
 import sys
 import threading
@@ -50,6 +53,26 @@ HOLDER = (
     "with locks.file_lock(Path(sys.argv[1])):\n"
     "    print('held', flush=True)\n"
     "    time.sleep(60)\n"
+)
+
+
+# Waits for the lock, is interrupted by SIGINT (Ctrl-C) while waiting, then locks again.
+INTERRUPTED = (
+    "import sys\n"
+    f"sys.path.insert(0, {str(REPO_ROOT / 'src')!r})\n"
+    "from pathlib import Path\n"
+    "from attractor import locks\n"
+    "path, log = Path(sys.argv[1]), sys.argv[2]\n"
+    "def note(text):\n"
+    "    with open(log, 'a') as fh:\n"
+    "        fh.write(text + '\\n')\n"
+    "try:\n"
+    "    with locks.file_lock(path, 30):\n"
+    "        note('got it first')\n"
+    "except KeyboardInterrupt:\n"
+    "    note('interrupted')\n"
+    "with locks.file_lock(path, 30):\n"
+    "    note('got it after')\n"
 )
 
 
@@ -171,6 +194,111 @@ def test_a_timed_out_waiter_thread_does_the_same_for_a_process_next_to_it(tmp_pa
         retry_until(lambda: log_lines(log) == ["patient#0"], what="patient got the lock")
     finally:
         finish([patient] if patient else [])
+
+
+def test_a_wait_interrupted_by_ctrl_c_does_not_keep_the_lock(tmp_path: Path) -> None:
+    path, log = tmp_path / "rec.json", tmp_path / "log"
+    proc = subprocess.Popen([sys.executable, "-c", INTERRUPTED, str(path), str(log)])
+    try:
+        with locks.file_lock(path):
+            retry_until(lambda: tickets(path) == 1, what="queued")
+            proc.send_signal(signal.SIGINT)
+            retry_until(lambda: log_lines(log) == ["interrupted"], what="the interrupt")
+        # the interrupted wait let go when its turn came; the next call in that process got it
+        retry_until(lambda: log_lines(log) == ["interrupted", "got it after"], what="relocked")
+        assert proc.wait(10) == 0
+        with locks.file_lock(path, timeout=0):
+            pass
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_a_stopped_waiter_does_not_hold_up_the_queue(tmp_path: Path) -> None:
+    path, log = tmp_path / "rec.json", tmp_path / "log"
+    procs = []
+    try:
+        with locks.file_lock(path):
+            drawn = tickets(path)
+            procs.append(locker(path, "stopped", log))
+            retry_until(lambda: tickets(path) == drawn + 1, what="stopped queued")
+            procs[0].send_signal(signal.SIGSTOP)  # Ctrl-Z in its pane, or a debugger
+            procs.append(locker(path, "next", log))
+            retry_until(lambda: tickets(path) == drawn + 2, what="next queued behind it")
+        retry_until(lambda: log_lines(log) == ["next#0"], what="next went past the stopped one")
+        procs[0].send_signal(signal.SIGCONT)
+        retry_until(lambda: log_lines(log) == ["next#0", "stopped#0"], what="stopped resumed")
+    finally:
+        for proc in procs:
+            proc.send_signal(signal.SIGCONT)
+        finish(procs)
+
+
+def test_repeated_timeouts_leave_one_wait_behind_not_one_each(tmp_path: Path) -> None:
+    path = tmp_path / "rec.json"
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(path)], stdout=subprocess.PIPE,
+                              text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+        with pytest.raises(LockTimeoutError), locks.file_lock(path, timeout=0.05):
+            pass
+        threads, fds = threading.active_count(), len(os.listdir("/proc/self/fd"))
+        for _ in range(20):
+            with pytest.raises(LockTimeoutError), locks.file_lock(path, timeout=0.05):
+                pass
+        assert threading.active_count() == threads
+        assert len(os.listdir("/proc/self/fd")) == fds
+        assert tickets(path) == 1  # every later call took over the first call's place
+        holder.kill()
+        holder.wait()
+        with locks.file_lock(path, timeout=5):
+            pass
+    finally:
+        holder.kill()
+        holder.wait()
+        if holder.stdout:
+            holder.stdout.close()
+    with locks.file_lock(path, timeout=0):  # nothing of this process still holds it
+        pass
+
+
+def _sleep_until_killed() -> None:
+    time.sleep(60)
+
+
+def test_a_forked_child_does_not_keep_its_parents_waits(tmp_path: Path) -> None:
+    path, log = tmp_path / "rec.json", tmp_path / "log"
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(path)], stdout=subprocess.PIPE,
+                              text=True)
+    child = None
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+        with pytest.raises(LockTimeoutError), locks.file_lock(path, timeout=0.1):
+            pass  # this process now has a wait in the queue, kept by a waiter thread
+        child = multiprocessing.get_context("fork").Process(target=_sleep_until_killed)
+        child.start()
+        holder.kill()
+        holder.wait()
+        other = locker(path, "other", log)  # another process, while the child lives on
+        retry_until(lambda: log_lines(log) == ["other#0"], what="another process got the lock")
+        finish([other])
+        assert child.is_alive()
+    finally:
+        holder.kill()
+        holder.wait()
+        if holder.stdout:
+            holder.stdout.close()
+        if child is not None:
+            child.kill()
+            child.join()
+
+
+def test_odd_timeouts(tmp_path: Path) -> None:
+    path = tmp_path / "rec.json"
+    with locks.file_lock(path, timeout=math.inf):
+        pass
+    with pytest.raises(ValueError), locks.file_lock(path, timeout=math.nan):
+        pass
 
 
 def test_threads_of_one_process_exclude_each_other(tmp_path: Path) -> None:

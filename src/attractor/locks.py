@@ -19,8 +19,14 @@ waiter and lets the releaser take the lock straight back: with 32 processes upda
 back to back on two cores its p99 wait is about twice the queue's (bench/state_writes.py, README
 "Performance"). A lock taken while nobody holds or waits for it draws no ticket.
 
+Bytes 8-15 stamp the last hand-over through the queue (a monotonic clock in ns).
+
 Staleness: none to clean up. A dead process's byte locks vanish with it; if a waiter dies, the
 one behind it goes straight on to wait for `HELD`, so mutual exclusion never rests on the queue.
+A waiter that is stopped rather than dead (Ctrl-Z, SIGSTOP, a debugger) would hold up everyone
+behind it, so waiters check every STALL_CHECK seconds: no hand-over since the last check and
+`HELD` free means the queue ahead is stuck, and the checker takes `HELD` past it. Order is given
+up only then, and for `timeout=0` callers, which take a free `HELD` without queueing.
 Where open-file-description locks are missing (not Linux), `HELD` is a plain flock.
 """
 
@@ -28,10 +34,12 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import math
 import os
 import struct
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -41,6 +49,8 @@ FILE_MODE = 0o600
 DEFAULT_LOCK_TIMEOUT = 10.0
 
 GUARD, HELD, FIRST_TICKET = 0, 1, 2
+SERVED = 8  # file offset of the last hand-over's stamp (8 bytes, after the ticket counter)
+STALL_CHECK = 0.1  # seconds between a waiter's checks that the queue ahead still moves
 TICKETS = 1 << 40  # ticket numbers wrap here; far more than can ever wait at once
 # struct flock on 64-bit Linux: l_type, l_whence, l_start, l_len, l_pid (must be 0), padding
 _FLOCK = struct.Struct("@hhqqi4x")
@@ -103,52 +113,119 @@ def _try_fast(fd: int) -> int | bool:
         _unlock(fd, GUARD)
 
 
-def _wait_turn(fd: int, ticket: int) -> None:
-    """Block until `fd` holds the lock: draw a ticket if there is none (-1), wait for the one
-    ahead, then for HELD."""
+def _wait_turn(waiter: _Waiter) -> None:
+    """Block until the waiter's open file holds the lock: draw a ticket if there is none yet,
+    wait for the one ahead, then for HELD (on a waiter thread)."""
+    fd = waiter.fd
     if not QUEUED:
         fcntl.flock(fd, fcntl.LOCK_EX)
         return
-    if ticket < 0:
+    if waiter.ticket < 0:
         _lock(fd, GUARD, wait=True)
         try:
-            ticket = _draw_ticket(fd, _next_ticket(fd))
+            waiter.ticket = _draw_ticket(fd, _next_ticket(fd))
         finally:
             _unlock(fd, GUARD)
-    ahead = _ticket_byte(ticket - 1)
+    ahead = _ticket_byte(waiter.ticket - 1)
     _lock(fd, ahead, wait=True)
     _unlock(fd, ahead)
     _lock(fd, HELD, wait=True)
-    _unlock(fd, _ticket_byte(ticket))
+    _mark_served(fd)
+    _unlock(fd, _ticket_byte(waiter.ticket))
+
+
+def _mark_served(fd: int) -> None:
+    """Stamp the lock file when the lock changes hands through the queue, so that waiters can
+    tell a queue that moves from one that is stuck."""
+    os.pwrite(fd, time.monotonic_ns().to_bytes(8, "little"), SERVED)
+
+
+def _bypass(lock_path: Path) -> int | None:
+    """A descriptor of its own holding HELD, if HELD can be had right now."""
+    fd = _open(lock_path)
+    if _lock(fd, HELD, wait=False):
+        _mark_served(fd)
+        return fd
+    os.close(fd)
+    return None
 
 
 class _Waiter:
-    """One timed wait: `_wait_turn` run by a helper thread on its own duplicate of the lock
-    descriptor (the same open file, so the same locks). A blocking lock call cannot time out;
-    the caller waits on `ready` instead and abandons the waiter on timeout, which then keeps its
-    place in the queue and lets go as soon as its turn comes, so nobody behind it waits longer
-    than they would have."""
+    """One wait in the queue, run by a helper thread on a duplicate of the caller's descriptor
+    (the same open file, so the same locks). A blocking lock call cannot time out, so the
+    caller waits on `ready` and may abandon the wait (timeout, an exception such as Ctrl-C, or
+    a bypass). An abandoned waiter keeps its place and lets go as soon as its turn comes, so
+    nobody behind it waits longer than they would have; the next wait of this process for the
+    same lock takes it over instead of queueing again, so repeated timeouts leave at most one
+    behind."""
 
-    def __init__(self, fd: int, ticket: int) -> None:
-        self.fd = fd
+    live: set[_Waiter] = set()  # every waiter whose descriptor is open
+    abandoned_by_lock: dict[tuple[int, int], list[_Waiter]] = {}
+    registry = threading.Lock()
+
+    def __init__(self, origin: int, ticket: int, key: tuple[int, int]) -> None:
+        self.origin = origin  # the caller's descriptor (closed by file_lock)
+        self.fd = os.dup(origin)
         self.ticket = ticket
+        self.key = key
         self.mutex = threading.Lock()
         self.ready = threading.Lock()  # released when the wait is over
         self.ready.acquire()
         self.done = False
         self.abandoned = False
-        self.error: OSError | None = None
+        self.error: BaseException | None = None
+        with self.registry:
+            self.live.add(self)
+
+    @classmethod
+    def take_over(cls, key: tuple[int, int], origin: int) -> _Waiter | None:
+        """An abandoned waiter of this process for the same lock, still in the queue, now
+        waited for by the caller holding `origin`."""
+        with cls.registry:
+            pending = cls.abandoned_by_lock.get(key)
+            waiter = pending.pop() if pending else None
+            if not pending:
+                cls.abandoned_by_lock.pop(key, None)
+        if waiter is None:
+            return None
+        with waiter.mutex:
+            if waiter.done:  # its thread is closing it
+                return None
+            waiter.abandoned = False
+            waiter.origin = origin
+        return waiter
 
     def wait(self) -> None:
+        """The helper thread's part."""
         try:
-            _wait_turn(self.fd, self.ticket)
-        except OSError as exc:
+            _wait_turn(self)
+        except BaseException as exc:  # handed to the caller, or dropped with the descriptor
             self.error = exc
         with self.mutex:
             self.done = True
             abandoned = self.abandoned
         if abandoned:
-            os.close(self.fd)  # the last descriptor of the open file: releases everything
+            self.close()
+
+    def abandon(self) -> None:
+        """The caller gives up on this wait (its thread still waits its turn)."""
+        with self.mutex:
+            if not self.done:
+                self.abandoned = True
+                with self.registry:
+                    self.abandoned_by_lock.setdefault(self.key, []).append(self)
+                return
+        self.close()  # it got the lock in the meantime: let go at once
+
+    def close(self) -> None:
+        with self.registry:
+            self.live.discard(self)
+            pending = self.abandoned_by_lock.get(self.key, [])
+            if self in pending:
+                pending.remove(self)
+            if not pending:
+                self.abandoned_by_lock.pop(self.key, None)
+        os.close(self.fd)  # the last descriptor of the open file, unless the caller's is open
 
 
 class _Helper(threading.Thread):
@@ -186,47 +263,114 @@ class _Helper(threading.Thread):
             job.ready.release()
 
 
-def _forget_helpers() -> None:
-    """In a forked child: none of the parent's threads exist there."""
+def _after_fork_in_child() -> None:
+    """None of the parent's threads exist in a forked child: forget them, and close the
+    descriptors of their waits, which would otherwise keep the parent's place and locks."""
+    for waiter in _Waiter.live:
+        # the caller's own descriptor is open only while it still waits
+        for fd in {waiter.fd} if waiter.abandoned else {waiter.fd, waiter.origin}:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+    _Waiter.live = set()
+    _Waiter.abandoned_by_lock = {}
+    _Waiter.registry = threading.Lock()
     _Helper.idle = []
     _Helper.idle_mutex = threading.Lock()
 
 
-os.register_at_fork(after_in_child=_forget_helpers)
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
-def _acquire(fd: int, lock_path: Path, timeout: float) -> None:
+def _lock_key(fd: int) -> tuple[int, int]:
+    st = os.fstat(fd)
+    return st.st_dev, st.st_ino
+
+
+def _wait_queued(fd: int, lock_path: Path, timeout: float, ticket: int = -1,
+                 waiter: _Waiter | None = None) -> int:
+    """Wait for the lock through a helper thread, checking every STALL_CHECK seconds that the
+    queue ahead still moves: if nobody has been served since the last check and HELD is free,
+    the one ahead is stopped (Ctrl-Z, SIGSTOP, a debugger) rather than dead, and this caller
+    takes HELD past it. Returns the descriptor that holds the lock: `fd`, or one the caller
+    must also close."""
+    taken_over = waiter is not None
+    if waiter is None:
+        waiter = _Waiter(fd, ticket, _lock_key(fd))
+        try:
+            _Helper.run_soon(waiter)
+        except BaseException:
+            waiter.close()
+            raise
+    deadline = None if timeout < 0 else time.monotonic() + timeout
+    served = b""
+    try:
+        while True:
+            step = STALL_CHECK if deadline is None else min(STALL_CHECK, deadline - time.monotonic())
+            if step > 0 and waiter.ready.acquire(timeout=step):
+                break
+            if deadline is not None and time.monotonic() >= deadline:
+                raise LockTimeoutError(lock_path, timeout)
+            if not QUEUED:
+                continue
+            seen = os.pread(fd, 8, SERVED)
+            if seen == served and _is_free(fd, HELD):
+                held = _bypass(lock_path)
+                if held is not None:
+                    if waiter.ticket >= 0:  # let those behind this wait go on to HELD too
+                        _unlock(waiter.fd, _ticket_byte(waiter.ticket))
+                    waiter.abandon()
+                    return held
+            served = seen
+    except BaseException:  # a timeout, Ctrl-C, ...: the waiter thread keeps the place
+        waiter.abandon()
+        raise
+    if waiter.error is not None:
+        waiter.close()
+        raise waiter.error
+    if not taken_over:
+        waiter.close()  # `fd` refers to the same open file and keeps the locks
+        return fd
+    with _Waiter.registry:
+        _Waiter.live.discard(waiter)
+    return waiter.fd  # a wait taken over from an earlier call: its descriptor holds the lock
+
+
+def _acquire(fd: int, lock_path: Path, timeout: float) -> int:
+    """Take the lock; returns the descriptor holding it (see `_wait_queued`)."""
+    if timeout != timeout:
+        raise ValueError("lock timeout is NaN")
     if timeout == 0:  # one try, no queueing: free right now or LockTimeoutError
         if QUEUED and _lock(fd, HELD, wait=False):
-            return
+            return fd
         if not QUEUED:
             with contextlib.suppress(BlockingIOError):
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                return
+                return fd
         raise LockTimeoutError(lock_path, timeout)
+    timeout = -1 if timeout == math.inf else timeout
     ticket = -1
+    if QUEUED and _Waiter.abandoned_by_lock:  # this process gave up waiting for some lock
+        waiter = _Waiter.take_over(_lock_key(fd), fd)
+        if waiter is not None:  # take its place rather than queue again
+            return _wait_queued(fd, lock_path, timeout, waiter=waiter)
     if QUEUED:
         fast = _try_fast(fd)
         if fast is True:
-            return
+            return fd
         ticket = int(fast)
     else:
         with contextlib.suppress(BlockingIOError):
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return
-    if timeout < 0:
-        _wait_turn(fd, ticket)
-        return
-    waiter = _Waiter(os.dup(fd), ticket)
-    _Helper.run_soon(waiter)
-    waiter.ready.acquire(timeout=timeout)
-    with waiter.mutex:
-        if not waiter.done:
-            waiter.abandoned = True
-            raise LockTimeoutError(lock_path, timeout)
-    os.close(waiter.fd)  # `fd` refers to the same open file and keeps the locks
-    if waiter.error is not None:
-        raise waiter.error
+            return fd
+    return _wait_queued(fd, lock_path, timeout, ticket)
+
+
+def _open(lock_path: Path) -> int:
+    flags = os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:  # without O_CREAT first: creating takes the directory's lock, which writers there need
+        return os.open(lock_path, flags)
+    except FileNotFoundError:
+        return os.open(lock_path, flags | os.O_CREAT, FILE_MODE)
 
 
 @contextlib.contextmanager
@@ -239,13 +383,13 @@ def file_lock(path: Path, timeout: float = DEFAULT_LOCK_TIMEOUT) -> Iterator[Non
     seconds; running out raises LockTimeoutError.
     """
     lock_path = path.with_name(path.name + ".lock")
-    flags = os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC
-    try:  # without O_CREAT first: creating takes the directory's lock, which writers there need
-        fd = os.open(lock_path, flags)
-    except FileNotFoundError:
-        fd = os.open(lock_path, flags | os.O_CREAT, FILE_MODE)
+    fd = _open(lock_path)
     try:
-        _acquire(fd, lock_path, timeout)
-        yield
+        held = _acquire(fd, lock_path, timeout)
+        try:
+            yield
+        finally:
+            if held != fd:
+                os.close(held)
     finally:
         os.close(fd)
