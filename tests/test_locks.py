@@ -5,6 +5,7 @@ other, a forked child gets its own waiter threads, and a dead holder releases ev
 
 from __future__ import annotations
 
+import contextlib
 import math
 import multiprocessing
 import os
@@ -13,7 +14,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -74,6 +75,21 @@ INTERRUPTED = (
     "with locks.file_lock(path, 30):\n"
     "    note('got it after')\n"
 )
+
+
+@contextlib.contextmanager
+def held_elsewhere(path: Path) -> Iterator[subprocess.Popen[str]]:
+    """Another process holding `path`'s lock until it is killed (or the block ends)."""
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(path)], stdout=subprocess.PIPE,
+                              text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+        yield holder
+    finally:
+        holder.kill()
+        holder.wait()
+        if holder.stdout:
+            holder.stdout.close()
 
 
 def tickets(path: Path) -> int:
@@ -236,10 +252,7 @@ def test_a_stopped_waiter_does_not_hold_up_the_queue(tmp_path: Path) -> None:
 
 def test_repeated_timeouts_leave_one_wait_behind_not_one_each(tmp_path: Path) -> None:
     path = tmp_path / "rec.json"
-    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(path)], stdout=subprocess.PIPE,
-                              text=True)
-    try:
-        assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+    with held_elsewhere(path) as holder:
         with pytest.raises(LockTimeoutError), locks.file_lock(path, timeout=0.05):
             pass
         threads, fds = threading.active_count(), len(os.listdir("/proc/self/fd"))
@@ -250,14 +263,8 @@ def test_repeated_timeouts_leave_one_wait_behind_not_one_each(tmp_path: Path) ->
         assert len(os.listdir("/proc/self/fd")) == fds
         assert tickets(path) == 1  # every later call took over the first call's place
         holder.kill()
-        holder.wait()
         with locks.file_lock(path, timeout=5):
             pass
-    finally:
-        holder.kill()
-        holder.wait()
-        if holder.stdout:
-            holder.stdout.close()
     with locks.file_lock(path, timeout=0):  # nothing of this process still holds it
         pass
 
@@ -268,27 +275,19 @@ def _sleep_until_killed() -> None:
 
 def test_a_forked_child_does_not_keep_its_parents_waits(tmp_path: Path) -> None:
     path, log = tmp_path / "rec.json", tmp_path / "log"
-    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(path)], stdout=subprocess.PIPE,
-                              text=True)
-    child = None
+    child = multiprocessing.get_context("fork").Process(target=_sleep_until_killed)
     try:
-        assert holder.stdout is not None and holder.stdout.readline() == "held\n"
-        with pytest.raises(LockTimeoutError), locks.file_lock(path, timeout=0.1):
-            pass  # this process now has a wait in the queue, kept by a waiter thread
-        child = multiprocessing.get_context("fork").Process(target=_sleep_until_killed)
-        child.start()
-        holder.kill()
-        holder.wait()
-        other = locker(path, "other", log)  # another process, while the child lives on
-        retry_until(lambda: log_lines(log) == ["other#0"], what="another process got the lock")
-        finish([other])
-        assert child.is_alive()
+        with held_elsewhere(path) as holder:
+            with pytest.raises(LockTimeoutError), locks.file_lock(path, timeout=0.1):
+                pass  # this process now has a wait in the queue, kept by a waiter thread
+            child.start()
+            holder.kill()
+            other = locker(path, "other", log)  # another process, while the child lives on
+            retry_until(lambda: log_lines(log) == ["other#0"], what="another process got it")
+            finish([other])
+            assert child.is_alive()
     finally:
-        holder.kill()
-        holder.wait()
-        if holder.stdout:
-            holder.stdout.close()
-        if child is not None:
+        if child.pid is not None:
             child.kill()
             child.join()
 
@@ -352,10 +351,7 @@ def test_a_forked_child_does_not_count_on_its_parents_waiter_threads(tmp_path: P
 
 def test_timeouts_and_a_dead_holder(tmp_path: Path) -> None:
     path = tmp_path / "rec.json"
-    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(path)], stdout=subprocess.PIPE,
-                              text=True)
-    try:
-        assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+    with held_elsewhere(path) as holder:
         with pytest.raises(LockTimeoutError) as info, locks.file_lock(path, timeout=0):
             pass
         assert info.value.path == tmp_path / "rec.json.lock"
@@ -369,11 +365,6 @@ def test_timeouts_and_a_dead_holder(tmp_path: Path) -> None:
             pass
         with locks.file_lock(path, timeout=-1):
             pass
-    finally:
-        holder.kill()
-        holder.wait()
-        if holder.stdout:
-            holder.stdout.close()
     # the waiter abandoned at the 0.2 s timeout got the lock after the kill and let it go
     with locks.file_lock(path, timeout=0):
         pass
