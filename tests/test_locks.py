@@ -105,6 +105,18 @@ def locker(path: Path, name: str, log: Path, *, timeout: float = 10, rounds: int
     )
 
 
+def stop(proc: subprocess.Popen[str]) -> None:
+    """SIGSTOP `proc` and wait until every thread of it has stopped."""
+    proc.send_signal(signal.SIGSTOP)
+
+    def all_stopped() -> bool:
+        tasks = Path(f"/proc/{proc.pid}/task")
+        return all((task / "stat").read_text().rsplit(")", 1)[1].split()[0] == "T"
+                   for task in tasks.iterdir())
+
+    retry_until(all_stopped, what=f"pid {proc.pid} stopped")
+
+
 def log_lines(log: Path) -> list[str]:
     return log.read_text().split("\n")[:-1] if log.exists() else []
 
@@ -238,7 +250,7 @@ def test_a_stopped_waiter_does_not_hold_up_the_queue(tmp_path: Path) -> None:
             drawn = tickets(path)
             procs.append(locker(path, "stopped", log))
             retry_until(lambda: tickets(path) == drawn + 1, what="stopped queued")
-            procs[0].send_signal(signal.SIGSTOP)  # Ctrl-Z in its pane, or a debugger
+            stop(procs[0])  # Ctrl-Z in its pane, or a debugger
             procs.append(locker(path, "next", log))
             retry_until(lambda: tickets(path) == drawn + 2, what="next queued behind it")
         retry_until(lambda: log_lines(log) == ["next#0"], what="next went past the stopped one")
@@ -248,6 +260,28 @@ def test_a_stopped_waiter_does_not_hold_up_the_queue(tmp_path: Path) -> None:
         for proc in procs:
             proc.send_signal(signal.SIGCONT)
         finish(procs)
+
+
+def test_once_past_a_stopped_waiter_the_next_calls_are_not_held_up(tmp_path: Path) -> None:
+    path, log = tmp_path / "rec.json", tmp_path / "log"
+    stopped = None
+    try:
+        with locks.file_lock(path):
+            stopped = locker(path, "stopped", log)
+            retry_until(lambda: tickets(path) == 1, what="stopped queued")
+            stop(stopped)
+        began = time.monotonic()
+        with locks.file_lock(path, timeout=5):  # queues behind it, then goes past it
+            assert time.monotonic() - began < 3
+        for _ in range(3):  # the lock is free: no waiting for another stuck-queue check
+            with locks.file_lock(path, timeout=0.05):
+                pass
+        stopped.send_signal(signal.SIGCONT)
+        retry_until(lambda: log_lines(log) == ["stopped#0"], what="stopped resumed")
+    finally:
+        if stopped is not None:
+            stopped.send_signal(signal.SIGCONT)
+            finish([stopped])
 
 
 def test_repeated_timeouts_leave_one_wait_behind_not_one_each(tmp_path: Path) -> None:

@@ -28,6 +28,13 @@ behind it, so waiters check every STALL_CHECK seconds: no hand-over since the la
 `HELD` free means the queue ahead is stuck, and the checker takes `HELD` past it. Order is given
 up only then, and for `timeout=0` callers, which take a free `HELD` without queueing.
 Where open-file-description locks are missing (not Linux), `HELD` is a plain flock.
+
+Limits: a process forked (without exec) while it holds a lock keeps it until the child exits,
+as with any lock that belongs to an open file; the child does drop its parent's waits. A
+KeyboardInterrupt that lands in the few bytecodes where a descriptor passes from one owner to
+the next (the waiter thread's result to the caller, the caller's to `file_lock`) can leave the
+lock held until the process exits; everywhere else an interrupted wait lets go when its turn
+comes.
 """
 
 from __future__ import annotations
@@ -173,6 +180,7 @@ class _Waiter:
         self.ready.acquire()
         self.done = False
         self.abandoned = False
+        self.closed = False
         self.error: BaseException | None = None
         with self.registry:
             self.live.add(self)
@@ -191,8 +199,8 @@ class _Waiter:
         with waiter.mutex:
             if waiter.done:  # its thread is closing it
                 return None
+            waiter.origin = origin  # first: a fork in between must not close a stale number
             waiter.abandoned = False
-            waiter.origin = origin
         return waiter
 
     def wait(self) -> None:
@@ -207,18 +215,25 @@ class _Waiter:
         if abandoned:
             self.close()
 
-    def abandon(self) -> None:
-        """The caller gives up on this wait (its thread still waits its turn)."""
+    def abandon(self, *, take_over: bool = True) -> None:
+        """The caller gives up on this wait (its thread still waits its turn). With
+        `take_over`, the next wait of this process for the lock may take its place."""
         with self.mutex:
+            if self.abandoned or self.closed:
+                return
             if not self.done:
                 self.abandoned = True
-                with self.registry:
-                    self.abandoned_by_lock.setdefault(self.key, []).append(self)
+                if take_over:
+                    with self.registry:
+                        self.abandoned_by_lock.setdefault(self.key, []).append(self)
                 return
         self.close()  # it got the lock in the meantime: let go at once
 
     def close(self) -> None:
         with self.registry:
+            if self.closed:
+                return
+            self.closed = True
             self.live.discard(self)
             pending = self.abandoned_by_lock.get(self.key, [])
             if self in pending:
@@ -302,7 +317,7 @@ def _wait_queued(fd: int, lock_path: Path, timeout: float, ticket: int = -1,
             waiter.close()
             raise
     deadline = None if timeout < 0 else time.monotonic() + timeout
-    served = b""
+    served, stuck = None, 0
     try:
         while True:
             step = STALL_CHECK if deadline is None else min(STALL_CHECK, deadline - time.monotonic())
@@ -313,26 +328,32 @@ def _wait_queued(fd: int, lock_path: Path, timeout: float, ticket: int = -1,
             if not QUEUED:
                 continue
             seen = os.pread(fd, 8, SERVED)
-            if seen == served and _is_free(fd, HELD):
+            # stuck: no hand-over and HELD free at two checks in a row (one could fall in the
+            # moment between a release and the next waiter taking HELD)
+            stuck = stuck + 1 if seen == served and _is_free(fd, HELD) else 0
+            served = seen
+            if stuck >= 2:
                 held = _bypass(lock_path)
                 if held is not None:
-                    if waiter.ticket >= 0:  # let those behind this wait go on to HELD too
-                        _unlock(waiter.fd, _ticket_byte(waiter.ticket))
-                    waiter.abandon()
+                    try:
+                        if waiter.ticket >= 0:  # let those behind this wait go on to HELD too
+                            _unlock(waiter.fd, _ticket_byte(waiter.ticket))
+                        waiter.abandon(take_over=False)  # it stays behind the stuck one
+                    except BaseException:
+                        os.close(held)
+                        raise
                     return held
-            served = seen
+        if waiter.error is not None:
+            raise waiter.error
+        if not taken_over:
+            waiter.close()  # `fd` refers to the same open file and keeps the locks
+            return fd
+        with _Waiter.registry:
+            _Waiter.live.discard(waiter)
+        return waiter.fd  # a wait taken over from an earlier call: its descriptor holds the lock
     except BaseException:  # a timeout, Ctrl-C, ...: the waiter thread keeps the place
         waiter.abandon()
         raise
-    if waiter.error is not None:
-        waiter.close()
-        raise waiter.error
-    if not taken_over:
-        waiter.close()  # `fd` refers to the same open file and keeps the locks
-        return fd
-    with _Waiter.registry:
-        _Waiter.live.discard(waiter)
-    return waiter.fd  # a wait taken over from an earlier call: its descriptor holds the lock
 
 
 def _acquire(fd: int, lock_path: Path, timeout: float) -> int:
@@ -349,7 +370,7 @@ def _acquire(fd: int, lock_path: Path, timeout: float) -> int:
         raise LockTimeoutError(lock_path, timeout)
     timeout = -1 if timeout == math.inf else timeout
     ticket = -1
-    if QUEUED and _Waiter.abandoned_by_lock:  # this process gave up waiting for some lock
+    if _Waiter.abandoned_by_lock:  # this process gave up waiting for some lock
         waiter = _Waiter.take_over(_lock_key(fd), fd)
         if waiter is not None:  # take its place rather than queue again
             return _wait_queued(fd, lock_path, timeout, waiter=waiter)
@@ -383,13 +404,13 @@ def file_lock(path: Path, timeout: float = DEFAULT_LOCK_TIMEOUT) -> Iterator[Non
     seconds; running out raises LockTimeoutError.
     """
     lock_path = path.with_name(path.name + ".lock")
-    fd = _open(lock_path)
+    fd = held = -1
     try:
+        fd = _open(lock_path)
         held = _acquire(fd, lock_path, timeout)
-        try:
-            yield
-        finally:
-            if held != fd:
-                os.close(held)
+        yield
     finally:
-        os.close(fd)
+        if held not in (-1, fd):
+            os.close(held)
+        if fd != -1:
+            os.close(fd)
