@@ -181,6 +181,7 @@ class _Waiter:
         self.done = False
         self.abandoned = False
         self.closed = False
+        self.handed_over = False  # to a helper thread
         self.error: BaseException | None = None
         with self.registry:
             self.live.add(self)
@@ -265,6 +266,7 @@ class _Helper(threading.Thread):
             helper = cls()
             helper.start()
         helper.job = waiter
+        waiter.handed_over = True  # before the release: from here on only abandon, never close
         helper.wake.release()
 
     def run(self) -> None:
@@ -313,8 +315,11 @@ def _wait_queued(fd: int, lock_path: Path, timeout: float, ticket: int = -1,
         waiter = _Waiter(fd, ticket, _lock_key(fd))
         try:
             _Helper.run_soon(waiter)
-        except BaseException:
-            waiter.close()
+        except BaseException:  # no thread could start, or Ctrl-C just as one did
+            if waiter.handed_over:
+                waiter.abandon()  # its thread may be using the descriptor: it closes it
+            else:
+                waiter.close()
             raise
     deadline = None if timeout < 0 else time.monotonic() + timeout
     served, stuck = None, 0
