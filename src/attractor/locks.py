@@ -24,9 +24,9 @@ Bytes 8-15 stamp the last hand-over through the queue (a monotonic clock in ns).
 Staleness: none to clean up. A dead process's byte locks vanish with it; if a waiter dies, the
 one behind it goes straight on to wait for `HELD`, so mutual exclusion never rests on the queue.
 A waiter that is stopped rather than dead (Ctrl-Z, SIGSTOP, a debugger) would hold up everyone
-behind it, so waiters check every STALL_CHECK seconds: no hand-over since the last check and
-`HELD` free means the queue ahead is stuck, and the checker takes `HELD` past it. Order is given
-up only then, and for `timeout=0` callers, which take a free `HELD` without queueing.
+behind it, so waiters check every STALL_CHECK seconds: no hand-over and `HELD` free at two
+checks in a row means the queue ahead is stuck, and the checker takes `HELD` past it. Order is
+given up only then, and for `timeout=0` callers, which take a free `HELD` without queueing.
 Where open-file-description locks are missing (not Linux), `HELD` is a plain flock.
 
 Limits: a process forked (without exec) while it holds a lock keeps it until the child exits,
