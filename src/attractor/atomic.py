@@ -20,8 +20,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
+from attractor import locks
 from attractor.errors import BadInputError, CorruptStateError, StateDirError
-from attractor.locks import file_lock
 
 FILE_MODE = 0o600
 DIR_MODE = 0o700
@@ -250,9 +250,29 @@ def load_record(path: Path, parse: Callable[[dict[str, Any]], R], what: str, sch
         return record
     except UsageError as first:  # CorruptStateError, or a field that fails its check
         if not locked:
-            with file_lock(path):
+            with locks.file_lock(path):
                 return load_record(path, parse, what, schema, locked=True)
         problem = first.problem if isinstance(first, CorruptStateError) else str(first)
         moved = move_aside(path)
         logging.getLogger(__name__).warning("corrupt %s %s moved aside to %s: %s", what, path, moved, problem)
         raise CorruptStateError(path, problem, moved) from None
+
+
+class _Record(Protocol):
+    def to_json(self) -> dict[str, Any]: ...
+
+
+W = TypeVar("W", bound=_Record)
+
+
+def modify_record(path: Path, load: Callable[[Path], W], change: Callable[[W], W], *,
+                  fsync: Callable[[W, W], bool] = lambda old, new: True) -> W:
+    """Read-modify-write one record under its lock: `load` it, `change` returns the new record
+    (the same object to leave the file untouched), which replaces it (a `Replacement`, so only
+    the write and the rename happen under the lock). FileNotFoundError passes through."""
+    with Replacement(path) as replacement, locks.file_lock(path):
+        current = load(path)
+        new = change(current)
+        if new is not current:
+            replacement.commit(dumps(new.to_json()), fsync=fsync(current, new))
+    return new

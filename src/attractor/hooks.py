@@ -224,15 +224,11 @@ def _modify(state: StateDir, role: str, name: str, change: Callable[[Hook, str],
     if not path.exists():  # no lock file, no directories for a hook that is not there
         raise _not_found(path.stem)
     state.ensure("hooks")
-    with atomic.Replacement(path) as replacement, locks.file_lock(path):
-        try:
-            current = _load(path, locked=True)
-        except FileNotFoundError:
-            raise _not_found(path.stem) from None
-        new = change(current, clock.iso())
-        if new is not current:
-            replacement.commit(atomic.dumps(new.to_json()))
-    return new
+    try:
+        return atomic.modify_record(path, lambda p: _load(p, locked=True),
+                                    lambda current: change(current, clock.iso()))
+    except FileNotFoundError:
+        raise _not_found(path.stem) from None
 
 
 def update_phase(

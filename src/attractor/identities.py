@@ -309,15 +309,11 @@ def _modify(
     if not path.exists():  # no lock file, no directories for a record that is not there
         raise _not_found(path.stem)
     state.ensure("identities")
-    with atomic.Replacement(path) as replacement, locks.file_lock(path):
-        try:
-            current = _load(path, locked=True)
-        except FileNotFoundError:
-            raise _not_found(path.stem) from None
-        new = change(current, clock.iso())
-        if new is not current:
-            replacement.commit(atomic.dumps(new.to_json()), fsync=fsync(current, new))
-    return new
+    try:
+        return atomic.modify_record(path, lambda p: _load(p, locked=True),
+                                    lambda current: change(current, clock.iso()), fsync=fsync)
+    except FileNotFoundError:
+        raise _not_found(path.stem) from None
 
 
 def create_identity(
