@@ -31,6 +31,7 @@ GROUPS: dict[str, tuple[str, ...]] = {
     "run": ("run",),
     "status": ("status", "stop"),
     "agent": ("agent",),
+    "agent_hook": ("agent-hook",),
     "layers": ("guardian", "runner", "spawn-runner", "spawn-orchestrator"),
     "demo": ("demo",),
 }
