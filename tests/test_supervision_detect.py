@@ -20,6 +20,7 @@ from attractor.prompts import (
     DEFAULT_LIMIT_WAIT,
     RESET_MARGIN,
     PromptAction,
+    keys_to_choose,
     match_prompt,
     parse_reset_time,
 )
@@ -129,7 +130,28 @@ LIMIT_THEN_TRUST = CLAUDE_LIMIT_EPOCH + "\n$ claude\n" + TRUST_DIALOG
 TRUST_THEN_LIMIT = TRUST_DIALOG + "> hi\n" + CLAUDE_LIMIT_EPOCH
 ANSI_TRUST = (
     "\x1b[1mDo you trust the files in this folder?\x1b[0m\n\x1b[36m❯ 1. Yes, proceed\x1b[0m\n"
+    "  2. No, exit\n"
 )
+# Claude Code 2.1.x: "No, exit" comes first and is highlighted; Enter alone would refuse.
+TRUST_NO_FIRST = """\
+ Accessing workspace:
+
+ /tmp/work/.claude/worktrees/impl_auth
+
+ Quick safety check: Is this a project you created or one you trust? (Like your own code, a well-known
+ open source project, or work from your team). If not, take a moment to review what's in this folder first.
+
+ ❯ 1. No, exit
+   2. Yes, I trust this folder
+
+ Enter to confirm · Esc to cancel
+"""
+TRUST_WITHOUT_YES = """\
+ Do you trust the files in this folder?
+
+ ❯ 1. No, exit
+   2. Ask me later
+"""
 
 
 class PromptCase(NamedTuple):
@@ -144,18 +166,17 @@ class PromptCase(NamedTuple):
 PROMPT_CASES = [
     PromptCase("claude-trust", TRUST_DIALOG, "claude-trust", PromptAction.ANSWER, ("Enter",)),
     PromptCase("claude-trust-ansi", ANSI_TRUST, "claude-trust", PromptAction.ANSWER, ("Enter",)),
-    PromptCase("claude-edit", EDIT_PERMISSION, "claude-permission", PromptAction.ANSWER,
-               ("Enter",)),
-    PromptCase("claude-bash", BASH_PERMISSION, "claude-permission", PromptAction.ANSWER,
-               ("Enter",)),
+    PromptCase("claude-trust-no-first", TRUST_NO_FIRST, "claude-trust", PromptAction.ANSWER, ("Down", "Enter")),
+    PromptCase("claude-trust-option-missing", TRUST_WITHOUT_YES, "claude-trust", PromptAction.NEEDS_INPUT),
+    PromptCase("claude-edit", EDIT_PERMISSION, "claude-permission", PromptAction.NEEDS_INPUT),
+    PromptCase("claude-bash", BASH_PERMISSION, "claude-permission", PromptAction.NEEDS_INPUT),
     PromptCase("claude-limit-epoch", CLAUDE_LIMIT_EPOCH, "usage-limit", PromptAction.WAIT,
                wait=7200 + RESET_MARGIN),
     PromptCase("codex-limit", CODEX_LIMIT, "usage-limit", PromptAction.WAIT,
                wait=5400 + RESET_MARGIN),
     PromptCase("api-429", API_429, "rate-limit", PromptAction.WAIT, wait=20 + RESET_MARGIN),
-    PromptCase("codex-approval", CODEX_APPROVAL, "codex-approval", PromptAction.ANSWER, ("y",)),
-    PromptCase("codex-old-approval", CODEX_OLD_APPROVAL, "codex-approval", PromptAction.ANSWER,
-               ("y",)),
+    PromptCase("codex-approval", CODEX_APPROVAL, "codex-approval", PromptAction.NEEDS_INPUT),
+    PromptCase("codex-old-approval", CODEX_OLD_APPROVAL, "codex-approval", PromptAction.NEEDS_INPUT),
     PromptCase("aider", AIDER_CONFIRM, "aider-confirm", PromptAction.ANSWER, ("y", "Enter")),
     PromptCase("ssh-passphrase", SSH_PASSPHRASE, "credentials", PromptAction.ESCALATE),
     PromptCase("generic-yn", GENERIC_YN, "yes-no", PromptAction.ESCALATE),
@@ -310,7 +331,34 @@ def test_classify(case: ClassifyCase) -> None:
 
 def test_classify_blocked_carries_the_prompt() -> None:
     report = classify(obs(text=CODEX_APPROVAL), NOW, CFG)
-    assert report.prompt is not None and report.prompt.keys == ("y",)
+    assert report.prompt is not None and report.prompt.action is PromptAction.NEEDS_INPUT
+    assert report.prompt.options[0] == "Yes, proceed (y)"
+    assert "npm test" in report.prompt.question
+
+
+class MenuCase(NamedTuple):
+    test_id: str
+    text: str
+    choose: str
+    keys: tuple[str, ...] | None
+
+
+MENU_CASES = [
+    MenuCase("down-one", TRUST_NO_FIRST, "Yes, I trust this folder", ("Down", "Enter")),
+    MenuCase("already-highlighted", TRUST_NO_FIRST, "No, exit", ("Enter",)),
+    MenuCase("prefix", BASH_PERMISSION, "Yes, and don't ask again", ("Down", "Enter")),
+    MenuCase("up-from-below", "  1. Yes\n  2. Maybe\n❯ 3. No\n", "Yes", ("Up", "Up", "Enter")),
+    MenuCase("missing", TRUST_WITHOUT_YES, "Yes", None),
+    MenuCase("letters", AIDER_CONFIRM, "Yes", ("y", "Enter")),
+    MenuCase("letters-no", AIDER_CONFIRM, "No", ("n", "Enter")),
+    MenuCase("no-menu", "just some output\n$ ", "Yes", None),
+    MenuCase("numbers-not-a-menu", "Step 2. build\nStep 3. test\n", "Yes", None),
+]
+
+
+@pytest.mark.parametrize("case", MENU_CASES, ids=[c.test_id for c in MENU_CASES])
+def test_keys_to_choose_reads_the_rendered_menu(case: MenuCase) -> None:
+    assert keys_to_choose(case.text, case.choose) == case.keys
 
 
 def test_classify_uses_the_configured_thresholds() -> None:

@@ -153,11 +153,20 @@ class Shutdown(Payload):
     reason: str = ""
 
 
+@dataclass(frozen=True)
+class AgentMessage(Payload):
+    """Text for a live agent (`attractor agent send`, or the guardian's "validation failed: …")."""
+
+    kind = SignalKind.MESSAGE
+    text: str
+    author: str = ""
+
+
 PAYLOAD_TYPES: dict[SignalKind, type[Payload]] = {
     cls.kind: cls
     for cls in (
         OrchestratorDone, OrchestratorStuck, NodeImplComplete, ValidationPassed,
-        ValidationFailed, MergeReady, MergeComplete, MergeFailed, Respawn, Shutdown,
+        ValidationFailed, MergeReady, MergeComplete, MergeFailed, Respawn, Shutdown, AgentMessage,
     )
 }
 

@@ -1,17 +1,26 @@
 """Recognise an agent blocked at a prompt from the text of its tmux pane.
 
 The table `PROMPTS` is data: one `PromptRule` per known prompt, with a regular expression, the
-policy action and, for ANSWER, the exact tmux key names to send (`send-keys` arguments, e.g.
-`("Enter",)`). Only the last `TAIL_LINES` non-blank lines of the pane are looked at, and when
-several rules match, the one matching furthest down the pane (the most recent text) wins; on a
-tie, the earlier rule in the table.
+policy action and, for ANSWER, the **option to choose, by its text** (e.g. "Yes, I trust this
+folder"). Only the last `TAIL_LINES` non-blank lines of the pane are looked at, and when several
+rules match, the one matching furthest down the pane (the most recent text) wins; on a tie, the
+earlier rule in the table.
+
+The answer is computed from the rendered menu, never a blind key: `read_menu` finds the options
+of the menu at the bottom of the pane (numbered lines, the highlighted one marked `❯`, `›` or
+`>`), `keys_to_choose` the arrow presses from the highlighted option to the wanted one, then
+Enter. A prompt without a menu whose options are written `(Y)es/(N)o` is answered by typing the
+option's letter and Enter. When the wanted option is not on the screen the match becomes
+NEEDS_INPUT: a human decides.
 
 Actions:
-- ANSWER: send `keys` to the pane (trust dialogs, permission prompts of agents we run on purpose).
+- ANSWER: choose `choose` in the pane (dialogs of agents we run on purpose, e.g. folder trust).
+- NEEDS_INPUT: a question for a human (a permission prompt outside the allow list, generic
+  y/n, credentials): the agent is shown as needs-input until answered (`attractor agent answer`).
 - WAIT: leave the agent alone until `wait_until` (rate and usage limits). The reset time is read
   from the text when it says so (`|<epoch>`, `try again in 2h 5m`, `resets 3pm (Europe/Paris)`);
   otherwise `DEFAULT_LIMIT_WAIT` seconds from now.
-- ESCALATE: a question we must not guess the answer to (generic y/n, credentials).
+- ESCALATE is the old name of NEEDS_INPUT and means the same.
 
 The patterns follow the public, visible behaviour of Claude Code, Codex, Gemini CLI and Aider;
 tools change their wording, so extend the table rather than the code.
@@ -38,7 +47,8 @@ _ANSI_RE = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b
 class PromptAction(enum.Enum):
     ANSWER = "answer"
     WAIT = "wait"
-    ESCALATE = "escalate"
+    NEEDS_INPUT = "needs_input"
+    ESCALATE = "needs_input"  # an alias: the same member
 
 
 @dataclass(frozen=True)
@@ -47,7 +57,7 @@ class PromptRule:
     pattern: re.Pattern[str]
     action: PromptAction
     description: str
-    keys: tuple[str, ...] = ()
+    choose: str = ""  # ANSWER: the option to choose, by the start of its text
     # For WAIT rules: reads a reset time (POSIX seconds) from the text after the match.
     parse_until: Callable[[str, float], float | None] | None = None
 
@@ -56,20 +66,110 @@ class PromptRule:
 class PromptMatch:
     rule: str
     action: PromptAction
-    keys: tuple[str, ...]
+    keys: tuple[str, ...]  # for ANSWER: the key presses that choose `choose` on this screen
     wait_until: float | None
     line: str
     reason: str
+    choose: str = ""
+    question: str = ""  # the lines above the menu (what is asked), for needs-input
+    options: tuple[str, ...] = ()
 
     def to_json(self) -> dict[str, object]:
         return {
             "rule": self.rule,
             "action": self.action.value,
             "keys": list(self.keys),
+            "choose": self.choose,
             "wait_until": self.wait_until,
             "line": self.line,
             "reason": self.reason,
+            "question": self.question,
+            "options": list(self.options),
         }
+
+
+# --- menus -----------------------------------------------------------------------------------
+
+MARKERS = "❯›>▶➤→"  # noqa: RUF001 - the highlight markers the CLIs draw
+_BORDER = "│┃|╭╮╰╯─━"  # noqa: RUF001
+_OPTION_RE = re.compile(rf"^\s*([{MARKERS}])?\s*(\d{{1,2}})[.)]\s+(\S.*?)\s*$")
+_LETTER_RE = re.compile(r"\(([A-Za-z])\)([A-Za-z']*)")
+
+
+@dataclass(frozen=True)
+class MenuOption:
+    number: int
+    text: str
+    highlighted: bool
+    row: int
+
+
+def _strip_border(line: str) -> str:
+    return line.strip().strip(_BORDER).strip()
+
+
+def read_menu(text: str) -> list[MenuOption]:
+    """The options of the menu nearest the bottom of `text` (a pane's tail): consecutive
+    numbered lines 1, 2, 3 …; [] when there is none."""
+    rows = pane_tail(text).split("\n")
+    found: list[MenuOption] = []
+    for row, raw in enumerate(rows):
+        match = _OPTION_RE.match(_strip_border(raw))
+        if match is None:
+            continue
+        number = int(match.group(2))
+        if number == 1:
+            found = []
+        elif not found or number != found[-1].number + 1:
+            continue
+        found.append(MenuOption(number, match.group(3).strip(), bool(match.group(1)), row))
+    return found if len(found) >= 2 else []
+
+
+def _norm(text: str) -> str:
+    return re.sub(r"\s+", " ", text).strip().casefold()
+
+
+def find_option(options: Sequence[MenuOption], choose: str) -> MenuOption | None:
+    """The option whose text is `choose`, else the first that starts with it."""
+    want = _norm(choose)
+    for option in options:
+        if _norm(option.text) == want:
+            return option
+    for option in options:
+        if _norm(option.text).startswith(want):
+            return option
+    return None
+
+
+def keys_to_choose(text: str, choose: str) -> tuple[str, ...] | None:
+    """The key presses that choose the option `choose` on this screen: arrows from the
+    highlighted option, then Enter; for a `(Y)es/(N)o` prompt the option's letter and Enter.
+    None when the option is not on the screen."""
+    options = read_menu(text)
+    if options:
+        target = find_option(options, choose)
+        if target is None:
+            return None
+        current = next((o for o in options if o.highlighted), options[0])
+        steps = target.number - current.number
+        arrow = "Down" if steps > 0 else "Up"
+        return (*([arrow] * abs(steps)), "Enter")
+    tail = pane_tail(text, 3)
+    want = _norm(choose)
+    for letter, rest in _LETTER_RE.findall(tail):
+        if _norm(letter + rest).startswith(want) or want.startswith(_norm(letter + rest)):
+            return (letter.lower(), "Enter")
+    return None
+
+
+def question_above(text: str) -> str:
+    """The non-blank lines just above the menu (or the last lines): what the prompt asks."""
+    rows = [_strip_border(r) for r in pane_tail(text).split("\n")]
+    options = read_menu(text)
+    end = options[0].row if options else len(rows)
+    picked = [r for r in rows[max(0, end - 6):end] if r]
+    return "\n".join(picked[-4:])
 
 
 # --- reset-time parsing ---------------------------------------------------------------------
@@ -150,42 +250,46 @@ def parse_reset_time(text: str, now: float) -> float | None:
 # --- the table ------------------------------------------------------------------------------
 
 def _rule(name: str, regex: str, action: PromptAction, description: str,
-          keys: Sequence[str] = (), flags: int = re.IGNORECASE) -> PromptRule:
+          choose: str = "", flags: int = re.IGNORECASE) -> PromptRule:
     parse = parse_reset_time if action is PromptAction.WAIT else None
-    return PromptRule(name, re.compile(regex, flags | re.MULTILINE), action, description,
-                      tuple(keys), parse)
+    return PromptRule(name, re.compile(regex, flags | re.MULTILINE), action, description, choose, parse)
 
 
 A = PromptAction
 PROMPTS: tuple[PromptRule, ...] = (
-    # Claude Code: first start in a folder asks whether to trust it; option 1 (trust) is selected.
+    # Claude Code: first start in an untrusted folder. 2.1.x lists "No, exit" first, so the option
+    # is chosen by its text (older versions: "Yes, proceed"). attractor pre-accepts the target root
+    # in ~/.claude.json, so this shows only when that could not be written.
     _rule("claude-trust",
           r"Do you trust the files in this folder\?|Is this a project you created or one you trust"
-          r"|Yes, I trust this folder",
-          A.ANSWER, "Claude Code folder trust dialog", ("Enter",)),
-    # Claude Code with --dangerously-skip-permissions asks once to accept; option 2 accepts.
+          r"|Yes, I trust this folder|Quick safety check",
+          A.ANSWER, "Claude Code folder trust dialog", "Yes, I trust this folder|Yes, proceed"),
+    # Claude Code with --dangerously-skip-permissions asks once to accept.
     _rule("claude-bypass-accept",
           r"running in Bypass Permissions mode|Yes, I accept",
-          A.ANSWER, "Claude Code bypass-permissions acknowledgement", ("Down", "Enter")),
-    # Claude Code tool permission: "Do you want to proceed?", "... make this edit to x.py?",
-    # "... create x.py?" with "1. Yes" selected.
+          A.ANSWER, "Claude Code bypass-permissions acknowledgement", "Yes, I accept"),
+    # Claude Code tool permission for something outside the allow list: a human decides.
     _rule("claude-permission",
           r"Do you want to (?:proceed|make this edit|create|run|allow|overwrite|delete)[^\n?]*\?",
-          A.ANSWER, "Claude Code tool permission prompt", ("Enter",)),
-    # Codex CLI approvals: "Allow command?" (older), "Would you like to run the following
-    # command?" / "... make the following edits?" (newer); "y" approves once.
+          A.NEEDS_INPUT, "Claude Code permission prompt"),
+    # Codex CLI: folder trust (0.171: "Folder access … Trust this folder?").
+    _rule("codex-trust",
+          r"Trust this folder\?|Do you trust the contents of this directory\?|allow Codex to work in this folder",
+          A.ANSWER, "Codex folder trust dialog", "Yes, continue|Trust and continue|Yes, trust|Yes"),
+    # Codex CLI approvals: a human decides.
     _rule("codex-approval",
           r"^\s*Allow command\?|Would you like to (?:run the following command|make the following "
           r"edits|apply (?:these|the following) (?:changes|edits))\?",
-          A.ANSWER, "Codex approval prompt", ("y",)),
+          A.NEEDS_INPUT, "Codex approval prompt"),
     # Gemini CLI tool confirmation: "Allow execution of: ...?", "Apply this change?".
     _rule("gemini-confirm",
           r"Allow execution(?: of)?\b[^\n]*\?|Apply this change\?",
-          A.ANSWER, "Gemini CLI tool confirmation", ("Enter",)),
-    # Aider: "Add file to the chat? (Y)es/(N)o/(D)on't ask again [Yes]:".
+          A.NEEDS_INPUT, "Gemini CLI tool confirmation"),
+    # Aider: "Add file to the chat? (Y)es/(N)o/(D)on't ask again [Yes]:" (with --yes-always it
+    # does not ask; an older aider might).
     _rule("aider-confirm",
           r"\(Y\)es/\(N\)o[^\n]*\[(?:Yes|No)\]:\s*$",
-          A.ANSWER, "Aider yes/no confirmation", ("y", "Enter"), flags=0),
+          A.ANSWER, "Aider yes/no confirmation", "Yes", flags=0),
     # Usage limits of subscription CLIs.
     _rule("usage-limit",
           r"usage limit reached|You've hit your (?:usage )?limit|\d+-hour limit reached"
@@ -201,11 +305,11 @@ PROMPTS: tuple[PromptRule, ...] = (
     _rule("credentials",
           r"Enter passphrase for|^\s*Username for '|^\s*Password for '|^\s*\[sudo\] password for"
           r"|^\s*Password:\s*$",
-          A.ESCALATE, "credential prompt"),
+          A.NEEDS_INPUT, "credential prompt"),
     # Anything else asking yes/no at the end of a line.
     _rule("yes-no",
           r"(?:\((?:y/n|yes/no)\)|\[(?:y/n|yes/no)\])\s*[:?]?\s*$",
-          A.ESCALATE, "generic yes/no question"),
+          A.NEEDS_INPUT, "generic yes/no question"),
 )
 del A
 
@@ -245,6 +349,18 @@ def match_prompt(text: str, now: float | None = None,
     line = tail[line_start: line_end if line_end >= 0 else len(tail)].strip()
     wait_until = None
     reason = f"{rule.description}: {line!r}"
+    action = rule.action
+    keys: tuple[str, ...] = ()
+    chosen = ""
+    if action is PromptAction.ANSWER:
+        for choice in rule.choose.split("|"):
+            found_keys = keys_to_choose(tail, choice) if choice else None
+            if found_keys is not None:
+                keys, chosen = found_keys, choice
+                break
+        if not keys:
+            action = PromptAction.NEEDS_INPUT
+            reason += f"; the option {rule.choose.split('|')[0]!r} is not on the screen, so a human decides"
     if rule.action is PromptAction.WAIT:
         import time
 
@@ -256,4 +372,5 @@ def match_prompt(text: str, now: float | None = None,
         else:
             wait_until = anchor + DEFAULT_LIMIT_WAIT
             reason += f"; no reset time found, waiting {DEFAULT_LIMIT_WAIT:g}s"
-    return PromptMatch(rule.name, rule.action, rule.keys, wait_until, line, reason)
+    options = tuple(o.text for o in read_menu(tail))
+    return PromptMatch(rule.name, action, keys, wait_until, line, reason, chosen, question_above(tail), options)

@@ -63,6 +63,7 @@ class SignalKind(_Named):
     MERGE_FAILED = "MERGE_FAILED"
     RESPAWN = "RESPAWN"
     SHUTDOWN = "SHUTDOWN"
+    MESSAGE = "MESSAGE"  # text for a live agent, delivered through its hooks or typed into its pane
 
     @classmethod
     def from_text(cls, value: str) -> SignalKind:
