@@ -23,6 +23,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from attractor import procs
 from attractor.errors import UsageError
 
 DEFAULT_GATE_TIMEOUT = 600.0
@@ -89,35 +90,22 @@ def check_gate(gate: Gate) -> None:
         raise GateCommandError(gate.command, f"program {program!r} not found on PATH")
 
 
-def process_start(pid: int) -> int | None:
-    """Start time (clock ticks since boot) of a live, non-zombie process; None if it is gone."""
-    try:
-        raw = Path(f"/proc/{pid}/stat").read_bytes()
-    except OSError:
-        return None
-    fields = raw[raw.rfind(b")") + 2:].split()
-    return None if fields[0] in (b"Z", b"X") else int(fields[19])
+# Start time (clock ticks since boot) of a live, non-zombie process; None if it is gone.
+process_start = procs.start_time
 
 
 def kill_session(sid: int, start: int | None) -> int:
     """SIGKILL every process of session `sid` (a gate's), provided its leader is the recorded
-    process (`start`) or already gone. Returns how many processes were signalled."""
-    leader = process_start(sid)
-    if leader is not None and start is not None and leader != start:
-        return 0  # the pid now belongs to an unrelated process
+    process (`start`) or already gone (its children keep the session id, which no new process
+    can take while they live). A live leader with another or an unknown start time is an
+    unrelated process: nothing is signalled. Returns how many processes were signalled."""
+    if procs.pid_alive(sid) and not procs.same_process(sid, start):
+        return 0  # the pid now belongs to an unrelated process, or we cannot tell
     killed = 0
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        try:
-            raw = Path(f"/proc/{name}/stat").read_bytes()
-        except OSError:
-            continue
-        fields = raw[raw.rfind(b")") + 2:].split()
-        if int(fields[3]) == sid and fields[0] not in (b"Z", b"X"):
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(int(name), signal.SIGKILL)
-                killed += 1
+    for member in procs.session_members(sid):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(member.pid, signal.SIGKILL)
+            killed += 1
     return killed
 
 

@@ -7,6 +7,12 @@ Fields (schema 1):
                     Signals carry the epoch they were addressed to; older ones are stale.
     status          states.IdentityStatus; changed only through `set_status` (checked moves)
     pid             the process holding the identity, or null
+    pid_start       that process's start time (procs.start_time: clock ticks since boot), taken
+                    when the pid was recorded; null when unknown. A record written before this
+                    field existed reads as null. The pid is acted on (signalled, or taken as the
+                    live holder) only while pid and start time both match (procs.same_process):
+                    a reused pid is an unrelated process. An unknown start time is never a
+                    match: such a record's pid is reported, never signalled.
     tmux_socket, tmux_session, pane_id   where the agent runs (null when not in tmux)
     worktree        the agent's git worktree (absolute path) or null
     session_id      the agent CLI's own session id (for `--resume`), or null
@@ -18,7 +24,8 @@ Fields (schema 1):
 Staleness rule: a record in spawning, active or stale whose `last_heartbeat` is older than the
 caller's timeout is stale (`find_stale`); terminated and quarantined records never are, and
 crashed/respawning records belong to the supervisor already. A record in spawning, active or
-stale whose pid is alive holds its identity: `create_identity` refuses to take it over.
+stale whose process is alive (same pid and start time) holds its identity: `create_identity`
+refuses to take it over.
 
 Epochs: `create_identity` starts a new incarnation (epoch + 1), except over a record in
 `respawning`, whose epoch `mark_respawning` already advanced; so a respawn costs exactly one
@@ -40,7 +47,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from attractor import atomic, clock, locks, names
+from attractor import atomic, clock, locks, names, procs
 from attractor.errors import (
     BadInputError,
     CorruptStateError,
@@ -69,23 +76,9 @@ _SESSION_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}")
 # --------------------------------------------------------------------------- field checks
 
 
-def pid_alive(pid: int | None) -> bool:
-    """True if a process with this pid exists and is not a zombie (an exited child nobody
-    reaped yet still answers `kill -0`, but it holds nothing)."""
-    if not pid or pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # exists, owned by someone else
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as fh:
-            stat = fh.read()
-        return stat[stat.rindex(b")") + 2 : stat.rindex(b")") + 3] != b"Z"
-    except (OSError, ValueError):
-        return True
+# Kept for callers that only report whether some process has the pid; anything that acts on a
+# recorded process uses `Identity.process_alive` / `procs.same_process` instead.
+pid_alive = procs.pid_alive
 
 
 def _check_pid(value: Any) -> int | None:
@@ -93,6 +86,14 @@ def _check_pid(value: Any) -> int | None:
         return None
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
         raise BadInputError("pid", f"{value!r} is not a positive process id")
+    return value
+
+
+def _check_pid_start(value: Any) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise BadInputError("pid_start", f"{value!r} is not a process start time (clock ticks >= 0)")
     return value
 
 
@@ -115,6 +116,7 @@ def _check_worktree(value: Any) -> str | None:
 _TMUX_RULE = "use letters, digits, _ . - (no spaces, ; # { or quotes)"
 _FIELD_CHECKS: dict[str, Callable[[Any], Any]] = {
     "pid": _check_pid,
+    "pid_start": _check_pid_start,
     "pane_id": lambda v: _check_pattern("pane id", v, _PANE_ID_RE, "expected a pane id like %12"),
     "tmux_session": lambda v: _check_pattern("tmux session", v, _TMUX_NAME_RE, _TMUX_RULE),
     "tmux_socket": lambda v: _check_pattern("tmux socket", v, _TMUX_NAME_RE, _TMUX_RULE),
@@ -137,6 +139,7 @@ class Identity:
     epoch: int
     status: IdentityStatus
     pid: int | None
+    pid_start: int | None
     tmux_socket: str | None
     tmux_session: str | None
     pane_id: str | None
@@ -152,8 +155,23 @@ class Identity:
         return (time.time() if now is None else now) - clock.parse_iso(self.last_heartbeat)
 
     @property
+    def process_alive(self) -> bool:
+        """The recorded process is alive: its pid exists with the recorded start time. False
+        for an unknown start time (the pid may have been reused)."""
+        return procs.same_process(self.pid, self.pid_start)
+
+    @property
+    def may_be_alive(self) -> bool:
+        """The recorded process is alive, or might be: with an unknown start time (a record
+        written before start times were recorded) a live pid is taken for the holder. For
+        decisions that hold back (refusing to take over an identity); never to signal."""
+        if self.pid_start is None:
+            return procs.pid_alive(self.pid)
+        return self.process_alive
+
+    @property
     def holds_live_pid(self) -> bool:
-        return self.status in LIVE_STATUSES and pid_alive(self.pid)
+        return self.status in LIVE_STATUSES and self.may_be_alive
 
     def to_json(self) -> dict[str, Any]:
         data = {f: getattr(self, f) for f in _FIELD_NAMES}  # asdict deep-copies: 10x slower
@@ -165,6 +183,8 @@ class Identity:
     def from_json(cls, data: Any) -> Identity:
         """Strict: a missing, unknown or mistyped field is a BadInputError naming it."""
         what = "identity record"
+        if isinstance(data, dict) and "pid_start" not in data:
+            data = {**data, "pid_start": None}  # written before start times were recorded
         data = atomic.check_record_fields(what, data, _FIELD_NAMES, SCHEMA)
         for key in ("epoch", "crash_count"):
             value = data[key]
@@ -331,8 +351,9 @@ def create_identity(
 ) -> Identity:
     """Register a new incarnation of `<role>-<name>` in status spawning.
 
-    Refuses (IdentityTakenError) if the current record is spawning/active/stale and its pid is
-    alive (unless that pid is the caller's own or the one being registered). With
+    Refuses (IdentityTakenError) if the current record is spawning/active/stale and its process
+    is alive (`Identity.may_be_alive`; unless that pid is the caller's own or the one being
+    registered). `pid` is recorded with its current start time (`pid_start`). With
     `replace_dead=False` such a record is refused even when its holder is dead."""
     path = path_for(state, role, name)
     agent = path.stem
@@ -341,6 +362,7 @@ def create_identity(
         "tmux_socket": tmux_socket, "tmux_session": tmux_session, "pane_id": pane_id,
     }
     checked = {key: _FIELD_CHECKS[key](value) for key, value in fields.items()}
+    checked["pid_start"] = procs.start_time(checked["pid"])
     state.ensure("identities")
     with locks.file_lock(path):
         note = ""
@@ -354,7 +376,7 @@ def create_identity(
             note = f"; previous record was corrupt, moved aside to {exc.moved_to}"
         if old is not None and old.status in LIVE_STATUSES:
             ours = old.pid is not None and old.pid in (os.getpid(), pid)
-            if not ours and pid_alive(old.pid):
+            if not ours and old.may_be_alive:
                 raise IdentityTakenError(
                     agent, old.pid, f"status {old.status.value}, epoch {old.epoch}"
                 )
@@ -400,9 +422,12 @@ def update_liveness(state: StateDir, role: str, name: str, *, pid: int | None = 
             status = transition(what, current.status, S.ACTIVE, IDENTITY_MOVES)
             history = _history(current, {"at": now, "from": current.status.value,
                                          "to": status.value, "reason": "heartbeat"})
+        if new_pid is None or (new_pid == current.pid and current.pid_start is not None):
+            pid, pid_start = current.pid, current.pid_start
+        else:
+            pid, pid_start = new_pid, procs.start_time(new_pid)
         return dataclasses.replace(
-            current, status=status, history=history, last_heartbeat=now,
-            pid=current.pid if new_pid is None else new_pid,
+            current, status=status, history=history, last_heartbeat=now, pid=pid, pid_start=pid_start,
         )
 
     return _modify(state, role, name, change, fsync=lambda old, new: old.status is not new.status)
@@ -417,11 +442,17 @@ def update_fields(state: StateDir, role: str, name: str, **fields: Any) -> Ident
             f"cannot set {', '.join(unknown)}; settable: {', '.join(UPDATABLE_FIELDS)}",
         )
     checked = {key: _FIELD_CHECKS[key](value) for key, value in fields.items()}
+    start = procs.start_time(checked["pid"]) if checked.get("pid") is not None else None
 
     def change(current: Identity, now: str) -> Identity:
-        if all(getattr(current, key) == value for key, value in checked.items()):
+        if all(getattr(current, key) == value for key, value in checked.items()) and (
+                "pid" not in checked or current.pid_start is not None or current.pid is None):
             return current
-        return dataclasses.replace(current, **checked)
+        new = dataclasses.replace(current, **checked)
+        if "pid" in checked:  # a pid is recorded with the start time it had when it was given
+            same = checked["pid"] == current.pid and current.pid_start is not None
+            new = dataclasses.replace(new, pid_start=current.pid_start if same else start)
+        return new
 
     return _modify(state, role, name, change)
 

@@ -273,22 +273,21 @@ def _guardian_identity(state: StateDir, run_id: str) -> identities.Identity | No
 
 
 def live_guardian(state: StateDir) -> identities.Identity | None:
-    """The live guardian of any run in this state directory, if there is one."""
+    """The live guardian of any run in this state directory, if there is one: its recorded
+    process (pid and start time) is alive. A pid reused by another process is not a guardian;
+    a record without a start time whose pid is alive is taken for one (it can be stopped)."""
     for ident in identities.list_identities(state):
-        if ident.role == "guardian" and ident.status is not IdentityStatus.TERMINATED \
-                and identities.pid_alive(ident.pid):
+        if ident.role == "guardian" and ident.status is not IdentityStatus.TERMINATED and ident.may_be_alive:
             return ident
     return None
 
 
 def _guardian_alive(state: StateDir, run_id: str) -> identities.Identity | None:
-    from attractor.identities import pid_alive
-
     try:
         ident = identities.get(state, "guardian", run_id)
     except NotFoundError:
         return None
-    return ident if pid_alive(ident.pid) else None
+    return ident if ident.may_be_alive else None
 
 
 def describe_event(event: dict[str, object]) -> str | None:

@@ -40,7 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from attractor import atomic, clock, names
+from attractor import atomic, clock, names, procs
 from attractor.errors import (
     BadInputError,
     CorruptStateError,
@@ -180,24 +180,10 @@ def new_signal_id() -> str:
 def _process_start(pid: int) -> int | None:
     """The start time (clock ticks since boot) of a live, non-zombie process; None if it is dead.
     0 when /proc is not available and the process exists."""
-    try:
-        raw = Path(f"/proc/{pid}/stat").read_bytes()
-    except FileNotFoundError:
-        if Path("/proc/self/stat").exists():
-            return None
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return None
-        except PermissionError:
-            return 0
-        return 0
-    except OSError:
-        return 0
-    fields = raw[raw.rfind(b")") + 2:].split()
-    if fields[0] in (b"Z", b"X"):
-        return None  # a zombie has finished: its claims are as dead as it is
-    return int(fields[19])
+    start = procs.start_time(pid)
+    if start is not None or procs.have_proc():
+        return start
+    return 0 if procs.pid_alive(pid) else None
 
 
 def _claimer_alive(pid: int, start: int) -> bool:

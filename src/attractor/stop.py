@@ -1,7 +1,9 @@
 """Ending a run cleanly: `attractor stop`.
 
 The guardian is asked first (SHUTDOWN); what is still alive after the timeout is ended by its
-recorded pid (SIGTERM, then SIGKILL). Only tmux sessions attractor created for this run
+recorded pid (SIGTERM, then SIGKILL), and only while that pid is still the recorded process (the
+same start time, `procs.same_process`): a pid reused by an unrelated process, or recorded
+without a start time, is reported and never signalled. Only tmux sessions attractor created for this run
 (`att-<run>-…`, tagged as ours) and only recorded pids are touched. Worktrees of unmerged nodes
 are removed only when clean; branches are always kept, so no work is lost.
 """
@@ -16,9 +18,8 @@ import time
 from pathlib import Path
 
 from attractor import checkpoint as cp_store
-from attractor import identities, signals
+from attractor import identities, procs, signals
 from attractor.errors import AttractorError, NotFoundError
-from attractor.identities import pid_alive
 from attractor.names import validate_name
 from attractor.runner import worktree_path
 from attractor.statedir import StateDir
@@ -27,17 +28,28 @@ from attractor.states import IdentityStatus, SignalKind
 logger = logging.getLogger(__name__)
 
 
-def _end_pid(pid: int, grace: float) -> None:
+def _end_process(pid: int, start: int, grace: float) -> None:
+    """SIGTERM, then SIGKILL, the process `pid` started at `start`, never another one."""
     for sig in (signal_module.SIGTERM, signal_module.SIGKILL):
-        try:
-            os.kill(pid, sig)
-        except ProcessLookupError:
+        if not procs.signal_if_same(pid, start, sig):
             return
         deadline = time.monotonic() + grace
-        while pid_alive(pid) and time.monotonic() < deadline:
+        while procs.same_process(pid, start) and time.monotonic() < deadline:
             time.sleep(0.02)
-        if not pid_alive(pid):
+        if not procs.same_process(pid, start):
             return
+
+
+def _not_ours(ident: identities.Identity) -> str | None:
+    """Why the recorded pid of a live-looking record is not signalled, or None if it is the
+    recorded process (or nothing has that pid)."""
+    if ident.pid is None or not procs.pid_alive(ident.pid) or ident.process_alive:
+        return None
+    if ident.pid_start is None:
+        return (f"left pid {ident.pid} of {ident.agent_id} alone: the record has no start time, so it "
+                "cannot tell its process from a reused pid; end it by hand if it is the agent's")
+    return (f"left pid {ident.pid} of {ident.agent_id} alone: it now belongs to another process "
+            "(its start time differs from the recorded one)")
 
 
 def stop_run(state: StateDir, run_id: str | None, *, tmux_socket: str | None = None,
@@ -53,17 +65,20 @@ def stop_run(state: StateDir, run_id: str | None, *, tmux_socket: str | None = N
     guardian = None
     with contextlib.suppress(NotFoundError):
         guardian = identities.get(state, "guardian", run_id)
-    if guardian is not None and pid_alive(guardian.pid):
+    if guardian is not None and guardian.process_alive:
+        assert guardian.pid is not None and guardian.pid_start is not None
         signals.send(state, SignalKind.SHUTDOWN, to=f"guardian-{run_id}", sender="user-cli",
                      payload={"reason": "attractor stop"})
         deadline = time.monotonic() + timeout
-        while pid_alive(guardian.pid) and time.monotonic() < deadline:
+        while guardian.process_alive and time.monotonic() < deadline:
             time.sleep(0.05)
-        if pid_alive(guardian.pid) and guardian.pid:
-            _end_pid(guardian.pid, 2.0)
+        if guardian.process_alive:
+            _end_process(guardian.pid, guardian.pid_start, 2.0)
             lines.append(f"guardian pid {guardian.pid} did not stop in {timeout:g}s; ended it")
         else:
             lines.append(f"guardian pid {guardian.pid} stopped")
+    elif guardian is not None and (why := _not_ours(guardian)):
+        lines.append(why)
     sockets = {tmux_socket} if tmux_socket else set()
     live = (IdentityStatus.SPAWNING, IdentityStatus.ACTIVE, IdentityStatus.STALE)
     for ident in identities.list_identities(state):
@@ -71,9 +86,13 @@ def stop_run(state: StateDir, run_id: str | None, *, tmux_socket: str | None = N
             continue  # another run's, or the following launcher: it sees the run stopped and ends
         if ident.tmux_socket:
             sockets.add(ident.tmux_socket)
-        if ident.status in live and ident.pid and pid_alive(ident.pid) and ident.pid != os.getpid():
-            _end_pid(ident.pid, 1.0)
-            lines.append(f"ended {ident.agent_id} (pid {ident.pid})")
+        if ident.status in live and ident.pid != os.getpid():
+            if ident.process_alive:
+                assert ident.pid is not None and ident.pid_start is not None
+                _end_process(ident.pid, ident.pid_start, 1.0)
+                lines.append(f"ended {ident.agent_id} (pid {ident.pid})")
+            elif why := _not_ours(ident):
+                lines.append(why)
         if ident.status in live or ident.status in (IdentityStatus.CRASHED, IdentityStatus.RESPAWNING):
             try:
                 identities.mark_terminated(state, ident.role, ident.name, reason="attractor stop")

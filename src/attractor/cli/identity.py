@@ -156,6 +156,7 @@ def cmd_show(args: argparse.Namespace) -> int:
     fields = [
         ("agent", record.agent_id), ("epoch", str(record.epoch)),
         ("status", record.status.value), ("pid", str(record.pid or "-")),
+        ("pid start", "-" if record.pid_start is None else f"{record.pid_start} (clock ticks since boot)"),
         ("heartbeat", f"{record.last_heartbeat} ({format_age(record.heartbeat_age())} ago)"),
         ("created", record.created_at), ("crashes", str(record.crash_count)),
         ("tmux", f"socket {record.tmux_socket or '-'}, session {record.tmux_session or '-'}, "
