@@ -226,6 +226,52 @@ def test_corrupt_files_are_moved_aside_and_reported(state: StateDir) -> None:
     assert consumer.inbox.corrupt[0].path == bad_json
 
 
+def _unreadable_entries(state: StateDir) -> dict[str, str]:
+    """Names in new/ that look like signals but are no readable file, with what each is."""
+    new = state.signals / AGENT / "new"
+    entries = {
+        "20200101T000000.000000010Z-1-00000001.json": "a directory",
+        "20200101T000000.000000011Z-1-00000002.json": "dangling",
+        "20200101T000000.000000012Z-1-00000003.json": "a symbolic link",
+        "20200101T000000.000000013Z-1-00000004.json": "a named pipe",
+    }
+    names = list(entries)
+    (new / names[0]).mkdir()
+    (new / names[1]).symlink_to(new / "nowhere.json")
+    target = state.root / "elsewhere.json"
+    target.write_text("{}")
+    (new / names[2]).symlink_to(target)
+    os.mkfifo(new / names[3])  # opening it for reading would block forever
+    return entries
+
+
+def test_unreadable_inbox_entries_do_not_wedge_a_consumer(state: StateDir) -> None:
+    good = signals.send(state, "SHUTDOWN", to=AGENT, sender="user-cli", epoch=1)
+    entries = _unreadable_entries(state)
+    handled: list[str] = []
+    consumer = signals.Consumer(state, AGENT, lambda s: handled.append(s.id) or "ok", current_epoch=lambda: 1)
+    assert consumer.poll_once() == 1 and handled == [good.id]
+    reported = {e.path.name: e for e in consumer.inbox.corrupt}
+    assert set(reported) == set(entries)
+    for name, what in entries.items():
+        assert what in reported[name].problem, (name, reported[name].problem)
+        moved = reported[name].moved_to
+        assert moved is not None and os.path.lexists(moved) and moved.name.startswith(name + ".corrupt-")
+    assert [n for n in box_files(state, "new") if ".corrupt-" not in n] == []
+    assert (state.root / "elsewhere.json").read_text() == "{}"  # a link's target is never touched
+
+
+def test_signal_list_reports_unreadable_entries(state: StateDir) -> None:
+    good = signals.send(state, "SHUTDOWN", to=AGENT, sender="user-cli", epoch=1)
+    entries = _unreadable_entries(state)
+    listed = run_cli(["signal", "list", "--agent", AGENT, "--json", "--state-dir", str(state.root)], timeout=20)
+    assert listed.returncode == 0, listed.stderr
+    data = json.loads(listed.stdout)
+    assert [s["id"] for s in data["signals"]] == [good.id]
+    assert sorted(Path(c["path"]).name for c in data["corrupt"]) == sorted(entries)
+    assert all(c["moved_to"] for c in data["corrupt"])
+
+
 # --------------------------------------------------------------------------- consumers
 
 

@@ -11,6 +11,7 @@ refused.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import re
@@ -164,17 +165,64 @@ def move_aside(path: Path) -> Path | None:
     return target
 
 
+_READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+_KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a named pipe"), (stat.S_ISSOCK, "a socket"),
+          (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
+
+
+class _Unreadable(Exception):
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def read_regular_bytes(path: Path) -> bytes:
+    """The bytes of the regular file `path`. Never follows a symbolic link and never blocks on
+    a pipe. FileNotFoundError when there is no such name; `_Unreadable` with the reason when
+    the name is there but is no readable regular file."""
+    try:
+        fd = os.open(path, _READ_FLAGS)
+    except FileNotFoundError:
+        raise  # no such name: the caller's business (a record not written yet, a claimed signal)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            target = os.readlink(path) if os.path.islink(path) else "?"
+            dangling = "" if os.path.exists(path) else ", dangling"
+            raise _Unreadable(f"a symbolic link (to {target}{dangling}), not a file") from None
+        raise _Unreadable(f"cannot be read ({exc.strerror or exc})") from None
+    try:
+        mode = os.fstat(fd).st_mode
+        for test, kind in _KINDS:
+            if test(mode):
+                raise _Unreadable(f"{kind}, not a file")
+        chunks = []
+        while chunk := os.read(fd, 1 << 16):
+            chunks.append(chunk)
+        return b"".join(chunks)
+    except OSError as exc:
+        raise _Unreadable(f"cannot be read ({exc.strerror or exc})") from None
+    finally:
+        os.close(fd)
+
+
 def read_json_object(path: Path, *, schema: int | None = None, move_corrupt: bool = True) -> dict[str, Any]:
     """Read a JSON object strictly. A file that does not parse, is not an object or has another
-    schema version is moved aside and reported with `CorruptStateError`.
+    schema version, and a name that is no readable file (a directory, a symbolic link, a pipe,
+    a read error), is moved aside and reported with `CorruptStateError`.
     FileNotFoundError passes through untouched."""
-    raw = path.read_bytes()
+    try:
+        raw = read_regular_bytes(path)
+    except _Unreadable as exc:
+        moved = move_aside(path) if move_corrupt else None
+        raise CorruptStateError(path, exc.reason, moved) from None
     problem = None
     data: Any = None
     try:
         data = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         problem = f"not valid JSON ({exc})" if raw.strip() else "empty file"
+    except RecursionError:
+        problem = "JSON nested too deeply to read"
     if problem is None and not isinstance(data, dict):
         problem = f"expected a JSON object, found {type(data).__name__}"
     if problem is None and schema is not None and data.get("schema") != schema:

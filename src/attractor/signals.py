@@ -22,8 +22,10 @@ Staleness: a signal whose `epoch` is older than the recipient's current spawn ep
 to an earlier incarnation; it is completed with outcome `stale` and logged, never acted on. A
 signal with no epoch, or the current (or a newer) one, is delivered.
 
-Corrupt files (bad JSON, unknown kind, wrong fields) found in `new/`, `cur/` or `done/` are moved
-aside to `<name>.corrupt-<stamp>`, logged with their path, and skipped.
+Corrupt files (bad JSON, unknown kind, wrong fields) found in `new/`, `cur/` or `done/`, and
+names there that are no readable file (a directory, a symbolic link, a pipe, a read error), are
+moved aside to `<name>.corrupt-<stamp>` with the reason, logged with their path, and skipped:
+one bad entry never stops a consumer from reading the others.
 """
 
 from __future__ import annotations
