@@ -208,6 +208,52 @@ def test_agent_blocked_at_a_trust_prompt_is_answered(chain: tuple[Path, Path]) -
     assert "answering prompt claude-trust" in (state / "logs" / "runner-trusted.log").read_text()
 
 
+def test_trust_menu_with_no_first_is_answered_by_choosing_yes(chain: tuple[Path, Path]) -> None:
+    # Claude Code 2.1.x lists "No, exit" first and highlights it: Enter alone would refuse.
+    target, state = chain
+    script = ("menu Quick safety check: Is this a project you created or one you trust?|No, exit"
+              "|Yes, I trust this folder\n" + module_steps("menu", 6) + "commit menu\nreport")
+    pipe = pipeline_file(target.parent, codergen("menu", script) + tool("check_menu"),
+                         "  start -> menu -> check_menu -> exit\n")
+    code, out = finish(launch(pipe, target, state), 60)
+    assert code == 0, out
+    assert git_show(target, "main", "app/menu.py") == "VALUE = 6\n"
+    log = (state / "logs" / "runner-menu.log").read_text()
+    assert "answering prompt claude-trust by choosing 'Yes, I trust this folder' (Down Enter)" in log
+    assert "chose: 'No, exit'" not in log
+
+
+def test_a_dialog_without_the_wanted_option_needs_input(chain: tuple[Path, Path]) -> None:
+    target, state = chain
+    script = ("menu Do you trust the files in this folder?|No, exit|Ask me later\n"
+              + module_steps("asked", 7) + "commit asked\nreport")
+    pipe = pipeline_file(target.parent, codergen("asked", script) + tool("check_asked"),
+                         "  start -> asked -> check_asked -> exit\n")
+    proc = launch(pipe, target, state, detach=True)
+    try:
+        session = state / "agents" / "orchestrator-asked" / "session.json"
+
+        def needs_input() -> dict[str, object] | None:
+            if not session.exists():
+                return None
+            found = read_json(session).get("needs_input")
+            return found if isinstance(found, dict) else None
+
+        waiting = retry_until(needs_input, 30, what="needs-input recorded")
+        assert waiting["rule"] == "claude-trust"
+        assert waiting["options"] == ["No, exit", "Ask me later"]
+        assert "Do you trust the files in this folder?" in str(waiting["message"])
+        status = run_cli(["status", "--json", "--state-dir", str(state)])
+        agents = json.loads(status.stdout)["agents"]
+        mine = next(a for a in agents if a["agent_id"] == "orchestrator-asked")
+        assert mine["needs_input"]["rule"] == "claude-trust"
+        identity_now = identity(state, "orchestrator-asked")
+        assert identity_now is not None and identity_now["status"] in ("spawning", "active")
+    finally:
+        run_cli(["stop", "--state-dir", str(state)], timeout=60)
+        proc.wait(timeout=60)
+
+
 def test_hung_agent_is_ended_and_respawned(chain: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch) -> None:
     target, state = chain
     monkeypatch.setenv("ATTRACTOR_POLICY", "hung_after=1.5,startup_grace=2")

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from attractor.agents import Agent, LaunchContext
+from attractor.agents import Agent, Launch, LaunchContext
 from attractor.atomic import ensure_private_dir, write_bytes_atomic
 from attractor.errors import BadInputError, NotFoundError
 from attractor.statedir import StateDir
@@ -85,8 +85,12 @@ def report_commands(node: str, agent_id: str, runner_id: str) -> tuple[str, str]
     return done, stuck
 
 
+def heartbeat_command(node: str) -> str:
+    return f"{attractor_command()} identity update-liveness orchestrator {node}"
+
+
 def build_prompt(*, role: RoleDefinition, node: str, task: str, worktree: Path, branch: str,
-                 agent_id: str, runner_id: str, wisdom: str = "", goal: str = "") -> str:
+                 agent_id: str, runner_id: str, wisdom: str = "", goal: str = "", attempt: int = 1) -> str:
     done, stuck = report_commands(node, agent_id, runner_id)
     parts = []
     if wisdom.strip():
@@ -95,13 +99,13 @@ def build_prompt(*, role: RoleDefinition, node: str, task: str, worktree: Path, 
     if goal:
         parts.append(f"## Goal of the whole pipeline\n{goal}")
     parts.append(f"## Your task (node `{node}`)\n{task.strip() or '(no prompt given)'}")
-    parts.append(f"## Where\nWorktree: {worktree}\nBranch: {branch}")
+    parts.append(f"## Where\nWorktree: {worktree}\nBranch: {branch}\nAttempt: {attempt}")
     parts.append(
         "## Report\n"
         f"When your work is committed, run:\n\n    {done}\n\n"
         f"If you are stuck, run:\n\n    {stuck}\n\n"
         f"Every few minutes while working you may refresh your heartbeat with:\n\n"
-        f"    {attractor_command()} identity update-liveness orchestrator {node}"
+        f"    {heartbeat_command(node)}"
     )
     return "\n\n".join(parts) + "\n"
 
@@ -120,7 +124,7 @@ def write_launch_files(state: StateDir, run_id: str, node: str, attempt: int, pr
 
 
 def agent_env(state: StateDir, *, run_id: str, node: str, agent_id: str, runner_id: str,
-              tmux_socket: str) -> dict[str, str]:
+              tmux_socket: str, target_branch: str = "main") -> dict[str, str]:
     bin_dir = str(Path(sys.executable).parent)
     path = os.environ.get("PATH", "/usr/bin:/bin")
     return {
@@ -130,18 +134,41 @@ def agent_env(state: StateDir, *, run_id: str, node: str, agent_id: str, runner_
         "ATTRACTOR_NODE": node,
         "ATTRACTOR_RUN_ID": run_id,
         "ATTRACTOR_TMUX_SOCKET": tmux_socket,
+        "ATTRACTOR_TARGET_BRANCH": target_branch,
         "PATH": path if path.startswith(bin_dir + ":") else f"{bin_dir}:{path}",
     }
 
 
 def launch_context(state: StateDir, *, node: str, worktree: Path, prompt_file: Path, attempt: int,
-                   script_file: Path | None) -> LaunchContext:
+                   script_file: Path | None, **more: Any) -> LaunchContext:
+    """The adapter's view of one start; `more` carries the optional LaunchContext fields."""
+    agent_id, runner_id = f"orchestrator-{node}", f"runner-{node}"
+    done, stuck = report_commands(node, agent_id, runner_id)
+    defaults: dict[str, Any] = {"report_command": done, "stuck_command": stuck,
+                                "heartbeat_command": heartbeat_command(node), "attractor": attractor_command()}
+    defaults.update(more)
     return LaunchContext(node=node, worktree=worktree, prompt_file=prompt_file, attempt=attempt,
-                         agent_id=f"orchestrator-{node}", runner_id=f"runner-{node}",
-                         state_dir=state.root, script_file=script_file)
+                         agent_id=agent_id, runner_id=runner_id, state_dir=state.root, script_file=script_file,
+                         **defaults)
+
+
+def agent_launch(agent: Agent, ctx: LaunchContext) -> Launch:
+    """Let the adapter write its files and say what to run."""
+    if agent.name == "scripted" and ctx.script_file is None:
+        raise BadInputError(f"node '{ctx.node}'", "the scripted agent needs a `script` attribute on the node")
+    return agent.prepare(ctx)
 
 
 def agent_argv(agent: Agent, ctx: LaunchContext) -> list[str]:
-    if agent.name == "scripted" and ctx.script_file is None:
-        raise BadInputError(f"node '{ctx.node}'", "the scripted agent needs a `script` attribute on the node")
-    return agent.argv(ctx)
+    return agent_launch(agent, ctx).argv
+
+
+def with_env_removed(argv: list[str], unset: tuple[str, ...]) -> list[str]:
+    """`argv` run with the variables `unset` removed from its environment (`env -u`), so an agent
+    never inherits the session variables of an enclosing agent CLI (e.g. CLAUDECODE)."""
+    if not unset:
+        return argv
+    words = ["env"]
+    for name in unset:
+        words += ["-u", name]
+    return [*words, *argv]

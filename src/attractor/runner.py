@@ -16,6 +16,7 @@ node gives up, ORCHESTRATOR_STUCK to the guardian with the reason.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import signal as signal_module
@@ -25,26 +26,33 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from attractor import hooks, identities, signals
-from attractor.agents import resolve_agent
+from attractor import clock, hooks, identities, signals
+from attractor.agents import REPORTS_BY_EXIT, LaunchContext, resolve_agent
 from attractor.errors import AttractorError, NotFoundError
 from attractor.identities import pid_alive
 from attractor.orchestrator import (
-    agent_argv,
     agent_env,
+    agent_launch,
     build_prompt,
     launch_context,
     load_role,
+    with_env_removed,
     write_launch_files,
 )
 from attractor.statedir import StateDir
 from attractor.states import HookPhase, IdentityStatus, SignalKind
+from attractor.store import agent_sessions
 
 logger = logging.getLogger(__name__)
 
 HEARTBEAT_INTERVAL = 2.0
 CHECK_INTERVAL = 0.25
 PROMPT_CHECK_INTERVAL = 2.0
+USAGE_INTERVAL = 15.0
+DEATH_TAIL_LINES = 50
+# An answered dialog that still shows this long after the keys were sent was not answered: a
+# human decides.
+ANSWER_VERIFY_SECONDS = 6.0
 
 
 def session_name(run_id: str, role: str, node: str) -> str:
@@ -136,6 +144,10 @@ class Runner:
         self.watch = Watch(self.state)
         self.last_capture = 0.0
         self.answered: dict[tuple[str, str], float] = {}
+        self.launch_ctx: LaunchContext | None = None
+        self.resumed_start: str | None = None  # ISO time of a start that resumed a session
+        self.last_usage = 0.0
+        self.role_allow = self._role_allow()
 
     # -- bookkeeping -------------------------------------------------------------------------
     def hook(self) -> hooks.Hook:
@@ -189,7 +201,29 @@ class Runner:
             except AttractorError as exc:
                 logger.info("orchestrator identity: %s", exc)
 
+    def _role_allow(self) -> tuple[str, ...]:
+        """Commands the node may run without asking: the node's `allow` attribute (comma
+        separated) and the orchestrator role's `allow` list."""
+        allowed = [part.strip() for part in (self.node.attrs.get("allow") or "").split(",") if part.strip()]
+        try:
+            meta_allow = load_role("orchestrator", self.cfg.target_dir).meta.get("allow") or []
+        except AttractorError:
+            meta_allow = []
+        if isinstance(meta_allow, list):
+            allowed += [str(item) for item in meta_allow if str(item).strip()]
+        return tuple(dict.fromkeys(allowed))
+
+    def validation_commands(self) -> tuple[str, ...]:
+        commands = []
+        for tool, validated in self.pipeline.validates.items():
+            command = self.pipeline.nodes[tool].command if tool in self.pipeline.nodes else None
+            if validated == self.cfg.node and command:
+                commands.append(command)
+        return tuple(commands)
+
     def spawn_orchestrator(self, attempt: int, note: str = "") -> None:
+        import uuid
+
         hook = self.hook()
         wisdom = hooks.build_wisdom_prompt_block(hook) if (attempt > 1 or note or len(hook.history) > 2) else ""
         if note and note not in wisdom:
@@ -198,13 +232,28 @@ class Runner:
             role=load_role("orchestrator", self.cfg.target_dir), node=self.cfg.node,
             task=self.node.prompt or "", worktree=self.worktree, branch=self.branch,
             agent_id=self.cfg.orchestrator_id, runner_id=self.cfg.agent_id, wisdom=wisdom,
-            goal=self.pipeline.goal,
+            goal=self.pipeline.goal, attempt=attempt,
         )
         prompt_file, script_file = write_launch_files(self.state, self.cfg.run_id, self.cfg.node, attempt,
                                                       prompt, self.node.script)
-        ctx = launch_context(self.state, node=self.cfg.node, worktree=self.worktree, prompt_file=prompt_file,
-                             attempt=attempt, script_file=script_file)
-        argv = agent_argv(self.agent, ctx)
+        session = agent_sessions.start(self.state, self.cfg.orchestrator_id, run_id=self.cfg.run_id,
+                                       node=self.cfg.node, cli=self.agent.name,
+                                       new_session_id=lambda: str(uuid.uuid4()))
+        resume = bool(session.starts > 1 and session.resumable and session.session_id and self.agent.has_hooks)
+        if session.starts > 1 and not resume:
+            session = agent_sessions.update(self.state, self.cfg.orchestrator_id, session_id=str(uuid.uuid4()),
+                                            transcript_path="", resumable=False) or session
+        self.resumed_start = clock.iso() if resume else None
+        ctx = launch_context(
+            self.state, node=self.cfg.node, worktree=self.worktree, prompt_file=prompt_file, attempt=attempt,
+            script_file=script_file, run_id=self.cfg.run_id, target_dir=self.cfg.target_dir, branch=self.branch,
+            target_branch=self.cfg.target_branch,
+            agent_dir=agent_sessions.agent_dir(self.state, self.cfg.orchestrator_id),
+            session_id=session.session_id, resume=resume, allow=self.role_allow,
+            validation_commands=self.validation_commands(),
+            model=self.node.attrs.get("model") or os.environ.get("ATTRACTOR_MODEL", ""))
+        launch = agent_launch(self.agent, ctx)
+        self.launch_ctx = ctx
         self.stop_orchestrator("replaced by a new attempt")
         name = session_name(self.cfg.run_id, "orch", self.cfg.node)
         if self.tmux.has_session(name):
@@ -213,12 +262,16 @@ class Runner:
                                    worktree=str(self.worktree), tmux_socket=self.cfg.tmux_socket,
                                    tmux_session=name)
         env = agent_env(self.state, run_id=self.cfg.run_id, node=self.cfg.node, agent_id=self.cfg.orchestrator_id,
-                        runner_id=self.cfg.agent_id, tmux_socket=self.cfg.tmux_socket)
+                        runner_id=self.cfg.agent_id, tmux_socket=self.cfg.tmux_socket,
+                        target_branch=self.cfg.target_branch)
+        env.update(launch.env)
+        argv = with_env_removed(launch.argv, launch.unset)
         pane = self.tmux.new_session(name, argv, cwd=self.worktree, env=env, keep_dead_panes=True)
         identities.update_fields(self.state, "orchestrator", self.cfg.node, pid=pane.pane_pid,
                                  pane_id=pane.pane_id, tmux_session=name)
-        logger.info("runner %s: orchestrator attempt %d in %s (pane %s pid %s)", self.cfg.node, attempt,
-                    name, pane.pane_id, pane.pane_pid)
+        self.answered.clear()
+        logger.info("runner %s: orchestrator attempt %d in %s (pane %s pid %s)%s", self.cfg.node, attempt,
+                    name, pane.pane_id, pane.pane_pid, f", resuming session {session.session_id}" if resume else "")
 
     # -- phases --------------------------------------------------------------------------------
     def start_attempt(self, note: str) -> None:
@@ -318,18 +371,7 @@ class Runner:
         if kind is SignalKind.ORCHESTRATOR_DONE:
             if phase is not HookPhase.EXECUTING:
                 return f"ignored: phase is {phase.value}"
-            from attractor import gitops
-
-            commit = gitops.rev_parse(self.worktree, "HEAD") or ""
-            if not commit or not gitops.commits_between(self.cfg.target_dir, self.cfg.target_branch, commit):
-                self.retry_or_fail("a report without a commit",
-                                   f"The branch {self.branch} has no commit beyond {self.cfg.target_branch}. "
-                                   "Commit your work (git add -A && git commit) before reporting.")
-                return "no commit"
-            self.set_phase(HookPhase.IMPL_COMPLETE, note=str(payload.get("summary") or "")[:200], commit=commit)
-            self.send_guardian(SignalKind.NODE_IMPL_COMPLETE, {
-                "node": self.cfg.node, "branch": self.branch, "commit": commit, "worktree": str(self.worktree)})
-            return "impl_complete"
+            return self.on_report(str(payload.get("summary") or ""))
         if kind is SignalKind.ORCHESTRATOR_STUCK:
             if phase is not HookPhase.EXECUTING:
                 return f"ignored: phase is {phase.value}"
@@ -374,6 +416,22 @@ class Runner:
             return "respawned"
         return f"ignored: {kind.value} is not for a runner"
 
+    def on_report(self, summary: str) -> str:
+        """The agent says its work is done: the branch must have a commit beyond the target."""
+        from attractor import gitops
+
+        commit = gitops.rev_parse(self.worktree, "HEAD") or ""
+        if not commit or not gitops.commits_between(self.cfg.target_dir, self.cfg.target_branch, commit):
+            self.retry_or_fail("a report without a commit",
+                               f"The branch {self.branch} has no commit beyond {self.cfg.target_branch}. "
+                               "Commit your work (git add -A && git commit) before reporting.")
+            return "no commit"
+        agent_sessions.update(self.state, self.cfg.orchestrator_id, reported=True, needs_input=None)
+        self.set_phase(HookPhase.IMPL_COMPLETE, note=summary[:200], commit=commit)
+        self.send_guardian(SignalKind.NODE_IMPL_COMPLETE, {
+            "node": self.cfg.node, "branch": self.branch, "commit": commit, "worktree": str(self.worktree)})
+        return "impl_complete"
+
     # -- the loop ------------------------------------------------------------------------------
     def check_orchestrator(self) -> None:
         """Supervise the orchestrator: death, hang and known prompts (see `watch`)."""
@@ -396,6 +454,8 @@ class Runner:
                 with self.lock:
                     if self.finished.is_set() or self.hook().phase is not HookPhase.EXECUTING:
                         return
+                if self.exited_with_commit(ident, pane):
+                    return
             text = None
             now = time.monotonic()
             if pane is not None and not pane.dead and now - self.last_capture >= PROMPT_CHECK_INTERVAL:
@@ -404,6 +464,9 @@ class Runner:
                     text = self.tmux.capture_pane(pane.pane_id, 40)
                 except AttractorError:
                     text = None
+            if now - self.last_usage >= USAGE_INTERVAL:
+                self.last_usage = now
+                self.record_usage()
             panes = {pane.pane_id: pane} if pane is not None else {}
             with self.lock:
                 again = self.orchestrator()
@@ -412,14 +475,20 @@ class Runner:
                 verdict = self.watch.check(ident, panes, text, exit_code=pane.dead_status if pane else None)
             health = verdict.report.health
             if health is Health.BLOCKED and verdict.report.prompt is not None:
-                self.answer_prompt(ident, verdict.report.prompt)
+                self.answer_prompt(ident, verdict.report.prompt, text or "")
+            elif text is not None:
+                self.clear_prompt_needs_input()
             if health is not Health.DEAD:
                 return
-            logger.warning("runner %s: orchestrator dead: %s", self.cfg.node, verdict.report.reason)
+            said = self.record_pane_at_death(ident, pane)
+            logger.warning("runner %s: orchestrator dead: %s%s", self.cfg.node, verdict.report.reason,
+                           f"; its pane said: {said}" if said else "")
             if verdict.decision is not None and verdict.decision.action.value == "quarantine":
                 with self.lock:
-                    self.fail(f"quarantined: {verdict.decision.reason}; after fixing the cause, "
-                              f"clear it with: attractor agent clear orchestrator {self.cfg.node}")
+                    self.fail(f"quarantined: {verdict.decision.reason}"
+                              + (f"; the agent's last words: {said}" if said else "")
+                              + f"; after fixing the cause, clear it with: attractor agent clear orchestrator "
+                              f"{self.cfg.node}")
                 return
         elif ident.status is IdentityStatus.QUARANTINED or self.watch.quarantined(agent):
             with self.lock:
@@ -434,21 +503,130 @@ class Runner:
                                         "the previous agent process died before reporting")
                 self.watch.respawned(agent)
 
-    def answer_prompt(self, ident: identities.Identity, prompt: object) -> None:
+    def exited_with_commit(self, ident: identities.Identity, pane: object) -> bool:
+        """For an agent that reports by exiting (Aider): exit 0 with a new commit on the branch is
+        its report; exit 0 without one is a report without a commit. True when handled."""
+        from attractor.tmux import PaneInfo
+
+        if self.agent.reports != REPORTS_BY_EXIT or not isinstance(pane, PaneInfo) or not pane.dead:
+            return False
+        if pane.dead_status != 0:
+            return False
+        self.record_pane_at_death(ident, pane)
+        self.record_usage()
+        with self.lock:
+            if self.finished.is_set() or self.hook().phase is not HookPhase.EXECUTING:
+                return True
+            try:
+                identities.mark_terminated(self.state, "orchestrator", self.cfg.node, reason="exited 0")
+            except AttractorError as exc:
+                logger.info("orchestrator identity: %s", exc)
+            logger.info("runner %s: the agent exited 0; reporting for it", self.cfg.node)
+            self.on_report(summary=f"{self.agent.name} exited 0")
+        return True
+
+    def record_pane_at_death(self, ident: identities.Identity, pane: object) -> str:
+        """Keep the last lines of a dead agent's pane in the log and its session record; returns
+        its last meaningful line (why it died, in its own words)."""
+        from attractor.prompts import pane_tail
+        from attractor.tmux import PaneInfo
+
+        if not isinstance(pane, PaneInfo):
+            return ""
+        try:
+            text = pane_tail(self.tmux.capture_pane(pane.pane_id, DEATH_TAIL_LINES), DEATH_TAIL_LINES)
+        except AttractorError:
+            return ""
+        lines = [line.strip() for line in text.splitlines() if line.strip()]
+        meaningful = [line for line in lines if not line.startswith(("Pane is dead", "[exited"))]
+        last = meaningful[-1][:300] if meaningful else ""
+        if text.strip():
+            logger.warning("runner %s: the agent's pane at its end (exit %s):\n%s", self.cfg.node,
+                           pane.dead_status, text)
+        agent_sessions.update(self.state, self.cfg.orchestrator_id, death={
+            "at": clock.iso(), "exit_code": pane.dead_status, "pane_tail": agent_sessions.clip_tail(text),
+            "last_line": last})
+        if self.resumed_start is not None:
+            session = agent_sessions.find(self.state, self.cfg.orchestrator_id)
+            event_at = str((session.last_event or {}).get("at") or "") if session else ""
+            if not event_at or event_at < self.resumed_start:
+                # resuming did not get as far as the session's first hook: start fresh next time
+                logger.warning("runner %s: resuming the agent's session failed; the next start is fresh",
+                               self.cfg.node)
+                agent_sessions.update(self.state, self.cfg.orchestrator_id, resumable=False)
+        return last
+
+    def record_usage(self) -> None:
+        ctx = self.launch_ctx
+        if ctx is None:
+            return
+        session = agent_sessions.find(self.state, self.cfg.orchestrator_id)
+        try:
+            usage = self.agent.usage(ctx, session.to_json() if session else {})
+        except (OSError, ValueError, AttractorError) as exc:
+            logger.info("runner %s: reading usage: %s", self.cfg.node, exc)
+            return
+        if usage is not None:
+            agent_sessions.update(self.state, self.cfg.orchestrator_id, usage=usage.to_json())
+
+    def clear_prompt_needs_input(self) -> None:
+        session = agent_sessions.find(self.state, self.cfg.orchestrator_id)
+        if session is not None and session.needs_input and session.needs_input.get("kind") == "prompt":
+            agent_sessions.update(self.state, self.cfg.orchestrator_id, needs_input=None)
+
+    def answer_prompt(self, ident: identities.Identity, prompt: object, text: str) -> None:
         from attractor.prompts import PromptAction, PromptMatch
 
         assert isinstance(prompt, PromptMatch)
         key = (prompt.rule, prompt.line)
+        now = time.monotonic()
         if prompt.action is PromptAction.ANSWER and prompt.keys and ident.pane_id:
-            if self.answered.get(key, 0.0) > time.monotonic() - 5.0:
+            answered_at = self.answered.get(key)
+            if answered_at is not None and now - answered_at < ANSWER_VERIFY_SECONDS:
                 return  # answered a moment ago: give the agent time to move on
-            self.answered[key] = time.monotonic()
-            logger.warning("runner %s: answering prompt %s with %s", self.cfg.node, prompt.rule, prompt.keys)
-            self.tmux.send_key_names(ident.pane_id, prompt.keys)
+            if answered_at is None:
+                self.answered[key] = now
+                logger.warning("runner %s: answering prompt %s by choosing %r (%s)", self.cfg.node, prompt.rule,
+                               prompt.choose, " ".join(prompt.keys))
+                self.tmux.send_key_names(ident.pane_id, prompt.keys)
+                return
+            # the same dialog is still there after the answer: do not guess again
+            prompt = dataclasses.replace(prompt, action=PromptAction.NEEDS_INPUT,
+                                         reason=f"{prompt.reason}; still showing after choosing {prompt.choose!r}")
+        if prompt.action is PromptAction.NEEDS_INPUT:
+            session = agent_sessions.find(self.state, self.cfg.orchestrator_id)
+            current = session.needs_input if session is not None else None
+            if current is None or current.get("rule") != prompt.rule or current.get("line") != prompt.line:
+                logger.warning("runner %s: the agent needs input (%s): %s", self.cfg.node, prompt.rule, prompt.reason)
+                agent_sessions.update(self.state, self.cfg.orchestrator_id, needs_input={
+                    "kind": "prompt", "rule": prompt.rule, "line": prompt.line, "message": prompt.question
+                    or prompt.line, "options": list(prompt.options), "since": clock.iso()})
+            self.deny_after_timeout(ident, prompt)
         elif key not in self.answered:
-            self.answered[key] = time.monotonic()
+            self.answered[key] = now
             logger.warning("runner %s: agent blocked at a prompt (%s): %s", self.cfg.node,
                            prompt.action.value, prompt.reason)
+
+    def deny_after_timeout(self, ident: identities.Identity, prompt: object) -> None:
+        """The node's `permission_timeout` (seconds): a permission question nobody answered in
+        that time is answered "No"."""
+        from attractor.prompts import PromptMatch, keys_to_choose
+
+        assert isinstance(prompt, PromptMatch)
+        limit = self.node.attrs.get("permission_timeout")
+        session = agent_sessions.find(self.state, self.cfg.orchestrator_id)
+        if not limit or session is None or not session.needs_input or not ident.pane_id:
+            return
+        since = clock.parse_iso(str(session.needs_input.get("since")))
+        if clock.SYSTEM_CLOCK.time() - since < float(limit):
+            return
+        text = self.tmux.capture_pane(ident.pane_id, 40)
+        keys = keys_to_choose(text, "No")
+        if keys is None:
+            return
+        logger.warning("runner %s: nobody answered within %ss; choosing 'No'", self.cfg.node, limit)
+        self.tmux.send_key_names(ident.pane_id, keys)
+        agent_sessions.update(self.state, self.cfg.orchestrator_id, needs_input=None)
 
     def run(self) -> int:
         from attractor import gitops

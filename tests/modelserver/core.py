@@ -74,7 +74,15 @@ class Conversation:
         return "\n".join(m.text for m in self.messages if m.role == "user" and m.text)
 
     def assistant_turns(self) -> int:
-        return sum(1 for m in self.messages if m.role == "assistant")
+        """Assistant turns since the latest attractor prompt (a resumed session that is given a
+        new prompt, e.g. for attempt 2, starts its steps again)."""
+        count = 0
+        for message in self.messages:
+            if message.role == "user" and "## Your task (node `" in message.text:
+                count = 0
+            elif message.role == "assistant":
+                count += 1
+        return count
 
     def node(self) -> str | None:
         """The pipeline node this agent works on, read from attractor's prompt."""

@@ -1,3 +1,4 @@
+# ruff: noqa: RUF001, RUF002
 """The `scripted` agent: a real program that does a node's work from a script, without a model.
 
 It runs in the node's worktree like any agent CLI, edits files, runs commands, commits, and
@@ -14,6 +15,11 @@ argument `\\n` is a newline, `\\t` a tab, `\\\\` a backslash.
     sleep SECONDS        wait
     ask TEXT             print TEXT as a prompt and wait for a line typed into the pane (how a
                          real agent CLI blocks at a trust or permission question)
+    menu QUESTION|OPT1|OPT2…
+                         draw a menu the way the agent CLIs do (numbered options, `❯` on the
+                         highlighted one, which starts at OPT1), move with the arrow keys, choose
+                         with Enter; an option starting with "No" ends the agent (exit 1, as
+                         Claude Code does when its folder is not trusted)
     report [SUMMARY]     send ORCHESTRATOR_DONE with the HEAD commit (implicit at the end)
     stuck REASON         send ORCHESTRATOR_STUCK and stop
     fail [CODE]          exit with CODE (default 1) without reporting
@@ -39,7 +45,7 @@ from pathlib import Path
 
 from attractor.errors import BadInputError, UsageError, error_handler
 
-VERBS = ("write", "append", "run", "commit", "sleep", "ask", "report", "stuck", "fail", "hang", "crash")
+VERBS = ("write", "append", "run", "commit", "sleep", "ask", "menu", "report", "stuck", "fail", "hang", "crash")
 _FILTER_RE = re.compile(r"@(\d+)(\+)?$")
 
 
@@ -92,6 +98,8 @@ def parse_script(text: str) -> list[Step]:
             raise BadInputError(f"script line {number}", f"unknown step {verb!r}; steps: {', '.join(VERBS)}")
         if verb in ("write", "append") and not args.split(" ", 1)[0]:
             raise BadInputError(f"script line {number}", f"{verb} needs a PATH")
+        if verb == "menu" and len([part for part in args.split("|") if part.strip()]) < 3:
+            raise BadInputError(f"script line {number}", "menu needs QUESTION|OPTION|OPTION…")
         if verb in ("run", "ask") and not args:
             raise BadInputError(f"script line {number}", f"{verb} needs {'a COMMAND' if verb == 'run' else 'a TEXT'}")
         if verb == "sleep":
@@ -195,6 +203,13 @@ class ScriptedAgent:
                 except OSError:
                     answer = ""
                 self.say(f"answered: {answer.strip()!r}")
+            elif step.verb == "menu":
+                question, *options = [part.strip() for part in unescape(step.args).split("|")]
+                chosen = run_menu(question, options)
+                self.say(f"chose: {chosen!r}")
+                if chosen.lower().startswith("no"):
+                    print("The agent didn't start because the answer was no.", flush=True)
+                    return 1
             elif step.verb == "report":
                 summary = unescape(step.args)
                 self.send("ORCHESTRATOR_DONE", {"node": self.node, "commit": self.head(), "summary": summary})
@@ -214,6 +229,51 @@ class ScriptedAgent:
             self.send("ORCHESTRATOR_DONE", {"node": self.node, "commit": self.head(), "summary": "script finished"})
         self.say("done")
         return 0
+
+
+def _draw_menu(question: str, options: Sequence[str], highlighted: int) -> None:
+    sys.stdout.write("\x1b[2J\x1b[H" + question + "\r\n\r\n")
+    for index, option in enumerate(options):
+        marker = "❯" if index == highlighted else " "
+        sys.stdout.write(f" {marker} {index + 1}. {option}\r\n")
+    sys.stdout.write("\r\n Enter to confirm\r\n")
+    sys.stdout.flush()
+
+
+def run_menu(question: str, options: Sequence[str]) -> str:
+    """A menu in raw mode: Up/Down move the highlight, Enter chooses. Off a terminal, a line
+    with the option's number chooses."""
+    import termios
+    import tty
+
+    if not sys.stdin.isatty():
+        _draw_menu(question, options, 0)
+        line = sys.stdin.readline().strip()
+        return options[int(line) - 1] if line.isdigit() and 0 < int(line) <= len(options) else options[0]
+    fd = sys.stdin.fileno()
+    saved = termios.tcgetattr(fd)
+    highlighted = 0
+    try:
+        tty.setraw(fd)
+        _draw_menu(question, options, highlighted)
+        pending = b""
+        while True:
+            pending += os.read(fd, 16)
+            while pending:
+                if pending.startswith((b"\x1b[A", b"\x1bOA")):
+                    highlighted, pending = max(0, highlighted - 1), pending[3:]
+                elif pending.startswith((b"\x1b[B", b"\x1bOB")):
+                    highlighted, pending = min(len(options) - 1, highlighted + 1), pending[3:]
+                elif pending[:1] in (b"\r", b"\n"):
+                    return options[highlighted]
+                elif pending[:1] == b"\x1b" and len(pending) < 3:
+                    break  # the rest of an escape sequence is on its way
+                else:
+                    pending = pending[1:]
+            _draw_menu(question, options, highlighted)
+    finally:
+        termios.tcsetattr(fd, termios.TCSADRAIN, saved)
+        sys.stdout.write("\r\n")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

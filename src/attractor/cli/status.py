@@ -43,7 +43,10 @@ def collect(args: argparse.Namespace) -> dict[str, Any]:
     recorded = next((i.tmux_socket for i in records if i.role == "guardian" and i.name == run_id and i.tmux_socket),
                     None)
     panes = _panes(getattr(args, "tmux_socket", None) or recorded, cp)
+    from attractor.store import agent_sessions
+
     agents = []
+    usage_by_node: dict[str, dict[str, Any]] = {}
     for ident in records:
         if ident.session_id != run_id and not getattr(args, "all_agents", False):
             continue  # another run's
@@ -56,6 +59,13 @@ def collect(args: argparse.Namespace) -> dict[str, Any]:
             health = health_of(ident, panes).health.value
         else:
             health = ident.status.value
+        session = agent_sessions.find(state, ident.agent_id) if ident.role == "orchestrator" else None
+        if session is not None and session.run_id != run_id:
+            session = None  # another run's record of this node name
+        if session is not None and session.needs_input and health not in ("dead", "quarantined"):
+            health = "needs-input"
+        if session is not None and session.usage:
+            usage_by_node[ident.name] = session.usage
         agents.append({
             "agent_id": ident.agent_id, "role": ident.role, "name": ident.name, "status": ident.status.value,
             "health": health, "restarts": sup.restarts,
@@ -66,11 +76,17 @@ def collect(args: argparse.Namespace) -> dict[str, Any]:
             "tmux_session": ident.tmux_session, "pane_id": ident.pane_id,
             "attach": (f"tmux -L {socket} attach -t {ident.tmux_session}"
                        if socket and ident.tmux_session and alive else None),
+            "cli": session.cli if session else None,
+            "session_id": (session.session_id or None) if session else None,
+            "needs_input": session.needs_input if session else None,
+            "usage": session.usage if session else None,
+            "last_words": (session.death or {}).get("last_line") if session and session.death else None,
         })
     nodes = []
     for name, node in cp.nodes.items():
         hook = hook_by_node.get(name)
-        nodes.append({**node.to_json(), "phase": hook.phase.value if hook else None})
+        nodes.append({**node.to_json(), "phase": hook.phase.value if hook else None,
+                      "usage": usage_by_node.get(name)})
     entries: list[dict[str, Any]] = []
     try:
         from attractor import merge_queue
@@ -78,9 +94,33 @@ def collect(args: argparse.Namespace) -> dict[str, Any]:
         entries = [e.to_json() for e in merge_queue.list_entries(state)]
     except (ImportError, AttributeError):
         pass
-    return {"schema": 1, "run": {k: v for k, v in cp.to_json().items() if k != "nodes"}, "nodes": nodes,
+    run = {k: v for k, v in cp.to_json().items() if k != "nodes"}
+    run["usage"] = _sum_usage(list(usage_by_node.values()))
+    return {"schema": 1, "run": run, "nodes": nodes,
             "agents": agents, "merge_queue": entries, "problems": [str(p) for p in problems],
             "state_dir": str(state.root)}
+
+
+def _sum_usage(items: list[dict[str, Any]]) -> dict[str, Any] | None:
+    if not items:
+        return None
+    from attractor.agents import Usage
+
+    total = Usage()
+    for item in items:
+        total = total + Usage.from_json(item)
+    data = total.to_json()
+    data["source"] = "sum of the nodes"
+    return data
+
+
+def _usage_text(usage: dict[str, Any] | None) -> str:
+    if not usage:
+        return "-"
+    tokens = int(usage.get("input_tokens") or 0) + int(usage.get("output_tokens") or 0) \
+        + int(usage.get("cache_read_tokens") or 0) + int(usage.get("cache_write_tokens") or 0)
+    cost = usage.get("cost_usd")
+    return f"{tokens:,} tok" + (f" ${cost:.4f}" if isinstance(cost, (int, float)) else "")
 
 
 def _panes(socket: str | None, cp: Any) -> dict[str, Any] | None:
@@ -104,17 +144,23 @@ def run_status(args: argparse.Namespace) -> int:
           f"started {run['started_at']}")
     if run.get("reason"):
         print(f"  reason: {run['reason']}")
-    print(f"\n{'NODE':<20} {'KIND':<12} {'STATE':<11} {'PHASE':<14} {'ATTEMPTS':>8}  MERGED")
+    print(f"\n{'NODE':<20} {'KIND':<12} {'STATE':<11} {'PHASE':<14} {'ATTEMPTS':>8}  {'MERGED':<10}  USAGE")
     for n in data["nodes"]:
         print(f"{n['name']:<20} {n['kind']:<12} {n['state']:<11} {(n['phase'] or '-'):<14} {n['attempts']:>8}  "
-              f"{(n['merged_sha'] or '')[:10]}")
+              f"{(n['merged_sha'] or '')[:10]:<10}  {_usage_text(n.get('usage'))}")
+    if run.get("usage"):
+        print(f"{'total':<20} {'':<12} {'':<11} {'':<14} {'':>8}  {'':<10}  {_usage_text(run['usage'])}")
     width = max([len("AGENT"), *(len(a["agent_id"]) for a in data["agents"])])
     print(f"\n{'AGENT':<{width}} {'HEALTH':<12} {'PID':>7} {'HEARTBEAT':>10} {'RESTARTS':>8}  NEXT/ATTACH")
     for a in data["agents"]:
         age = f"{a['heartbeat_age']:.1f}s" if a["heartbeat_age"] is not None else "-"
         extra = a["attach"] or (f"restart at {a['next_restart']}" if a["next_restart"] else "") \
-            or (a["quarantine_reason"] or "")
+            or (a["quarantine_reason"] or "") or (f"last words: {a['last_words']}" if a.get("last_words") else "")
         print(f"{a['agent_id']:<{width}} {a['health']:<12} {a['pid'] or '-':>7} {age:>10} {a['restarts']:>8}  {extra}")
+        if a.get("needs_input"):
+            asked = str(a["needs_input"].get("message") or "").replace("\n", " / ")[:160]
+            print(f"{'':<{width}}   needs input: {asked}")
+            print(f"{'':<{width}}   answer with: attractor agent answer {a['name']} yes|no|always")
     if data["merge_queue"]:
         print(f"\n{'ENTRY':<14} {'STATE':<11} BRANCH")
         for e in data["merge_queue"]:
