@@ -28,6 +28,7 @@ from pathlib import Path
 
 from attractor import clock, hooks, identities, signals
 from attractor.agents import REPORTS_BY_EXIT, LaunchContext, resolve_agent
+from attractor.engines.answers import deliver_by_paste, remembered_allow
 from attractor.errors import AttractorError, NotFoundError
 from attractor.identities import pid_alive
 from attractor.orchestrator import (
@@ -49,6 +50,7 @@ HEARTBEAT_INTERVAL = 2.0
 CHECK_INTERVAL = 0.25
 PROMPT_CHECK_INTERVAL = 2.0
 USAGE_INTERVAL = 15.0
+MESSAGE_INTERVAL = 1.0
 DEATH_TAIL_LINES = 50
 # An answered dialog that still shows this long after the keys were sent was not answered: a
 # human decides.
@@ -147,6 +149,7 @@ class Runner:
         self.launch_ctx: LaunchContext | None = None
         self.resumed_start: str | None = None  # ISO time of a start that resumed a session
         self.last_usage = 0.0
+        self.last_delivery = 0.0
         self.role_allow = self._role_allow()
 
     # -- bookkeeping -------------------------------------------------------------------------
@@ -249,7 +252,8 @@ class Runner:
             script_file=script_file, run_id=self.cfg.run_id, target_dir=self.cfg.target_dir, branch=self.branch,
             target_branch=self.cfg.target_branch,
             agent_dir=agent_sessions.agent_dir(self.state, self.cfg.orchestrator_id),
-            session_id=session.session_id, resume=resume, allow=self.role_allow,
+            session_id=session.session_id, resume=resume,
+            allow=tuple(dict.fromkeys((*self.role_allow, *remembered_allow(self.state, self.cfg.orchestrator_id)))),
             validation_commands=self.validation_commands(),
             model=self.node.attrs.get("model") or os.environ.get("ATTRACTOR_MODEL", ""))
         launch = agent_launch(self.agent, ctx)
@@ -467,6 +471,13 @@ class Runner:
             if now - self.last_usage >= USAGE_INTERVAL:
                 self.last_usage = now
                 self.record_usage()
+            if pane is not None and not pane.dead and now - self.last_delivery >= MESSAGE_INTERVAL:
+                self.last_delivery = now
+                try:
+                    deliver_by_paste(self.state, agent, pane.pane_id, self.tmux, has_hooks=self.agent.has_hooks,
+                                     last_activity=pane.last_activity)
+                except AttractorError as exc:
+                    logger.info("runner %s: delivering messages: %s", self.cfg.node, exc)
             panes = {pane.pane_id: pane} if pane is not None else {}
             with self.lock:
                 again = self.orchestrator()

@@ -475,6 +475,29 @@ class Tmux:
         if keys:
             self._run("send-keys", "-t", pane_id, *keys)
 
+    def paste_text(self, pane_id: str, text: str, *, enter: bool = True, settle: float = 0.3) -> None:
+        """Paste `text` into a pane as one bracketed paste (`load-buffer` + `paste-buffer -p`),
+        then press Enter after `settle` seconds: `send-keys` splits long text, and an Enter sent
+        with a long paste is lost by CLIs that are still taking the paste in."""
+        import os
+        import tempfile
+        import time
+
+        validate_pane_id(pane_id)
+        clean = sanitize_text(text)
+        buffer = f"attractor-{os.getpid()}-{time.monotonic_ns()}"
+        fd, path = tempfile.mkstemp(prefix="attractor-paste-")
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                fh.write(clean)
+            self._run("load-buffer", "-b", buffer, path, ";", "paste-buffer", "-p", "-d", "-b", buffer,
+                      "-t", pane_id)
+        finally:
+            os.unlink(path)
+        if enter:
+            time.sleep(settle)
+            self._run("send-keys", "-t", pane_id, "Enter")
+
     def capture_pane(self, pane_id: str, lines: int = 200) -> str:
         """The last `lines` lines of a pane's history and screen, wrapped lines joined."""
         validate_pane_id(pane_id)

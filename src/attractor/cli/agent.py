@@ -1,8 +1,12 @@
-"""`attractor agent`: the supervision state of agents, and lifting quarantines and escalations.
+"""`attractor agent`: the supervision state of agents, lifting quarantines and escalations,
+answering an agent that needs a human and messages to a live agent.
 
     attractor agent list [--json]                 deaths, restarts, next restart, quarantine
     attractor agent clear ROLE NAME               lift a quarantine, reset the backoff
     attractor agent clear --escalation            resume respawns paused by an escalation
+    attractor agent answer NODE yes|no|always     choose that option in the agent's dialog
+    attractor agent send NODE TEXT                queue a message; delivered through the agent's
+                                                  hooks, or typed in when it is idle
 """
 
 from __future__ import annotations
@@ -48,6 +52,26 @@ def add_parser(subparsers: argparse._SubParsersAction[Parser]) -> None:
                        help="end the escalation that pauses all respawns")
     add_state_dir_option(clear)
     clear.set_defaults(func=run_clear)
+
+    answer = subparser(sub, "answer",
+                       "answer the dialog an agent waits at (a permission prompt shown as needs-input)",
+                       "attractor agent answer impl_auth yes")
+    answer.add_argument("node", help="the node whose agent asks")
+    answer.add_argument("reply", choices=("yes", "no", "always"),
+                        help="yes, no, or always (yes, and remember the command for this agent)")
+    add_state_dir_option(answer)
+    answer.add_argument("--tmux-socket", metavar="NAME", help="tmux socket (default: the one recorded)")
+    add_json_option(answer)
+    answer.set_defaults(func=run_answer)
+
+    send = subparser(sub, "send", "queue a message for a live agent (delivered once, through its hooks or "
+                     "typed in when it is idle)", "attractor agent send impl_auth 'also update the README'")
+    send.add_argument("node", help="the node whose agent gets the message")
+    send.add_argument("text", help="the message")
+    send.add_argument("--author", default="user", help="who the message is from (default: user)")
+    add_state_dir_option(send)
+    add_json_option(send)
+    send.set_defaults(func=run_send)
     group.set_defaults(func=_group_help(group))
 
 
@@ -159,4 +183,35 @@ def run_clear(args: argparse.Namespace) -> int:
     if args.escalation:
         ended = sup.clear_escalation()
         print("escalation cleared; respawns resume" if ended else "no active escalation")
+    return 0
+
+
+def run_answer(args: argparse.Namespace) -> int:
+    from attractor.engines.answers import answer
+    from attractor.names import validate_name
+    from attractor.statedir import StateDir
+
+    validate_name(args.node, "node")
+    result = answer(StateDir(state_dir_from(args)), args.node, args.reply, tmux_socket=args.tmux_socket)
+    if args.json:
+        print(json.dumps({"agent_id": result.agent_id, "chosen": result.chosen, "keys": list(result.keys),
+                          "question": result.question, "remembered": result.remembered}, indent=2))
+        return 0
+    print(f"{result.agent_id}: chose {result.chosen!r}")
+    if result.remembered:
+        print(f"  remembered for this agent: {result.remembered}")
+    return 0
+
+
+def run_send(args: argparse.Namespace) -> int:
+    from attractor.engines.answers import queue_message
+    from attractor.names import validate_name
+    from attractor.statedir import StateDir
+
+    validate_name(args.node, "node")
+    sent = queue_message(StateDir(state_dir_from(args)), args.node, args.text, author=args.author)
+    if args.json:
+        print(json.dumps({"signal_id": sent.id, "to": sent.recipient}, indent=2))
+        return 0
+    print(f"queued message {sent.id} for {sent.recipient}")
     return 0
