@@ -9,6 +9,11 @@ target_branch, agent, agent_cmd, max_agents, status (running | succeeded | faile
 reason, started_at, updated_at, finished_at, guardian_starts, nodes: {name: {name, kind, state,
 attempts, outcome, reason, branch, merged_sha, started_at, finished_at}}.
 
+Reading is strict, like every record: a file that does not parse, has another schema, misses a
+field or has one of the wrong type is corrupt (CorruptStateError naming the field) and is moved
+aside under its lock (`checkpoint.json.lock`, which every write holds too), so a good version
+written meanwhile is never the one moved. The guardian rewrites it on its next node change.
+
 Staleness: a checkpoint with status `running` whose guardian identity is dead is a run to resume
 (`attractor run --resume RUN_ID`); merged nodes are never redone. A truncated last line of
 events.jsonl (a writer killed mid-append) is skipped by readers.
@@ -24,9 +29,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from attractor import clock
-from attractor.atomic import ensure_private_dir, read_json_object, write_json_atomic
-from attractor.errors import NotFoundError
+from attractor import clock, locks
+from attractor.atomic import check_record_fields, ensure_private_dir, move_aside, read_json_object, write_json_atomic
+from attractor.errors import BadInputError, CorruptStateError, NotFoundError, UsageError
 from attractor.names import validate_name
 from attractor.statedir import StateDir
 from attractor.states import NODE_MOVES, NodeState, transition
@@ -62,7 +67,20 @@ class NodeProgress:
         return data
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> NodeProgress:
+    def from_json(cls, data: Any) -> NodeProgress:
+        """Strict: every field present, none unknown, each of its type (BadInputError names it)."""
+        what = "checkpoint node"
+        if not isinstance(data, dict):
+            raise BadInputError(what, f"expected a JSON object, got {type(data).__name__}")
+        missing = sorted(set(_NODE_FIELDS) - set(data))
+        unknown = sorted(set(data) - set(_NODE_FIELDS))
+        if missing or unknown:
+            parts = [f"missing field(s) {', '.join(missing)}"] if missing else []
+            parts += [f"unknown field(s) {', '.join(unknown)}"] if unknown else []
+            raise BadInputError(f"{what} {data.get('name', '?')!r}", "; ".join(parts))
+        _check_types(f"{what} {data['name']!r}", data, _NODE_TYPES)
+        if not isinstance(data["state"], str):
+            raise BadInputError(f"{what} {data['name']!r}", f"field 'state' must be a string, not {data['state']!r}")
         return cls(**{**data, "state": NodeState.from_text(data["state"])})
 
 
@@ -91,8 +109,21 @@ class Checkpoint:
         return data
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> Checkpoint:
-        nodes = {name: NodeProgress.from_json(n) for name, n in data.get("nodes", {}).items()}
+    def from_json(cls, data: Any) -> Checkpoint:
+        """Strict: every field present, none unknown, each of its type (BadInputError names it)."""
+        what = "checkpoint"
+        data = check_record_fields(what, data, _CP_FIELDS, SCHEMA)
+        _check_types(what, data, _CP_TYPES)
+        validate_name(data["run_id"], "run id")
+        if data["status"] not in RUN_STATUSES:
+            raise BadInputError(what, f"status {data['status']!r} is not one of {', '.join(RUN_STATUSES)}")
+        if not isinstance(data["nodes"], dict):
+            raise BadInputError(what, "field 'nodes' must be an object of node records")
+        nodes = {}
+        for name, node in data["nodes"].items():
+            nodes[name] = NodeProgress.from_json(node)
+            if nodes[name].name != name:
+                raise BadInputError(what, f"node {name!r} is recorded as {nodes[name].name!r}")
         return cls(**{**data, "nodes": nodes})
 
     def node(self, name: str) -> NodeProgress:
@@ -119,6 +150,29 @@ class Checkpoint:
         return result
 
 
+def _check_types(what: str, data: dict[str, Any], types: dict[str, tuple[type, ...]]) -> None:
+    for key, allowed in types.items():
+        value = data[key]
+        if not isinstance(value, allowed) or (isinstance(value, bool) and bool not in allowed):
+            names = " or ".join("null" if t is type(None) else t.__name__ for t in allowed)
+            raise BadInputError(what, f"field {key!r} must be {names}, not {value!r}")
+
+
+_OPT_STR: tuple[type, ...] = (str, type(None))
+_NODE_FIELDS = tuple(f.name for f in dataclasses.fields(NodeProgress))
+_NODE_TYPES: dict[str, tuple[type, ...]] = {
+    "name": (str,), "kind": (str,), "attempts": (int,), "outcome": _OPT_STR, "reason": (str,),
+    "branch": _OPT_STR, "merged_sha": _OPT_STR, "started_at": _OPT_STR, "finished_at": _OPT_STR,
+}
+_CP_FIELDS = tuple(f.name for f in dataclasses.fields(Checkpoint))
+_CP_TYPES: dict[str, tuple[type, ...]] = {
+    "run_id": (str,), "pipeline_name": (str,), "pipeline_path": (str,), "target_dir": (str,),
+    "target_branch": (str,), "agent": (str,), "agent_cmd": _OPT_STR, "max_agents": (int,),
+    "status": (str,), "reason": (str,), "started_at": (str,), "updated_at": (str,),
+    "finished_at": _OPT_STR, "guardian_starts": (int,), "schema": (int,),
+}
+
+
 def run_dir(state: StateDir, run_id: str) -> Path:
     return state.runs / validate_name(run_id, "run id")
 
@@ -131,16 +185,33 @@ def write_checkpoint(state: StateDir, cp: Checkpoint) -> None:
     directory = run_dir(state, cp.run_id)
     state.ensure("runs")
     ensure_private_dir(directory)
-    write_json_atomic(directory / "checkpoint.json", cp.to_json())
+    path = directory / "checkpoint.json"
+    with locks.file_lock(path):
+        write_json_atomic(path, cp.to_json())
+
+
+def _load(path: Path) -> Checkpoint:
+    return Checkpoint.from_json(read_json_object(path, schema=SCHEMA, move_corrupt=False))
 
 
 def read_checkpoint(state: StateDir, run_id: str) -> Checkpoint:
+    """The run's checkpoint, read strictly. A corrupt one is read again under its lock and, if
+    still corrupt, moved aside there and raised as CorruptStateError."""
     path = checkpoint_path(state, run_id)
     try:
-        data = read_json_object(path, schema=SCHEMA)
+        try:
+            return _load(path)
+        except UsageError:  # corrupt, or a field fails its check: decide under the lock
+            with locks.file_lock(path):
+                try:
+                    return _load(path)
+                except UsageError as exc:
+                    problem = exc.problem if isinstance(exc, CorruptStateError | BadInputError) else str(exc)
+                    moved = move_aside(path)
+                    logger.warning("corrupt checkpoint %s moved aside to %s: %s", path, moved, problem)
+                    raise CorruptStateError(path, problem, moved) from None
     except FileNotFoundError:
         raise NotFoundError("run", run_id, "list runs with: attractor status") from None
-    return Checkpoint.from_json(data)
 
 
 def list_runs(state: StateDir) -> list[str]:

@@ -20,7 +20,14 @@ from typing import TextIO
 from attractor import checkpoint as cp_store
 from attractor import clock, identities
 from attractor.checkpoint import Checkpoint, NodeProgress
-from attractor.errors import AttractorError, BadInputError, IdentityTakenError, NotFoundError, UsageError
+from attractor.errors import (
+    AttractorError,
+    BadInputError,
+    CorruptStateError,
+    IdentityTakenError,
+    NotFoundError,
+    UsageError,
+)
 from attractor.names import validate_name
 from attractor.statedir import StateDir
 from attractor.states import IdentityStatus
@@ -367,6 +374,22 @@ def follow(state: StateDir, run_id: str, gcfg: object, out: TextIO, timeout: flo
     tail.new_events()  # what happened before this launcher started is in `attractor status`
     restarts = 0
     last_beat = 0.0
+    known: Checkpoint | None = None
+
+    def read() -> Checkpoint:
+        """The checkpoint; while it is corrupt (moved aside, the guardian rewrites it on its
+        next change) or missing after that, the last good version: the follower goes on."""
+        nonlocal known
+        try:
+            known = cp_store.read_checkpoint(state, run_id)
+        except CorruptStateError as exc:
+            if known is None:
+                raise
+            print(f"[{time.monotonic() - start:7.1f}s] warning: {exc}; following on", file=out, flush=True)
+        except NotFoundError:
+            if known is None:
+                raise
+        return known
 
     def show() -> None:
         for event in tail.new_events():
@@ -375,7 +398,7 @@ def follow(state: StateDir, run_id: str, gcfg: object, out: TextIO, timeout: flo
                 print(f"[{time.monotonic() - start:7.1f}s] {line}", file=out, flush=True)
 
     while True:
-        cp = cp_store.read_checkpoint(state, run_id)
+        cp = read()
         show()
         if cp.status != "running":
             break
@@ -387,7 +410,7 @@ def follow(state: StateDir, run_id: str, gcfg: object, out: TextIO, timeout: flo
         if ident is not None and ident.status in SUPERVISED:
             verdict = watch.check(ident, {p.pane_id: p for p in tmux.list_panes()})
             if verdict.report.health is Health.DEAD:
-                cp = cp_store.read_checkpoint(state, run_id)
+                cp = read()
                 if cp.status != "running":
                     break
                 print(f"[{time.monotonic() - start:7.1f}s] guardian is gone ({verdict.report.reason})",
