@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Set up attractor on a fresh Debian machine and run it.
 #   bash scripts/bootstrap.sh demo   install tmux, git and attractor; run pipelines/demo.dot
-#   bash scripts/bootstrap.sh test   install the test dependencies; run the whole test suite
+#   bash scripts/bootstrap.sh test   install the test dependencies (with the pinned agent CLIs the
+#                                    tests run for real: Claude Code, Codex, Aider); run the suite
 #   bash scripts/bootstrap.sh lint   ruff and mypy --strict over the sources
 # The virtual environment is .venv in the checkout (override with ATTRACTOR_VENV).
 set -euo pipefail
@@ -40,6 +41,12 @@ case "${1:-demo}" in
     ;;
   test)
     shift || true
+    # the real agent CLIs, at pinned versions, in a cache kept between runs
+    bin_dirs=$(bash "$here/scripts/install_agent_clis.sh")
+    while IFS= read -r bin_dir; do
+      PATH="$bin_dir:$PATH"
+    done <<<"$bin_dirs"
+    export PATH
     exec "$venv/bin/python" -m pytest "$@"
     ;;
   lint)

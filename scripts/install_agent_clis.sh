@@ -3,7 +3,9 @@
 # (kept between runs, so a second install is a no-op):
 #   $ATTRACTOR_TOOLS/node/node_modules/.bin/{claude,codex}   npm packages
 #   $ATTRACTOR_TOOLS/aider/bin/aider                          aider-chat in its own venv
-# The directory defaults to ~/.cache/attractor-tools. Prints the bin directories, one per line.
+#   $ATTRACTOR_TOOLS/bin/{claude,codex,aider}                 links to the three, nothing else
+# The directory defaults to ~/.cache/attractor-tools. Prints the bin directory to put on PATH
+# (only the three commands: aider's venv python must not shadow the system's).
 set -euo pipefail
 tools=${ATTRACTOR_TOOLS:-$HOME/.cache/attractor-tools}
 python=${PYTHON:-python3}
@@ -33,5 +35,11 @@ if [ "$(cat "$tools/aider/.installed" 2>/dev/null)" != "$AIDER_VERSION" ]; then
   "$tools/aider/bin/python" -m pip install -q --disable-pip-version-check "aider-chat==$AIDER_VERSION" >&2
   echo "$AIDER_VERSION" >"$tools/aider/.installed"
 fi
-echo "$tools/node/node_modules/.bin"
-echo "$tools/aider/bin"
+mkdir -p "$tools/bin"
+ln -sf "$tools/node/node_modules/.bin/claude" "$tools/bin/claude"
+ln -sf "$tools/node/node_modules/.bin/codex" "$tools/bin/codex"
+ln -sf "$tools/aider/bin/aider" "$tools/bin/aider"
+for cli in claude codex aider; do
+  "$tools/bin/$cli" --version >/dev/null 2>&1 || { echo "install_agent_clis: $cli does not run" >&2; exit 1; }
+done
+echo "$tools/bin"
