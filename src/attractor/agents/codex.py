@@ -1,7 +1,343 @@
-"""Codex CLI adapter (being written): argv, private CODEX_HOME, sandbox, hooks, usage, dialogs."""
+# ruff: noqa: RUF003
+"""Codex CLI adapter (checked against codex-cli 0.171.0): a private CODEX_HOME per run, the TUI
+in the pane, hooks into `attractor agent-hook`, usage from the rollout file.
+
+Files (under the state directory; the directory is 0700, the files 0600, all rewritten at every
+launch, so a change of settings reaches the next respawn):
+
+    runs/<run-id>/codex-home/config.toml   Codex's own settings (CODEX_HOME points here)
+    runs/<run-id>/codex-home/hooks.json    hooks calling `attractor agent-hook <event>`
+    runs/<run-id>/codex-home/sessions/YYYY/MM/DD/rollout-<stamp>-<session-id>.jsonl
+                                           written by Codex: the session's record (usage is read
+                                           from its last `token_count` event)
+
+`config.toml` carries:
+- the model and provider: the user's own `~/.codex/config.toml` (`model`, `model_provider`,
+  `model_providers`, `model_reasoning_effort`, and its `[notice]` table of acknowledged
+  prompts), else a provider `attractor-openai` built from `OPENAI_BASE_URL`/`OPENAI_API_KEY`
+  (key read from the environment through `env_key`, so it never lands on disk; a custom provider
+  also speaks plain HTTP, where the built-in one first tries a WebSocket);
+- `approval_policy = "never"` and `sandbox_mode = "danger-full-access"`: `workspace-write`
+  mounts `.git` read-only, and a worktree's git dir is `<root>/.git/worktrees/<name>`, outside
+  the worktree, so `git commit` fails there with "Read-only file system";
+- `[projects."<target root>"] trust_level = "trusted"`: without it 0.171 shows "Folder access …
+  Trust this folder?", even with `--dangerously-bypass-approvals-and-sandbox`. Codex resolves a
+  worktree to the repository root of its common git dir ("Trusting will apply to the repository
+  root"), so trusting the root covers `<root>/.claude/worktrees/<node>`; a worktree outside the
+  root is trusted as well;
+- no update check (`check_for_update_on_startup`, `features.in_app_updates`), no analytics or
+  feedback upload, no desktop notifications, no background daemon (`features.daemon_auto_start`,
+  and `--no-daemon` on the command line).
+
+Hooks run only when trusted; a hook file written here is ours, so the launch passes
+`--dangerously-bypass-hook-trust` (without it 0.171 stops at "Hooks need review"). Codex sends
+Claude-Code-shaped JSON on the hook's stdin (see `HOOK_EVENTS`) and accepts an empty stdout.
+"""
 
 from __future__ import annotations
 
-from attractor.agents import Agent, _prompt_from_file
+import json
+import logging
+import os
+import re
+import shlex
+import shutil
+import sys
+import tomllib
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
 
-ADAPTER = Agent("codex", _prompt_from_file("codex"), "codex", "install Codex CLI (npm install -g @openai/codex)")
+from attractor.agents import Agent, Launch, LaunchContext, Usage
+from attractor.atomic import ensure_private_dir, write_bytes_atomic
+from attractor.prompts import PromptAction, PromptRule
+
+logger = logging.getLogger(__name__)
+
+PROVIDER_FROM_ENV = "attractor-openai"
+DEFAULT_BASE_URL = "https://api.openai.com/v1"
+# Codex hook event -> `attractor agent-hook` event. Codex 0.171 has no Notification event; a
+# PermissionRequest (an approval about to be asked) is what a human must see.
+HOOK_EVENTS: dict[str, str] = {
+    "SessionStart": "session-start",
+    "UserPromptSubmit": "user-prompt-submit",
+    "PostToolUse": "post-tool-use",
+    "PermissionRequest": "notification",
+    "Stop": "stop",
+    "PreCompact": "pre-compact",
+    "SessionEnd": "session-end",
+}
+HOOK_TIMEOUT = 30
+SESSION_END_TIMEOUT = 3  # Codex clamps SessionEnd hooks to 3 s (and warns when asked for more)
+# keys of the user's config.toml that say which model they use and how to reach it
+USER_KEYS = ("model", "model_provider", "model_reasoning_effort", "model_reasoning_summary", "model_verbosity",
+             "openai_base_url")
+USER_TABLES = ("model_providers", "notice")
+
+_BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
+
+
+# --- a small TOML writer (values are str, bool, int, float, lists and tables of those) -------------
+
+def _toml_key(key: str) -> str:
+    return key if _BARE_KEY.match(key) else json.dumps(key)
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False)
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{ " + ", ".join(f"{_toml_key(k)} = {_toml_value(v)}" for k, v in value.items()) + " }"
+    raise TypeError(f"cannot write {type(value).__name__} to TOML")
+
+
+def _toml_table(path: tuple[str, ...], table: Mapping[str, Any]) -> Iterator[str]:
+    scalars = [(k, v) for k, v in table.items() if not isinstance(v, dict)]
+    tables = [(k, v) for k, v in table.items() if isinstance(v, dict)]
+    if path and (scalars or not tables):
+        yield "[" + ".".join(_toml_key(p) for p in path) + "]"
+    for key, value in scalars:
+        yield f"{_toml_key(key)} = {_toml_value(value)}"
+    if scalars:
+        yield ""
+    for key, value in tables:
+        yield from _toml_table((*path, key), value)
+
+
+def dump_toml(data: Mapping[str, Any]) -> str:
+    return "\n".join(_toml_table((), data)).rstrip("\n") + "\n"
+
+
+# --- settings --------------------------------------------------------------------------------------
+
+def codex_home(ctx: LaunchContext) -> Path:
+    return ctx.state_dir / "runs" / (ctx.run_id or "default") / "codex-home"
+
+
+def user_config(home: Path | None = None) -> dict[str, Any]:
+    """The model choice from the user's own Codex config (`$CODEX_HOME` or `~/.codex`)."""
+    base = Path(os.environ["CODEX_HOME"]) if "CODEX_HOME" in os.environ and home is None else \
+        (home or Path.home()) / ".codex"
+    path = base / "config.toml"
+    try:
+        loaded = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        return {}
+    except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        logger.warning("ignoring unreadable Codex config %s: %s", path, exc, extra={"att_agent": "codex"})
+        return {}
+    picked: dict[str, Any] = {k: loaded[k] for k in USER_KEYS if k in loaded}
+    picked.update({k: loaded[k] for k in USER_TABLES if isinstance(loaded.get(k), dict)})
+    return picked
+
+
+def provider_settings(environ: Mapping[str, str], user: Mapping[str, Any]) -> dict[str, Any]:
+    """Model and provider keys: the user's Codex config wins; else the OpenAI variables."""
+    if user.get("model_provider") or user.get("model_providers") or user.get("openai_base_url"):
+        return dict(user)
+    settings = dict(user)
+    if environ.get("OPENAI_BASE_URL") or environ.get("OPENAI_API_KEY"):
+        settings["model_provider"] = PROVIDER_FROM_ENV
+        settings["model_providers"] = {PROVIDER_FROM_ENV: {
+            "name": "OpenAI (from OPENAI_BASE_URL / OPENAI_API_KEY)",
+            "base_url": environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL,
+            "env_key": "OPENAI_API_KEY",
+            "wire_api": "responses",
+        }}
+    return settings
+
+
+def trusted_roots(ctx: LaunchContext) -> list[Path]:
+    root = (ctx.target_dir or ctx.worktree).resolve()
+    roots = [root]
+    worktree = ctx.worktree.resolve()
+    if worktree != root and not worktree.is_relative_to(root):
+        roots.append(worktree)
+    return roots
+
+
+def config(ctx: LaunchContext, environ: Mapping[str, str] | None = None,
+           user: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The contents of the private config.toml, as a table."""
+    env = os.environ if environ is None else environ
+    settings = provider_settings(env, user_config() if user is None else user)
+    if ctx.model:
+        settings["model"] = ctx.model
+    notice = dict(settings.pop("notice", {}) or {})
+    notice["hide_full_access_warning"] = True
+    providers = settings.pop("model_providers", None)
+    table: dict[str, Any] = {
+        **settings,
+        "approval_policy": "never",
+        "sandbox_mode": "danger-full-access",
+        "check_for_update_on_startup": False,
+        "analytics": {"enabled": False},
+        "feedback": {"enabled": False},
+        "features": {"in_app_updates": False, "daemon_auto_start": False},
+        "notice": notice,
+        "tui": {"notifications": False},
+    }
+    if providers:
+        table["model_providers"] = providers
+    table["projects"] = {str(root): {"trust_level": "trusted"} for root in trusted_roots(ctx)}
+    return table
+
+
+def attractor_command(ctx: LaunchContext) -> str:
+    return ctx.attractor or f"{shlex.quote(sys.executable)} -m attractor"
+
+
+def hooks(ctx: LaunchContext) -> dict[str, Any]:
+    """hooks.json: every event calls `attractor agent-hook <event>` (stdin: Codex's JSON)."""
+    command = attractor_command(ctx)
+    table: dict[str, Any] = {}
+    for codex_event, ours in HOOK_EVENTS.items():
+        timeout = SESSION_END_TIMEOUT if codex_event == "SessionEnd" else HOOK_TIMEOUT
+        table[codex_event] = [{"hooks": [{"type": "command", "command": f"{command} agent-hook {ours}",
+                                          "timeout": timeout}]}]
+    return {"hooks": table}
+
+
+# --- usage ------------------------------------------------------------------------------------------
+
+def rollout_files(home: Path) -> list[Path]:
+    sessions = home / "sessions"
+    if not sessions.is_dir():
+        return []
+    return sorted(sessions.glob("*/*/*/rollout-*.jsonl"), key=lambda p: p.name)
+
+
+def session_cwd(path: Path) -> str | None:
+    try:
+        with path.open(encoding="utf-8") as handle:
+            first = json.loads(handle.readline() or "{}")
+    except (OSError, ValueError):
+        return None
+    payload = first.get("payload") if isinstance(first, dict) else None
+    return str(payload.get("cwd")) if isinstance(payload, dict) and first.get("type") == "session_meta" else None
+
+
+def find_rollout(home: Path, session: Mapping[str, Any], worktree: Path | None = None) -> Path | None:
+    """The rollout of the session the hooks recorded (`transcript_path` or `session_id`); else the
+    newest rollout started in `worktree`."""
+    transcript = session.get("transcript_path")
+    if transcript and Path(str(transcript)).is_file():
+        return Path(str(transcript))
+    files = rollout_files(home)
+    session_id = str(session.get("session_id") or "")
+    if session_id:
+        named = [p for p in files if p.name.endswith(f"-{session_id}.jsonl")]
+        return named[-1] if named else None
+    if worktree is not None:
+        wanted = str(worktree.resolve())
+        for path in reversed(files):
+            if session_cwd(path) == wanted:
+                return path
+    return None
+
+
+def usage_from_rollout(path: Path) -> Usage | None:
+    """Totals of the last `token_count` event: `info.total_token_usage` holds `input_tokens`
+    (cached included), `cached_input_tokens`, `cache_write_input_tokens`, `output_tokens`
+    (reasoning included), `reasoning_output_tokens`, `total_tokens`. `input_tokens` of the result
+    is the uncached part, as Codex prints it ("input=3,200 (+ 800 cached)")."""
+    total: dict[str, Any] | None = None
+    try:
+        with path.open(encoding="utf-8") as handle:
+            for line in handle:
+                if '"token_count"' not in line:
+                    continue
+                try:
+                    record = json.loads(line)
+                except ValueError:
+                    continue  # a line being written
+                payload = record.get("payload") if isinstance(record, dict) else None
+                if not isinstance(payload, dict) or payload.get("type") != "token_count":
+                    continue
+                info = payload.get("info")
+                if isinstance(info, dict) and isinstance(info.get("total_token_usage"), dict):
+                    total = info["total_token_usage"]
+    except OSError:
+        return None
+    if total is None:
+        return None
+    cached = int(total.get("cached_input_tokens") or 0)
+    return Usage(input_tokens=max(0, int(total.get("input_tokens") or 0) - cached),
+                 output_tokens=int(total.get("output_tokens") or 0), cache_read_tokens=cached,
+                 cache_write_tokens=int(total.get("cache_write_input_tokens") or 0), cost_usd=None,
+                 source=str(path))
+
+
+# --- dialogs -----------------------------------------------------------------------------------------
+
+def _rule(name: str, regex: str, action: PromptAction, description: str, choose: str = "") -> PromptRule:
+    return PromptRule(name, re.compile(regex, re.IGNORECASE | re.MULTILINE), action, description, choose)
+
+
+# Seen rendered by 0.171.0 (exact menus in /work/study/codex.md). Configured away, listed in case.
+DIALOGS: tuple[PromptRule, ...] = (
+    # "Folder access … Trust this folder? …" / "› 1. Trust and continue" / "2. Back to Agent Command Center"
+    _rule("codex-folder-trust", r"Trust this folder\?", PromptAction.ANSWER,
+          "Codex folder trust (the target root is trusted in config.toml)", "Trust and continue"),
+    # "Hooks need review" / "› 1. Review hooks" / "2. Trust all and continue" /
+    # "3. Continue without trusting (hooks won't run)": the hooks are the ones we wrote.
+    _rule("codex-hooks-review", r"^\s*Hooks need review", PromptAction.ANSWER,
+          "Codex hook trust review (our own hooks.json)", "Trust all and continue"),
+    # "Meet GPT-6 Sol …" / "› 1. Try new model" / "2. Use existing model": keep the chosen model.
+    _rule("codex-model-migration", r"\b1\. Try new model$", PromptAction.ANSWER,
+          "Codex model upgrade offer", "Use existing model"),
+    # "Welcome to Codex … Choose how you want to use Codex." / "> 1. Sign in with ChatGPT" …
+    _rule("codex-sign-in", r"Choose how you want to use Codex|Sign in with ChatGPT", PromptAction.NEEDS_INPUT,
+          "Codex wants a sign-in (no provider or API key configured)"),
+    # an update offer (update checks are off; a human decides whether to update)
+    _rule("codex-update", r"Update available!|A new version of Codex is available", PromptAction.NEEDS_INPUT,
+          "Codex update offer"),
+)
+
+
+# --- the adapter ----------------------------------------------------------------------------------
+
+class CodexAdapter(Agent):
+    """Codex CLI in its TUI: `codex [resume <id>] --no-daemon --dangerously-bypass-hook-trust
+    --cd <worktree> -- <prompt>` with CODEX_HOME pointing at the run's private home."""
+
+    def prepare(self, ctx: LaunchContext) -> Launch:
+        home = ensure_private_dir(codex_home(ctx))
+        write_bytes_atomic(home / "config.toml", dump_toml(config(ctx)).encode(), fsync=False)
+        write_bytes_atomic(home / "hooks.json", (json.dumps(hooks(ctx), indent=2) + "\n").encode(), fsync=False)
+        env = {"CODEX_HOME": str(home)}
+        if "OPENAI_API_KEY" in os.environ:
+            env["OPENAI_API_KEY"] = os.environ["OPENAI_API_KEY"]  # the provider reads it from the pane
+        return Launch(self.command(ctx), env)
+
+    def binary_path(self) -> str:
+        return shutil.which(self.binary) or self.binary
+
+    def command(self, ctx: LaunchContext) -> list[str]:
+        prompt = ctx.prompt_file.read_text(encoding="utf-8")
+        options = ["--no-daemon", "--dangerously-bypass-hook-trust", "--cd", str(ctx.worktree)]
+        if ctx.resume and ctx.session_id:
+            return [self.binary_path(), "resume", *options, ctx.session_id, prompt]
+        if ctx.resume:
+            return [self.binary_path(), "resume", "--last", *options, prompt]
+        return [self.binary_path(), *options, "--", prompt]
+
+    def argv(self, ctx: LaunchContext) -> list[str]:
+        return self.command(ctx)
+
+    def usage(self, ctx: LaunchContext, session: dict[str, Any]) -> Usage | None:
+        path = find_rollout(codex_home(ctx), session, ctx.worktree)
+        return usage_from_rollout(path) if path is not None else None
+
+    def dialogs(self) -> tuple[PromptRule, ...]:
+        return DIALOGS
+
+
+ADAPTER = CodexAdapter("codex", ("codex",), "codex", "install Codex CLI (npm install -g @openai/codex)",
+                       has_hooks=True)
