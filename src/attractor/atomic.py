@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 from attractor import locks
-from attractor.errors import BadInputError, CorruptStateError, StateDirError
+from attractor.errors import BadInputError, CorruptStateError, StateDirError, no_space
 
 FILE_MODE = 0o600
 DIR_MODE = 0o700
@@ -60,16 +60,22 @@ def write_bytes_atomic(path: Path, data: bytes, *, fsync: bool = True, mode: int
     """Replace `path` with `data` so that readers see the old or the new content, never a mix."""
     target = os.fspath(path)
     directory, tmp = _temp_name(target)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
     try:
-        _write_all(fd, data, fsync)
-        os.replace(tmp, target)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
+        try:
+            _write_all(fd, data, fsync)
+            os.replace(tmp, target)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+        if fsync:
+            fsync_dir(Path(directory))
+    except OSError as exc:
+        full = no_space(exc, target)
+        if full is not None:
+            raise full from None
         raise
-    if fsync:
-        fsync_dir(Path(directory))
 
 
 class Replacement:
@@ -88,7 +94,13 @@ class Replacement:
     def __init__(self, path: Path, *, mode: int = FILE_MODE) -> None:
         self.target = os.fspath(path)
         self.directory, self.tmp = _temp_name(self.target)
-        self.fd: int | None = os.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
+        try:
+            self.fd: int | None = os.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
+        except OSError as exc:
+            full = no_space(exc, self.target)
+            if full is not None:
+                raise full from None
+            raise
         self.replaced: int | None = None  # the old version, held open until exit
         self.committed = False
 
@@ -96,7 +108,13 @@ class Replacement:
         if self.fd is None:
             raise RuntimeError(f"replacement of {self.target} already committed or closed")
         fd, self.fd = self.fd, None
-        _write_all(fd, data, fsync)
+        try:
+            _write_all(fd, data, fsync)
+        except OSError as exc:
+            full = no_space(exc, self.target)
+            if full is not None:
+                raise full from None
+            raise
         with contextlib.suppress(FileNotFoundError):  # a first version replaces nothing
             self.replaced = os.open(self.target, _PIN_FLAGS)
         os.replace(self.tmp, self.target)
@@ -243,6 +261,9 @@ def ensure_private_dir(path: Path) -> Path:
             path.mkdir(parents=True, exist_ok=True, mode=DIR_MODE)
             st = os.stat(path)
     except OSError as exc:
+        full = no_space(exc, path)
+        if full is not None:
+            raise full from None
         raise StateDirError(path, f"cannot create ({exc.strerror})") from exc
     if not stat.S_ISDIR(st.st_mode):
         raise StateDirError(path, "exists and is not a directory")

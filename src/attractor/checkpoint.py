@@ -31,7 +31,7 @@ from typing import Any
 
 from attractor import clock, locks
 from attractor.atomic import check_record_fields, ensure_private_dir, move_aside, read_json_object, write_json_atomic
-from attractor.errors import BadInputError, CorruptStateError, NotFoundError, UsageError
+from attractor.errors import BadInputError, CorruptStateError, NotFoundError, UsageError, no_space
 from attractor.names import validate_name
 from attractor.statedir import StateDir
 from attractor.states import NODE_MOVES, NodeState, transition
@@ -233,11 +233,18 @@ def append_event(state: StateDir, run_id: str, event: str, /, **fields: Any) -> 
     directory = run_dir(state, run_id)
     ensure_private_dir(directory)
     line = json.dumps({"at": clock.iso(), "event": event, **fields}, sort_keys=True) + "\n"
-    fd = os.open(directory / "events.jsonl", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    path = directory / "events.jsonl"
     try:
-        os.write(fd, line.encode())
-    finally:
-        os.close(fd)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        try:
+            os.write(fd, line.encode())
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        full = no_space(exc, path)
+        if full is not None:
+            raise full from None
+        raise
 
 
 def read_events(state: StateDir, run_id: str) -> list[dict[str, Any]]:

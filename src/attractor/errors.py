@@ -9,6 +9,7 @@ Every exception carries its data as fields and builds its one-line message from 
 
 from __future__ import annotations
 
+import errno
 import os
 import sys
 import time
@@ -127,6 +128,57 @@ class LockTimeoutError(AttractorError):
         )
 
 
+class UnsafeStateFileError(UsageError):
+    """A name in the state directory that attractor will not use: a lock file that is a
+    symbolic link, a state file that is a directory. Exit code 2: someone has to look."""
+
+    def __init__(self, path: Path, problem: str) -> None:
+        self.path = path
+        self.problem = problem
+        super().__init__(f"{path}: {problem}")
+
+
+class NoSpaceError(AttractorError):
+    """A write failed because the file system is full (ENOSPC) or the quota is spent (EDQUOT)."""
+
+    def __init__(self, path: Path | str | None, quota: bool = False) -> None:
+        self.path = path
+        self.quota = quota
+        what = "disk quota exceeded" if quota else "no space left on device"
+        super().__init__(f"{what} writing {path}" if path else what)
+
+
+NO_SPACE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+
+def no_space(exc: BaseException, path: Path | str | None) -> NoSpaceError | None:
+    """A NoSpaceError naming `path` if `exc` is a full disk or spent quota, else None."""
+    if isinstance(exc, OSError) and exc.errno in NO_SPACE_ERRNOS:
+        return NoSpaceError(path or exc.filename, quota=exc.errno == errno.EDQUOT)
+    return None
+
+
+class MissingPackageError(UsageError):
+    """A Python package attractor needs is not installed for this interpreter."""
+
+    def __init__(self, module: str, package: str) -> None:
+        self.module = module
+        self.package = package
+        python = sys.executable or "python3"
+        super().__init__(
+            f"the Python package {package!r} (module {module!r}) is not installed for {python}; "
+            f"install attractor's dependencies with: {python} -m pip install {package} "
+            "(or, from a checkout: pip install -e .)"
+        )
+
+
+# modules of the dependencies in pyproject.toml, and the package that provides each
+DEPENDENCY_PACKAGES = {
+    "libtmux": "libtmux", "filelock": "filelock", "yaml": "PyYAML", "git": "GitPython",
+    "watchdog": "watchdog", "pydot": "pydot",
+}
+
+
 class MissingBinaryError(UsageError):
     def __init__(self, binary: str, hint: str = "") -> None:
         self.binary = binary
@@ -160,11 +212,27 @@ class TimeoutExpiredError(AttractorError):
         super().__init__(f"timed out after {seconds:g}s waiting for {what}")
 
 
+def _private_dirs(path: Path) -> None:
+    """Create `path` and each missing parent with mode 0700 (mkdir's `parents` would give the
+    parents the umask's mode)."""
+    missing = []
+    for candidate in (path, *path.parents):
+        if candidate.exists():
+            break
+        missing.append(candidate)
+    for directory in reversed(missing):
+        try:
+            directory.mkdir(mode=0o700)
+        except FileExistsError:
+            continue  # made meanwhile by someone else: theirs
+        os.chmod(directory, 0o700)  # mkdir's mode is filtered by the umask
+
+
 def _log_traceback(exc: BaseException, log_dir: Path | None) -> Path | None:
     if log_dir is None:
         return None
     try:
-        log_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        _private_dirs(log_dir)
         stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
         path = log_dir / f"crash-{stamp}-{os.getpid()}.log"
         text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
@@ -194,14 +262,31 @@ def error_handler(
         return exc.exit_code
     except BrokenPipeError:
         return EXIT_FAILURE
-    except Exception as exc:  # the one place that turns a bug into exit code 3
-        where = _log_traceback(exc, log_dir() if log_dir else None)
-        detail = f"; traceback in {where}" if where else ""
-        print(
-            f"error: unexpected {type(exc).__name__}: {exc}{detail}",
-            file=sys.stderr,
-        )
-        return EXIT_BUG
+    except RecursionError:
+        print("error: input nested too deeply to process", file=sys.stderr)
+        return EXIT_USAGE
+    except ModuleNotFoundError as exc:
+        if exc.name not in DEPENDENCY_PACKAGES:
+            return _bug(exc, log_dir)
+        missing = MissingPackageError(exc.name, DEPENDENCY_PACKAGES[exc.name])
+        print(f"error: {missing}", file=sys.stderr)
+        return missing.exit_code
+    except OSError as exc:
+        full = no_space(exc, None)
+        if full is None:
+            return _bug(exc, log_dir)
+        print(f"error: {full}", file=sys.stderr)
+        return full.exit_code
+    except Exception as exc:
+        return _bug(exc, log_dir)
+
+
+def _bug(exc: BaseException, log_dir: Callable[[], Path | None] | None) -> int:
+    """The one place that turns a bug into exit code 3."""
+    where = _log_traceback(exc, log_dir() if log_dir else None)
+    detail = f"; traceback in {where}" if where else ""
+    print(f"error: unexpected {type(exc).__name__}: {exc}{detail}", file=sys.stderr)
+    return EXIT_BUG
 
 
 class IdentityTakenError(AttractorError):

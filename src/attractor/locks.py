@@ -40,6 +40,7 @@ comes.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import math
 import os
@@ -50,7 +51,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from attractor.errors import LockTimeoutError
+from attractor.errors import LockTimeoutError, UnsafeStateFileError, no_space
 
 FILE_MODE = 0o600
 DEFAULT_LOCK_TIMEOUT = 10.0
@@ -393,10 +394,21 @@ def _acquire(fd: int, lock_path: Path, timeout: float) -> int:
 
 def _open(lock_path: Path) -> int:
     flags = os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC
-    try:  # without O_CREAT first: creating takes the directory's lock, which writers there need
-        return os.open(lock_path, flags)
-    except FileNotFoundError:
-        return os.open(lock_path, flags | os.O_CREAT, FILE_MODE)
+    try:
+        try:  # without O_CREAT first: creating takes the directory's lock, which writers there need
+            return os.open(lock_path, flags)
+        except FileNotFoundError:
+            return os.open(lock_path, flags | os.O_CREAT, FILE_MODE)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise UnsafeStateFileError(lock_path, "the lock file is a symbolic link; attractor never makes one, "
+                                       "so something else did: remove it") from None
+        if exc.errno == errno.EISDIR:
+            raise UnsafeStateFileError(lock_path, "the lock file is a directory: remove it") from None
+        full = no_space(exc, lock_path)
+        if full is not None:
+            raise full from None
+        raise
 
 
 @contextlib.contextmanager

@@ -49,6 +49,7 @@ from attractor.errors import (
     TimeoutExpiredError,
     UnknownValueError,
     UsageError,
+    no_space,
 )
 from attractor.payloads import PAYLOAD_TYPES, Payload, payload_from_json
 from attractor.statedir import StateDir
@@ -312,9 +313,12 @@ def send(
             fh.flush()
             os.fsync(fh.fileno())
         os.rename(tmp, inbox / "new" / f"{signal.id}.json")
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
+        full = no_space(exc, tmp)
+        if full is not None:
+            raise full from None
         raise
     atomic.fsync_dir(inbox / "new")
     logger.debug(

@@ -116,6 +116,8 @@ def _parse_payload(text: str | None) -> dict[str, Any] | None:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
         raise BadInputError("--payload", f"not valid JSON ({exc}); pass a JSON object") from None
+    except RecursionError:
+        raise BadInputError("--payload", "JSON nested too deeply; a payload is a flat object") from None
     if not isinstance(data, dict):
         raise BadInputError("--payload", f"expected a JSON object, got {type(data).__name__}")
     return data
