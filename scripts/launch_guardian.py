@@ -18,8 +18,24 @@ def main(argv: list[str] | None = None) -> int:
     except ModuleNotFoundError:  # run from a checkout without installing
         sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
         from attractor.cli import main as attractor_main
+    missing = _missing_packages()
+    if missing:
+        print(f"error: {sys.executable} lacks the Python package(s) {', '.join(missing)} that attractor needs; "
+              f"install them with: {sys.executable} -m pip install {' '.join(missing)} "
+              f"(or, from a checkout: pip install -e {Path(__file__).resolve().parent.parent})", file=sys.stderr)
+        return 2
     args = sys.argv[1:] if argv is None else argv
     return attractor_main(["run", *args])
+
+
+def _missing_packages() -> list[str]:
+    """The packages of attractor's dependencies this interpreter cannot import (a run needs
+    them all: better every name now than one at a time, deep inside a start)."""
+    import importlib.util
+
+    from attractor.errors import DEPENDENCY_PACKAGES
+
+    return [package for module, package in DEPENDENCY_PACKAGES.items() if importlib.util.find_spec(module) is None]
 
 
 if __name__ == "__main__":

@@ -18,9 +18,10 @@ from pathlib import Path
 from typing import TextIO
 
 from attractor import checkpoint as cp_store
-from attractor import clock, identities
+from attractor import clock, identities, locks
 from attractor.checkpoint import Checkpoint, NodeProgress
 from attractor.errors import (
+    AlreadyExistsError,
     AttractorError,
     BadInputError,
     CorruptStateError,
@@ -35,6 +36,8 @@ from attractor.states import IdentityStatus
 logger = logging.getLogger(__name__)
 
 FOLLOW_INTERVAL = 0.2
+# a launch waits this long for another one in the same state directory to register its guardian
+LAUNCH_LOCK_TIMEOUT = 60.0
 MAX_GUARDIAN_RESTARTS = 10
 
 
@@ -65,7 +68,12 @@ def check_target(target_dir: Path, branch: str) -> None:
 
     if not target_dir.is_dir():
         raise BadInputError("--target-dir", f"{target_dir} is not a directory")
-    if gitops.rev_parse(target_dir, f"refs/heads/{branch}") is None:
+    try:
+        tip = gitops.rev_parse(target_dir, f"refs/heads/{branch}")
+    except gitops.NotAGitRepositoryError as exc:  # its text suggests --repo, which `run` does not have
+        raise BadInputError("--target-dir", f"{target_dir}: {exc.problem}; pass --target-dir with the path "
+                            "of a git checkout") from None
+    if tip is None:
         raise BadInputError("--target-dir", f"{target_dir} has no branch {branch!r}; create it or pass --target BRANCH")
 
 
@@ -135,6 +143,45 @@ def prepare(opts: LaunchOptions) -> tuple[StateDir, Checkpoint, str]:
     return state, cp, socket
 
 
+def check_guardian_session(socket: str, run_id: str) -> None:
+    """The guardian's tmux session name is free, or a session attractor made (then the
+    guardian's start replaces it); a session of someone else's by that name is refused."""
+    from attractor.runner import session_name
+    from attractor.tmux import Tmux
+
+    name = session_name(run_id, "guardian", "main")
+    owned = Tmux(socket)._sessions().get(name)  # name -> carries our tag
+    if owned is False:
+        raise AlreadyExistsError("tmux session", name, f"on socket {socket}, not created by attractor; "
+                                 "rename or end it, or choose another socket with --tmux-socket")
+
+
+def check_node_worktrees(cp: Checkpoint) -> None:
+    """Worktrees an earlier run left at this run's node paths must be clean (they are removed)."""
+    from attractor import gitops
+    from attractor.runner import worktree_path
+
+    for name, node in cp.nodes.items():
+        tree = worktree_path(Path(cp.target_dir), name)
+        if node.kind == "codergen" and tree.exists() and not gitops.is_clean(tree):
+            raise BadInputError(f"worktree {tree}", "has uncommitted changes from an earlier run; commit, "
+                                "stash or remove it, or resume that run with --resume")
+
+
+def _undo_launch(state: StateDir, cp: Checkpoint, previous: Checkpoint | None, exc: BaseException) -> None:
+    """The guardian did not start: the checkpoint goes back to what it said (a resume), or the
+    new run is recorded as failed with the reason; nothing is left saying `running`."""
+    try:
+        if previous is not None:
+            cp_store.write_checkpoint(state, previous)
+        else:
+            cp_store.write_checkpoint(state, cp.with_status("failed", f"the guardian did not start: {exc}"))
+        cp_store.append_event(state, cp.run_id, "launch_failed", reason=str(exc))
+        identities.mark_terminated(state, "launcher", cp.run_id, reason="the guardian did not start")
+    except AttractorError as undo:
+        logger.warning("undoing the launch of %s: %s", cp.run_id, undo)
+
+
 def reopen(cp: Checkpoint) -> Checkpoint:
     """A resumed run: merged and done nodes stay; failed and blocked ones (a quarantine since
     cleared, a stop, a red gate since fixed) are pending again."""
@@ -189,8 +236,7 @@ def _missing_tmux() -> bool:
 
 
 def launch(opts: LaunchOptions, out: TextIO = sys.stdout) -> int:
-    from attractor.gitops import exclude_path
-    from attractor.guardian import GuardianConfig, spawn_guardian
+    from attractor.guardian import GuardianConfig
 
     if opts.attach and opts.pipeline is None and not opts.resume:
         state = StateDir.resolve(opts.state_dir, opts.target_dir.expanduser().resolve())
@@ -200,32 +246,24 @@ def launch(opts: LaunchOptions, out: TextIO = sys.stdout) -> int:
                                 "start a run with: attractor run PIPELINE --target-dir DIR")
         return attach(state, live, opts, out)
     state, cp, socket = prepare(opts)
-    live = live_guardian(state) if state.root.is_dir() else None
-    if live is not None:
-        if opts.attach or (opts.resume and live.name == cp.run_id):
-            return attach(state, live, opts, out)
-        raise IdentityTakenError(
-            f"guardian-{live.name}", live.pid,
-            f"tmux session {live.tmux_session}; one guardian per state directory: follow it with "
-            f"--attach, or stop it with: attractor stop {live.name}")
     if cp.status == "succeeded":
         print(f"run {cp.run_id} already succeeded; nothing to resume", file=out)
         return 0
-    exclude_path(Path(cp.target_dir), ".claude/")
-    if not opts.resume:
-        assert opts.pipeline is not None
-        state.ensure("runs", cp.run_id)
-        Path(cp.pipeline_path).write_text(opts.pipeline.read_text())
-        retire_node_records(state, cp)
-    cp_store.write_checkpoint(state, cp)
-    cp_store.append_event(state, cp.run_id, "launched", resume=bool(opts.resume), pid=os.getpid())
-    identities.create_identity(state, "launcher", cp.run_id, pid=os.getpid(), session_id=cp.run_id,
-                               worktree=cp.target_dir, tmux_socket=socket)
-    identities.update_liveness(state, "launcher", cp.run_id, pid=os.getpid())
     gcfg = GuardianConfig(state=state, run_id=cp.run_id, tmux_socket=socket, log_level=opts.log_level)
-    guardian = _guardian_alive(state, cp.run_id)
+    # one launch at a time per state directory, from the live-guardian check until the new
+    # guardian is registered: a concurrent second launch then finds it and names it
+    state.ensure()
+    with locks.file_lock(state.root / "launch", timeout=LAUNCH_LOCK_TIMEOUT):
+        live = live_guardian(state)
+        if live is not None and not (opts.attach or (opts.resume and live.name == cp.run_id)):
+            raise IdentityTakenError(
+                f"guardian-{live.name}", live.pid,
+                f"tmux session {live.tmux_session}; one guardian per state directory: follow it with "
+                f"--attach, or stop it with: attractor stop {live.name}")
+        guardian = None if live is not None else _start(opts, state, cp, socket, gcfg)
     if guardian is None:
-        guardian = spawn_guardian(gcfg, Path(cp.target_dir))
+        assert live is not None
+        return attach(state, live, opts, out)
     print(f"run {cp.run_id}: guardian pid {guardian.pid} in tmux session {guardian.tmux_session} "
           f"(attach: tmux -L {socket} attach -t {guardian.tmux_session})", file=out, flush=True)
     if opts.detach:
@@ -244,6 +282,38 @@ def launch(opts: LaunchOptions, out: TextIO = sys.stdout) -> int:
             identities.mark_terminated(state, "launcher", cp.run_id, reason="follow ended")
         except AttractorError as exc:
             logger.info("%s", exc)
+
+
+def _start(opts: LaunchOptions, state: StateDir, cp: Checkpoint, socket: str, gcfg: object) -> identities.Identity:
+    """Write the run's state and start its guardian (under the launch lock). Every refusal
+    comes before the first write, so a refused launch changes no state; a guardian that does
+    not start leaves the checkpoint as it was (a resume) or `failed` (a new run)."""
+    from attractor.gitops import exclude_path
+    from attractor.guardian import spawn_guardian
+
+    check_guardian_session(socket, cp.run_id)
+    if not opts.resume:
+        check_node_worktrees(cp)
+    previous = cp_store.read_checkpoint(state, cp.run_id) if opts.resume else None
+    exclude_path(Path(cp.target_dir), ".claude/")
+    if not opts.resume:
+        assert opts.pipeline is not None
+        state.ensure("runs", cp.run_id)
+        Path(cp.pipeline_path).write_text(opts.pipeline.read_text())
+        retire_node_records(state, cp)
+    cp_store.write_checkpoint(state, cp)
+    cp_store.append_event(state, cp.run_id, "launched", resume=bool(opts.resume), pid=os.getpid())
+    identities.create_identity(state, "launcher", cp.run_id, pid=os.getpid(), session_id=cp.run_id,
+                               worktree=cp.target_dir, tmux_socket=socket)
+    identities.update_liveness(state, "launcher", cp.run_id, pid=os.getpid())
+    guardian = _guardian_alive(state, cp.run_id)
+    if guardian is not None:
+        return guardian
+    try:
+        return spawn_guardian(gcfg, Path(cp.target_dir))  # type: ignore[arg-type]
+    except BaseException as exc:
+        _undo_launch(state, cp, previous, exc)
+        raise
 
 
 def attach(state: StateDir, live: identities.Identity, opts: LaunchOptions, out: TextIO) -> int:
