@@ -13,10 +13,13 @@ out of `git status` through `.git/info/exclude`. Branches are `attractor/<run>/<
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import re
 import shutil
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +27,8 @@ import git
 
 from attractor.errors import AlreadyExistsError, GitError, MissingBinaryError, UsageError
 from attractor.names import validate_name
+
+logger = logging.getLogger(__name__)
 
 WORKTREES_DIR = Path(".claude") / "worktrees"
 BRANCH_PREFIX = "attractor"
@@ -365,10 +370,46 @@ def exclude_attractor_dirs(repo: RepoLike) -> None:
         exclude_path(repo, pattern)
 
 
+WORKTREE_LOCK = "attractor-worktrees.lock"
+WORKTREE_RETRIES = 3
+
+
+@contextlib.contextmanager
+def worktree_changes(repo: RepoLike) -> Iterator[None]:
+    """Serialise changes to the repository's worktree list across processes (a lock beside it,
+    in the common git dir): a `worktree prune` or `remove` never runs while another process is
+    half-way through `worktree add`, which git would see as a broken entry."""
+    from attractor import locks
+
+    r = as_repo(repo)
+    with locks.file_lock(r.root / ".git" / WORKTREE_LOCK):
+        yield
+
+
+def _transient(exc: GitError) -> bool:
+    text = str(exc).lower()
+    return any(word in text for word in ("commondir", "index.lock", "unable to create", "cannot lock ref",
+                                         "failed to read", "is locked", "already exists"))
+
+
 def ensure_worktree(repo: RepoLike, path: Path, branch: str, base: str = "main") -> Path:
     """A worktree with `branch` checked out, at `path` (branch created from `base` if missing).
 
-    Idempotent: an existing worktree of `branch` is reused, wherever it is."""
+    Idempotent: an existing worktree of `branch` is reused, wherever it is. A transient git
+    failure (a lock or half-made entry of another process) is retried before it is raised."""
+    for attempt in range(1, WORKTREE_RETRIES + 1):
+        try:
+            with worktree_changes(repo):
+                return _ensure_worktree(repo, path, branch, base)
+        except GitError as exc:
+            if attempt == WORKTREE_RETRIES or not _transient(exc):
+                raise
+            logger.warning("git worktree for %s failed (%s); retrying", branch, exc)
+            time.sleep(0.2 * attempt)
+    raise AssertionError("unreachable")
+
+
+def _ensure_worktree(repo: RepoLike, path: Path, branch: str, base: str) -> Path:
     r = as_repo(repo)
     validate_branch_name(branch)
     existing = worktree_for_branch(r, branch)
@@ -391,11 +432,38 @@ def ensure_worktree(repo: RepoLike, path: Path, branch: str, base: str = "main")
     return path
 
 
+def worktree_problem(repo: RepoLike, path: Path, branch: str) -> str | None:
+    """Why `path` is not a worktree of `repo` with `branch` checked out, or None when it is.
+    Checked against git itself: the directory's own git dir must be one of the repository's
+    worktree entries (a plain directory inside the main checkout resolves to the main `.git`,
+    and a commit there would land on the checked-out branch)."""
+    r = as_repo(repo)
+    path = Path(path).absolute()
+    if not path.is_dir():
+        return f"{path} does not exist"
+    status, out, err = _run(r, "rev-parse", "--absolute-git-dir", "--git-common-dir", cwd=path, check=False)
+    if status != 0:
+        return f"{path} is not inside a git repository ({err.strip()[:200]})"
+    lines = out.strip().splitlines()
+    git_dir = Path(lines[0]).resolve()
+    common = (path / lines[1]).resolve() if len(lines) > 1 else git_dir
+    main_git = (r.root / ".git").resolve()
+    if common != main_git:
+        return f"{path} belongs to another repository ({common})"
+    if git_dir == main_git or git_dir.parent != main_git / "worktrees":
+        return f"{path} is not a registered worktree (its git dir is {git_dir})"
+    current = current_branch(r, cwd=path)
+    if current != branch:
+        return f"{path} has {current or 'a detached HEAD'} checked out, not {branch}"
+    return None
+
+
 def add_detached_worktree(repo: RepoLike, path: Path, commit: str) -> Path:
     """A throw-away worktree at `path` with `commit` checked out detached, hooks off."""
     path = Path(path).absolute()
     path.parent.mkdir(parents=True, exist_ok=True)
-    _run(repo, "worktree", "add", "--detach", "--", str(path), _ref_arg(commit), config=(NO_HOOKS,))
+    with worktree_changes(repo):
+        _run(repo, "worktree", "add", "--detach", "--", str(path), _ref_arg(commit), config=(NO_HOOKS,))
     return path
 
 
@@ -404,15 +472,16 @@ def remove_worktree(repo: RepoLike, path: Path, force: bool = True) -> None:
     is already gone, or only half registered, is cleaned up all the same."""
     r = as_repo(repo)
     path = Path(path).absolute()
-    if path.exists():
-        args = ["--force", "--force"] if force else []
-        status, _, err = _run(r, "worktree", "remove", *args, "--", str(path), check=False)
-        if status == 0:
-            return
-        if not force:
-            raise GitError("git worktree remove", err)
-        shutil.rmtree(path, ignore_errors=True)
-    _run(r, "worktree", "prune")
+    with worktree_changes(r):
+        if path.exists():
+            args = ["--force", "--force"] if force else []
+            status, _, err = _run(r, "worktree", "remove", *args, "--", str(path), check=False)
+            if status == 0:
+                return
+            if not force:
+                raise GitError("git worktree remove", err)
+            shutil.rmtree(path, ignore_errors=True)
+        _run(r, "worktree", "prune")
 
 
 @dataclass(frozen=True)
@@ -488,6 +557,11 @@ def checkout_detached(worktree: Path, commit: str, *, force: bool = False) -> No
     args = ["--force"] if force else []
     _run(worktree, "checkout", "--quiet", *args, "--detach", _ref_arg(commit), cwd=worktree,
          config=(NO_HOOKS,))
+
+
+def checkout_branch(worktree: Path, branch: str) -> None:
+    """Check `branch` out in `worktree` (which must be clean)."""
+    _run(worktree, "checkout", "--quiet", validate_branch_name(branch), "--", cwd=worktree, config=(NO_HOOKS,))
 
 
 def merge_ff_only(worktree: Path, commit: str) -> tuple[bool, str]:

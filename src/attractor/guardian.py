@@ -41,6 +41,7 @@ logger = logging.getLogger(__name__)
 TICK = 0.2
 HEARTBEAT_INTERVAL = 2.0
 OUTPUT_TAIL = 4000
+TIP_CHECK_INTERVAL = 2.0
 VALIDATION_PREFIX = "_validate-"  # node names start with a letter or digit: no clash
 
 
@@ -111,6 +112,70 @@ class Guardian:
 
         self.order = topological_order(self.pipeline)
         self.watch = Watch(cfg.state)
+        # the target's tip as the queue last left it: anything else found there is an alert
+        self.expected_tip: str | None = None
+        self.tip_lock = threading.Lock()  # held while the queue may move the target
+        self.alerted_tips: set[str] = set()
+        self.last_tip_check = 0.0
+
+    # -- the target branch: moved only by the queue -------------------------------------------
+    def alert(self, alert: str, reason: str, **fields: Any) -> None:
+        logger.error("guardian: ALERT (%s): %s", alert, reason)
+        cp_store.append_event(self.state, self.cfg.run_id, "alert", alert=alert, reason=reason, **fields)
+
+    def target_tip(self) -> str | None:
+        from attractor import gitops
+
+        return gitops.rev_parse(self.target_dir, f"refs/heads/{self.cp.target_branch}")
+
+    def hold_queue(self, reason: str, found: str | None) -> None:
+        from attractor.store import queue_hold
+
+        if found is not None and found in self.alerted_tips:
+            return
+        if found is not None:
+            self.alerted_tips.add(found)
+        queue_hold.hold(self.state, reason, target=self.cp.target_branch, expected=self.expected_tip, found=found,
+                        held_by=self.cfg.agent_id)
+        self.alert("target_moved", f"{reason}; merging is held until a human runs: attractor merge-queue resume",
+                   expected=self.expected_tip, found=found)
+
+    def check_target_tip(self, *, after_merge: str | None = None) -> None:
+        """The target must be where the queue put it. After a merge: exactly the merged commit.
+        Between merges: unchanged since the queue last moved it."""
+        from attractor.store import queue_hold
+
+        tip = self.target_tip()
+        if after_merge is not None:
+            if tip != after_merge:
+                self.hold_queue(f"after merging {after_merge[:12]} the tip of {self.cp.target_branch} is "
+                                f"{(tip or 'missing')[:12]}", tip)
+            self.expected_tip = tip
+            return
+        if self.expected_tip is None:
+            self.expected_tip = tip
+            return
+        if tip != self.expected_tip and queue_hold.read(self.state) is None and tip not in self.alerted_tips:
+            self.hold_queue(f"{self.cp.target_branch} moved from {self.expected_tip[:12]} to {(tip or 'nothing')[:12]} "
+                            "outside the merge queue", tip)
+
+    def wait_while_held(self) -> None:
+        """Block the merge worker while the queue is held (checked twice a second)."""
+        from attractor.store import queue_hold
+
+        announced = False
+        while not self.stop_event.is_set():
+            held = queue_hold.read(self.state)
+            if held is None:
+                if announced:
+                    logger.warning("guardian: the merge queue was resumed")
+                    self.expected_tip = self.target_tip()
+                    self.alerted_tips.clear()
+                return
+            if not announced:
+                logger.warning("guardian: merging is held: %s", held.reason)
+                announced = True
+            self.stop_event.wait(0.5)
 
     # -- checkpoint --------------------------------------------------------------------------
     def update_node(self, name: str, event: str = "", **changes: Any) -> None:
@@ -224,11 +289,22 @@ class Guardian:
                 return
             node, payload = item
             try:
+                self.wait_while_held()
+                if self.stop_event.is_set():
+                    continue
+                with self.tip_lock:
+                    self.check_target_tip()
+                self.wait_while_held()
+                if self.stop_event.is_set():
+                    continue
                 self.update_node(node, "merging", state=NodeState.MERGING)
                 gates = tuple(merge_queue.Gate(command=c, timeout=t) for _, c, t in self.validator_commands(node))
                 config = merge_queue.load_config(self.target_dir, target=self.cp.target_branch, extra_gates=gates,
                                                  sender=self.cfg.agent_id)
-                outcome = merge_queue.handle_merge_ready(self.state, self.target_dir, payload, config)
+                with self.tip_lock:
+                    outcome = merge_queue.handle_merge_ready(self.state, self.target_dir, payload, config)
+                    if outcome.merged:
+                        self.check_target_tip(after_merge=outcome.merged_sha)
                 if outcome.merged:
                     self.finish_codergen(node, NodeState.MERGED, merged_sha=outcome.merged_sha)
                 else:
@@ -375,7 +451,7 @@ class Guardian:
             except NotFoundError:
                 hook = None
             if hook is not None and hook.phase is HookPhase.MERGED:
-                self.finish_codergen(name, NodeState.MERGED, merged_sha=hook.last_commit)
+                self.finish_merged_hook(name, hook)
                 continue
             try:
                 ident: identities.Identity | None = identities.get(self.state, "runner", name)
@@ -423,6 +499,22 @@ class Guardian:
             spawn_runner(self.runner_config(name), log_level=self.cfg.log_level)
             self.watch.respawned(agent)
 
+    def finish_merged_hook(self, name: str, hook: hooks.Hook) -> None:
+        """A hook that says merged counts only when its commit is on the target branch."""
+        from attractor import gitops
+
+        sha = hook.last_commit
+        try:
+            on_target = bool(sha) and gitops.is_ancestor(self.target_dir, str(sha), self.cp.target_branch)
+        except AttractorError:
+            on_target = False
+        if on_target:
+            self.finish_codergen(name, NodeState.MERGED, merged_sha=sha)
+            return
+        reason = f"its hook says merged {sha!r}, but that commit is not on {self.cp.target_branch}"
+        self.alert("false_merge", reason, node=name)
+        self.finish_codergen(name, NodeState.FAILED, reason=reason)
+
     def rebuild(self) -> None:
         """After a restart: reconcile the checkpoint with hooks and live runners."""
         self.sweep_validation_trees()
@@ -432,7 +524,7 @@ class Guardian:
             except NotFoundError:
                 continue
             if hook.phase is HookPhase.MERGED:
-                self.finish_codergen(name, NodeState.MERGED, merged_sha=hook.last_commit)
+                self.finish_merged_hook(name, hook)
             elif hook.phase in (HookPhase.IMPL_COMPLETE, HookPhase.VALIDATING):
                 self.start_validation(name, hook.last_commit or "")
             elif hook.phase is HookPhase.MERGE_READY:
@@ -552,6 +644,14 @@ class Guardian:
                 self.schedule()
                 self.supervise()
                 self.schedule()  # what supervision just finished may make the exit ready
+                if time.monotonic() - self.last_tip_check >= TIP_CHECK_INTERVAL and self.tip_lock.acquire(False):
+                    self.last_tip_check = time.monotonic()
+                    try:
+                        self.check_target_tip()
+                    except AttractorError as exc:
+                        logger.info("checking the target tip: %s", exc)
+                    finally:
+                        self.tip_lock.release()
                 if self.finished():
                     break
                 self.stop_event.wait(TICK)

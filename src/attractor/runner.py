@@ -224,9 +224,52 @@ class Runner:
                 commands.append(command)
         return tuple(commands)
 
+    def ensure_own_worktree(self) -> str:
+        """Check the node's worktree against git before an agent starts in it or its report is
+        acted on, and repair what can be repaired without losing a commit: a missing worktree
+        is recreated from the branch; a plain directory in its place (which would put the agent's
+        commits on the checked-out target) is moved aside and the worktree recreated; a clean
+        worktree on another branch is switched back. Returns "" when all is well (or repaired),
+        else the reason the node cannot go on."""
+        import shutil
+
+        from attractor import checkpoint as cp_store
+        from attractor import gitops
+
+        problem = gitops.worktree_problem(self.cfg.target_dir, self.worktree, self.branch)
+        if problem is None:
+            return ""
+        logger.error("runner %s: ALERT: %s", self.cfg.node, problem)
+        with contextlib.suppress(AttractorError):
+            cp_store.append_event(self.state, self.cfg.run_id, "alert", node=self.cfg.node,
+                                  alert="worktree", reason=problem)
+        try:
+            registered = gitops.worktree_for_branch(self.cfg.target_dir, self.branch)
+            if registered is not None and registered.resolve() == self.worktree.resolve():
+                current = gitops.current_branch(self.cfg.target_dir, cwd=self.worktree)
+                if not gitops.is_clean(self.worktree):
+                    return f"{problem}, with uncommitted changes; a human must look"
+                gitops.checkout_branch(self.worktree, self.branch)
+                logger.warning("runner %s: switched the worktree back from %s to %s", self.cfg.node, current,
+                               self.branch)
+            else:
+                if self.worktree.exists():
+                    aside = self.worktree.with_name(f"{self.worktree.name}.stray-{time.strftime('%Y%m%dT%H%M%S')}")
+                    shutil.move(str(self.worktree), str(aside))
+                    logger.warning("runner %s: moved the stray directory aside to %s", self.cfg.node, aside)
+                gitops.ensure_worktree(self.cfg.target_dir, self.worktree, self.branch, base=self.cfg.target_branch)
+        except (AttractorError, OSError) as exc:
+            return f"{problem}; repairing it failed: {exc}"
+        again = gitops.worktree_problem(self.cfg.target_dir, self.worktree, self.branch)
+        return again or ""
+
     def spawn_orchestrator(self, attempt: int, note: str = "") -> None:
         import uuid
 
+        problem = self.ensure_own_worktree()
+        if problem:
+            self.fail(f"the worktree cannot be used: {problem}")
+            return
         hook = self.hook()
         wisdom = hooks.build_wisdom_prompt_block(hook) if (attempt > 1 or note or len(hook.history) > 2) else ""
         if note and note not in wisdom:
@@ -393,13 +436,17 @@ class Runner:
             self.retry_or_fail("a validation failure", str(payload.get("output", "")))
             return "validation_failed"
         if kind is SignalKind.MERGE_COMPLETE:
-            if phase is HookPhase.MERGED:
-                return "ignored: already merged"
             sha = str(payload.get("merged_sha"))
-            hooks.mark_merged(self.state, "runner", self.cfg.node, sha)
+            problem = self.merge_claim_problem(str(payload.get("entry_id") or ""), sha)
+            if problem:
+                self.reject_signal(sig, problem)
+                return f"rejected: {problem}"
+            if phase is not HookPhase.MERGED:
+                hooks.mark_merged(self.state, "runner", self.cfg.node, sha)
+            # merged (by this signal, or already by the guardian): this runner's work is over
             self.stop_orchestrator("node merged")
             self.finished.set()
-            return "merged"
+            return "merged" if phase is not HookPhase.MERGED else "merged (the hook already said so)"
         if kind is SignalKind.MERGE_FAILED:
             if phase is not HookPhase.MERGE_READY:
                 return f"ignored: phase is {phase.value}"
@@ -420,11 +467,46 @@ class Runner:
             return "respawned"
         return f"ignored: {kind.value} is not for a runner"
 
+    def merge_claim_problem(self, entry_id: str, sha: str) -> str:
+        """Why a MERGE_COMPLETE is not to be believed, or "": the queue's own entry must say it
+        merged this branch at `sha`, and `sha` must be on the target branch."""
+        from attractor import gitops, merge_entries
+        from attractor.states import MergeEntryState
+
+        try:
+            entry = merge_entries.get_entry(self.state, entry_id) if entry_id else None
+        except AttractorError:
+            entry = None
+        if entry is None:
+            return f"no merge-queue entry {entry_id!r}"
+        if entry.branch != self.branch or entry.state is not MergeEntryState.MERGED or entry.outcome is None \
+                or entry.outcome.merged_sha != sha:
+            return (f"the queue's entry {entry_id} says {entry.state.value} "
+                    f"{(entry.outcome.merged_sha if entry.outcome else None)!r} for {entry.branch}, not merged {sha!r}")
+        if not gitops.is_ancestor(self.cfg.target_dir, sha, self.cfg.target_branch):
+            return f"{sha} is not on {self.cfg.target_branch}"
+        return ""
+
+    def reject_signal(self, sig: signals.Signal, problem: str) -> None:
+        """A signal that does not hold against the ground truth: recorded and raised as an alert."""
+        from attractor import checkpoint as cp_store
+
+        logger.error("runner %s: ALERT: rejected %s from %s: %s", self.cfg.node, sig.kind.value, sig.sender, problem)
+        try:
+            cp_store.append_event(self.state, self.cfg.run_id, "alert", node=self.cfg.node,
+                                  alert="signal_rejected", kind=sig.kind.value, sender=sig.sender, reason=problem)
+        except AttractorError as exc:
+            logger.info("recording the alert: %s", exc)
+
     def on_report(self, summary: str) -> str:
         """The agent says its work is done: the branch must have a commit beyond the target."""
         from attractor import gitops
 
-        commit = gitops.rev_parse(self.worktree, "HEAD") or ""
+        problem = self.ensure_own_worktree()
+        if problem:
+            self.fail(f"the worktree cannot be used: {problem}")
+            return "worktree broken"
+        commit = gitops.rev_parse(self.cfg.target_dir, f"refs/heads/{self.branch}") or ""
         if not commit or not gitops.commits_between(self.cfg.target_dir, self.cfg.target_branch, commit):
             self.retry_or_fail("a report without a commit",
                                f"The branch {self.branch} has no commit beyond {self.cfg.target_branch}. "

@@ -26,7 +26,7 @@ GROUPS: dict[str, tuple[str, ...]] = {
     "identity": ("identity",),
     "hook": ("hook",),
     "signal": ("signal",),
-    "merge_queue": ("merge-queue",),
+    "merge_queue": ("merge-queue", "queue"),
     "pipeline": ("pipeline",),
     "run": ("run",),
     "status": ("status", "stop"),
@@ -92,12 +92,14 @@ def add_target_dir_option(parser: argparse.ArgumentParser, required: bool = Fals
 
 
 def subparser(
-    subparsers: argparse._SubParsersAction[Parser], name: str, help_text: str, example: str = ""
+    subparsers: argparse._SubParsersAction[Parser], name: str, help_text: str, example: str = "",
+    aliases: Sequence[str] = (),
 ) -> Parser:
     """Add a subcommand with a help text and an example shown under `--help`."""
     epilog = f"example:\n  {example}" if example else None
     parser: Parser = subparsers.add_parser(
-        name, help=help_text, description=help_text, epilog=epilog, formatter_class=_Formatter
+        name, help=help_text, description=help_text, epilog=epilog, formatter_class=_Formatter,
+        aliases=list(aliases),
     )
     return parser
 

@@ -12,7 +12,7 @@ import sys
 import time
 from typing import TYPE_CHECKING, Any
 
-from attractor.cli import Parser, add_json_option, add_state_dir_option, subparser
+from attractor.cli import Parser, add_json_option, add_state_dir_option, state_dir_from, subparser
 from attractor.errors import EXIT_FAILURE, EXIT_OK
 
 if TYPE_CHECKING:
@@ -26,7 +26,7 @@ JSON_SCHEMA = 1  # schema of the envelopes printed by `list --json` and `process
 def add_parser(subparsers: argparse._SubParsersAction[Parser]) -> None:
     group = subparser(
         subparsers, "merge-queue", "queue branches and land them on the target branch, green",
-        "attractor merge-queue process --all --gate 'pytest -q' --gate-timeout 900",
+        "attractor merge-queue process --all --gate 'pytest -q' --gate-timeout 900", aliases=("queue",),
     )
     commands = group.add_subparsers(dest="mq_command", metavar="COMMAND", parser_class=Parser)
 
@@ -91,6 +91,18 @@ def add_parser(subparsers: argparse._SubParsersAction[Parser]) -> None:
     retry.add_argument("entry_id", metavar="ID")
     _common(retry)
     retry.set_defaults(func=run_retry)
+
+    hold = subparser(commands, "hold", "stop merging until 'resume' (the guardian holds the queue by itself "
+                     "when the target moves outside it)", "attractor merge-queue hold 'release freeze'")
+    hold.add_argument("reason", help="why merging stops")
+    add_state_dir_option(hold)
+    hold.set_defaults(func=run_hold)
+
+    resume = subparser(commands, "resume", "lift a hold on the queue: merging goes on",
+                       "attractor merge-queue resume")
+    add_state_dir_option(resume)
+    add_json_option(resume)
+    resume.set_defaults(func=run_resume)
 
 
 def _common(parser: argparse.ArgumentParser, json: bool = False) -> None:
@@ -298,4 +310,30 @@ def run_retry(args: argparse.Namespace) -> int:
     _, state = _open(args)
     entry = merge_queue.retry_entry(state, args.entry_id)
     print(f"{entry.id}  {entry.state.value}  {entry.branch}")
+    return EXIT_OK
+
+
+def run_hold(args: argparse.Namespace) -> int:
+    from attractor.statedir import StateDir
+    from attractor.store import queue_hold
+
+    held = queue_hold.hold(StateDir(state_dir_from(args)), args.reason, target="*", expected=None, found=None,
+                           held_by="user-cli")
+    print(f"merge queue held: {held.reason}; lift it with: attractor merge-queue resume")
+    return EXIT_OK
+
+
+def run_resume(args: argparse.Namespace) -> int:
+    import json as json_module
+
+    from attractor.statedir import StateDir
+    from attractor.store import queue_hold
+
+    lifted = queue_hold.lift(StateDir(state_dir_from(args)))
+    if args.json:
+        print(json_module.dumps({"lifted": lifted.to_json() if lifted else None}, indent=2))
+    elif lifted is None:
+        print("the merge queue was not held")
+    else:
+        print(f"hold lifted (was: {lifted.reason}); merging goes on")
     return EXIT_OK

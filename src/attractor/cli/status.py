@@ -94,9 +94,12 @@ def collect(args: argparse.Namespace) -> dict[str, Any]:
         entries = [e.to_json() for e in merge_queue.list_entries(state)]
     except (ImportError, AttributeError):
         pass
+    from attractor.store import queue_hold
+
+    held = queue_hold.read(state)
     run = {k: v for k, v in cp.to_json().items() if k != "nodes"}
     run["usage"] = _sum_usage(list(usage_by_node.values()))
-    return {"schema": 1, "run": run, "nodes": nodes,
+    return {"schema": 1, "run": run, "nodes": nodes, "queue_hold": held.to_json() if held else None,
             "agents": agents, "merge_queue": entries, "problems": [str(p) for p in problems],
             "state_dir": str(state.root)}
 
@@ -161,6 +164,9 @@ def run_status(args: argparse.Namespace) -> int:
             asked = str(a["needs_input"].get("message") or "").replace("\n", " / ")[:160]
             print(f"{'':<{width}}   needs input: {asked}")
             print(f"{'':<{width}}   answer with: attractor agent answer {a['name']} yes|no|always")
+    if data.get("queue_hold"):
+        print(f"\nMERGING HELD: {data['queue_hold']['reason']}\n  after deciding, lift it with: "
+              "attractor merge-queue resume")
     if data["merge_queue"]:
         print(f"\n{'ENTRY':<14} {'STATE':<11} BRANCH")
         for e in data["merge_queue"]:

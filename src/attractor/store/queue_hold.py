@@ -1,0 +1,78 @@
+"""A hold on the merge queue, at `merge-queue/hold.json`: while it exists, no entry is merged.
+
+The guardian puts the hold when the target branch moved to something the queue did not put there
+(a commit landed outside the queue, or the tip after a merge is not the commit the queue moved it
+to): a human decides what to do with the target, then lifts the hold with
+`attractor merge-queue resume`.
+
+Fields (schema 1): schema, reason (text), target (branch), expected (the sha the queue last put
+there, or null), found (the sha found), held_at (ISO-8601 UTC), held_by (agent id).
+
+Staleness rule: none; a hold lasts until it is lifted by hand. Written atomically with fsync.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from pathlib import Path
+
+from attractor import atomic, clock
+from attractor.errors import BadInputError, CorruptStateError
+from attractor.statedir import StateDir
+
+SCHEMA = 1
+FIELDS = ("schema", "reason", "target", "expected", "found", "held_at", "held_by")
+
+
+@dataclass(frozen=True)
+class Hold:
+    reason: str
+    target: str
+    expected: str | None
+    found: str | None
+    held_at: str
+    held_by: str
+
+    def to_json(self) -> dict[str, object]:
+        return {"schema": SCHEMA, "reason": self.reason, "target": self.target, "expected": self.expected,
+                "found": self.found, "held_at": self.held_at, "held_by": self.held_by}
+
+
+def _path(state: StateDir) -> Path:
+    return state.merge_queue / "hold.json"
+
+
+def read(state: StateDir) -> Hold | None:
+    """The hold, or None. A corrupt hold file is moved aside and still counts as a hold, so a
+    damaged file never lets merging go on unseen."""
+    path = _path(state)
+    try:
+        data = atomic.read_json_object(path, schema=SCHEMA)
+        atomic.check_record_fields("queue hold", data, FIELDS, SCHEMA)
+    except FileNotFoundError:
+        return None
+    except (CorruptStateError, BadInputError) as exc:
+        if path.exists():
+            atomic.move_aside(path)
+        # a damaged hold is still a hold: written anew, with what happened
+        return hold(state, f"the hold file was corrupt ({exc}); a human decides, then resumes",
+                    target="?", expected=None, found=None, held_by="queue-hold")
+    return Hold(str(data["reason"]), str(data["target"]), data["expected"], data["found"], str(data["held_at"]),
+                str(data["held_by"]))
+
+
+def hold(state: StateDir, reason: str, *, target: str, expected: str | None, found: str | None,
+         held_by: str) -> Hold:
+    record = Hold(reason, target, expected, found, clock.iso(), held_by)
+    state.ensure("merge-queue")
+    atomic.write_json_atomic(_path(state), record.to_json())
+    return record
+
+
+def lift(state: StateDir) -> Hold | None:
+    """Remove the hold; returns what it was (None when there was none)."""
+    current = read(state)
+    with contextlib.suppress(FileNotFoundError):
+        _path(state).unlink()
+    return current
