@@ -240,29 +240,31 @@ class AiderAdapter(Agent):
 
 def aider_dialogs() -> tuple[PromptRule, ...]:
     """Aider's questions (`<question> (Y)es/(N)o[/(D)on't ask again] [Yes]:`), for a session that
-    asks despite `--yes-always`; each is answered by its option's text."""
+    asks despite `--yes-always`; each is answered by its option's text. A match starts where the
+    shared `aider-confirm` rule's does (the question is a look-behind), so with these rules placed
+    before the shared table they win the tie."""
     from attractor.prompts import PromptAction, PromptRule
 
-    def rule(name: str, question: str, action: PromptAction, choose: str = "") -> PromptRule:
-        pattern = re.compile(rf"(?:{question})\s*\(Y\)es/\(N\)o[^\n]*\[(?:Yes|No)\]:\s*$",
-                             re.MULTILINE | re.IGNORECASE)
-        return PromptRule(name, pattern, action, f"Aider: {question}", choose)
+    def rule(name: str, questions: tuple[str, ...], action: PromptAction, choose: str = "") -> PromptRule:
+        behind = "|".join(f"(?<={re.escape(question)} )" for question in questions)
+        pattern = re.compile(rf"(?:{behind})\(Y\)es/\(N\)o[^\n]*\[(?:Yes|No)\]:\s*$", re.MULTILINE | re.IGNORECASE)
+        return PromptRule(name, pattern, action, f"Aider: {questions[0]}", choose)
 
     answer, ask = PromptAction.ANSWER, PromptAction.NEEDS_INPUT
     return (
-        rule("aider-gitignore", r"Add [^\n]*to \.gitignore \(recommended\)\?", answer, "No"),
-        rule("aider-analytics", r"Allow collection of anonymous analytics to help improve aider\?", answer, "No"),
-        rule("aider-open-url", r"Open (?:documentation )?URL for more info\?|Open documentation about edit formats\?"
-             r"|Would you like to see what's new in this version\?", answer, "No"),
-        rule("aider-network", r"Login to OpenRouter or create a free account\?|Add URL to the chat\?"
-             r"|Install playwright\?", answer, "No"),
-        rule("aider-no-repo", r"No git repo found, create one to track aider's changes \(recommended\)\?",
-             answer, "No"),
-        rule("aider-edit", r"Create new file\?|Allow edits to file that has not been added to the chat\?"
-             r"|Add file to the chat\?|Edit the files\?|Do you want to create [^\n]*\?", answer, "Yes"),
-        rule("aider-fix", r"Attempt to fix (?:lint|test) errors\?|Fix lint errors in [^\n]*\?", answer, "Yes"),
-        rule("aider-ask", r"Run shell commands?\?|Run pip install\?|Try to proceed anyway\?"
-             r"|Add [^\n]*command output to the chat\?", ask),
+        rule("aider-gitignore", ("to .gitignore (recommended)?",), answer, "No"),
+        rule("aider-analytics", ("Allow collection of anonymous analytics to help improve aider?",), answer, "No"),
+        rule("aider-open-url", ("Open documentation url for more info?", "Open URL for more info?",
+                                "Open documentation about edit formats?",
+                                "Would you like to see what's new in this version?"), answer, "No"),
+        rule("aider-network", ("Login to OpenRouter or create a free account?", "Add URL to the chat?",
+                               "Install playwright?"), answer, "No"),
+        rule("aider-no-repo", ("No git repo found, create one to track aider's changes (recommended)?",), answer, "No"),
+        rule("aider-edit", ("Create new file?", "Allow edits to file that has not been added to the chat?",
+                            "Add file to the chat?", "Edit the files?"), answer, "Yes"),
+        rule("aider-fix", ("Attempt to fix lint errors?", "Attempt to fix test errors?"), answer, "Yes"),
+        rule("aider-ask", ("Run shell command?", "Run shell commands?", "Run pip install?", "Try to proceed anyway?",
+                           "command output to the chat?"), ask),
     )
 
 ADAPTER = AiderAdapter("aider", ("aider",), "aider", "install aider (pip install aider-chat), e.g. with "
