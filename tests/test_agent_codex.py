@@ -131,9 +131,20 @@ ARGV_CASES = [
 ]
 
 
+def record_rollout(ctx: LaunchContext, session_id: str) -> Path:
+    """A rollout file as Codex writes it for `session_id`, started in the context's worktree."""
+    day = codex_mod.codex_home(ctx) / "sessions" / "2026" / "12" / "01"
+    day.mkdir(parents=True, exist_ok=True)
+    rollout = day / f"rollout-2026-12-01T11-18-55-{session_id}.jsonl"
+    rollout.write_text(ROLLOUT.replace("CWD", str(ctx.worktree.resolve())))
+    return rollout
+
+
 @pytest.mark.parametrize("case", ARGV_CASES, ids=[c.test_id for c in ARGV_CASES])
 def test_argv_runs_the_tui_with_the_prompt_as_one_argument(tmp_path: Path, case: ArgvCase) -> None:
     ctx = context(tmp_path, resume=case.resume, session_id=case.session_id)
+    if case.resume:
+        record_rollout(ctx, case.session_id or "01a23154-4478-7501-aa23-c201a61fc1e2")
     argv = CodexAdapter("codex", ("codex",), "/opt/bin/codex").command(ctx)
     assert argv[0] == "/opt/bin/codex"
     assert ["codex", *argv[1:len(case.head)]] == case.head
@@ -143,6 +154,12 @@ def test_argv_runs_the_tui_with_the_prompt_as_one_argument(tmp_path: Path, case:
         assert argv[-2] == case.session_id
     elif not case.resume:
         assert argv[-2] == "--"  # a prompt starting with "-" is not an option
+
+
+def test_a_session_codex_never_recorded_is_started_afresh(tmp_path: Path) -> None:
+    ctx = context(tmp_path, resume=True, session_id="3f0c6a70-runner-made-up")
+    argv = CodexAdapter("codex", ("codex",), "codex").command(ctx)
+    assert "resume" not in argv and argv[-2] == "--"
 
 
 def test_resolve_agent_gives_the_codex_adapter() -> None:
@@ -180,10 +197,7 @@ ROLLOUT = "\n".join([
 
 def test_usage_is_the_last_token_count_of_the_rollout(tmp_path: Path) -> None:
     ctx = context(tmp_path)
-    day = tmp_path / "state" / "runs" / "run1" / "codex-home" / "sessions" / "2026" / "12" / "01"
-    day.mkdir(parents=True)
-    rollout = day / "rollout-2026-12-01T11-18-55-01a23154-4478-7501-aa23-c201a61fc1e2.jsonl"
-    rollout.write_text(ROLLOUT.replace("CWD", str(ctx.worktree.resolve())))
+    rollout = record_rollout(ctx, "01a23154-4478-7501-aa23-c201a61fc1e2")
     expected = Usage(input_tokens=3200, output_tokens=200, cache_read_tokens=800, cache_write_tokens=0,
                      cost_usd=None, source=str(rollout))
     adapter = CodexAdapter("codex", ("codex",), "codex")
@@ -319,71 +333,150 @@ def worktree_repo(tmp_path: Path) -> Iterator[tuple[Path, Path]]:
     yield root, worktree
 
 
+class Pane(NamedTuple):
+    socket: str
+    name: str
+    pid: int
+
+    def screen(self) -> str:
+        return tmux(self.socket, "capture-pane", "-p", "-t", self.name)
+
+    def codex_processes(self) -> set[int]:
+        return {pid for pid in descendants(self.pid) if "codex" in command_of(pid)}
+
+    def kill(self) -> None:
+        """Kill the pane's session and wait until no codex process of it is left."""
+        processes = self.codex_processes()
+        tmux(self.socket, "kill-session", "-t", self.name)
+        retry_until(lambda: not [pid for pid in processes if alive(pid)], 20, 0.1,
+                    what=f"codex processes {sorted(processes)} to exit after the pane was killed")
+
+
+def start_codex(socket: str, name: str, adapter: CodexAdapter, ctx: LaunchContext) -> Pane:
+    """`prepare` the launch and run it in a new tmux session, as the runner does."""
+    launch = adapter.prepare(ctx)
+    env_args = [arg for key, value in launch.env.items() for arg in ("-e", f"{key}={value}")]
+    tmux(socket, "-f", "/dev/null", "new-session", "-d", "-s", name, "-x", "200", "-y", "50",
+         "-c", str(ctx.worktree), *env_args, "env", *[f"-u{var}" for var in launch.unset], *launch.argv)
+    return Pane(socket, name, int(tmux(socket, "display-message", "-p", "-t", name, "#{pane_pid}").strip()))
+
+
+def hook_events(hook_dir: Path) -> list[tuple[str, dict[str, object]]]:
+    """(event, stdin JSON) of every hook call recorded so far, in order."""
+    found = []
+    for path in sorted(hook_dir.iterdir()):
+        try:
+            found.append((path.stem.split("-", 1)[1], json.loads(path.read_text())))
+        except ValueError:
+            continue  # being written
+    return found
+
+
+def recording_hooks(tmp_path: Path) -> tuple[str, Path]:
+    """An `attractor` stand-in for the hooks only: records each hook's stdin in a directory."""
+    hook_dir = tmp_path / "hooks"
+    hook_dir.mkdir()
+    recorder = tmp_path / "recorder.py"
+    recorder.write_text(HOOK_RECORDER)
+    return f"{sys.executable} {recorder} {hook_dir}", hook_dir
+
+
 def test_real_codex_commits_in_a_worktree_without_a_dialog(tmp_path: Path, tmux_socket: str,
                                                           monkeypatch: pytest.MonkeyPatch,
                                                           worktree_repo: tuple[Path, Path]) -> None:
     binary = codex_binary()
     root, worktree = worktree_repo
-    hook_dir = tmp_path / "hooks"
-    hook_dir.mkdir()
-    recorder = tmp_path / "recorder.py"
-    recorder.write_text(HOOK_RECORDER)
+    attractor, hook_dir = recording_hooks(tmp_path)
     playbook = NodePlaybook({"n1": [
         write("notes.txt", "written by codex\n"),
         bash("git add notes.txt && git commit -q --no-gpg-sign -m 'codex: add notes'"),
         bash("git log --oneline -1 > last-commit.txt"),
         say("Committed."),
     ]})
+    adapter = CodexAdapter("codex", ("codex",), binary)
     with ModelServer(playbook) as server:
         monkeypatch.setenv("OPENAI_BASE_URL", server.url + "/v1")
         monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
         monkeypatch.delenv("CODEX_HOME", raising=False)
-        ctx = context(tmp_path, worktree=worktree, target=root,
-                      attractor=f"{sys.executable} {recorder} {hook_dir}")
+        ctx = context(tmp_path, worktree=worktree, target=root, attractor=attractor)
         ctx.prompt_file.write_text("## Your task (node `n1`)\nAdd notes.txt and commit it.\nAttempt: 1\n")
-        launch = CodexAdapter("codex", ("codex",), binary).prepare(ctx)
-        env_args = [arg for key, value in launch.env.items() for arg in ("-e", f"{key}={value}")]
-        tmux(tmux_socket, "-f", "/dev/null", "new-session", "-d", "-s", "codex", "-x", "200", "-y", "50",
-             "-c", str(worktree), *env_args, "env", *[f"-u{name}" for name in launch.unset], *launch.argv)
-        pane_pid = int(tmux(tmux_socket, "display-message", "-p", "-t", "codex", "#{pane_pid}").strip())
-
-        def screen() -> str:
-            return tmux(tmux_socket, "capture-pane", "-p", "-t", "codex")
+        pane = start_codex(tmux_socket, "codex", adapter, ctx)
 
         def committed() -> bool:
             return "codex: add notes" in git(root, "log", "--format=%s", "attractor/run1/n1")
 
         try:
-            retry_until(committed, 90, 0.2, what="the commit on the worktree's branch")
-            retry_until(lambda: "Committed." in screen(), 60, 0.2, what="the end of the turn")
+            retry_until(committed, 60, 0.2, what="the commit on the worktree's branch")
+            retry_until(lambda: "Committed." in pane.screen(), 60, 0.2, what="the end of the turn")
         except AssertionError:
-            print(screen())
+            print(pane.screen())
             raise
         assert (worktree / "last-commit.txt").read_text().strip().endswith("codex: add notes")
-        pane = screen()
-        assert match_prompt(pane, rules=CodexAdapter("codex", ("codex",), binary).dialogs()) is None, pane
-        assert match_prompt(pane) is None, pane
+        screen = pane.screen()
+        assert match_prompt(screen, rules=adapter.dialogs()) is None, screen
+        assert match_prompt(screen) is None, screen
         # the hooks fired with Codex's JSON on stdin
-        events = retry_until(lambda: {p.name.split("-", 1)[1]: p for p in sorted(hook_dir.iterdir())
-                                      if p.stat().st_size} if any(
-            p.name.endswith("-stop.json") for p in hook_dir.iterdir()) else None, 30, 0.2, what="the stop hook")
-        start = json.loads(events["session-start.json"].read_text())
+        events = dict(retry_until(lambda: [e for e in hook_events(hook_dir)] if "stop" in
+                                  [name for name, _ in hook_events(hook_dir)] else None, 30, 0.2, what="the stop hook"))
+        start = events["session-start"]
         assert start["hook_event_name"] == "SessionStart" and start["source"] == "startup"
-        assert Path(start["cwd"]) == worktree.resolve()
-        stop = json.loads(events["stop.json"].read_text())
+        assert Path(str(start["cwd"])) == worktree.resolve()
+        assert events["post-tool-use"]["tool_name"] == "Bash"
+        stop = events["stop"]
         assert stop["last_assistant_message"] == "Committed." and stop["session_id"] == start["session_id"]
         # usage from the rollout the hooks named: one token count per answer of the main thread
         answers = len([r for r in server.recorded if r.conversation is not None and r.conversation.node() == "n1"
-                       and r.action is not None and r.action.text != server.side_text
                        and not r.body.get("text", {}).get("format")])
-        usage = CodexAdapter("codex", ("codex",), binary).usage(ctx, {"transcript_path": start["transcript_path"]})
+        usage = adapter.usage(ctx, {"transcript_path": start["transcript_path"]})
         assert usage is not None
         assert (usage.input_tokens, usage.cache_read_tokens, usage.output_tokens) == \
             (800 * answers, 200 * answers, 50 * answers)
         assert not [r.path for r in server.recorded if r.conversation is None and r.path != "/v1/models"]
+        assert pane.codex_processes(), "no codex process found under the pane"
+        pane.kill()
 
-        processes = {pid for pid in descendants(pane_pid) if "codex" in command_of(pid)}
-        assert processes, "no codex process found under the pane"
-        tmux(tmux_socket, "kill-session", "-t", "codex")
-        retry_until(lambda: not [pid for pid in processes if alive(pid)], 20, 0.1,
-                    what=f"codex processes {sorted(processes)} to exit after the pane was killed")
+
+@pytest.mark.parametrize("by_id", [True, False], ids=["resume-by-session-id", "resume-last"])
+def test_real_codex_resumes_its_session_after_the_pane_is_killed(tmp_path: Path, tmux_socket: str,
+                                                                  monkeypatch: pytest.MonkeyPatch,
+                                                                  worktree_repo: tuple[Path, Path],
+                                                                  by_id: bool) -> None:
+    binary = codex_binary()
+    root, worktree = worktree_repo
+    attractor, hook_dir = recording_hooks(tmp_path)
+    playbook = NodePlaybook({"n1": [
+        bash("echo one > one.txt"),
+        say("First turn over."),
+        bash("echo two > two.txt && git add -A && git commit -q --no-gpg-sign -m 'codex: after resume'"),
+        say("Second turn over."),
+    ]})
+    adapter = CodexAdapter("codex", ("codex",), binary)
+    with ModelServer(playbook) as server:
+        monkeypatch.setenv("OPENAI_BASE_URL", server.url + "/v1")
+        monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+        monkeypatch.delenv("CODEX_HOME", raising=False)
+        ctx = context(tmp_path, worktree=worktree, target=root, attractor=attractor)
+        ctx.prompt_file.write_text("## Your task (node `n1`)\nTwo files.\nAttempt: 1\n")
+        pane = start_codex(tmux_socket, "first", adapter, ctx)
+        retry_until(lambda: "First turn over." in pane.screen(), 60, 0.2, what="the first turn")
+        session_id = str(dict(hook_events(hook_dir))["session-start"]["session_id"])
+        pane.kill()
+
+        # a prompt without a new task header: the playbook carries on from the turns already taken
+        ctx.prompt_file.write_text("Carry on where you stopped.\n")
+        resumed = context(tmp_path, worktree=worktree, target=root, attractor=attractor, resume=True,
+                          session_id=session_id if by_id else "")
+        pane = start_codex(tmux_socket, "second", adapter, resumed)
+        try:
+            retry_until(lambda: "codex: after resume" in git(root, "log", "--format=%s", "attractor/run1/n1"), 60,
+                        0.2, what="the commit of the resumed session")
+        except AssertionError:
+            print(pane.screen())
+            raise
+        starts = [data for name, data in hook_events(hook_dir) if name == "session-start"]
+        assert [s["source"] for s in starts] == ["startup", "resume"]
+        assert {s["session_id"] for s in starts} == {session_id}
+        assert match_prompt(pane.screen(), rules=adapter.dialogs()) is None
+        # the resumed request carried the first process's turns
+        assert "echo one > one.txt" in json.dumps(server.conversations("n1")[-1].raw["input"])
+        pane.kill()

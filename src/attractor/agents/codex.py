@@ -320,11 +320,16 @@ class CodexAdapter(Agent):
         return shutil.which(self.binary) or self.binary
 
     def command(self, ctx: LaunchContext) -> list[str]:
+        """Start, or resume: the session the hooks recorded (`ctx.session_id`) when Codex has its
+        rollout; else the newest session Codex recorded in this worktree (`resume --last` filters by
+        working directory); else a fresh start (a session id Codex never saw would stop at an
+        error)."""
         prompt = ctx.prompt_file.read_text(encoding="utf-8")
         options = ["--no-daemon", "--dangerously-bypass-hook-trust", "--cd", str(ctx.worktree)]
-        if ctx.resume and ctx.session_id:
+        home = codex_home(ctx)
+        if ctx.resume and ctx.session_id and find_rollout(home, {"session_id": ctx.session_id}) is not None:
             return [self.binary_path(), "resume", *options, ctx.session_id, prompt]
-        if ctx.resume:
+        if ctx.resume and find_rollout(home, {}, ctx.worktree) is not None:
             return [self.binary_path(), "resume", "--last", *options, prompt]
         return [self.binary_path(), *options, "--", prompt]
 
