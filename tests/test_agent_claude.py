@@ -18,7 +18,7 @@ import pytest
 from attractor.agents import Launch, LaunchContext, claude
 from tests.agent_bins import agent_binary
 from tests.helpers import REPO_ROOT, git, make_repo, retry_until
-from tests.modelserver.core import Action, ModelServer, NodePlaybook, Playbook, bash, say, write
+from tests.modelserver.core import Action, ModelServer, NodePlaybook, Playbook, bash, report, say, write
 
 ATTRACTOR = f"{sys.executable} -m attractor"
 SESSION = "0b7e6a52-3c1d-4e8f-9a2b-5c6d7e8f9a01"
@@ -33,8 +33,7 @@ def context(tmp_path: Path, *, worktree: Path | None = None, target: Path | None
         runner_id="runner-n1", state_dir=tmp_path / "state", target_dir=target or tmp_path, target_branch="main",
         agent_dir=tmp_path / "state" / "agents" / "orchestrator-n1", session_id=SESSION,
         report_command=(f"{attractor} signal send ORCHESTRATOR_DONE --to runner-n1 --from orchestrator-n1 --payload "
-                        + shlex.quote(json.dumps({"node": "n1", "commit": "<sha of your last commit>",
-                                                  "summary": "<one line>"}))),
+                        + shlex.quote(json.dumps({"node": "n1", "summary": "<one line>"}))),
         stuck_command=(f"{attractor} signal send ORCHESTRATOR_STUCK --to runner-n1 --from orchestrator-n1 "
                        "--payload '{\"node\": \"n1\"}'"),
         heartbeat_command=f"{attractor} identity update-liveness orchestrator n1",
@@ -243,10 +242,9 @@ def test_real_claude_writes_commits_and_resumes(tmp_path: Path, tmux_socket: str
         write("check.sh", "echo ran > allowed.txt\n"),
         bash("git add hello.txt check.sh && git commit -q -m 'add hello'"),
         bash(allowed),
-        # a model pastes the sha it read; `$(git rev-parse HEAD)` inside the quoted payload (what
-        # core.report_command writes) makes 2.1.332 ask: "Quoted text in this command can't be checked"
-        lambda conv: bash((conv.report_command() or "").replace("'\"$(git rev-parse HEAD)\"'",
-                                                                 git(worktree, "rev-parse", "HEAD"))),
+        # the report command has no shell substitution in it, so the allow rule matches it
+        # (`$(…)` inside a quoted payload makes 2.1.332 ask: "Quoted text in this command can't be checked")
+        report("hello written"),
         say("All done."),
         say("Resumed and still here."),  # the seventh turn: only a resumed conversation gets here
     ]
@@ -279,7 +277,7 @@ def test_real_claude_writes_commits_and_resumes(tmp_path: Path, tmux_socket: str
         assert git(worktree, "show", "HEAD:hello.txt") == "hello from claude"
         assert (worktree / "allowed.txt").read_text() == "ran\n"
         reported = [line for line in report_log.read_text().splitlines() if "ORCHESTRATOR_DONE" in line]
-        assert reported and git(worktree, "rev-parse", "HEAD") in reported[0]
+        assert reported and "hello written" in reported[0]
         events = _hooks(hook_log)
         start = next(payload for event, payload in events if event == "session-start")
         assert start["session_id"] == ctx.session_id and start["source"] == "startup"

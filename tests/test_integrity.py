@@ -87,3 +87,29 @@ def test_a_deleted_worktree_is_recreated_and_a_commit_outside_the_queue_holds_me
     assert git_show(target, "main", ".claude/worktrees/wrecker/app/evil.py") is None
     strays = list((target / ".claude" / "worktrees").glob("wrecker.stray-*"))
     assert strays and (strays[0] / "app" / "evil.py").exists()  # nothing the agent wrote is lost
+
+
+def test_a_resumed_run_never_adopts_a_later_runs_result(chain: tuple[Path, Path], tmux_socket: str) -> None:
+    target, state = chain
+    go = target.parent / "go-on"
+    slow = module_steps("impl", 1) + f"run while ! test -e {go}; do sleep 0.2; done\ncommit impl one\nreport"
+    first = pipeline_file(target.parent, codergen("impl", slow) + tool("check_impl"),
+                          "  start -> impl -> check_impl -> exit\n", name="one")
+    launch(first, target, state, detach=True).wait(timeout=60)
+    r1 = retry_until(lambda: run_id(state), 30, what="run one")
+    retry_until(lambda: (state / "hooks" / "runner-impl.json").exists(), 30, what="run one's hook")
+    subprocess.run(["tmux", "-L", tmux_socket, "kill-server"], check=False)  # run one crashes
+    quick = module_steps("other", 2) + "commit impl two\nreport"
+    second = pipeline_file(target.parent, codergen("impl", quick) + tool("check_impl"),
+                           "  start -> impl -> check_impl -> exit\n", name="two")
+    code, out = _finish(launch(second, target, state))
+    assert code == 0, out
+    r2_sha = git(target, "rev-parse", "main")
+    go.touch()  # run one's agent may finish now
+    resumed = subprocess.run([sys.executable, "-m", "attractor", "run", "--resume", r1, "--target-dir", str(target),
+                              "--state-dir", str(state)], capture_output=True, text=True, timeout=180)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    node = json.loads((state / "runs" / r1 / "checkpoint.json").read_text())["nodes"]["impl"]
+    assert node["state"] == "merged" and node["merged_sha"] != r2_sha
+    assert git_show(target, "main", "app/impl.py") == "VALUE = 1\n"  # run one's work landed
+    assert git_show(target, "main", "app/other.py") == "VALUE = 2\n"

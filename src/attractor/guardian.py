@@ -215,7 +215,7 @@ class Guardian:
 
     def _validate(self, node: str, commit: str) -> None:
         try:
-            hook = hooks.read_hook(self.state, "runner", node)
+            hook = hooks.read_hook(self.state, "runner", node, run_id=self.cfg.run_id)
             self.update_node(node, "validating", state=NodeState.VALIDATING, attempts=max(hook.attempts, 1))
             if hook.phase is HookPhase.IMPL_COMPLETE:
                 hooks.update_phase(self.state, "runner", node, HookPhase.VALIDATING, note="guardian validates")
@@ -241,7 +241,7 @@ class Guardian:
                 outputs.append(f"$ {command}\n{out}")
                 cp_store.append_event(self.state, self.cfg.run_id, "validation", node=node, tool=tool, ok=ok)
                 if not ok:
-                    attempt = hooks.read_hook(self.state, "runner", node).attempts
+                    attempt = hooks.read_hook(self.state, "runner", node, run_id=self.cfg.run_id).attempts
                     self.update_node(node, "validation_failed", state=NodeState.RUNNING)
                     self.send_runner(node, SignalKind.VALIDATION_FAILED, {
                         "node": node, "commit": commit, "output": "\n".join(outputs)[-OUTPUT_TAIL:],
@@ -340,7 +340,7 @@ class Guardian:
         """The queue merged the node: make its hook say so even if its runner died before it
         heard MERGE_COMPLETE, and remove the worktree such a runner would have removed."""
         try:
-            hook = hooks.read_hook(self.state, "runner", node)
+            hook = hooks.read_hook(self.state, "runner", node, run_id=self.cfg.run_id)
             if hook.phase is HookPhase.MERGE_READY and sha:
                 hooks.mark_merged(self.state, "runner", node, sha)
             if not _runner_alive(self.state, node):
@@ -447,7 +447,7 @@ class Guardian:
         panes = {p.pane_id: p for p in self.tmux.list_panes()}
         for name in active:
             try:
-                hook: hooks.Hook | None = hooks.read_hook(self.state, "runner", name)
+                hook: hooks.Hook | None = hooks.read_hook(self.state, "runner", name, run_id=self.cfg.run_id)
             except NotFoundError:
                 hook = None
             if hook is not None and hook.phase is HookPhase.MERGED:
@@ -520,7 +520,7 @@ class Guardian:
         self.sweep_validation_trees()
         for name in self.active_nodes():
             try:
-                hook = hooks.read_hook(self.state, "runner", name)
+                hook = hooks.read_hook(self.state, "runner", name, run_id=self.cfg.run_id)
             except NotFoundError:
                 continue
             if hook.phase is HookPhase.MERGED:

@@ -13,6 +13,9 @@ Fields (schema 1):
     resumption_instructions  free text for the next session (what to fix, where to look)
     last_commit              the last commit reported with a phase change, or null
     attempts                 how many times the hook entered `executing`
+    run_id                   the run the hook belongs to ("" in records written before runs were
+                             recorded); a reader that names its run treats another run's hook as
+                             absent, and creating a hook for a run retires another run's one
     created_at, updated_at   ISO-8601 UTC
 
 Staleness rule: a hook never goes stale by age; it is current until its phase is `merged` (final)
@@ -26,6 +29,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -84,6 +88,7 @@ class Hook:
     attempts: int
     updated_at: str
     created_at: str
+    run_id: str = ""
 
     def to_json(self) -> dict[str, Any]:
         data = {f: getattr(self, f) for f in _FIELD_NAMES}  # asdict deep-copies: 10x slower
@@ -95,7 +100,11 @@ class Hook:
     def from_json(cls, data: Any) -> Hook:
         """Strict: a missing, unknown or mistyped field is a BadInputError naming it."""
         what = "hook record"
+        if isinstance(data, dict) and "run_id" not in data:
+            data = {**data, "run_id": ""}  # written before hooks named their run
         data = atomic.check_record_fields(what, data, _FIELD_NAMES, SCHEMA)
+        if not isinstance(data["run_id"], str):
+            raise BadInputError(what, "field 'run_id' must be text")
         attempts = data["attempts"]
         if isinstance(attempts, bool) or not isinstance(attempts, int) or attempts < 0:
             raise BadInputError(what, f"field 'attempts' must be an integer >= 0, not {attempts!r}")
@@ -126,6 +135,7 @@ class Hook:
             attempts=attempts,
             updated_at=data["updated_at"],
             created_at=data["created_at"],
+            run_id=data["run_id"],
         )
 
 
@@ -150,12 +160,16 @@ def _not_found(agent_id: str) -> NotFoundError:
     return NotFoundError("hook", agent_id, f"create it with `attractor hook create {role} {name}`")
 
 
-def read_hook(state: StateDir, role: str, name: str) -> Hook:
+def read_hook(state: StateDir, role: str, name: str, *, run_id: str | None = None) -> Hook:
+    """The hook; with `run_id`, a hook of another run counts as absent (NotFoundError)."""
     path = path_for(state, role, name)
     try:
-        return _load(path, locked=False)
+        hook = _load(path, locked=False)
     except FileNotFoundError:
         raise _not_found(path.stem) from None
+    if run_id and hook.run_id and hook.run_id != run_id:
+        raise NotFoundError("hook", path.stem, f"the one there belongs to run {hook.run_id}, not {run_id}")
+    return hook
 
 
 def list_hooks(state: StateDir, problems: list[CorruptStateError] | None = None) -> list[Hook]:
@@ -183,10 +197,12 @@ def list_hooks(state: StateDir, problems: list[CorruptStateError] | None = None)
 
 
 def create_hook(
-    state: StateDir, role: str, name: str, *, node: str | None = None, instructions: str = ""
+    state: StateDir, role: str, name: str, *, node: str | None = None, instructions: str = "",
+    run_id: str = "",
 ) -> Hook:
-    """Create the hook in phase `spawned`; an existing hook is returned unchanged, so a
-    respawned runner keeps its history."""
+    """Create the hook in phase `spawned`; an existing hook of the same run is returned
+    unchanged, so a respawned runner keeps its history. A hook of another run is retired
+    (kept beside the data as `<name>.json.retired-<stamp>`) and a fresh one created."""
     path = path_for(state, role, name)
     node = _check_node(node)
     instructions = _check_text("resumption instructions", instructions)
@@ -199,6 +215,12 @@ def create_hook(
         except CorruptStateError as exc:
             logger.warning("recreating hook %s: %s", path.stem, exc)
             existing = None
+        if existing is not None and run_id and existing.run_id and existing.run_id != run_id:
+            stamp = clock.iso().replace(":", "").replace("-", "")
+            os.replace(path, path.with_name(f"{path.name}.retired-{stamp}"))
+            logger.warning("hook %s belonged to run %s; retired for run %s", existing.agent_id, existing.run_id,
+                           run_id)
+            existing = None
         if existing is not None:
             if node is not None and existing.node not in (None, node):
                 logger.warning("hook %s is for node %s, not %s; keeping it",
@@ -210,7 +232,7 @@ def create_hook(
             history=({"at": now, "from": None, "to": P.SPAWNED.value, "note": "created",
                       "commit": None},),
             resumption_instructions=instructions, last_commit=None, attempts=0,
-            updated_at=now, created_at=now,
+            updated_at=now, created_at=now, run_id=run_id,
         )
         atomic.write_json_atomic(path, record.to_json())
     logger.info("hook %s created (node %s)", record.agent_id, node, extra={"att_agent": path.stem})

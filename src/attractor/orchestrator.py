@@ -76,7 +76,9 @@ def attractor_command() -> str:
 
 def report_commands(node: str, agent_id: str, runner_id: str) -> tuple[str, str]:
     cmd = attractor_command()
-    done_payload = json.dumps({"node": node, "commit": "<sha of your last commit>", "summary": "<one line>"})
+    # no commit in the report: the runner reads the branch from git (and a command without a
+    # shell substitution in it is one a CLI's permission check can match against its allow list)
+    done_payload = json.dumps({"node": node, "summary": "<one line>"})
     stuck_payload = json.dumps({"node": node, "reason": "<one sentence>"})
     done = (f"{cmd} signal send ORCHESTRATOR_DONE --to {runner_id} --from {agent_id} "
             f"--payload {shlex.quote(done_payload)}")

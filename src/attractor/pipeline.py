@@ -76,7 +76,8 @@ NODE_ATTRS: dict[NodeKind, frozenset[str]] = {
     NodeKind.START: frozenset({"shape"}),
     NodeKind.EXIT: frozenset({"shape"}),
     NodeKind.CODERGEN: frozenset(
-        {"shape", "prompt", "agent", "script", "timeout", "max_retries", "priority"}
+        {"shape", "prompt", "agent", "script", "timeout", "max_retries", "priority", "allow", "model",
+         "permission_timeout"}
     ),
     NodeKind.TOOL: frozenset({"shape", "command", "timeout", "validates", "max_retries"}),
     NodeKind.CONDITIONAL: frozenset({"shape"}),

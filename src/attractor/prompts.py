@@ -1,3 +1,4 @@
+# ruff: noqa: RUF001, RUF002
 """Recognise an agent blocked at a prompt from the text of its tmux pane.
 
 The table `PROMPTS` is data: one `PromptRule` per known prompt, with a regular expression, the
@@ -90,8 +91,8 @@ class PromptMatch:
 
 # --- menus -----------------------------------------------------------------------------------
 
-MARKERS = "❯›>▶➤→"  # noqa: RUF001 - the highlight markers the CLIs draw
-_BORDER = "│┃|╭╮╰╯─━"  # noqa: RUF001
+MARKERS = "❯›>▶➤→"  # the highlight markers the CLIs draw
+_BORDER = "│┃|╭╮╰╯─━"
 _OPTION_RE = re.compile(rf"^\s*([{MARKERS}])?\s*(\d{{1,2}})[.)]\s+(\S.*?)\s*$")
 _LETTER_RE = re.compile(r"\(([A-Za-z])\)([A-Za-z']*)")
 

@@ -105,7 +105,7 @@ def spawn_runner(cfg: RunnerConfig, *, log_level: str = "INFO") -> identities.Id
     identities.create_identity(cfg.state, "runner", cfg.node, session_id=cfg.run_id,
                                worktree=str(worktree_path(cfg.target_dir, cfg.node)),
                                tmux_socket=cfg.tmux_socket, tmux_session=name)
-    hooks.create_hook(cfg.state, "runner", cfg.node, node=cfg.node)
+    hooks.create_hook(cfg.state, "runner", cfg.node, node=cfg.node, run_id=cfg.run_id)
     argv = [sys.executable, "-m", "attractor", "--log-level", log_level, "runner",
             "--run", cfg.run_id, "--node", cfg.node, "--target-dir", str(cfg.target_dir),
             "--pipeline", str(cfg.pipeline_path), "--state-dir", str(cfg.state.root),
@@ -141,9 +141,11 @@ class Runner:
         self.lock = threading.RLock()
         self.finished = threading.Event()
         self.exit_code = 0
+        from attractor.prompts import PROMPTS
         from attractor.watch import Watch
 
-        self.watch = Watch(self.state)
+        # the agent's own dialogs first: on a tie, the earlier rule wins
+        self.watch = Watch(self.state, rules=(*self.agent.dialogs(), *PROMPTS))
         self.last_capture = 0.0
         self.answered: dict[tuple[str, str], float] = {}
         self.launch_ctx: LaunchContext | None = None
@@ -154,7 +156,7 @@ class Runner:
 
     # -- bookkeeping -------------------------------------------------------------------------
     def hook(self) -> hooks.Hook:
-        return hooks.read_hook(self.state, "runner", self.cfg.node)
+        return hooks.read_hook(self.state, "runner", self.cfg.node, run_id=self.cfg.run_id)
 
     def set_phase(self, phase: HookPhase, note: str = "", commit: str | None = None) -> None:
         hooks.update_phase(self.state, "runner", self.cfg.node, phase, note=note, commit=commit)
@@ -603,8 +605,8 @@ class Runner:
 
         if self.agent.reports != REPORTS_BY_EXIT or not isinstance(pane, PaneInfo) or not pane.dead:
             return False
-        if pane.dead_status != 0:
-            return False
+        if pane.dead_status not in (0, None):
+            return False  # None: tmux did not learn the status (seen with 3.3a); git decides
         self.record_pane_at_death(ident, pane)
         self.record_usage()
         with self.lock:
@@ -730,7 +732,7 @@ class Runner:
             identities.create_identity(self.state, "runner", self.cfg.node, pid=os.getpid(),
                                        session_id=self.cfg.run_id, worktree=str(self.worktree))
             identities.update_liveness(self.state, "runner", self.cfg.node, pid=os.getpid())
-        hooks.create_hook(self.state, "runner", self.cfg.node, node=self.cfg.node)
+        hooks.create_hook(self.state, "runner", self.cfg.node, node=self.cfg.node, run_id=self.cfg.run_id)
         try:
             gitops.exclude_path(self.cfg.target_dir, ".claude/")
             gitops.ensure_worktree(self.cfg.target_dir, self.worktree, self.branch, base=self.cfg.target_branch)

@@ -42,7 +42,7 @@ import importlib
 import logging
 import os
 import random
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TypeVar
@@ -57,7 +57,7 @@ from attractor.clock import SYSTEM_CLOCK, Clock, iso, parse_iso
 from attractor.errors import CorruptStateError, InvalidNameError
 from attractor.locks import file_lock
 from attractor.names import split_agent_id, validate_agent_id
-from attractor.prompts import PromptMatch, match_prompt
+from attractor.prompts import PROMPTS, PromptMatch, PromptRule, match_prompt
 from attractor.statedir import StateDir
 
 logger = logging.getLogger(__name__)
@@ -645,7 +645,7 @@ class HealthReport:
 
 
 def classify(agent: AgentObservation, now: float,
-             config: PolicyConfig | None = None) -> HealthReport:
+             config: PolicyConfig | None = None, rules: Sequence[PromptRule] | None = None) -> HealthReport:
     """How `agent` is doing at `now`. Rules, in order:
 
     1. Dead means the recorded pid is not alive, or the pane is missing or dead.
@@ -678,7 +678,7 @@ def classify(agent: AgentObservation, now: float,
                                              f"the {cfg.startup_grace:g}s grace")
     control = agent.role in CONTROL_ROLES
     if not control and agent.pane_text_tail:
-        found = match_prompt(agent.pane_text_tail, now)
+        found = match_prompt(agent.pane_text_tail, now, PROMPTS if rules is None else rules)
         if found is not None:
             return HealthReport(Health.BLOCKED, found.reason, found)
     if in_grace:

@@ -15,11 +15,12 @@ import dataclasses
 import logging
 import os
 import signal as signal_module
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from attractor import clock, identities
 from attractor.errors import AttractorError, BadInputError
+from attractor.prompts import PromptRule
 from attractor.statedir import StateDir
 from attractor.supervision import (
     Action,
@@ -102,9 +103,11 @@ class Watch:
     is recorded once, the identity moves to crashed (or quarantined), and the caller respawns
     when `may_respawn` says so, then calls `respawned`."""
 
-    def __init__(self, state: StateDir, supervisor: Supervisor | None = None) -> None:
+    def __init__(self, state: StateDir, supervisor: Supervisor | None = None,
+                 rules: Sequence[PromptRule] | None = None) -> None:
         self.state = state
         self.supervisor = supervisor or Supervisor(state, policy_from_env())
+        self.rules = rules  # prompt rules (the agent's own dialogs first); None: the shared table
 
     def check(self, ident: identities.Identity, panes: Mapping[str, PaneInfo] | None,
               pane_text: str | None = None, exit_code: int | None = None) -> Verdict:
@@ -115,7 +118,7 @@ class Watch:
             # registered, but its spawner died before a process was recorded: it never started
             report = HealthReport(Health.DEAD, f"no process recorded {age:.1f}s after it was registered")
             return Verdict(report, self.record_death(ident, report.reason))
-        report = classify(observe(ident, panes, pane_text), now, self.supervisor.config)
+        report = classify(observe(ident, panes, pane_text), now, self.supervisor.config, self.rules)
         if report.health is Health.ALIVE:
             self.supervisor.record_healthy(agent)
         elif report.health in (Health.STALE, Health.HUNG):

@@ -93,14 +93,12 @@ class Conversation:
         found = re.findall(r"^Attempt: (\d+)$", self.text(), re.MULTILINE)
         return int(found[-1]) if found else 1
 
-    def report_command(self, kind: str = "ORCHESTRATOR_DONE") -> str | None:
-        """The report command attractor's prompt gives, with the commit placeholder made into
-        a shell substitution of HEAD."""
+    def report_command(self, kind: str = "ORCHESTRATOR_DONE", summary: str = "done") -> str | None:
+        """The report command attractor's prompt gives, with its placeholders filled in."""
         for line in self.text().splitlines():
             if f"signal send {kind}" in line:
                 command = line.strip()
-                return command.replace("<sha of your last commit>", "'\"$(git rev-parse HEAD)\"'") \
-                    .replace("<one line>", "done").replace("<one sentence>", "stuck")
+                return command.replace("<one line>", summary).replace("<one sentence>", summary)
         return None
 
     def last_tool_results(self) -> tuple[ToolResult, ...]:
@@ -160,10 +158,10 @@ def resolve(action: Action, conv: Conversation) -> Action:
     """Turn "report" into the concrete "bash" command found in the prompt."""
     if action.kind != "report":
         return action
-    command = conv.report_command()
+    command = conv.report_command(summary=action.summary.replace("'", ""))
     if command is None:
         return say("I cannot find a report command in my instructions.")
-    return bash(command.replace("done", action.summary, 1) if action.summary != "done" else command)
+    return bash(command)
 
 
 @dataclass
@@ -340,7 +338,7 @@ def steps_from_script(script: str, attempt: int = 1) -> list[Action]:
     """The neutral steps of a scripted-agent script (a node's `script` attribute): write/append
     become "write", run and commit become "bash", report becomes "report"; so a pipeline written
     for the scripted agent runs unchanged with a real CLI against this server."""
-    from attractor.agents.scripted import parse_script
+    from attractor.agents.scripted import parse_script, unescape
 
     actions: list[Action] = []
     contents: dict[str, str] = {}
@@ -348,6 +346,8 @@ def steps_from_script(script: str, attempt: int = 1) -> list[Action]:
         if not step.applies(attempt):
             continue
         head, _, rest = step.args.partition(" ")
+        rest = unescape(rest)
+        args = unescape(step.args)
         if step.verb == "write":
             contents[head] = rest
             actions.append(write(head, rest))
@@ -355,11 +355,11 @@ def steps_from_script(script: str, attempt: int = 1) -> list[Action]:
             contents[head] = contents.get(head, "") + rest
             actions.append(bash(f"printf '%s' {shell_quote(rest)} >> {shell_quote(head)}"))
         elif step.verb == "run":
-            actions.append(bash(step.args))
+            actions.append(bash(args))
         elif step.verb == "commit":
-            actions.append(bash(f"git add -A && git commit -q -m {shell_quote(step.args or 'work')}"))
+            actions.append(bash(f"git add -A && git commit -q -m {shell_quote(args or 'work')}"))
         elif step.verb == "report":
-            actions.append(report(step.args or "done"))
+            actions.append(report(args or "done"))
         elif step.verb == "hang":
             actions.append(HANG)
     if not any(a.kind == "report" for a in actions):

@@ -136,7 +136,7 @@ def reported(env: _Env) -> bool:
     from attractor.states import HookPhase, SignalKind
 
     try:
-        if hooks.read_hook(env.state, "runner", env.node).phase is not HookPhase.EXECUTING:
+        if hooks.read_hook(env.state, "runner", env.node, run_id=env.run_id or None).phase is not HookPhase.EXECUTING:
             return True
     except AttractorError:
         return True  # no hook: nothing to remind about
@@ -176,7 +176,8 @@ def on_session_start(env: _Env, data: dict[str, Any]) -> str:
         from attractor.errors import AttractorError
 
         try:
-            wisdom = hooks.build_wisdom_prompt_block(hooks.read_hook(env.state, "runner", env.node))
+            hook = hooks.read_hook(env.state, "runner", env.node, run_id=env.run_id or None)
+            wisdom = hooks.build_wisdom_prompt_block(hook)
         except AttractorError:
             wisdom = ""
         done, stuck = report_commands(env)

@@ -89,7 +89,7 @@ def run_spawn_orchestrator(args: argparse.Namespace) -> int:
     from attractor.runner import Runner
 
     runner = Runner(_runner_config(args))
-    hooks.create_hook(runner.state, "runner", args.node, node=args.node)
+    hooks.create_hook(runner.state, "runner", args.node, node=args.node, run_id=args.run)
     gitops.exclude_path(runner.cfg.target_dir, ".claude/")
     gitops.ensure_worktree(runner.cfg.target_dir, runner.worktree, runner.branch, base=runner.cfg.target_branch)
     runner.spawn_orchestrator(args.attempt)
