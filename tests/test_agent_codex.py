@@ -167,6 +167,28 @@ def test_resolve_agent_gives_the_codex_adapter() -> None:
     assert isinstance(agent, CodexAdapter) and agent.has_hooks
 
 
+def unrecognized_settings(binary: str, home: Path) -> list[str]:
+    """What `codex doctor --json` says Codex ignores in the config of `home`."""
+    env = {**os.environ, "CODEX_HOME": str(home)}
+    done = subprocess.run([binary, "doctor", "--json"], capture_output=True, text=True, env=env, timeout=120,
+                          check=False)
+    details = json.loads(done.stdout)["checks"]["config.load"]["details"]
+    return [str(v) for v in details.values() if "unrecognized" in str(v) or "is ignored" in str(v)]
+
+
+def test_real_codex_recognises_every_setting_written(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    binary = codex_binary()
+    monkeypatch.setenv("OPENAI_BASE_URL", "http://127.0.0.1:9/v1")
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    launch = CodexAdapter("codex", ("codex",), binary).prepare(context(tmp_path))
+    home = Path(launch.env["CODEX_HOME"])
+    assert unrecognized_settings(binary, home) == []
+    # the check itself sees a setting this version does not know
+    with (home / "config.toml").open("a") as handle:
+        handle.write("\n[tui_from_the_future]\nenabled = true\n")
+    assert unrecognized_settings(binary, home)
+
+
 # --- usage ---------------------------------------------------------------------------------------
 
 # Recorded from codex-cli 0.171.0 against the model server (1000 input tokens, 200 of them cached,
@@ -352,10 +374,11 @@ class Pane(NamedTuple):
                     what=f"codex processes {sorted(processes)} to exit after the pane was killed")
 
 
-def start_codex(socket: str, name: str, adapter: CodexAdapter, ctx: LaunchContext) -> Pane:
+def start_codex(socket: str, name: str, adapter: CodexAdapter, ctx: LaunchContext,
+                extra_env: dict[str, str] | None = None) -> Pane:
     """`prepare` the launch and run it in a new tmux session, as the runner does."""
     launch = adapter.prepare(ctx)
-    env_args = [arg for key, value in launch.env.items() for arg in ("-e", f"{key}={value}")]
+    env_args = [arg for key, value in {**(extra_env or {}), **launch.env}.items() for arg in ("-e", f"{key}={value}")]
     tmux(socket, "-f", "/dev/null", "new-session", "-d", "-s", name, "-x", "200", "-y", "50",
          "-c", str(ctx.worktree), *env_args, "env", *[f"-u{var}" for var in launch.unset], *launch.argv)
     return Pane(socket, name, int(tmux(socket, "display-message", "-p", "-t", name, "#{pane_pid}").strip()))
@@ -479,4 +502,48 @@ def test_real_codex_resumes_its_session_after_the_pane_is_killed(tmp_path: Path,
         assert match_prompt(pane.screen(), rules=adapter.dialogs()) is None
         # the resumed request carried the first process's turns
         assert "echo one > one.txt" in json.dumps(server.conversations("n1")[-1].raw["input"])
+        pane.kill()
+
+
+def test_real_codex_hooks_reach_attractor_agent_hook(tmp_path: Path, tmux_socket: str,
+                                                     monkeypatch: pytest.MonkeyPatch,
+                                                     worktree_repo: tuple[Path, Path]) -> None:
+    """The real `attractor agent-hook` records Codex's own session id and rollout (what a respawn
+    resumes and what usage is read from) and hears the end of the turn."""
+    from attractor.statedir import StateDir
+    from attractor.store import agent_sessions
+
+    binary = codex_binary()
+    root, worktree = worktree_repo
+    playbook = NodePlaybook({"n1": [bash("echo work > work.txt"), say("Finished.")]})
+    adapter = CodexAdapter("codex", ("codex",), binary)
+    state = StateDir(tmp_path / "state")
+    agent_sessions.start(state, "orchestrator-n1", run_id="run1", node="n1", cli="codex",
+                         new_session_id=lambda: "runner-made-up-id")
+    with ModelServer(playbook) as server:
+        monkeypatch.setenv("OPENAI_BASE_URL", server.url + "/v1")
+        monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+        monkeypatch.delenv("CODEX_HOME", raising=False)
+        ctx = context(tmp_path, worktree=worktree, target=root, attractor=f"{sys.executable} -m attractor")
+        ctx.prompt_file.write_text("## Your task (node `n1`)\nWork.\nAttempt: 1\n")
+        env = {"ATTRACTOR_STATE_DIR": str(state.root), "ATTRACTOR_AGENT_ID": "orchestrator-n1",
+               "ATTRACTOR_RUNNER_ID": "runner-n1", "ATTRACTOR_NODE": "n1", "ATTRACTOR_RUN_ID": "run1",
+               "PYTHONPATH": os.pathsep.join(sys.path)}
+        pane = start_codex(tmux_socket, "codex", adapter, ctx, env)
+
+        def stopped() -> bool:
+            last = agent_sessions.read(state, "orchestrator-n1").last_event or {}
+            return last.get("event") == "stop"
+
+        try:
+            retry_until(stopped, 60, 0.2, what="the Stop hook to reach attractor agent-hook")
+        except AssertionError:
+            print(pane.screen())
+            raise
+        record = agent_sessions.read(state, "orchestrator-n1")
+        assert record.session_id != "runner-made-up-id"
+        assert Path(record.transcript_path).name.endswith(f"-{record.session_id}.jsonl")
+        assert not (state.root / "logs" / "agent-hook.log").exists()
+        usage = adapter.usage(ctx, record.to_json())
+        assert usage is not None and usage.output_tokens > 0
         pane.kill()
