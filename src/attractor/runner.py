@@ -307,12 +307,13 @@ class Runner:
         name = session_name(self.cfg.run_id, "orch", self.cfg.node)
         if self.tmux.has_session(name):
             self.tmux.kill_session(name)  # the dead pane of an earlier incarnation, kept for diagnosis
-        identities.create_identity(self.state, "orchestrator", self.cfg.node, session_id=self.cfg.run_id,
-                                   worktree=str(self.worktree), tmux_socket=self.cfg.tmux_socket,
-                                   tmux_session=name)
+        created = identities.create_identity(self.state, "orchestrator", self.cfg.node, session_id=self.cfg.run_id,
+                                             worktree=str(self.worktree), tmux_socket=self.cfg.tmux_socket,
+                                             tmux_session=name)
         env = agent_env(self.state, run_id=self.cfg.run_id, node=self.cfg.node, agent_id=self.cfg.orchestrator_id,
                         runner_id=self.cfg.agent_id, tmux_socket=self.cfg.tmux_socket,
                         target_branch=self.cfg.target_branch)
+        env["ATTRACTOR_AGENT_EPOCH"] = str(created.epoch)  # hooks of an earlier incarnation are ignored
         env.update(launch.env)
         argv = with_env_removed(launch.argv, launch.unset)
         pane = self.tmux.new_session(name, argv, cwd=self.worktree, env=env, keep_dead_panes=True)
@@ -446,6 +447,7 @@ class Runner:
             if phase is not HookPhase.MERGED:
                 hooks.mark_merged(self.state, "runner", self.cfg.node, sha)
             # merged (by this signal, or already by the guardian): this runner's work is over
+            self.record_usage()
             self.stop_orchestrator("node merged")
             self.finished.set()
             return "merged" if phase is not HookPhase.MERGED else "merged (the hook already said so)"
@@ -515,6 +517,7 @@ class Runner:
                                "Commit your work (git add -A && git commit) before reporting.")
             return "no commit"
         agent_sessions.update(self.state, self.cfg.orchestrator_id, reported=True, needs_input=None)
+        self.record_usage()
         self.set_phase(HookPhase.IMPL_COMPLETE, note=summary[:200], commit=commit)
         self.send_guardian(SignalKind.NODE_IMPL_COMPLETE, {
             "node": self.cfg.node, "branch": self.branch, "commit": commit, "worktree": str(self.worktree)})

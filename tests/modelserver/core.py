@@ -243,8 +243,9 @@ class ModelServer:
     """`with ModelServer(playbook) as server:` listens on 127.0.0.1 (`server.url`) until the
     block ends. `server.recorded` lists every request with the conversation and the action taken."""
 
-    def __init__(self, playbook: Playbook, *, side_text: str = "Attractor agent session") -> None:
+    def __init__(self, playbook: Playbook, *, side_text: str = "Attractor agent session", port: int = 0) -> None:
         self.playbook = playbook
+        self.port = port
         self.side_text = side_text
         self.recorded: list[Recorded] = []
         self.routes: dict[str, Route] = {}
@@ -314,7 +315,7 @@ class ModelServer:
                 self.send_header("Content-Length", "0")
                 self.end_headers()
 
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._httpd = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
         self._httpd.daemon_threads = True
         self._thread = threading.Thread(target=self._httpd.serve_forever, name="model-server", daemon=True)
         self._thread.start()

@@ -55,6 +55,17 @@ class _Env:
         self.runner_id = env.get("ATTRACTOR_RUNNER_ID", "")
         self.node = env.get("ATTRACTOR_NODE", "")
         self.run_id = env.get("ATTRACTOR_RUN_ID", "")
+        epoch = env.get("ATTRACTOR_AGENT_EPOCH", "")
+        self.epoch = int(epoch) if epoch.isdigit() else None
+
+    def current(self) -> bool:
+        """This hook comes from the agent's current incarnation (a hook of a process the runner
+        has replaced, which may still fire while it is being ended, is not acted on)."""
+        if self.epoch is None:
+            return True
+        from attractor import identities
+
+        return identities.current_epoch(self.state, self.agent_id) == self.epoch
 
 
 def run(args: argparse.Namespace) -> int:
@@ -64,8 +75,8 @@ def run(args: argparse.Namespace) -> int:
         if not isinstance(data, dict):
             data = {}
         env = _Env()
-        if not env.agent_id or not env.node:
-            return 0  # not an agent attractor started: nothing to do
+        if not env.agent_id or not env.node or not env.current():
+            return 0  # not an agent attractor started, or one that has been replaced: nothing to do
         out = HANDLERS[args.event](env, data)
         if out:
             sys.stdout.write(out if out.endswith("\n") else out + "\n")
@@ -163,7 +174,7 @@ def report_commands(env: _Env) -> tuple[str, str]:
 def on_session_start(env: _Env, data: dict[str, Any]) -> str:
     sessions = _sessions()
     source = str(data.get("source") or "startup")
-    fields: dict[str, Any] = {"idle_since": None, "needs_input": None}
+    fields: dict[str, Any] = {"idle_since": None, "needs_input": None, "resumable": True}
     if data.get("session_id"):
         fields["session_id"] = str(data["session_id"])
     if data.get("transcript_path"):
