@@ -8,6 +8,7 @@ agent CLI at it the way the tests do (ANTHROPIC_BASE_URL, OPENAI_BASE_URL, ...).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import threading
 from pathlib import Path
@@ -32,10 +33,8 @@ def main(argv: list[str] | None = None) -> int:
     server = ModelServer(script_playbook(pipeline_scripts(args.pipeline)), port=args.port)
     with server:
         print(server.url, flush=True)
-        try:
+        with contextlib.suppress(KeyboardInterrupt):
             threading.Event().wait(args.seconds)
-        except KeyboardInterrupt:
-            pass
     return 0
 
 
