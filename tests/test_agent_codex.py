@@ -104,6 +104,52 @@ def test_the_users_own_provider_and_acknowledged_notices_are_kept(tmp_path: Path
     assert "/somewhere" not in settings["projects"]
 
 
+class ProviderCase(NamedTuple):
+    test_id: str
+    user_config: str
+    environ: dict[str, str]
+    provider: str | None
+    base_url: str | None
+
+
+PROVIDER_CASES = [
+    ProviderCase("env-only", "", {"OPENAI_API_KEY": "k"}, "attractor-openai", "https://api.openai.com/v1"),
+    ProviderCase("env-base-url", "", {"OPENAI_BASE_URL": "http://h/v1"}, "attractor-openai", "http://h/v1"),
+    ProviderCase("user-base-url-and-env-key", 'openai_base_url = "http://u/v1"\n', {"OPENAI_API_KEY": "k"},
+                 "attractor-openai", "http://u/v1"),
+    ProviderCase("user-builtin-no-env", 'model_provider = "openai"\n', {}, "openai", None),
+    ProviderCase("user-custom-wins", 'model_provider = "corp"\n[model_providers.corp]\nbase_url = "http://c/v1"\n',
+                 {"OPENAI_API_KEY": "k", "OPENAI_BASE_URL": "http://h/v1"}, "corp", "http://c/v1"),
+]
+
+
+@pytest.mark.parametrize("case", PROVIDER_CASES, ids=[c.test_id for c in PROVIDER_CASES])
+def test_provider_choice(case: ProviderCase) -> None:
+    settings = codex_mod.provider_settings(case.environ, tomllib.loads(case.user_config))
+    assert settings.get("model_provider") == case.provider
+    spec = settings.get("model_providers", {}).get(case.provider, {})
+    assert spec.get("base_url") == case.base_url
+    assert "openai_base_url" not in settings or case.provider == "openai"
+
+
+def test_an_api_key_sign_in_is_brought_along_a_chatgpt_one_is_not(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
+    monkeypatch.delenv("CODEX_HOME", raising=False)
+    user_home = Path(os.environ["HOME"]) / ".codex"
+    user_home.mkdir()
+    home = tmp_path / "state" / "runs" / "run1" / "codex-home"
+    (user_home / "auth.json").write_text('{"auth_mode": "apikey", "OPENAI_API_KEY": "sk-user"}')
+    CodexAdapter("codex", ("codex",), "codex").prepare(context(tmp_path))
+    assert json.loads((home / "auth.json").read_text())["OPENAI_API_KEY"] == "sk-user"
+    assert ((home / "auth.json").stat().st_mode & 0o777) == 0o600
+    (home / "auth.json").unlink()
+    (user_home / "auth.json").write_text('{"auth_mode": "chatgpt", "tokens": {"refresh_token": "r"}}')
+    CodexAdapter("codex", ("codex",), "codex").prepare(context(tmp_path))
+    assert not (home / "auth.json").exists()
+
+
 def test_hooks_call_attractor_agent_hook_for_each_event(tmp_path: Path) -> None:
     ctx = context(tmp_path, attractor="/py -m attractor")
     CodexAdapter("codex", ("codex",), "codex").prepare(ctx)
@@ -439,8 +485,8 @@ def test_real_codex_commits_in_a_worktree_without_a_dialog(tmp_path: Path, tmux_
         assert match_prompt(screen, rules=adapter.dialogs()) is None, screen
         assert match_prompt(screen) is None, screen
         # the hooks fired with Codex's JSON on stdin
-        events = dict(retry_until(lambda: [e for e in hook_events(hook_dir)] if "stop" in
-                                  [name for name, _ in hook_events(hook_dir)] else None, 30, 0.2, what="the stop hook"))
+        retry_until(lambda: "stop" in [name for name, _ in hook_events(hook_dir)], 30, 0.2, what="the stop hook")
+        events = dict(hook_events(hook_dir))
         start = events["session-start"]
         assert start["hook_event_name"] == "SessionStart" and start["source"] == "startup"
         assert Path(str(start["cwd"])) == worktree.resolve()

@@ -14,9 +14,12 @@ launch, so a change of settings reaches the next respawn):
 `config.toml` carries:
 - the model and provider: the user's own `~/.codex/config.toml` (`model`, `model_provider`,
   `model_providers`, `model_reasoning_effort`, and its `[notice]` table of acknowledged
-  prompts), else a provider `attractor-openai` built from `OPENAI_BASE_URL`/`OPENAI_API_KEY`
-  (key read from the environment through `env_key`, so it never lands on disk; a custom provider
-  also speaks plain HTTP, where the built-in one first tries a WebSocket);
+  prompts); for the built-in `openai` provider with `OPENAI_API_KEY`/`OPENAI_BASE_URL` in the
+  environment, a provider `attractor-openai` built from them (the key is read in the pane
+  through `env_key`, never written to disk; a custom provider speaks plain HTTP, where the
+  built-in one first tries a WebSocket); else the user's API-key sign-in (`auth.json` with
+  `auth_mode: apikey`) is copied into the private home. A ChatGPT sign-in is not copied, so
+  Codex shows its sign-in screen, which is needs-input;
 - `approval_policy = "never"` and `sandbox_mode = "danger-full-access"`: `workspace-write`
   mounts `.git` read-only, and a worktree's git dir is `<root>/.git/worktrees/<name>`, outside
   the worktree, so `git commit` fails there with "Read-only file system";
@@ -138,19 +141,50 @@ def user_config(home: Path | None = None) -> dict[str, Any]:
 
 
 def provider_settings(environ: Mapping[str, str], user: Mapping[str, Any]) -> dict[str, Any]:
-    """Model and provider keys: the user's Codex config wins; else the OpenAI variables."""
-    if user.get("model_provider") or user.get("model_providers") or user.get("openai_base_url"):
-        return dict(user)
+    """Model and provider keys. A provider of the user's own (`model_provider` other than the
+    built-in `openai`) is kept as it is. For the built-in provider, `OPENAI_API_KEY` or
+    `OPENAI_BASE_URL` in the environment become the provider `attractor-openai` (the built-in one
+    wants a sign-in in the private home, and tries a WebSocket first); without them the user's
+    settings stay and `prepare` brings an API-key sign-in along."""
     settings = dict(user)
-    if environ.get("OPENAI_BASE_URL") or environ.get("OPENAI_API_KEY"):
-        settings["model_provider"] = PROVIDER_FROM_ENV
-        settings["model_providers"] = {PROVIDER_FROM_ENV: {
-            "name": "OpenAI (from OPENAI_BASE_URL / OPENAI_API_KEY)",
-            "base_url": environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL,
-            "env_key": "OPENAI_API_KEY",
-            "wire_api": "responses",
-        }}
+    if str(user.get("model_provider") or "openai") != "openai":
+        return settings
+    if not (environ.get("OPENAI_API_KEY") or environ.get("OPENAI_BASE_URL")):
+        return settings
+    base_url = environ.get("OPENAI_BASE_URL") or settings.pop("openai_base_url", None) or DEFAULT_BASE_URL
+    settings.pop("openai_base_url", None)
+    settings["model_provider"] = PROVIDER_FROM_ENV
+    settings["model_providers"] = {**(settings.get("model_providers") or {}), PROVIDER_FROM_ENV: {
+        "name": "OpenAI (from OPENAI_BASE_URL / OPENAI_API_KEY)",
+        "base_url": base_url,
+        "env_key": "OPENAI_API_KEY",
+        "wire_api": "responses",
+    }}
     return settings
+
+
+def provider_env_key(table: Mapping[str, Any]) -> str | None:
+    """The environment variable the chosen provider reads its key from, if any."""
+    provider = table.get("model_provider")
+    spec = (table.get("model_providers") or {}).get(provider) if provider else None
+    key = spec.get("env_key") if isinstance(spec, dict) else None
+    return str(key) if key else None
+
+
+def api_key_sign_in(user_home: Path | None = None) -> bytes | None:
+    """The user's `auth.json` when it holds an API-key sign-in (`auth_mode: apikey`), to copy into
+    the private home. A ChatGPT sign-in is never copied: its refresh token rotates, and two homes
+    refreshing it would sign each other out."""
+    base = Path(os.environ["CODEX_HOME"]) if "CODEX_HOME" in os.environ and user_home is None else \
+        (user_home or Path.home()) / ".codex"
+    try:
+        data = (base / "auth.json").read_bytes()
+        loaded = json.loads(data)
+    except (OSError, ValueError):
+        return None
+    if isinstance(loaded, dict) and loaded.get("auth_mode") == "apikey" and loaded.get("OPENAI_API_KEY"):
+        return data
+    return None
 
 
 def trusted_roots(ctx: LaunchContext) -> list[Path]:
@@ -309,11 +343,17 @@ class CodexAdapter(Agent):
 
     def prepare(self, ctx: LaunchContext) -> Launch:
         home = ensure_private_dir(codex_home(ctx))
-        write_bytes_atomic(home / "config.toml", dump_toml(config(ctx)).encode(), fsync=False)
+        table = config(ctx)
+        write_bytes_atomic(home / "config.toml", dump_toml(table).encode(), fsync=False)
         write_bytes_atomic(home / "hooks.json", (json.dumps(hooks(ctx), indent=2) + "\n").encode(), fsync=False)
         env = {"CODEX_HOME": str(home)}
-        if "OPENAI_API_KEY" in os.environ:
-            env["OPENAI_API_KEY"] = os.environ["OPENAI_API_KEY"]  # the provider reads it from the pane
+        key = provider_env_key(table)
+        if key and key in os.environ:
+            env[key] = os.environ[key]  # the provider reads its key in the pane
+        elif str(table.get("model_provider") or "openai") == "openai":
+            sign_in = api_key_sign_in()
+            if sign_in is not None:
+                write_bytes_atomic(home / "auth.json", sign_in, fsync=False)
         return Launch(self.command(ctx), env)
 
     def binary_path(self) -> str:
