@@ -24,7 +24,7 @@ def test_open_repo_refuses_a_plain_directory_and_a_bare_repo(tmp_path: Path) -> 
     with pytest.raises(gitops.NotAGitRepositoryError) as caught:
         gitops.open_repo(plain)
     assert caught.value.exit_code == EXIT_USAGE
-    assert str(plain) in str(caught.value) and "--repo" in str(caught.value)
+    assert str(plain) in str(caught.value) and "give the path of a git checkout" in str(caught.value)
     with pytest.raises(gitops.NotAGitRepositoryError, match="no such directory"):
         gitops.open_repo(tmp_path / "missing")
     subprocess.run(["git", "init", "-q", "--bare", str(tmp_path / "bare.git")], check=True)

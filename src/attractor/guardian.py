@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from attractor import checkpoint as cp_store
-from attractor import hooks, identities, signals
+from attractor import hooks, identities, procs, signals
 from attractor.checkpoint import Checkpoint
 from attractor.errors import AttractorError, IdentityTakenError, NotFoundError
 from attractor.gates import Gate, run_gate
@@ -106,7 +106,7 @@ class Guardian:
         self.merge_work: queue.Queue[tuple[str, dict[str, Any]] | None] = queue.Queue()
         self.pool = ThreadPoolExecutor(max_workers=max(1, self.cp.max_agents), thread_name_prefix="validate")
         self.runner_restarts: dict[str, int] = {}
-        self.gate_pids: set[int] = set()
+        self.gate_pids: set[tuple[int, int | None]] = set()  # (pid, start time) of running gates
         from attractor.pipeline import topological_order
         from attractor.watch import Watch
 
@@ -231,7 +231,17 @@ class Guardian:
             try:
                 results = []
                 for tool, command, timeout in self.validator_commands(node):
-                    result = run_gate(Gate(command, timeout), wt, on_start=lambda pid: self.gate_pids.add(pid))
+                    started: list[tuple[int, int | None]] = []
+
+                    def on_start(pid: int, started: list[tuple[int, int | None]] = started) -> None:
+                        started.append((pid, procs.start_time(pid)))
+                        self.gate_pids.add(started[-1])
+
+                    try:
+                        result = run_gate(Gate(command, timeout), wt, on_start=on_start)
+                    finally:
+                        for gate in started:  # ended: a stop must never signal a group that is not a gate's
+                            self.gate_pids.discard(gate)
                     results.append((tool, command, result.ok, result.output_tail))
                     if not result.ok:
                         break
@@ -458,7 +468,7 @@ class Guardian:
             except NotFoundError:
                 ident = None
             agent = f"runner-{name}"
-            if hook is not None and hook.phase is HookPhase.FAILED and (ident is None or not pid_alive(ident.pid)):
+            if hook is not None and hook.phase is HookPhase.FAILED and (ident is None or not ident.may_be_alive):
                 note = str(hook.history[-1].get("note", "")) if hook.history else ""
                 self.finish_codergen(name, NodeState.BLOCKED if note.startswith("quarantined") else NodeState.FAILED,
                                      reason=note or "the runner gave up")
@@ -582,7 +592,7 @@ class Guardian:
             if ident.role in ("runner", "orchestrator") and ident.name in self.cp.nodes \
                     and ident.status in (IdentityStatus.SPAWNING, IdentityStatus.ACTIVE, IdentityStatus.STALE,
                                          IdentityStatus.CRASHED, IdentityStatus.RESPAWNING) \
-                    and not pid_alive(ident.pid):
+                    and not ident.may_be_alive:
                 try:
                     identities.mark_terminated(self.state, ident.role, ident.name, reason="run ended")
                 except AttractorError as exc:
@@ -672,14 +682,13 @@ class Guardian:
 
     def kill_gates(self) -> None:
         """End validation commands still running (each is its own process group)."""
-        for pid in list(self.gate_pids):
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(pid, signal_module.SIGKILL)
+        for pid, start in list(self.gate_pids):
+            procs.signal_group_if_same(pid, start, signal_module.SIGKILL)
 
 
 def _runner_alive(state: StateDir, node: str) -> bool:
     try:
-        return pid_alive(identities.get(state, "runner", node).pid)
+        return identities.get(state, "runner", node).may_be_alive
     except NotFoundError:
         return False
 

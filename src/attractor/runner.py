@@ -26,11 +26,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from attractor import clock, hooks, identities, signals
+from attractor import clock, hooks, identities, procs, signals
 from attractor.agents import REPORTS_BY_EXIT, LaunchContext, resolve_agent
 from attractor.engines.answers import deliver_by_paste, remembered_allow
 from attractor.errors import AttractorError, NotFoundError
-from attractor.identities import pid_alive
 from attractor.orchestrator import (
     agent_env,
     agent_launch,
@@ -178,7 +177,7 @@ class Runner:
         ident = self.orchestrator()
         if ident is None or ident.status in (IdentityStatus.TERMINATED, IdentityStatus.CRASHED):
             return False
-        if not pid_alive(ident.pid):
+        if not ident.process_alive:
             return False
         if ident.pane_id:
             pane = self.tmux.pane(ident.pane_id)
@@ -195,11 +194,10 @@ class Runner:
             except AttractorError as exc:
                 logger.warning("killing %s: %s", ident.tmux_session, exc)
         deadline = time.monotonic() + 2.0
-        while pid_alive(ident.pid) and time.monotonic() < deadline:
+        while ident.process_alive and time.monotonic() < deadline:
             time.sleep(0.02)
-        if ident.pid and pid_alive(ident.pid):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(ident.pid, signal_module.SIGKILL)
+        # only the recorded process (pid and start time), never a pid reused since
+        procs.signal_if_same(ident.pid, ident.pid_start, signal_module.SIGKILL)
         if ident.status not in (IdentityStatus.TERMINATED, IdentityStatus.QUARANTINED):
             try:
                 identities.mark_terminated(self.state, "orchestrator", self.cfg.node, reason=reason)
@@ -538,7 +536,7 @@ class Runner:
         agent = ident.agent_id
         if ident.status in SUPERVISED:
             pane = self.tmux.pane(ident.pane_id) if ident.pane_id else None
-            gone = not pid_alive(ident.pid) or pane is None or pane.dead
+            gone = not ident.process_alive or pane is None or pane.dead
             if gone:
                 # handle whatever it sent just before it exited, then look again
                 self.consumer.poll_once()

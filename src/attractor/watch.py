@@ -10,7 +10,6 @@ an agent whose pane has been quiet for `hung_after` (10 min) is hung and is ende
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import logging
 import os
@@ -18,7 +17,7 @@ import signal as signal_module
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from attractor import clock, identities
+from attractor import clock, identities, procs
 from attractor.errors import AttractorError, BadInputError
 from attractor.prompts import PromptRule
 from attractor.statedir import StateDir
@@ -76,13 +75,15 @@ def observe(ident: identities.Identity, panes: Mapping[str, PaneInfo] | None,
     )
 
 
-def end_process(pid: int | None, why: str) -> None:
-    """End a stale or hung process by its recorded pid so the supervisor sees it dead."""
+def end_process(pid: int | None, start: int | None, why: str) -> None:
+    """End a stale or hung process by its recorded pid and start time, so the supervisor sees
+    it dead; a pid that now belongs to another process is left alone."""
     if not pid or pid == os.getpid():
         return
-    logger.warning("ending pid %s: %s", pid, why)
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal_module.SIGKILL)
+    if procs.signal_if_same(pid, start, signal_module.SIGKILL):
+        logger.warning("ended pid %s: %s", pid, why)
+    else:
+        logger.warning("pid %s is no longer the recorded process; not signalled (%s)", pid, why)
 
 
 def health_of(ident: identities.Identity, panes: Mapping[str, PaneInfo] | None) -> HealthReport:
@@ -123,7 +124,7 @@ class Watch:
             self.supervisor.record_healthy(agent)
         elif report.health in (Health.STALE, Health.HUNG):
             self.supervisor.record_unhealthy(agent)
-            end_process(ident.pid, f"{agent} is {report.health.value}: {report.reason}")
+            end_process(ident.pid, ident.pid_start, f"{agent} is {report.health.value}: {report.reason}")
         elif report.health is Health.BLOCKED:
             self.supervisor.record_unhealthy(agent)
         elif report.health is Health.DEAD:
