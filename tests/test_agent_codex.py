@@ -191,7 +191,9 @@ def test_argv_runs_the_tui_with_the_prompt_as_one_argument(tmp_path: Path, case:
     ctx = context(tmp_path, resume=case.resume, session_id=case.session_id)
     if case.resume:
         record_rollout(ctx, case.session_id or "01a23154-4478-7501-aa23-c201a61fc1e2")
-    argv = CodexAdapter("codex", ("codex",), "/opt/bin/codex").command(ctx)
+    wrapped = CodexAdapter("codex", ("codex",), "/opt/bin/codex").command(ctx)
+    assert wrapped[:4] == [sys.executable, "-m", "attractor.agents.codex", "--"]
+    argv = wrapped[4:]
     assert argv[0] == "/opt/bin/codex"
     assert ["codex", *argv[1:len(case.head)]] == case.head
     assert argv[-1] == ctx.prompt_file.read_text()
@@ -204,7 +206,7 @@ def test_argv_runs_the_tui_with_the_prompt_as_one_argument(tmp_path: Path, case:
 
 def test_a_session_codex_never_recorded_is_started_afresh(tmp_path: Path) -> None:
     ctx = context(tmp_path, resume=True, session_id="3f0c6a70-runner-made-up")
-    argv = CodexAdapter("codex", ("codex",), "codex").command(ctx)
+    argv = CodexAdapter("codex", ("codex",), "codex").codex_argv(ctx)
     assert "resume" not in argv and argv[-2] == "--"
 
 
@@ -593,3 +595,34 @@ def test_real_codex_hooks_reach_attractor_agent_hook(tmp_path: Path, tmux_socket
         usage = adapter.usage(ctx, record.to_json())
         assert usage is not None and usage.output_tokens > 0
         pane.kill()
+
+
+def test_real_codex_leaves_no_command_running_after_the_pane_is_killed(tmp_path: Path, tmux_socket: str,
+                                                                       monkeypatch: pytest.MonkeyPatch,
+                                                                       worktree_repo: tuple[Path, Path]) -> None:
+    """A command the agent started (still running in Codex's terminal session) ends with the pane."""
+    binary = codex_binary()
+    root, worktree = worktree_repo
+    marker = f"sleep {4000 + os.getpid() % 1000}"
+    playbook = NodePlaybook({"n1": [bash(f"{marker}; echo slept"), say("Waited.")]})
+    adapter = CodexAdapter("codex", ("codex",), binary)
+    with ModelServer(playbook) as server:
+        monkeypatch.setenv("OPENAI_BASE_URL", server.url + "/v1")
+        monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+        monkeypatch.delenv("CODEX_HOME", raising=False)
+        ctx = context(tmp_path, worktree=worktree, target=root)
+        ctx.prompt_file.write_text("## Your task (node `n1`)\nWait.\nAttempt: 1\n")
+        pane = start_codex(tmux_socket, "codex", adapter, ctx)
+
+        def sleepers() -> set[int]:
+            return {pid for pid in descendants(1) if command_of(pid).strip() == marker and alive(pid)}
+
+        running = retry_until(sleepers, 60, 0.2, what="the agent's command to start")
+        tmux(tmux_socket, "kill-session", "-t", pane.name)
+        try:
+            retry_until(lambda: not [pid for pid in running if alive(pid)], 20, 0.1,
+                        what=f"the agent's command {sorted(running)} to end with the pane")
+        finally:
+            for pid in running:
+                if alive(pid):
+                    os.kill(pid, 9)

@@ -32,6 +32,11 @@ launch, so a change of settings reaches the next respawn):
   feedback upload, no desktop notifications, no background daemon (`features.daemon_auto_start`,
   and `--no-daemon` on the command line).
 
+The pane runs `python -m attractor.agents.codex -- codex …` (see `reap`): Codex starts the
+agent's commands in sessions of their own with no terminal, so killing the pane (SIGHUP to its
+process group, or to its session) ends Codex but not a command still running (a test server, a
+`sleep`); the wrapper becomes their subreaper and ends them when Codex exits or the pane goes.
+
 Hooks run only when trusted; a hook file written here is ours, so the launch passes
 `--dangerously-bypass-hook-trust` (without it 0.171 stops at "Hooks need review"). Codex sends
 Claude-Code-shaped JSON on the hook's stdin (see `HOOK_EVENTS`) and accepts an empty stdout.
@@ -39,18 +44,22 @@ Claude-Code-shaped JSON on the hook's stdin (see `HOOK_EVENTS`) and accepts an e
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import re
 import shlex
 import shutil
+import signal
 import sys
+import time
 import tomllib
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from attractor import procs
 from attractor.agents import Agent, Launch, LaunchContext, Usage
 from attractor.atomic import ensure_private_dir, write_bytes_atomic
 from attractor.prompts import PromptAction, PromptRule
@@ -364,6 +373,9 @@ class CodexAdapter(Agent):
         rollout; else the newest session Codex recorded in this worktree (`resume --last` filters by
         working directory); else a fresh start (a session id Codex never saw would stop at an
         error)."""
+        return [sys.executable, "-m", "attractor.agents.codex", "--", *self.codex_argv(ctx)]
+
+    def codex_argv(self, ctx: LaunchContext) -> list[str]:
         prompt = ctx.prompt_file.read_text(encoding="utf-8")
         options = ["--no-daemon", "--dangerously-bypass-hook-trust", "--cd", str(ctx.worktree)]
         home = codex_home(ctx)
@@ -384,5 +396,119 @@ class CodexAdapter(Agent):
         return DIALOGS
 
 
+# --- the pane's process: Codex under a subreaper -------------------------------------------------
+
+PR_SET_CHILD_SUBREAPER = 36
+REAP_GRACE = 2.0  # seconds between SIGTERM and SIGKILL for what Codex leaves behind
+
+
+def _become_subreaper() -> bool:
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        return int(libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)) == 0
+    except (OSError, AttributeError):
+        return False  # not Linux: orphans go to init, as without the wrapper
+
+
+def _descendants(root: int) -> list[int]:
+    """Live processes below `root` (from /proc), deepest last."""
+    children: dict[int, list[int]] = {}
+    for name in os.listdir("/proc") if os.path.isdir("/proc") else ():
+        if name.isdigit():
+            stat = procs.read_stat(int(name))
+            if stat is not None and not stat.finished:
+                children.setdefault(stat.ppid, []).append(stat.pid)
+    found: list[int] = []
+    todo = list(children.get(root, []))
+    while todo:
+        pid = todo.pop(0)
+        found.append(pid)
+        todo.extend(children.get(pid, []))
+    return found
+
+
+def _reap_zombies() -> None:
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+
+
+def _end_descendants() -> None:
+    for sig, wait in ((signal.SIGTERM, REAP_GRACE), (signal.SIGKILL, 1.0)):
+        left = _descendants(os.getpid())
+        if not left:
+            return
+        for pid in left:
+            try:
+                os.kill(pid, sig)
+            except (ProcessLookupError, PermissionError):
+                continue
+        deadline = time.monotonic() + wait
+        while _descendants(os.getpid()) and time.monotonic() < deadline:
+            _reap_zombies()
+            time.sleep(0.05)
+    _reap_zombies()
+
+
+def reap(argv: Sequence[str]) -> int:
+    """Run `argv` (Codex) as a child in the same process group and terminal, and end every
+    process left below us when it exits or when the pane hangs up. Exit with its exit code."""
+    import subprocess
+
+    _become_subreaper()
+    hung_up: list[int] = []
+
+    def on_signal(signum: int, _frame: object) -> None:
+        hung_up.append(signum)
+
+    for sig in (signal.SIGHUP, signal.SIGTERM):
+        signal.signal(sig, on_signal)
+    # Ctrl-C and friends are for Codex (it shares our terminal); a handler, not SIG_IGN, so the
+    # child starts with the default disposition
+    for sig in (signal.SIGINT, signal.SIGQUIT):
+        signal.signal(sig, lambda _s, _f: None)
+    try:
+        child = subprocess.Popen(list(argv))
+    except OSError as exc:
+        print(f"error: cannot start {argv[0]}: {exc.strerror}", file=sys.stderr)
+        return 127
+    code: int | None = None
+    while code is None:
+        try:
+            code = child.wait(timeout=0.2)
+        except subprocess.TimeoutExpired:
+            if hung_up:
+                # tmux signals the pane's process only: pass the hang-up on, as a shell would
+                with contextlib.suppress(ProcessLookupError):
+                    child.send_signal(hung_up[0])
+                try:
+                    code = child.wait(timeout=REAP_GRACE)
+                except subprocess.TimeoutExpired:
+                    child.kill()
+                    code = child.wait()
+    _end_descendants()
+    return code if code >= 0 else 128 - code
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args[:1] == ["--"]:
+        args = args[1:]
+    if not args:
+        print("usage: python -m attractor.agents.codex -- CODEX [ARGS…]", file=sys.stderr)
+        return 2
+    return reap(args)
+
+
 ADAPTER = CodexAdapter("codex", ("codex",), "codex", "install Codex CLI (npm install -g @openai/codex)",
                        has_hooks=True)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
