@@ -626,3 +626,36 @@ def test_real_codex_leaves_no_command_running_after_the_pane_is_killed(tmp_path:
             for pid in running:
                 if alive(pid):
                     os.kill(pid, 9)
+
+
+def test_real_codex_runs_a_pipeline_node_end_to_end(chain: tuple[Path, Path], tmux_socket: str,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """`attractor run --agent codex`: the runner starts Codex through this adapter, Codex does the
+    node's work against the model server, commits, reports, and the branch merges."""
+    from tests.chain_helpers import checkpoint as read_checkpoint
+    from tests.chain_helpers import codergen, git_show, launch, module_steps, pipeline_file, tool
+    from tests.modelserver.core import script_playbook
+
+    binary = codex_binary()
+    target, state = chain
+    script = module_steps("feature", 7) + "commit add feature\nreport"
+    pipe = pipeline_file(target.parent, codergen("impl", script) + tool("check"), "  start -> impl -> check -> exit\n")
+    with ModelServer(script_playbook({"impl": script})) as server:
+        monkeypatch.setenv("OPENAI_BASE_URL", server.url + "/v1")
+        monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+        monkeypatch.delenv("CODEX_HOME", raising=False)
+        monkeypatch.setenv("PATH", f"{Path(binary).parent}{os.pathsep}{os.environ['PATH']}")
+        user_config = Path(os.environ["HOME"]) / ".codex" / "config.toml"  # the user's model choice
+        user_config.parent.mkdir()
+        user_config.write_text(f'model = "{MODEL}"\n')
+        proc = launch(pipe, target, state, "--agent", "codex")
+        try:
+            out, err = proc.communicate(timeout=240)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+        assert proc.returncode == 0, out + err
+        assert server.conversations("impl"), "codex never asked the model server"
+    assert list(state.glob("runs/*/codex-home/sessions/*/*/*/rollout-*.jsonl")), "no Codex rollout in the run"
+    assert git_show(target, "main", "app/feature.py") == "VALUE = 7\n"
+    assert read_checkpoint(state)["nodes"]["impl"]["state"] == "merged"
