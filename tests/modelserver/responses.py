@@ -1,31 +1,39 @@
 """The OpenAI Responses API wire format of the scripted model server (what Codex CLI speaks).
 
 `POST /v1/responses` (and `/responses`, for a base URL given without `/v1`) takes a request
-`{model, instructions, input: [items], tools: [...], stream}`. Input items become the neutral
+`{model, instructions?, input: [items], tools: [...], text?, stream}`. Codex 0.171 sends its
+system prompt as `developer` messages, not `instructions`. Input items become the neutral
 conversation:
 
-- `{"type": "message", "role": "user"|"developer"|"system"|"assistant", "content": [{"type":
-  "input_text"|"output_text", "text"}]}`: a message (developer and system text joins `system`);
-- `{"type": "function_call", "name", "arguments": "<json>", "call_id"}` and `{"type":
-  "custom_tool_call", "name", "input", "call_id"}`: an assistant tool call;
-- `{"type": "function_call_output" | "custom_tool_call_output", "call_id", "output"}`: its result
-  (`output` is a string, or a list of `{type: input_text, text}` parts);
+- `message` (role user | developer | system | assistant; content parts `input_text` /
+  `output_text`): a message; developer and system text joins `system`;
+- `function_call {name, arguments: "<json>", call_id}` and `custom_tool_call {name, input,
+  call_id}`: an assistant tool call (consecutive calls form one assistant turn);
+- `function_call_output` / `custom_tool_call_output {call_id, output}`: its result (`output` is
+  a string or a list of `{type: input_text, text}` parts);
+- `additional_tools {tools: [...]}`: more tools offered (namespaces flattened), how Codex offers
+  the tools of code-mode models;
 - `reasoning` and anything else: ignored.
 
 The answer is a server-sent event stream (or one JSON body when `stream` is false):
-`response.created`, `response.in_progress`, then per output item `response.output_item.added`,
-for text `response.output_text.delta`/`.done`, `response.output_item.done`, and finally
-`response.completed` with `usage {input_tokens, input_tokens_details.cached_tokens,
-output_tokens, output_tokens_details.reasoning_tokens, total_tokens}`. Codex reads each output
-item from `response.output_item.done` and ends the turn at `response.completed`.
+`response.created`, then per output item `response.output_item.added`, for text
+`response.output_text.delta`/`.done`, `response.output_item.done` (Codex takes the item from
+here), and `response.completed` with `usage {input_tokens (cached included),
+input_tokens_details.cached_tokens, output_tokens, output_tokens_details.reasoning_tokens,
+total_tokens}` (`INPUT_TOKENS`, `CACHED_TOKENS`, `OUTPUT_TOKENS` per answer).
 
 Neutral actions map onto the tools the request offers: "bash" calls the shell tool
-(`exec_command {cmd}` / `shell_command {command: str}` / `shell {command: [argv]}`), "write"
-becomes a shell heredoc through the same tool (it needs no approval where the shell does not),
-"text" is an assistant message that ends the turn, "hang" never answers, "error" answers with
-the HTTP status.
+(`exec_command {cmd}` / `shell_command {command: str}` / `shell {command: [argv]}`; for a
+code-mode model, whose only tool is the JavaScript `exec`, an `exec` call running
+`tools.exec_command`); "write" is a shell heredoc through the same tool (apply_patch would need
+a patch grammar; the shell runs without approval wherever a write would); "text" is an assistant
+message that ends the turn; "hang" never answers; "error" answers with the HTTP status.
 
-`GET /v1/models` answers with a model list (Codex asks for it to fill its model picker).
+A request asking for structured output (`text.format.type == "json_schema"`: Codex's thread
+title, which carries the user prompt) is a side request: it gets JSON fitting the schema and
+never takes a playbook step.
+
+`GET /v1/models` answers with a one-model list (not called by 0.171 with a custom provider).
 """
 
 from __future__ import annotations
