@@ -401,9 +401,14 @@ class Guardian:
                     if p.state in (NodeState.RUNNING, NodeState.VALIDATING, NodeState.MERGING)]
 
     def schedule(self) -> None:
-        """Bring the checkpoint in line with the pipeline's rules and start ready nodes."""
+        """Bring the checkpoint in line with the pipeline's rules and start ready nodes. Spawns
+        are paced: while `max_starting` runners have not sent their first heartbeat no other one
+        starts (a burst of nodes on a busy machine would otherwise starve itself)."""
         from attractor.pipeline import NodeKind, node_states
         from attractor.pipeline import NodeState as Rule
+        from attractor.watch import count_starting
+
+        pace = max(1, self.watch.supervisor.config.max_starting)
 
         with self.lock:
             done = {n for n, p in self.cp.nodes.items() if p.finished}
@@ -429,7 +434,8 @@ class Guardian:
             elif rule is Rule.READY:
                 if kind is NodeKind.EXIT:
                     self.update_node(name, "done", state=NodeState.DONE, outcome="success", finished_at=_now())
-                elif len(self.active_nodes()) < self.cp.max_agents:
+                elif len(self.active_nodes()) < self.cp.max_agents \
+                        and count_starting(self.state, "runner", self.active_nodes()) < pace:
                     self.start_codergen(name)
 
     def _rule_outcome(self, name: str) -> str:
@@ -447,9 +453,11 @@ class Guardian:
 
     def supervise(self) -> None:
         """Liveness of every runner from one batched tmux query and the recorded pids; dead
-        runners are respawned by the policy (backoff, quarantine, escalation pause)."""
+        runners are respawned by the policy (backoff, quarantine, escalation pause), paced like
+        first starts. A runner that is still starting is judged by its start-up (see `watch`), and
+        each death is recorded once, however many ticks see it."""
         from attractor.supervision import Action, Health
-        from attractor.watch import SUPERVISED
+        from attractor.watch import SUPERVISED, count_starting
 
         active = self.active_nodes()
         if not active:
@@ -502,6 +510,8 @@ class Guardian:
                 continue
             if not self.watch.may_respawn(agent):
                 continue
+            if count_starting(self.state, "runner", active) >= max(1, self.watch.supervisor.config.max_starting):
+                continue  # paced like first starts: respawned on a later tick
             restarts = self.runner_restarts.get(name, 0) + 1
             self.runner_restarts[name] = restarts
             logger.warning("guardian: runner of %s is gone; respawning (restart %d)", name, restarts)
@@ -550,6 +560,30 @@ class Guardian:
             return all(p.finished or p.state is NodeState.PENDING for p in self.cp.nodes.values())
 
     def finalize(self, stopped: bool) -> int:
+        """Write the run's end. Before that, the clean worktrees of merged nodes are gone: a run
+        that says it ended has cleaned up. Their runners remove them as they exit; the guardian
+        waits for those runners (ending the sessions of any that linger) and removes what is
+        left, so the outcome never depends on which process got the CPU first."""
+        from attractor import gitops
+
+        with self.lock:
+            merged = [n for n, p in self.cp.nodes.items() if p.state is NodeState.MERGED]
+        trees = [n for n in merged if worktree_path(self.target_dir, n).exists()]
+        deadline = time.monotonic() + 30  # merged nodes' runners exit at once, if the CPU lets them
+        while trees and any(_runner_alive(self.state, n) for n in trees) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if any(_runner_alive(self.state, n) for n in trees):
+            self.cleanup_sessions()
+            deadline = time.monotonic() + 5
+            while any(_runner_alive(self.state, n) for n in trees) and time.monotonic() < deadline:
+                time.sleep(0.05)
+        for name in trees:
+            path = worktree_path(self.target_dir, name)
+            try:
+                if path.exists() and not _runner_alive(self.state, name) and gitops.is_clean(path):
+                    gitops.remove_worktree(self.target_dir, path)
+            except AttractorError as exc:
+                logger.warning("removing the worktree of merged node %s: %s", name, exc)
         with self.lock:
             if not stopped:  # a stopped run keeps its pending nodes for --resume
                 for name, p in self.cp.nodes.items():

@@ -6,8 +6,11 @@ Files (under the state directory, atomic replace, lock `<file>.lock` beside each
 `supervision/<agent-id>.json` — one per agent that has died at least once:
     schema               1
     agent_id             `<role>-<name>`
-    deaths               [{at: ISO, cause: str, exit_code: int | null}], oldest first; only
-                         the last `MAX_DEATHS_KEPT` are kept
+    deaths               [{at: ISO, cause: str, exit_code: int | null, key: str | null}],
+                         oldest first; only the last `MAX_DEATHS_KEPT` are kept. `key` names
+                         the death (the incarnation that died: `<epoch>:<pid>:<pid start>`); a
+                         death whose key is already here is the same death seen again and is
+                         not counted twice
     consecutive_deaths   deaths since the agent was last healthy for `reset_after` seconds;
                          drives the backoff (1st death: respawn now, 2nd: base, 3rd: base*factor…)
     restarts             respawns performed (`record_respawn`), never reset except by clear
@@ -23,6 +26,13 @@ Files (under the state directory, atomic replace, lock `<file>.lock` beside each
     active      null, or {started_at, until, agents: [..], reason}: all respawns paused
     alerts      the last `MAX_ALERTS` escalations, {started_at, until, agents, reason,
                 cleared_at}; exactly one per escalation
+
+`supervision/startup.json` — measured start-up times, per layer (role):
+    schema      1
+    layers      {role: [{agent_id, epoch, seconds, at}]}: spawn -> first heartbeat of each
+                incarnation, newest last, the last `STARTUP_SAMPLES_KEPT` per role. The start-up
+                grace of a role is `startup_factor` x the `startup_percentile` of its samples,
+                within [`startup_floor`, `startup_ceiling`] (the floor while there are none)
 
 Staleness: a death older than `quarantine_window` no longer counts toward quarantine; the backoff
 level resets once the agent has been healthy for `reset_after` seconds; an escalation ends at its
@@ -40,6 +50,7 @@ import contextlib
 import enum
 import importlib
 import logging
+import math
 import os
 import random
 from collections.abc import Callable, Iterator, Sequence
@@ -67,6 +78,8 @@ SUBDIR = "supervision"
 ESCALATION_FILE = "escalation.json"
 MAX_DEATHS_KEPT = 50
 MAX_ALERTS = 20
+STARTUP_FILE = "startup.json"
+STARTUP_SAMPLES_KEPT = 50
 # An agent exits with this code to say "do not respawn me" (sysexits EX_CONFIG).
 EXIT_DO_NOT_RETRY = 78
 CONTROL_ROLES = frozenset({"launcher", "guardian", "runner", "merge-queue"})
@@ -91,6 +104,18 @@ class PolicyConfig:
     grace_min_dead: float = 1.0
     heartbeat_interval: float = 2.0
     stale_after_intervals: int = 3
+    # A control process (launcher, guardian, runner) that has not yet sent its first heartbeat
+    # is judged by its start-up, never by that heartbeat: alive and inside the start-up grace
+    # (measured, see `Supervisor.startup_grace`), or past it and still making progress (CPU time
+    # advancing, or runnable) within `startup_stall` seconds; never longer than `startup_limit`.
+    startup_floor: float = 15.0
+    startup_ceiling: float = 120.0
+    startup_factor: float = 3.0
+    startup_percentile: float = 0.95
+    startup_stall: float = 30.0
+    startup_limit: float = 600.0
+    # At most this many control processes of one spawner start at once (spawns are paced).
+    max_starting: int = 3
     hung_after: float = 600.0
     escalation_agents: int = 3
     escalation_window: float = 60.0
@@ -128,9 +153,10 @@ class Death:
     at: float
     cause: str
     exit_code: int | None = None
+    key: str | None = None  # which death this is (see the module docstring); None: unknown
 
     def to_json(self) -> dict[str, Any]:
-        return {"at": iso(self.at), "cause": self.cause, "exit_code": self.exit_code}
+        return {"at": iso(self.at), "cause": self.cause, "exit_code": self.exit_code, "key": self.key}
 
     @classmethod
     def from_json(cls, data: Any) -> Death:
@@ -139,7 +165,57 @@ class Death:
         code = data.get("exit_code")
         if code is not None and (not isinstance(code, int) or isinstance(code, bool)):
             raise ValueError(f"bad exit_code {code!r}")
-        return cls(parse_iso(_str(data, "at")), data["cause"], code)
+        key = data.get("key")  # absent in records written before deaths had keys
+        if key is not None and not isinstance(key, str):
+            raise ValueError(f"bad death key {key!r}")
+        return cls(parse_iso(_str(data, "at")), data["cause"], code, key)
+
+
+@dataclass(frozen=True)
+class StartupSample:
+    agent_id: str
+    epoch: int
+    seconds: float
+    at: float
+
+    def to_json(self) -> dict[str, Any]:
+        return {"agent_id": self.agent_id, "epoch": self.epoch, "seconds": round(self.seconds, 3),
+                "at": iso(self.at)}
+
+    @classmethod
+    def from_json(cls, data: Any) -> StartupSample:
+        if not isinstance(data, dict):
+            raise ValueError(f"bad start-up sample {data!r}")
+        seconds = data.get("seconds")
+        if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or seconds < 0:
+            raise ValueError(f"bad start-up seconds {seconds!r}")
+        return cls(_str(data, "agent_id"), _int(data, "epoch"), float(seconds), parse_iso(_str(data, "at")))
+
+
+@dataclass(frozen=True)
+class StartupTimes:
+    layers: tuple[tuple[str, tuple[StartupSample, ...]], ...] = ()
+
+    def samples(self, role: str) -> tuple[StartupSample, ...]:
+        return next((found for name, found in self.layers if name == role), ())
+
+    def to_json(self) -> dict[str, Any]:
+        return {"schema": SCHEMA, "layers": {role: [s.to_json() for s in found] for role, found in self.layers}}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> StartupTimes:
+        layers = data.get("layers")
+        if not isinstance(layers, dict) or not all(isinstance(v, list) for v in layers.values()):
+            raise ValueError("field 'layers' must map roles to lists")
+        return cls(tuple(sorted((str(role), tuple(StartupSample.from_json(s) for s in found))
+                                for role, found in layers.items())))
+
+
+def percentile(values: Sequence[float], fraction: float) -> float:
+    """The nearest-rank percentile of `values` (not empty), `fraction` in [0, 1]."""
+    ordered = sorted(values)
+    rank = max(1, min(len(ordered), math.ceil(fraction * len(ordered) - 1e-9)))
+    return ordered[rank - 1]
 
 
 @dataclass(frozen=True)
@@ -365,14 +441,22 @@ class Supervisor:
 
     # --- policy -----------------------------------------------------------------------------
 
-    def record_death(self, agent_id: str, cause: str, exit_code: int | None = None) -> Decision:
-        """Record that `agent_id` died and decide what to do about it."""
+    def record_death(self, agent_id: str, cause: str, exit_code: int | None = None, *,
+                     key: str | None = None, escalate: bool = True) -> Decision:
+        """Record that `agent_id` died and decide what to do about it.
+
+        `key` names the death (the incarnation that died): a death with a key already recorded
+        is the same death seen again (by a later tick, or a restarted supervisor) and only gets
+        the decision already made. `escalate=False`: the death does not count toward an
+        escalation (the supervisor itself ended a process that was still starting)."""
         cfg = self.config
         path = self.path_of(agent_id)
         with self._locked(path):
             now = self.clock.time()
             old = self._load(agent_id) or AgentSupervision(agent_id)
-            deaths = (*old.deaths, Death(now, cause, exit_code))[-MAX_DEATHS_KEPT:]
+            if key is not None and any(d.key == key for d in old.deaths):
+                return self._standing_decision(old, now, f"death {key} already recorded")
+            deaths = (*old.deaths, Death(now, cause, exit_code, key))[-MAX_DEATHS_KEPT:]
             rec = replace(old, deaths=deaths, consecutive_deaths=old.consecutive_deaths + 1,
                           awaiting_respawn=True, healthy_since=None, updated_at=now)
             in_window = rec.deaths_within(now, cfg.quarantine_window)
@@ -405,9 +489,10 @@ class Supervisor:
             if not old.quarantined:
                 logger.warning("supervision: %s quarantined: %s", agent_id, decision.reason,
                                extra={"att_agent": agent_id})
-            self._note_death(agent_id, now)
+            if escalate:
+                self._note_death(agent_id, now)
             return decision
-        escalation = self._note_death(agent_id, now)
+        escalation = self._note_death(agent_id, now) if escalate else self.escalation()
         if escalation is not None and not self.escalation_exempt(agent_id):
             at = max(decision.at, escalation.until)
             return Decision(Action.PAUSED, at, at - now,
@@ -416,6 +501,59 @@ class Supervisor:
         logger.info("supervision: %s died (%s); %s in %.3gs", agent_id, cause,
                     decision.action.value, decision.delay, extra={"att_agent": agent_id})
         return decision
+
+    def _standing_decision(self, rec: AgentSupervision, now: float, why: str) -> Decision:
+        """The decision already in force for `rec` (a death seen again is not a new one)."""
+        if rec.quarantined:
+            return Decision(Action.QUARANTINE, now, 0.0, rec.quarantine_reason)
+        at = max(now, rec.next_restart_at or now)
+        escalation = None if self.escalation_exempt(rec.agent_id) else self.escalation()
+        if escalation is not None:
+            at = max(at, escalation.until)
+            return Decision(Action.PAUSED, at, at - now, f"{why}; respawns paused by escalation until "
+                                                         f"{iso(escalation.until)}: {escalation.reason}")
+        action = Action.RESPAWN_NOW if at <= now + TIME_RESOLUTION else Action.RESPAWN_AT
+        return Decision(action, at, at - now, why)
+
+    # --- start-up times ---------------------------------------------------------------------
+
+    @property
+    def startup_path(self) -> Path:
+        return self.directory / STARTUP_FILE
+
+    def startup_times(self) -> StartupTimes:
+        return self._read(self.startup_path, StartupTimes.from_json) or StartupTimes()
+
+    def record_startup(self, agent_id: str, epoch: int, seconds: float) -> bool:
+        """Record that incarnation `epoch` of `agent_id` took `seconds` from its spawn to its
+        first heartbeat. Once per incarnation: False when it was already recorded."""
+        role = _role_of(agent_id)
+        if role is None or seconds < 0:
+            return False
+        path = self.startup_path
+        with self._locked(path):
+            times = self.startup_times()
+            mine = times.samples(role)
+            if any(s.agent_id == agent_id and s.epoch == epoch for s in mine):
+                return False
+            sample = StartupSample(agent_id, epoch, seconds, self.clock.time())
+            layers = dict(times.layers)
+            layers[role] = (*mine, sample)[-STARTUP_SAMPLES_KEPT:]
+            self._write(path, StartupTimes(tuple(sorted(layers.items()))), fsync=False)
+        logger.info("supervision: %s (epoch %d) started in %.2fs", agent_id, epoch, seconds,
+                    extra={"att_agent": agent_id})
+        return True
+
+    def startup_grace(self, role: str) -> float:
+        """How long a process of `role` may take to send its first heartbeat before it must
+        show progress: the measured start-ups of that role on this machine, a high percentile
+        times a factor, within the floor and the ceiling (the floor while nothing is measured)."""
+        cfg = self.config
+        samples = [s.seconds for s in self.startup_times().samples(role)]
+        if not samples:
+            return cfg.startup_floor
+        measured = percentile(samples, cfg.startup_percentile) * cfg.startup_factor
+        return min(cfg.startup_ceiling, max(cfg.startup_floor, measured))
 
     def _note_death(self, agent_id: str, now: float) -> Escalation | None:
         """Count the death toward escalation; start one if too many agents died. Returns the
@@ -582,7 +720,7 @@ class Supervisor:
             return []
         records = []
         for name in names:
-            if not name.endswith(".json") or name == ESCALATION_FILE or name.startswith("."):
+            if not name.endswith(".json") or name in (ESCALATION_FILE, STARTUP_FILE) or name.startswith("."):
                 continue
             try:
                 rec = self._load(name[: -len(".json")])
@@ -635,6 +773,12 @@ class AgentObservation:
     last_heartbeat: float | None = None
     last_pane_activity: float | None = None
     pane_text_tail: str | None = None
+    # A control process that has not sent its first heartbeat yet (identity still spawning):
+    # judged by its start-up. `startup_grace` is the measured grace of its layer (None: the
+    # floor); `last_progress` the last time it was seen making progress (None: never seen).
+    starting: bool = False
+    startup_grace: float | None = None
+    last_progress: float | None = None
 
 
 @dataclass(frozen=True)
@@ -655,9 +799,13 @@ def classify(agent: AgentObservation, now: float,
        respawn of an agent that crashed at start. Before that, tmux may not list the pane yet.
     3. BLOCKED (agents, not control processes): the pane's text ends at a known prompt. Allowed
        during the grace period: trust dialogs appear exactly then.
-    4. Control processes (guardian, runner, …) are STALE when their heartbeat (or, before the
+    4. A control process still starting (no heartbeat of its own yet) is never judged by a
+       heartbeat: it is STARTING inside its start-up grace, and after it while it makes
+       progress (seen within `startup_stall`); STALE when it stopped making progress, or when it
+       has been starting for longer than `startup_limit`.
+    5. Control processes (guardian, runner, …) are STALE when their heartbeat (or, before the
        first one, the spawn) is older than `stale_after_intervals * heartbeat_interval`.
-    5. Agents are HUNG when their pane (or, before any activity, the spawn) has been quiet for
+    6. Agents are HUNG when their pane (or, before any activity, the spawn) has been quiet for
        longer than `hung_after`.
     """
     cfg = config or PolicyConfig()
@@ -684,6 +832,8 @@ def classify(agent: AgentObservation, now: float,
     if in_grace:
         return HealthReport(Health.STARTING,
                             f"{age:.1f}s after spawn, grace {cfg.startup_grace:g}s")
+    if control and agent.starting:
+        return _classify_startup(agent, now, cfg)
     if control:
         limit = cfg.stale_after_intervals * cfg.heartbeat_interval
         since = agent.last_heartbeat if agent.last_heartbeat is not None else agent.spawned_at
@@ -696,6 +846,21 @@ def classify(agent: AgentObservation, now: float,
         return HealthReport(Health.HUNG, f"no pane activity for {now - since:.0f}s "
                                          f"(> {cfg.hung_after:g}s)")
     return HealthReport(Health.ALIVE, f"pane active {now - since:.1f}s ago")
+
+
+def _classify_startup(agent: AgentObservation, now: float, cfg: PolicyConfig) -> HealthReport:
+    age = now - agent.spawned_at
+    grace = cfg.startup_floor if agent.startup_grace is None else agent.startup_grace
+    if age < grace:
+        return HealthReport(Health.STARTING, f"starting for {age:.1f}s, grace {grace:.3g}s")
+    if age > cfg.startup_limit:
+        return HealthReport(Health.STALE, f"still starting {age:.0f}s after spawn (> {cfg.startup_limit:g}s)")
+    since = agent.last_progress if agent.last_progress is not None else agent.spawned_at
+    if now - since > cfg.startup_stall:
+        return HealthReport(Health.STALE, f"starting for {age:.1f}s (past the {grace:.3g}s grace) and no "
+                                          f"progress for {now - since:.1f}s (> {cfg.startup_stall:g}s)")
+    return HealthReport(Health.STARTING, f"starting for {age:.1f}s, past the {grace:.3g}s grace but "
+                                         f"making progress ({now - since:.1f}s ago)")
 
 
 def pid_alive(pid: int) -> bool:
