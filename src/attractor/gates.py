@@ -5,13 +5,15 @@ A gate runs with `/bin/sh -c` in its own session (`start_new_session=True`), so 
 everything it starts form one process group: past its timeout the whole group is killed with
 SIGKILL, and whatever it left behind is killed when it ends. Output (stdout and stderr together)
 goes to an anonymous temp file, never a pipe, so a grandchild that keeps the descriptor open
-cannot hang us; only the tail is kept.
+cannot hang us; only the tail is kept. `summary_line` picks the one line of that output that
+says why a gate failed (the error or assertion, not a traceback's carets or a test count).
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import re
 import select
 import shlex
 import shutil
@@ -163,3 +165,39 @@ def run_gate(
         text = f"{text}\n{note}" if text else note
     ok = returncode == 0 and not timed_out
     return GateRun(gate, ok, timed_out, returncode, text, time.monotonic() - started)
+
+
+# Lines of a test run's output that never say why it failed: carets and tildes under a
+# traceback's expression (and difflib's `?   ^` hints), separators, unittest's counts and
+# verdicts, pytest's session lines.
+_NOISE_RE = re.compile(
+    r"\??[\s^~+-]*"                             # blank, carets and tildes, `?   ^`
+    r"|[-=_*]{3,}"                               # ----- / ===== separators
+    r"|[-=_]{3,} .* [-=_]{3,}"                   # === 1 failed in 0.1s === / ___ test_x ___
+    r"|Ran \d+ tests? in [\d.]+s"
+    r"|OK(?: \(.*\))?"
+    r"|FAILED \(.*\)"
+)
+# A line that names the failure: an exception (`ValueError: x`, `calc.ops.BoomError`), an
+# assertion (`assert 1 == 2`, pytest's `E   AssertionError: …`), a tool's `error: …` or
+# `fatal: …`, or a note of attractor's (`[attractor: gate killed after …]`).
+_REASON_RE = re.compile(
+    r"(?:E\s+)?(?:(?:[A-Za-z_]\w*\.)*(?:[A-Z]\w*)?(?:Error|Exception|Exit|Interrupt)(?::.*)?|assert\b.*)"
+    r"|(?:error|fatal): .*"
+    r"|\[attractor: .*\]"
+)
+SUMMARY_CHARS = 300
+
+
+def summary_line(output: str) -> str:
+    """The one line of a gate's `output` that says why it failed: the last error or assertion
+    line (a note of attractor's, such as the timeout, wins), else the last line that is not
+    noise (carets, separators, "Ran N tests", "OK", "FAILED (…)"); "" when there is none."""
+    lines = [line.strip() for line in output.splitlines()]
+    meaningful = [line for line in lines if not _NOISE_RE.fullmatch(line)]
+    reasons = [line for line in meaningful if _REASON_RE.fullmatch(line)]
+    notes = [line for line in reasons if line.startswith("[attractor: ")]
+    chosen = (notes or reasons or meaningful or [""])[-1]
+    if chosen.startswith("E ") and _REASON_RE.fullmatch(chosen):
+        chosen = chosen[1:].lstrip()  # pytest's marker of the failing line
+    return chosen if len(chosen) <= SUMMARY_CHARS else chosen[: SUMMARY_CHARS - 1] + "…"
