@@ -397,3 +397,60 @@ def test_cli_module_does_not_import_pydot() -> None:
     code = ("import sys, attractor.cli.pipeline; "
             "sys.exit(1 if {'pydot', 'pyparsing', 'libtmux'} & set(sys.modules) else 0)")
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
+
+
+# -- a scripted node's script, checked with the scripted agent's own parser ------------------------
+
+
+class ScriptCase(NamedTuple):
+    test_id: str
+    script: str  # DOT text of the script attribute: a real line break separates steps
+    fragment: str  # "" when the script is good
+
+
+SCRIPTS = [
+    ScriptCase("steps-joined-by-escaped-newline", "write a.py x = 1\\ncommit add a\\nreport",
+               "script line 1: '\\ncommit' is read as text of this write step, not as a new step"),
+    ScriptCase("escaped-newline-after-run", "run make\\nreport done",
+               "script line 1: '\\nreport' is read as text of this run step"),
+    ScriptCase("escaped-newline-before-a-filter", "commit x\\n@2+ report", "'\\n@2+ report'"),
+    ScriptCase("unknown-verb", "write a.py x\ncomit add a\nreport", "script line 2: unknown step 'comit'"),
+    ScriptCase("sleep-without-seconds", "sleep soon", "script line 1: sleep needs seconds, got 'soon'"),
+    ScriptCase("write-without-path", "@2 write", "script line 1: write needs a PATH"),
+    ScriptCase("good", "write a.py x = 1\\n\ncommit add a\nreport done", ""),
+    ScriptCase("file-text-may-start-a-line-with-a-verb", "write README.md Usage:\\nrun make\\n\ncommit docs", ""),
+    ScriptCase("escaped-backslash-then-n", "run printf '\\\\ncommit'", ""),
+]
+
+
+@pytest.mark.parametrize("case", SCRIPTS, ids=[c.test_id for c in SCRIPTS])
+def test_lint_checks_a_script_as_the_scripted_agent_reads_it(tmp_path: Path, case: ScriptCase,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    from attractor.cli.pipeline import script_problems
+
+    path = write(tmp_path, dot(f'b [shape=box, script="{case.script}"]\nstart -> a -> b -> exit'))
+    problems = lint(path, [script_problems])
+    code = main(["pipeline", "lint", str(path)])
+    err = capsys.readouterr().err
+    if not case.fragment:
+        assert problems == [] and code == 0, problems
+        return
+    assert [p.where for p in problems] == ["node 'b'"], problems
+    assert case.fragment in problems[0].message, problems
+    assert code == EXIT_USAGE and err == f"{path}: node 'b': {problems[0].message}\n"
+    assert lint(path) == []  # the pipeline's own rules know nothing of the scripted agent
+
+
+def test_show_refuses_a_pipeline_whose_script_the_agent_would_refuse(tmp_path: Path) -> None:
+    path = write(tmp_path, dot('b [shape=box, script="crash now\nbogus"]\nstart -> a -> b -> exit'))
+    result = run_cli(["pipeline", "show", str(path)])
+    assert result.returncode == EXIT_USAGE
+    assert result.stderr == f"error: pipeline {path}: node 'b': script line 2: unknown step 'bogus'; steps: " \
+                            "write, append, run, commit, sleep, ask, menu, report, stuck, fail, hang, crash\n"
+
+
+@pytest.mark.parametrize("name", ["demo.dot", "example-auth.dot"])
+def test_shipped_pipelines_lint_clean(name: str) -> None:
+    from attractor.cli.pipeline import script_problems
+
+    assert lint(REPO_ROOT / "pipelines" / name, [script_problems]) == []

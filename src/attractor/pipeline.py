@@ -24,6 +24,9 @@ is done. A conditional is done as soon as its predecessor is, and the edges whos
 not match the predecessor's outcome are inactive; a node whose incoming edges are all inactive is
 skipped, and so are edges leaving it. A node downstream of a failed node (outcome "fail", not
 through a conditional) is blocked. Order: higher `priority` first, then name.
+
+Checks of layers above this module join the lint through `node_checks` (the scripted agent's
+check of a `script`, in `cli/pipeline.py`).
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ import re
 import threading
 import warnings
 from collections import deque
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -668,8 +671,14 @@ class LintResult:
         }
 
 
-def check(path: Path) -> LintResult:
-    """Read and judge the pipeline at `path` (pydot is imported here, not at module import)."""
+# A check of one node's attributes from a layer above this module (the scripted agent's check
+# of a `script`): called with the node's name and attributes, it returns the node's problems.
+NodeCheck = Callable[[str, Mapping[str, str]], Iterable[Problem]]
+
+
+def check(path: Path, node_checks: Iterable[NodeCheck] = ()) -> LintResult:
+    """Read and judge the pipeline at `path` (pydot is imported here, not at module import);
+    each of `node_checks` adds its problems for every declared node."""
     path = Path(path)
     problems: list[Problem] = []
     raw = _read(path, problems)
@@ -677,18 +686,21 @@ def check(path: Path) -> LintResult:
         return LintResult(None, tuple(problems), 0, 0)
     judge = _Judge(raw, problems)
     judge.judge()
+    for node_check in node_checks:
+        for name, attrs in raw.nodes.items():
+            problems.extend(node_check(name, attrs))
     pipeline = None if problems else judge.pipeline(path)
     return LintResult(pipeline, tuple(problems), len(raw.nodes), len(judge.edges))
 
 
-def lint(path: Path) -> list[Problem]:
+def lint(path: Path, node_checks: Iterable[NodeCheck] = ()) -> list[Problem]:
     """Every problem of the pipeline at `path`; empty when it is good."""
-    return list(check(path).problems)
+    return list(check(path, node_checks).problems)
 
 
-def load_pipeline(path: Path) -> Pipeline:
+def load_pipeline(path: Path, node_checks: Iterable[NodeCheck] = ()) -> Pipeline:
     """The pipeline at `path`, or `PipelineError` listing every problem."""
-    result = check(path)
+    result = check(path, node_checks)
     if result.pipeline is None:
         raise PipelineError(Path(path), result.problems)
     return result.pipeline

@@ -1,21 +1,62 @@
 """`attractor pipeline lint|show FILE`: check a DOT pipeline and show its scheduling order.
 
+Besides the pipeline's own rules, a node's `script` is checked with the scripted agent's own
+parser (`script_problems`), so a script the agent would refuse is a lint problem, not an agent
+that exits in a pane nobody watches.
+
 pydot is heavy (~110 ms of imports): it is imported only when a command runs.
 """
 
 from __future__ import annotations
 
 import argparse
+import re
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from attractor.cli import Parser, add_json_option, subparser
 from attractor.cli.identity import format_table, print_json
-from attractor.errors import EXIT_OK, EXIT_USAGE
+from attractor.errors import EXIT_OK, EXIT_USAGE, UsageError
 
 if TYPE_CHECKING:
     from attractor.pipeline import Pipeline, Problem
+
+
+def _escaped_step_re() -> re.Pattern[str]:
+    from attractor.agents.scripted import VERBS
+
+    # `\n` (not `\\n`) then what parse_script would read as a step: an attempt filter or a verb
+    return re.compile(r"(?<!\\)\\n((?:@\d+\+? )?(?:" + "|".join(VERBS) + r"))(?= |\\n|$)")
+
+
+def script_problems(name: str, attrs: Mapping[str, str]) -> list[Problem]:
+    """The problems of node `name`'s `script` as the scripted agent reads it: what its parser
+    refuses, and a `\\n` that joins what looks like two steps into one (steps are lines; `\\n`
+    is a newline inside a step's text). In a script of several steps, the text of a write or
+    append may hold such a line (a file's content); a script of one step may not."""
+    from attractor.agents.scripted import parse_script
+    from attractor.pipeline import Problem
+
+    script = attrs.get("script")
+    if script is None:
+        return []
+    where = f"node '{name}'"
+    try:
+        steps = parse_script(script)
+    except UsageError as exc:
+        return [Problem(where, str(exc))]
+    pattern = _escaped_step_re()
+    problems = []
+    for step in steps:
+        if step.verb in ("write", "append") and len(steps) > 1:
+            continue
+        found = pattern.search(step.args)
+        if found:
+            problems.append(Problem(where, f"script line {step.line}: '\\n{found.group(1)}' is read as text of this "
+                                           f"{step.verb} step, not as a new step; put each step on a line of its own"))
+    return problems
 
 
 def _problem_line(path: Path, problem: Problem) -> str:
@@ -29,7 +70,7 @@ def cmd_lint(args: argparse.Namespace) -> int:
     from attractor.pipeline import check
 
     path = Path(args.file)
-    result = check(path)
+    result = check(path, [script_problems])
     if args.json:
         print_json(result.to_json(path))
     elif result.problems:
@@ -71,7 +112,7 @@ def _detail(pipeline: Pipeline, name: str, width: int = 60) -> str:
 def cmd_show(args: argparse.Namespace) -> int:
     from attractor.pipeline import load_pipeline, topological_order
 
-    pipeline = load_pipeline(Path(args.file))
+    pipeline = load_pipeline(Path(args.file), [script_problems])
     if args.json:
         print_json(pipeline.to_json())
         return EXIT_OK
