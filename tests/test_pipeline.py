@@ -454,3 +454,26 @@ def test_shipped_pipelines_lint_clean(name: str) -> None:
     from attractor.cli.pipeline import script_problems
 
     assert lint(REPO_ROOT / "pipelines" / name, [script_problems]) == []
+
+
+class RunIdCase(NamedTuple):
+    test_id: str
+    given: str
+    expected: str
+
+
+RUN_IDS = [
+    RunIdCase("valid-unchanged", "demo-20261124-010203-001", "demo-20261124-010203-001"),
+    RunIdCase("ticket", "PRD-TEST-001", "prd-test-001"),
+    RunIdCase("spaces-and-slashes", "Team A/Sprint 3", "team-a-sprint-3"),
+    RunIdCase("leading-punctuation", "--_x", "x"),
+    RunIdCase("too-long", "A" * 70, "a" * 64),
+    RunIdCase("nothing-left", "!!!", "!!!"),
+]
+
+
+@pytest.mark.parametrize("case", RUN_IDS, ids=[c.test_id for c in RUN_IDS])
+def test_run_id_for(case: RunIdCase) -> None:
+    from attractor.pipeline import run_id_for
+
+    assert run_id_for(case.given) == case.expected

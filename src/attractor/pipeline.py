@@ -26,7 +26,8 @@ skipped, and so are edges leaving it. A node downstream of a failed node (outcom
 through a conditional) is blocked. Order: higher `priority` first, then name.
 
 Checks of layers above this module join the lint through `node_checks` (the scripted agent's
-check of a `script`, in `cli/pipeline.py`).
+check of a `script`, in `cli/pipeline.py`). `check_runner_inputs` checks everything a runner of
+one node needs before anything of it is written; `run_id_for` maps a user's id to a run id.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from attractor.errors import UsageError
+from attractor.errors import BadInputError, UsageError
 from attractor.names import NAME_RULE, validate_name
 
 SCHEMA = 1
@@ -704,6 +705,77 @@ def load_pipeline(path: Path, node_checks: Iterable[NodeCheck] = ()) -> Pipeline
     if result.pipeline is None:
         raise PipelineError(Path(path), result.problems)
     return result.pipeline
+
+
+# -- what a runner needs ---------------------------------------------------------------------
+
+_NOT_IN_NAME_RE = re.compile(r"[^a-z0-9_.-]+")
+
+
+def run_id_for(text: str) -> str:
+    """The run id a user's id stands for (a ticket such as `PRD-TEST-001` becomes
+    `prd-test-001`): lowercase, each run of other characters one `-`, leading `_.-` dropped,
+    at most 64 characters. An id that is already valid is returned unchanged; one that maps to
+    nothing is returned as given, for the name check to refuse it."""
+    mapped = _NOT_IN_NAME_RE.sub("-", text.lower()).lstrip("_.-")[:64].rstrip("-")
+    return mapped or text
+
+
+def _run_copy(path: Path, run_id: str) -> bool:
+    """Whether `path` is the run's own copy, `<state>/runs/<run>/pipeline.dot` (the default
+    when no --pipeline is given)."""
+    return path.name == "pipeline.dot" and path.parent.name == run_id and path.parent.parent.name == "runs"
+
+
+def check_runner_inputs(run_id: str, node: str, pipeline_path: Path, target_dir: Path,
+                        target_branch: str = "main", *, session: str | None = None,
+                        node_checks: Iterable[NodeCheck] = ()) -> Pipeline:
+    """Everything a runner of `node` needs, checked before any identity, hook or session is
+    made: the run id and node name, its tmux `session` name (when given), the pipeline (it
+    exists, loads with `node_checks`, and has `node` as an agent task) and the target (a git
+    checkout with the branch `target_branch`). Returns the pipeline; raises a `UsageError`
+    naming the option and the fix."""
+    validate_name(run_id, "run id")
+    validate_name(node, "node name")
+    if session is not None:
+        from attractor.tmux import validate_session_name
+
+        try:
+            validate_session_name(session)
+        except UsageError as exc:
+            why = f"{len(session)} characters, more than 64" if len(session) > 64 else str(exc)
+            raise BadInputError("--run", f"run {run_id!r} and node {node!r} give the tmux session name "
+                                f"{session!r} ({why}); use a shorter run id") from None
+    path = Path(pipeline_path)
+    if not path.exists():
+        if _run_copy(path, run_id):
+            raise BadInputError("--pipeline", f"no pipeline for run {run_id!r}: its copy {path} does not exist; "
+                                "pass --pipeline FILE")
+        raise BadInputError("--pipeline", f"{path} does not exist; pass the path of a DOT pipeline file")
+    pipeline = load_pipeline(path, node_checks)
+    tasks = ", ".join(pipeline.codergen_nodes()) or "none"
+    if node not in pipeline.nodes:
+        raise BadInputError("--node", f"node {node!r} is not in pipeline {path}; its agent tasks: {tasks}")
+    if pipeline.nodes[node].kind is not NodeKind.CODERGEN:
+        raise BadInputError("--node", f"node {node!r} of pipeline {path} is a {pipeline.nodes[node].kind.value} "
+                            f"node; a runner runs an agent task (box): {tasks}")
+    _check_target(Path(target_dir), target_branch)
+    return pipeline
+
+
+def _check_target(target_dir: Path, branch: str) -> None:
+    from attractor import gitops
+
+    if not target_dir.is_dir():
+        raise BadInputError("--target-dir", f"{target_dir} is not a directory; pass the path of a git checkout")
+    gitops.validate_branch_name(branch)
+    try:
+        tip = gitops.rev_parse(target_dir, f"refs/heads/{branch}")
+    except gitops.NotAGitRepositoryError as exc:
+        raise BadInputError("--target-dir", f"{target_dir}: {exc.problem}; pass --target-dir with the path "
+                            "of a git checkout") from None
+    if tip is None:
+        raise BadInputError("--target", f"{target_dir} has no branch {branch!r}; create it or pass --target BRANCH")
 
 
 # -- scheduling ------------------------------------------------------------------------------
