@@ -1,5 +1,6 @@
-"""`attractor demo`: make a small demo repository and run `pipelines/demo.dot` on it end to end
-with the scripted agent (no model, no network)."""
+"""`attractor demo`: make an empty demo repository and run `pipelines/demo.dot` on it end to end
+with the scripted agent (no model, no network), then run the pipeline's validation commands on
+the repository's `main`."""
 
 from __future__ import annotations
 
@@ -12,14 +13,10 @@ from typing import Any
 
 from attractor.cli import add_tmux_socket_option, subparser
 
+# An empty project: the demo pipeline brings its package and tests, as it does on any repository.
 DEMO_FILES = {
-    "README.md": "# calc\n\nA small calculator package, built by an attractor pipeline.\n",
-    "calc/__init__.py": '"""A small calculator package."""\n',
-    "tests/__init__.py": "",
-    "tests/test_package.py": (
-        "import unittest\n\nimport calc\n\n\nclass PackageTest(unittest.TestCase):\n"
-        "    def test_imports(self):\n        self.assertTrue(calc.__doc__)\n"
-    ),
+    "README.md": "# demo\n\nAn empty project; `attractor demo` runs pipelines/demo.dot on it, which adds a small\n"
+                 "calculator package with its tests under calc/.\n",
 }
 
 
@@ -51,7 +48,7 @@ def make_demo_repo(path: Path) -> None:
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_text(text)
     git("add", "-A")
-    git("commit", "-q", "-m", "Start the calc package")
+    git("commit", "-q", "-m", "Start an empty project")
 
 
 def run_demo(args: argparse.Namespace) -> int:
@@ -67,14 +64,31 @@ def run_demo(args: argparse.Namespace) -> int:
                                 log_level=args.log_level if args.log_level != "WARNING" else "INFO"))
     log = subprocess.run(["git", "log", "--oneline", "--graph", "main"], cwd=target, capture_output=True, text=True)
     print(f"\ngit log main:\n{log.stdout.rstrip()}")
-    tests = subprocess.run([sys.executable, "-m", "unittest", "discover", "-s", "tests", "-t", ".", "-q"],
-                           cwd=target, capture_output=True, text=True)
-    last = (tests.stderr.strip().splitlines() or ["(no output)"])[-1]
-    print(f"tests on main: {last}")
+    tests_ok = check_main(pipeline, target)
     attractor = Path(sys.executable).parent / "attractor"
     command = str(attractor) if attractor.exists() else f"{sys.executable} -m attractor"
     print(f"look around: {command} status --target-dir {target}")
-    return code if tests.returncode == 0 else 1
+    return code if tests_ok else 1
+
+
+def check_main(pipeline_path: Path, target: Path) -> bool:
+    """Run the pipeline's validation commands on the target's checkout of main and print one
+    line for each: `tests on main: OK (COMMAND)`, or the line that says why it failed."""
+    from attractor.gates import Gate, run_gate, summary_line
+    from attractor.pipeline import NodeKind, load_pipeline
+
+    pipeline = load_pipeline(pipeline_path)
+    commands = dict.fromkeys(node.command for node in pipeline.nodes.values()
+                             if node.kind is NodeKind.TOOL and node.command)
+    if not commands:
+        print("tests on main: none (the pipeline has no validation command)")
+    ok = True
+    for command in commands:
+        result = run_gate(Gate(command, 120.0), target)
+        last = (result.output_tail.strip().splitlines() or ["(no output)"])[-1]
+        print(f"tests on main: {last if result.ok else 'FAILED: ' + summary_line(result.output_tail)} ({command})")
+        ok = ok and result.ok
+    return ok
 
 
 def add_parser(subparsers: Any) -> None:
