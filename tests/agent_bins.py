@@ -11,8 +11,11 @@ from pathlib import Path
 
 import pytest
 
-TOOLS_DIR = Path(os.environ.get("ATTRACTOR_TOOLS_DIR", "/root/.cache/attractor-tools"))
-TOOLS_BIN = TOOLS_DIR / "node" / "node_modules" / ".bin"
+# where scripts/install_agent_clis.sh puts them ($ATTRACTOR_TOOLS, default ~/.cache/attractor-tools)
+TOOLS_DIR = Path(os.environ.get("ATTRACTOR_TOOLS") or Path.home() / ".cache" / "attractor-tools")
+if not (TOOLS_DIR / "bin").is_dir():  # tests run with a private HOME: look where root's install went
+    TOOLS_DIR = Path("/root/.cache/attractor-tools")
+TOOLS_BIN = TOOLS_DIR / "bin"
 
 
 def find_binary(name: str) -> Path | None:
@@ -20,7 +23,7 @@ def find_binary(name: str) -> Path | None:
     if found:
         return Path(found)
     candidate = TOOLS_BIN / name
-    return candidate if candidate.is_file() and os.access(candidate, os.X_OK) else None
+    return candidate if candidate.exists() and os.access(candidate, os.X_OK) else None
 
 
 def agent_binary(name: str) -> Path:

@@ -23,11 +23,10 @@ from attractor.agents.aider import (
 )
 from attractor.errors import BadInputError
 from attractor.prompts import PROMPTS, PromptAction, match_prompt
+from tests.agent_bins import agent_binary
 from tests.helpers import git, make_repo, retry_until
 from tests.modelserver import chat
 from tests.modelserver.core import Conversation, Message, ModelServer, NodePlaybook, bash, report, say, write
-
-TOOLS_AIDER = Path(os.environ.get("ATTRACTOR_TOOLS_DIR", "/root/.cache/attractor-tools")) / "aider" / "bin" / "aider"
 
 # Trimmed from a real run of aider 0.86.2 (the test below, with prices in the model metadata).
 ANALYTICS_LOG = """\
@@ -58,19 +57,8 @@ METADATA = {"openai/scripted": {"max_tokens": 4096, "max_input_tokens": 128000, 
 
 
 def aider_binary() -> Path:
-    """The real aider: on PATH or where scripts/install_agent_clis.sh puts it. Skips when it is
-    missing, except under CI=true, where that fails the test."""
-    import shutil
-
-    found = shutil.which("aider")
-    if found:
-        return Path(found)
-    if TOOLS_AIDER.is_file() and os.access(TOOLS_AIDER, os.X_OK):
-        return TOOLS_AIDER
-    reason = f"aider not found on PATH nor at {TOOLS_AIDER}"
-    if os.environ.get("CI", "").lower() == "true":
-        pytest.fail(reason + " (CI=true: real-CLI tests must run)")
-    pytest.skip(reason)
+    """The real aider (see tests/agent_bins.py): skips when it is missing, fails under CI=true."""
+    return agent_binary("aider")
 
 
 def context(tmp_path: Path, **more: object) -> LaunchContext:

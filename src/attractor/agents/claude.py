@@ -1,6 +1,6 @@
 """Claude Code adapter: settings file, argv, pre-accepted first-run dialogs, usage, dialogs.
 
-Files (checked against Claude Code 2.1.332, /work/study/claude.md has the evidence):
+Files (checked against Claude Code 2.1.332; the README's Claude Code section says the same):
 
 - `<agent_dir>/claude-settings.json` (ours, 0600, rewritten at every launch), passed with
   `--settings`: `permissions.defaultMode: "acceptEdits"` (2.1.332 defaults to auto mode, whose
@@ -279,53 +279,43 @@ def read_transcript_usage(path: Path) -> Usage:
 
 @dataclass(frozen=True)
 class Dialog:
-    """A dialog Claude Code 2.1.332 may still show, as rendered (texts copied from its pane)."""
+    """A dialog Claude Code 2.1.332 may still show, as rendered (texts copied from its pane).
+    `choose` is the option chosen by its text; "" makes it a question for a human."""
 
     name: str
     regex: str
     description: str
-    choose: str               # the text of the option to choose ("" for a notice without a menu)
-    keys: tuple[str, ...]     # the keys that reach that option from the default highlight
-    escalate: bool = False
+    choose: str = ""
 
 
 DIALOGS: tuple[Dialog, ...] = (
     # Shown when the folder is not trusted; the highlight starts on "No, exit".
     Dialog("claude-trust", r"Is this a project you created or one you trust\?|Yes, I trust this folder",
-           "Claude Code folder trust dialog", "Yes, I trust this folder", ("Down", "Enter")),
+           "Claude Code folder trust dialog", "Yes, I trust this folder"),
     # Shown when ANTHROPIC_API_KEY is set and its suffix is not in customApiKeyResponses; the
-    # highlight starts on "No (recommended)".
+    # highlight starts on "No (recommended)". The key is the user's own: attractor pre-approves it.
     Dialog("claude-api-key", r"Detected a custom API key in your environment|Do you want to use this API key\?",
-           "Claude Code custom API key approval", "Yes", ("Up", "Enter")),
-    # A tool call no allow rule covers: "Do you want to proceed?" with "1. Yes" highlighted.
+           "Claude Code custom API key approval", "Yes"),
+    # A tool call no allow rule covers ("Do you want to proceed?"): never answered by a control
+    # loop; the agent needs input until a human answers (`attractor agent answer NODE yes|no|always`).
     Dialog("claude-permission", r"Do you want to (?:proceed|make this edit to|create|overwrite)[^\n?]*\?",
-           "Claude Code tool permission prompt", "Yes", ("Enter",)),
-    # Auto mode behind a gateway (only when defaultMode is left at auto): not a menu; shift+Tab
-    # leaves for accept edits mode.
+           "Claude Code permission prompt (outside the allow list)"),
+    # Auto mode behind a gateway (only when defaultMode is left at auto, which attractor never
+    # does): not a menu; a human decides.
     Dialog("claude-auto-mode-unchecked", r"Auto mode can't check actions in this session",
-           "Claude Code auto mode without its server-side check", "", ("BTab",)),
+           "Claude Code auto mode without its server-side check"),
     # --dangerously-skip-permissions (never used by attractor; refused as root).
     Dialog("claude-bypass-accept", r"running in Bypass Permissions mode|Yes, I accept",
-           "Claude Code bypass-permissions acknowledgement", "Yes, I accept", ("Down", "Enter")),
+           "Claude Code bypass-permissions acknowledgement", "Yes, I accept"),
 )
 
 
 def dialog_rules() -> tuple[PromptRule, ...]:
-    """DIALOGS as prompt rules: choosing by text when PromptRule has `choose`, by keys otherwise."""
-    import dataclasses
-
     from attractor.prompts import PromptAction, PromptRule
 
-    names = {f.name for f in dataclasses.fields(PromptRule)}
-    rules = []
-    for dialog in DIALOGS:
-        action = PromptAction.ESCALATE if dialog.escalate else PromptAction.ANSWER
-        extra: dict[str, Any] = {"choose": dialog.choose} if "choose" in names and dialog.choose else {}
-        if "keys" in names:
-            extra["keys"] = dialog.keys
-        rules.append(PromptRule(dialog.name, re.compile(dialog.regex, re.IGNORECASE | re.MULTILINE), action,
-                                dialog.description, **extra))
-    return tuple(rules)
+    return tuple(PromptRule(d.name, re.compile(d.regex, re.IGNORECASE | re.MULTILINE),
+                            PromptAction.ANSWER if d.choose else PromptAction.NEEDS_INPUT, d.description, d.choose)
+                 for d in DIALOGS)
 
 
 # --- the adapter ----------------------------------------------------------------------------
