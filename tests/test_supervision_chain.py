@@ -286,3 +286,70 @@ def test_report_sent_while_the_runner_was_down_is_not_lost(chain: tuple[Path, Pa
     # the agent was not run again: its report, addressed to the dead runner, was acted on
     assert read_json(state / "identities" / "orchestrator-relay.json")["epoch"] == 1
     assert read_json(state / "identities" / "runner-relay.json")["epoch"] >= 2
+
+
+def test_a_runner_killed_just_before_stop_is_not_quarantined_on_resume(chain: tuple[Path, Path]) -> None:
+    # The killed runner's death and its stopped successor's end are two deaths; every tick the
+    # resumed guardian sees the terminated runner during its backoff is the same one again.
+    target, state = chain
+    pipe = pipeline_file(target.parent, slow_node("work", 9, 20), "  start -> work -> check_work -> exit\n")
+    proc = launch(pipe, target, state)
+    rid = retry_until(lambda: run_id(state), 10, what="run")
+    runner = live_pid(state, "runner-work")
+    live_pid(state, "orchestrator-work")
+    os.kill(runner, signal.SIGKILL)
+    retry_until(lambda: live_pid(state, "runner-work") != runner, 30, what="the runner respawned")
+    stopped = run_cli(["stop", rid, "--state-dir", str(state)], timeout=60)
+    assert stopped.returncode == 0, stopped.stderr
+    finish(proc)
+    assert checkpoint(state)["status"] == "stopped"
+    resumed = subprocess.run([sys.executable, str(REPO_ROOT / "scripts" / "launch_guardian.py"), "--resume", rid,
+                              "--target-dir", str(target), "--state-dir", str(state)],
+                             capture_output=True, text=True, timeout=120)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert checkpoint(state)["nodes"]["work"]["state"] == "merged"
+    assert git_show(target, "main", "app/work.py") == "VALUE = 9\n"
+    record = read_json(state / "supervision" / "runner-work.json")
+    assert not record["quarantined"]
+    keys = [d["key"] for d in record["deaths"]]
+    assert len(keys) == len(set(keys)) <= 2, record["deaths"]
+
+
+def cpu_hogs(count: int) -> list[subprocess.Popen[bytes]]:
+    """Real CPU-bound processes to load the machine for the test, each in a session of its own
+    like a user's other programs (with autogroup scheduling, processes of one session share one
+    slice of the CPU)."""
+    return [subprocess.Popen([sys.executable, "-c", "while True: pass"], start_new_session=True)
+            for _ in range(count)]
+
+
+def test_twelve_nodes_at_once_on_a_loaded_machine_start_without_a_kill_or_an_escalation(
+        chain: tuple[Path, Path]) -> None:
+    target, state = chain
+    names = [f"n{i:02d}" for i in range(12)]
+    body = "".join(codergen(n, module_steps(n, i) + f"commit {n}\nreport") + tool(f"check_{n}")
+                   for i, n in enumerate(names))
+    edges = "".join(f"  start -> {n} -> check_{n} -> exit\n" for n in names)
+    hogs = cpu_hogs(8 * (os.cpu_count() or 2))  # a busy machine: eight CPU-bound processes per core
+    try:
+        proc = launch(pipeline_file(target.parent, body, edges), target, state, "--max-agents", "12")
+        code, out = finish(proc, 900)
+    finally:
+        for hog in hogs:
+            hog.kill()
+            hog.wait()
+    assert code == 0, out
+    cp = checkpoint(state)
+    assert all(cp["nodes"][n]["state"] == "merged" for n in names), out
+    happened = events(state)
+    assert [e for e in happened if e["event"] in ("runner_died", "runner_respawn")] == [], out
+    for name in names:
+        ident = read_json(state / "identities" / f"runner-{name}.json")
+        assert ident["crash_count"] == 0 and ident["epoch"] == 1, ident["history"]
+    escalation = state / "supervision" / "escalation.json"
+    assert not escalation.exists() or read_json(escalation)["alerts"] == []
+    log = (state / "logs" / f"guardian-{cp['run_id']}.log").read_text()
+    assert " is stale" not in log and "ESCALATION" not in log
+    # the start-ups were measured, per layer, once per incarnation
+    startups = read_json(state / "supervision" / "startup.json")["layers"]["runner"]
+    assert sorted(s["agent_id"] for s in startups) == sorted(f"runner-{n}" for n in names)
