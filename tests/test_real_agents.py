@@ -89,7 +89,7 @@ def one_node(tmp_path: Path, node: str, prompt: str, **attrs: str) -> Path:
     return path
 
 
-def test_py(name: str, value: int) -> str:
+def unit_test_text(name: str, value: int) -> str:
     return (f"import unittest\n\nfrom app.{name} import VALUE\n\n\nclass T(unittest.TestCase):\n"
             f"    def test_value(self):\n        self.assertEqual(VALUE, {value})\n")
 
@@ -136,7 +136,7 @@ def test_demo_pipeline_end_to_end(cli: str, tmp_path: Path, state_dir: Path, ser
 
 
 def _steps_killable(marker: Path) -> list[Action | Playbook]:
-    return [write("app/slow.py", "VALUE = 5\n"), write("tests/test_slow.py", test_py("slow", 5)),
+    return [write("app/slow.py", "VALUE = 5\n"), write("tests/test_slow.py", unit_test_text("slow", 5)),
             bash(f"while ! test -e {marker}; do sleep 0.2; done"),
             bash("git add -A && git commit -q -m 'add slow'"), report("slow ready"), say("Done.")]
 
@@ -180,7 +180,7 @@ def test_command_outside_the_allow_list_needs_input_and_is_answered(tmp_path: Pa
 
     outside = "python3 -c \"open('asked.txt', 'w').write('granted')\""
     server = server_for(NodePlaybook({"asks": [
-        bash(outside), write("app/asks.py", "VALUE = 7\n"), write("tests/test_asks.py", test_py("asks", 7)),
+        bash(outside), write("app/asks.py", "VALUE = 7\n"), write("tests/test_asks.py", unit_test_text("asks", 7)),
         bash("git add -A && git commit -q -m 'add asks'"), report("asks ready"), say("Done.")]}))
     target = chain[0]
     pipe = one_node(tmp_path, "asks", "Add app/asks.py")
@@ -208,7 +208,7 @@ def test_an_agent_that_ends_without_reporting_is_reminded(tmp_path: Path, state_
     from tests.modelserver.core import NodePlaybook
 
     server = server_for(NodePlaybook({"forgets": [
-        write("app/forgets.py", "VALUE = 8\n"), write("tests/test_forgets.py", test_py("forgets", 8)),
+        write("app/forgets.py", "VALUE = 8\n"), write("tests/test_forgets.py", unit_test_text("forgets", 8)),
         bash("git add -A && git commit -q -m 'add forgets'"),
         say("I am finished."),  # ends its turn without the report: the Stop hook sends it back
         report("forgets ready"), say("Reported.")]}))

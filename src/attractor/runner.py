@@ -56,6 +56,10 @@ DEATH_TAIL_LINES = 50
 ANSWER_VERIFY_SECONDS = 6.0
 
 
+def _secret(name: str) -> bool:
+    return any(word in name.upper() for word in ("KEY", "TOKEN", "SECRET", "PASSWORD"))
+
+
 def session_name(run_id: str, role: str, node: str) -> str:
     """tmux session names: `.` and `:` are target separators in tmux, so they become `_`."""
     return f"att-{run_id}-{role}-{node}".replace(".", "_").replace(":", "_")
@@ -312,7 +316,9 @@ class Runner:
                         runner_id=self.cfg.agent_id, tmux_socket=self.cfg.tmux_socket,
                         target_branch=self.cfg.target_branch)
         env["ATTRACTOR_AGENT_EPOCH"] = str(created.epoch)  # hooks of an earlier incarnation are ignored
-        env.update(launch.env)
+        # a secret the pane inherits anyway is not repeated on tmux's command line (`-e` shows in
+        # `ps` and `tmux show-environment`)
+        env.update({k: v for k, v in launch.env.items() if not (_secret(k) and os.environ.get(k) == v)})
         argv = with_env_removed(launch.argv, launch.unset)
         pane = self.tmux.new_session(name, argv, cwd=self.worktree, env=env, keep_dead_panes=True)
         identities.update_fields(self.state, "orchestrator", self.cfg.node, pid=pane.pane_pid,
