@@ -44,7 +44,8 @@ class NotAGitRepositoryError(UsageError):
     def __init__(self, path: Path, problem: str = "not a git repository") -> None:
         self.path = path
         self.problem = problem
-        super().__init__(f"{path}: {problem}; give the path of a git checkout (--target-dir, or --repo for merge-queue)")
+        super().__init__(f"{path}: {problem}; give the path of a git checkout "
+                         "(--target-dir, or --repo for merge-queue)")
 
 
 class InvalidBranchError(UsageError):
