@@ -283,3 +283,41 @@ def test_spawn_runner_script_starts_one_runner_and_its_agent(chain: tuple[Path, 
     inbox = state / "signals" / "guardian-manual-1" / "new"
     pending = retry_until(lambda: list(inbox.glob("*.json")), 10, what="NODE_IMPL_COMPLETE sent")
     assert [read_json(p)["kind"] for p in pending] == ["NODE_IMPL_COMPLETE"]
+
+
+def test_a_run_that_says_succeeded_has_removed_its_worktrees_even_when_a_runner_lags(
+        chain: tuple[Path, Path]) -> None:
+    # The merged node's runner is held up while it ends its node (the test holds the lock of its
+    # agent's identity record, which the runner needs to record the agent's end), as a runner
+    # starved of CPU would be: the run must not say succeeded while the worktree is there.
+    from attractor import procs
+    from attractor.locks import file_lock
+
+    target, state = chain
+    pipe = pipeline_file(target.parent, codergen("lag", module_steps("lag", 3) + "commit lag\nreport")
+                         + tool("check_lag"), "  start -> lag -> check_lag -> exit\n")
+    proc = launch(pipe, target, state)
+    worktree = target / ".claude" / "worktrees" / "lag"
+    try:
+        retry_until(lambda: (state / "hooks" / "runner-lag.json").exists()
+                    and read_json(state / "hooks" / "runner-lag.json")["phase"] in ("validating", "merge_ready"),
+                    60, what="validation")
+        runner = int(identity(state, "runner-lag")["pid"])  # type: ignore[index]
+        with file_lock(state / "identities" / "orchestrator-lag.json", timeout=-1):
+            # until the run ends, or the runner is gone (its own end or the guardian's doing)
+            ended = retry_until(lambda: checkpoint(state)["status"] != "running" or not procs.pid_alive(runner),
+                                90, what="the run to end or the runner to go")
+            assert ended
+            if checkpoint(state)["status"] != "running":
+                assert not worktree.exists(), "the run ended while its merged worktree was still there"
+        code, out, err = wait_exit(proc, 120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert code == 0, out + err
+    assert checkpoint(state)["status"] == "succeeded"
+    assert git_show(target, "main", "app/lag.py") == "VALUE = 3\n"
+    assert not worktree.exists()
+    listed = subprocess.run(["git", "-C", str(target), "worktree", "list", "--porcelain"],
+                            capture_output=True, text=True).stdout
+    assert "worktrees/lag" not in listed

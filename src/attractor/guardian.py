@@ -562,25 +562,26 @@ class Guardian:
     def finalize(self, stopped: bool) -> int:
         """Write the run's end. Before that, the clean worktrees of merged nodes are gone: a run
         that says it ended has cleaned up. Their runners remove them as they exit; the guardian
-        waits for those runners (ending the sessions of any that linger) and removes what is
-        left, so the outcome never depends on which process got the CPU first."""
+        waits a while for those runners, ends the sessions of any that linger and removes what
+        is left itself (a merged node's commits are on its branch and on the target, and a clean
+        worktree holds nothing else), so the outcome never depends on who got the CPU first."""
         from attractor import gitops
 
         with self.lock:
             merged = [n for n, p in self.cp.nodes.items() if p.state is NodeState.MERGED]
         trees = [n for n in merged if worktree_path(self.target_dir, n).exists()]
-        deadline = time.monotonic() + 30  # merged nodes' runners exit at once, if the CPU lets them
-        while trees and any(_runner_alive(self.state, n) for n in trees) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        if any(_runner_alive(self.state, n) for n in trees):
-            self.cleanup_sessions()
-            deadline = time.monotonic() + 5
+        for wait, end_sessions in ((10.0, True), (5.0, False)):
+            deadline = time.monotonic() + wait
             while any(_runner_alive(self.state, n) for n in trees) and time.monotonic() < deadline:
                 time.sleep(0.05)
+            if not end_sessions or not any(_runner_alive(self.state, n) for n in trees):
+                break
+            logger.warning("guardian: runners of merged nodes still running after %gs; ending their sessions", wait)
+            self.cleanup_sessions()
         for name in trees:
             path = worktree_path(self.target_dir, name)
             try:
-                if path.exists() and not _runner_alive(self.state, name) and gitops.is_clean(path):
+                if path.exists() and gitops.is_clean(path):
                     gitops.remove_worktree(self.target_dir, path)
             except AttractorError as exc:
                 logger.warning("removing the worktree of merged node %s: %s", name, exc)
