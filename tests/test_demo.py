@@ -48,7 +48,6 @@ def test_demo_pipeline_runs_on_a_repository_that_is_not_the_demo_one(tmp_path: P
         kill_everything(state_dir)
 
 
-@pytest.mark.xfail(strict=True, reason="until runner.retry_or_fail puts gates.summary_line first in the reason")
 def test_a_node_out_of_attempts_says_which_error_failed_its_validation(chain: tuple[Path, Path]) -> None:
     target, state = chain
     script = ("write tests/test_missing.py import unittest\\n\\nfrom app.nowhere import thing\\n\\n\\n"

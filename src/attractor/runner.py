@@ -30,6 +30,7 @@ from attractor import clock, hooks, identities, procs, signals
 from attractor.agents import REPORTS_BY_EXIT, LaunchContext, resolve_agent
 from attractor.engines.answers import deliver_by_paste, remembered_allow
 from attractor.errors import AttractorError, NotFoundError
+from attractor.gates import summary_line
 from attractor.orchestrator import (
     agent_env,
     agent_launch,
@@ -346,7 +347,9 @@ class Runner:
     def retry_or_fail(self, what: str, detail: str) -> None:
         hook = self.hook()
         if hook.attempts >= self.max_attempts:
-            self.fail(f"{what} after {hook.attempts} attempt(s): {detail[-300:]}")
+            summary, tail = summary_line(detail), detail[-300:]
+            more = f"\n{tail}" if tail.strip() != summary else ""  # the first line says why; the tail shows it
+            self.fail(f"{what} after {hook.attempts} attempt(s): {summary}{more}")
             return
         note = (f"Attempt {hook.attempts} ended with {what}. Fix it and commit again.\n"
                 f"Output:\n{detail[-3000:]}")

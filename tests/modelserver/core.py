@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import re
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -237,6 +238,7 @@ class Recorded:
     body: dict[str, Any]
     conversation: Conversation | None
     action: Action | None
+    at: float = 0.0  # time.time() when the answer was decided
 
 
 class ModelServer:
@@ -262,7 +264,7 @@ class ModelServer:
     def url(self) -> str:
         assert self._httpd is not None
         host, port = self._httpd.server_address[:2]
-        return f"http://{host}:{port}"
+        return f"http://{host if isinstance(host, str) else host.decode()}:{port}"
 
     def next_action(self, conv: Conversation) -> Action:
         action = say(self.side_text) if side_request(conv) else self.playbook(conv)
@@ -270,7 +272,7 @@ class ModelServer:
 
     def record(self, exchange: Exchange, conv: Conversation | None, action: Action | None) -> None:
         with self._lock:
-            self.recorded.append(Recorded(exchange.path, exchange.body, conv, action))
+            self.recorded.append(Recorded(exchange.path, exchange.body, conv, action, time.time()))
 
     def conversations(self, node: str | None = None) -> list[Conversation]:
         with self._lock:

@@ -136,9 +136,9 @@ def _heredoc(path: str, content: str) -> str:
         marker += "_"
     parent = path.rsplit("/", 1)[0] if "/" in path else ""
     mkdir = f"mkdir -p {shlex.quote(parent)} && " if parent else ""
-    body = content if content.endswith("\n") else content + "\n"
-    trim = "" if content.endswith("\n") else f" && printf '%s' \"$(cat {shlex.quote(path)})\" > {shlex.quote(path)}"
-    return f"{mkdir}cat > {shlex.quote(path)} <<'{marker}'\n{body}{marker}{trim}"
+    if not content.endswith("\n"):  # a heredoc always ends in a newline
+        return f"{mkdir}printf '%s' {shlex.quote(content)} > {shlex.quote(path)}"
+    return f"{mkdir}cat > {shlex.quote(path)} <<'{marker}'\n{content}{marker}"
 
 
 def shell_call(conv: core.Conversation, command: str, call_id: str) -> dict[str, Any]:

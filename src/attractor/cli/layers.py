@@ -69,9 +69,13 @@ def run_runner(args: argparse.Namespace) -> int:
 def run_spawn_runner(args: argparse.Namespace) -> int:
     import json
 
-    from attractor.runner import spawn_runner
+    from attractor.pipeline import check_runner_inputs
+    from attractor.runner import session_name, spawn_runner
 
     cfg = _runner_config(args)
+    # everything checked before anything is written (the guardian checked its inputs at launch)
+    check_runner_inputs(cfg.run_id, cfg.node, cfg.pipeline_path, cfg.target_dir, cfg.target_branch,
+                        session=session_name(cfg.run_id, "runner", cfg.node))
     ident = spawn_runner(cfg, log_level=args.log_level if args.log_level != "WARNING" else "INFO")
     info = {"pid": ident.pid, "tmux_socket": cfg.tmux_socket, "tmux_session": ident.tmux_session,
             "pane_id": ident.pane_id, "state_file": str(cfg.state.identities / f"runner-{cfg.node}.json"),
