@@ -7,8 +7,6 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
-import pytest
-
 from tests.chain_helpers import checkpoint, codergen, kill_everything, launch, pipeline_file, tool
 from tests.helpers import REPO_ROOT, git, make_repo
 
