@@ -113,3 +113,36 @@ def test_a_resumed_run_never_adopts_a_later_runs_result(chain: tuple[Path, Path]
     assert node["state"] == "merged" and node["merged_sha"] != r2_sha
     assert git_show(target, "main", "app/impl.py") == "VALUE = 1\n"  # run one's work landed
     assert git_show(target, "main", "app/other.py") == "VALUE = 2\n"
+
+
+def test_a_dirty_checked_out_target_is_refused_before_the_run(chain: tuple[Path, Path]) -> None:
+    target, state = chain
+    (target / "README.md").write_text("edited by hand\n")
+    pipe = pipeline_file(target.parent, codergen("n", module_steps("n", 1) + "commit n\nreport") + tool("check_n"),
+                         "  start -> n -> check_n -> exit\n")
+    code, out = _finish(launch(pipe, target, state))
+    assert code == 2, out
+    assert "README.md" in out and "uncommitted changes" in out and out.count("\n") <= 2, out
+    assert not (state / "runs").exists()
+
+
+def test_a_target_dirtied_mid_run_holds_merging_without_spending_attempts(chain: tuple[Path, Path]) -> None:
+    target, state = chain
+    go = target.parent / "go"
+    script = module_steps("late", 3) + f"run while ! test -e {go}; do sleep 0.2; done\ncommit late\nreport"
+    pipe = pipeline_file(target.parent, codergen("late", script) + tool("check_late"),
+                         "  start -> late -> check_late -> exit\n")
+    proc = launch(pipe, target, state)
+    retry_until(lambda: (state / "hooks" / "runner-late.json").exists(), 30, what="the node to start")
+    (target / "README.md").write_text("a human is editing this\n")
+    go.touch()
+    alert = retry_until(lambda: _alerts(state, "dirty_target"), 60, what="the dirty_target alert")
+    assert "README.md" in str(alert[0]["reason"])
+    assert checkpoint(state)["nodes"]["late"]["attempts"] == 1
+    git(target, "checkout", "--", "README.md")
+    assert run_cli(["merge-queue", "resume", "--state-dir", str(state)]).returncode == 0
+    code, out = _finish(proc)
+    assert code == 0, out
+    assert git_show(target, "main", "app/late.py") == "VALUE = 3\n"
+    assert checkpoint(state)["nodes"]["late"]["attempts"] == 1
+    assert len(_alerts(state, "dirty_target")) == 1

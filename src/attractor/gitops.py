@@ -271,6 +271,18 @@ def is_clean(worktree: RepoLike, *, untracked: bool = True) -> bool:
     return not out.strip()
 
 
+def dirty_checkout_of(repo: RepoLike, branch: str) -> tuple[Path, list[str]] | None:
+    """Where `branch` is checked out with uncommitted changes to tracked files (the merge queue
+    cannot move it there without touching them): (the worktree, its changed paths), else None."""
+    for tree in list_worktrees(repo):
+        if tree.branch == branch and not tree.prunable and tree.path.is_dir():
+            out = _run(tree.path, "status", "--porcelain", "--untracked-files=no", cwd=tree.path)[1]
+            files = [line[3:] for line in out.splitlines() if line.strip()]
+            if files:
+                return tree.path, files
+    return None
+
+
 def list_worktrees(repo: RepoLike) -> list[Worktree]:
     out = _run(repo, "worktree", "list", "--porcelain")[1]
     result: list[Worktree] = []

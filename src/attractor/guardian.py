@@ -159,6 +159,22 @@ class Guardian:
             self.hold_queue(f"{self.cp.target_branch} moved from {self.expected_tip[:12]} to {(tip or 'nothing')[:12]} "
                             "outside the merge queue", tip)
 
+    def check_target_clean(self) -> None:
+        """A checked-out target with uncommitted changes would fail every merge (and burn the
+        node's attempts): hold the queue with one alert until a human has cleaned it up."""
+        from attractor import gitops
+        from attractor.store import queue_hold
+
+        dirty = gitops.dirty_checkout_of(self.target_dir, self.cp.target_branch)
+        if dirty is None or queue_hold.read(self.state) is not None:
+            return
+        where, files = dirty
+        reason = (f"{self.cp.target_branch} is checked out in {where} with uncommitted changes "
+                  f"({', '.join(files[:5])}); commit or stash them")
+        queue_hold.hold(self.state, reason, target=self.cp.target_branch, expected=self.expected_tip,
+                        found=self.target_tip(), held_by=self.cfg.agent_id)
+        self.alert("dirty_target", f"{reason}; merging is held until a human runs: attractor merge-queue resume")
+
     def wait_while_held(self) -> None:
         """Block the merge worker while the queue is held (checked twice a second)."""
         from attractor.store import queue_hold
@@ -304,6 +320,7 @@ class Guardian:
                     continue
                 with self.tip_lock:
                     self.check_target_tip()
+                self.check_target_clean()
                 self.wait_while_held()
                 if self.stop_event.is_set():
                     continue

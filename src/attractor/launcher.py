@@ -75,6 +75,12 @@ def check_target(target_dir: Path, branch: str) -> None:
                             "of a git checkout") from None
     if tip is None:
         raise BadInputError("--target-dir", f"{target_dir} has no branch {branch!r}; create it or pass --target BRANCH")
+    dirty = gitops.dirty_checkout_of(target_dir, branch)
+    if dirty is not None:
+        where, files = dirty
+        shown = ", ".join(files[:5]) + (f" and {len(files) - 5} more" if len(files) > 5 else "")
+        raise BadInputError(f"--target-dir {where}", f"{branch} is checked out there with uncommitted changes "
+                            f"({shown}); the merge queue could never land on it: commit or stash them first")
 
 
 def check_agents(pipeline: object, agent: str | None, agent_cmd: str | None) -> str:
