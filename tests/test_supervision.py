@@ -421,3 +421,51 @@ def test_agent_clear_escalation(state_dir: Path) -> None:
     assert result.stdout.strip() == "escalation cleared; respawns resume"
     assert sup.escalation() is None
     assert len(sup.due_respawns()) == 4
+
+
+def test_a_death_seen_again_is_not_counted_again(state_dir: Path) -> None:
+    sup, clock = make(state_dir)
+    first = sup.record_death("runner-a", "runner exited", key="2:100:5")
+    assert first.action is Action.RESPAWN_NOW
+    sup.record_death("runner-a", "runner exited", key="3:101:6")  # a second death: backoff 1 s
+    repeats = []
+    for _ in range(20):  # every tick of the backoff sees the same dead incarnation
+        clock.advance(0.2)
+        repeats.append(sup.record_death("runner-a", "runner exited", key="3:101:6"))
+    state = sup.state_of("runner-a")
+    assert len(state.deaths) == 2 and state.consecutive_deaths == 2 and not state.quarantined
+    assert repeats[0].action is Action.RESPAWN_AT and repeats[-1].action is Action.RESPAWN_NOW
+    assert "already recorded" in repeats[0].reason
+    # keys survive a new supervisor (the guardian restarted)
+    again, _ = make(state_dir, clock=clock)
+    again.record_death("runner-a", "runner exited", key="3:101:6")
+    assert len(again.state_of("runner-a").deaths) == 2
+
+
+def test_a_death_that_does_not_escalate_is_still_a_death(state_dir: Path) -> None:
+    sup, _ = make(state_dir, PolicyConfig(jitter=0.0, escalation_agents=1))
+    for name in "abc":
+        decision = sup.record_death(f"runner-{name}", "ended while starting", escalate=False)
+        assert decision.action is Action.RESPAWN_NOW
+    assert sup.escalation() is None and sup.alerts() == ()
+    assert all(len(sup.state_of(f"runner-{n}").deaths) == 1 for n in "abc")
+    sup.record_death("runner-d", "pid gone")
+    assert sup.record_death("runner-e", "pid gone").action is Action.PAUSED  # counted deaths still do
+
+
+def test_the_start_up_grace_follows_the_measured_times_within_floor_and_ceiling(state_dir: Path) -> None:
+    config = PolicyConfig(startup_floor=10.0, startup_ceiling=100.0, startup_factor=3.0, startup_percentile=0.95)
+    sup, _ = make(state_dir, config)
+    assert sup.startup_grace("runner") == 10.0
+    for epoch, seconds in enumerate([1.0] * 18 + [5.0, 8.0], start=1):
+        assert sup.record_startup("runner-n", epoch, seconds)
+    assert not sup.record_startup("runner-n", 1, 99.0)  # once per incarnation
+    assert sup.startup_grace("runner") == 15.0  # p95 of 20 samples is the 19th: 5 s, x3
+    assert sup.startup_grace("launcher") == 10.0
+    for epoch in range(21, 60):
+        sup.record_startup("runner-n", epoch, 50.0)
+    assert sup.startup_grace("runner") == 100.0
+    assert len(sup.startup_times().samples("runner")) == 50  # the newest are kept
+    data = json.loads((state_dir / "supervision" / "startup.json").read_text())
+    assert data["schema"] == 1 and data["layers"]["runner"][-1]["epoch"] == 59
+    assert sup.all_states() == []  # not an agent's record

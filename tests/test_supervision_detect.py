@@ -269,6 +269,13 @@ def obs(role: str = "orchestrator", age: float = 30.0, *, pid: int | None = 4242
     )
 
 
+def starting(age: float, grace: float | None = None, *, progress_age: float | None = None,
+             pid_alive: bool = True) -> AgentObservation:
+    """A runner that has not sent its first heartbeat yet."""
+    return dataclasses.replace(obs("runner", age, pid_alive=pid_alive), starting=True, startup_grace=grace,
+                               last_progress=None if progress_age is None else NOW - progress_age)
+
+
 class ClassifyCase(NamedTuple):
     test_id: str
     observation: AgentObservation
@@ -304,6 +311,16 @@ CLASSIFY_CASES = [
                  "last heartbeat 6.0s ago (> 6s)"),
     ClassifyCase("stale-guardian-never-beat", obs("guardian", age=6.5), Health.STALE,
                  "no heartbeat"),
+    # still starting (no heartbeat of its own yet): judged by its start-up, never by a heartbeat
+    ClassifyCase("starting-runner-past-the-heartbeat-limit", starting(40.0, 60.0), Health.STARTING, "grace 60s"),
+    ClassifyCase("starting-runner-floor-without-measurements", starting(14.0), Health.STARTING, "grace 15s"),
+    ClassifyCase("starting-runner-past-grace-making-progress", starting(90.0, 60.0, progress_age=2.0),
+                 Health.STARTING, "making progress"),
+    ClassifyCase("stale-start-without-progress", starting(90.0, 60.0, progress_age=31.0), Health.STALE,
+                 "no progress for 31.0s"),
+    ClassifyCase("stale-start-past-the-limit", starting(601.0, 60.0, progress_age=0.0), Health.STALE,
+                 "still starting"),
+    ClassifyCase("dead-while-starting", starting(40.0, pid_alive=False), Health.DEAD, "not alive"),
     ClassifyCase("runner-ignores-prompt-text", obs("runner", heartbeat_age=1.0, text=GENERIC_YN),
                  Health.ALIVE, "heartbeat"),
     ClassifyCase("alive-orchestrator", obs(activity_age=600.0), Health.ALIVE, "pane active"),
