@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+import sys
 from pathlib import Path
 from typing import NamedTuple
 
@@ -238,3 +239,30 @@ def test_pick_onto_replays_one_commit_in_memory(repo: Path) -> None:
     git(repo, "merge", "-q", "--ff-only", picked.commit)
     same = gitops.pick_onto(repo, gitops.rev_parse(repo, "one") or "", picked.commit)
     assert same.commit == picked.commit  # its change is already on the target
+
+
+_WORKTREE_CHURN = """
+import sys
+from pathlib import Path
+from attractor import gitops
+repo, me = Path(sys.argv[1]), sys.argv[2]
+for i in range(6):
+    tree = repo / ".claude" / "worktrees" / f"{me}-{i}"
+    gitops.ensure_worktree(repo, tree, f"attractor/churn/{me}-{i}", base="main")
+    check = gitops.add_detached_worktree(repo, repo / ".claude" / "worktrees" / f"_validate-{me}-{i}", "main")
+    gitops.remove_worktree(repo, check)
+    gitops.remove_worktree(repo, tree)
+print("ok")
+"""
+
+
+def test_worktree_changes_of_many_processes_never_trip_over_each_other(tmp_path: Path) -> None:
+    # runners adding worktrees while the guardian adds and prunes validation trees: git's own
+    # worktree list is shared, so its changes are serialised (a lock beside it)
+    repo = make_repo(tmp_path / "repo", {"a.txt": "a\n"})
+    procs = [subprocess.Popen([sys.executable, "-c", _WORKTREE_CHURN, str(repo), f"p{n}"], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for n in range(6)]
+    results = [p.communicate(timeout=240) + (p.returncode,) for p in procs]
+    failures = [err for out, err, code in results if code != 0 or out.strip() != "ok"]
+    assert not failures, failures[0][-2000:]
+    assert gitops.list_worktrees(repo)[0].path == repo and len(gitops.list_worktrees(repo)) == 1
