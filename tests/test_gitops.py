@@ -262,7 +262,7 @@ def test_worktree_changes_of_many_processes_never_trip_over_each_other(tmp_path:
     repo = make_repo(tmp_path / "repo", {"a.txt": "a\n"})
     procs = [subprocess.Popen([sys.executable, "-c", _WORKTREE_CHURN, str(repo), f"p{n}"], stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True) for n in range(6)]
-    results = [p.communicate(timeout=240) + (p.returncode,) for p in procs]
+    results = [(*p.communicate(timeout=240), p.returncode) for p in procs]
     failures = [err for out, err, code in results if code != 0 or out.strip() != "ok"]
     assert not failures, failures[0][-2000:]
     assert gitops.list_worktrees(repo)[0].path == repo and len(gitops.list_worktrees(repo)) == 1
