@@ -8,6 +8,7 @@ import json
 import shlex
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from tests.chain_helpers import (
@@ -146,3 +147,66 @@ def test_a_target_dirtied_mid_run_holds_merging_without_spending_attempts(chain:
     assert git_show(target, "main", "app/late.py") == "VALUE = 3\n"
     assert checkpoint(state)["nodes"]["late"]["attempts"] == 1
     assert len(_alerts(state, "dirty_target")) == 1
+
+
+def test_a_full_disk_pauses_the_run_and_it_goes_on_when_space_returns(tmp_path: Path, tmux_socket: str) -> None:
+    import contextlib
+    import os
+
+    from tests.chain_helpers import identity, kill_everything, target_repo
+
+    mount = tmp_path / "small"
+    mount.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m,mode=0700", "tmpfs", str(mount)],
+                             capture_output=True, text=True)
+    if mounted.returncode != 0:
+        if os.environ.get("CI"):
+            raise AssertionError(f"cannot mount a tmpfs: {mounted.stderr.strip()}")
+        import pytest
+
+        pytest.skip(f"cannot mount a tmpfs (needs root): {mounted.stderr.strip()}")
+    state = mount / "state"
+    target = target_repo(tmp_path)
+    go = tmp_path / "go"
+    try:
+        script = module_steps("roomy", 4) + f"run while ! test -e {go}; do sleep 0.2; done\ncommit roomy\nreport"
+        pipe = pipeline_file(tmp_path, codergen("roomy", script) + tool("check_roomy"),
+                             "  start -> roomy -> check_roomy -> exit\n")
+        proc = launch(pipe, target, state)
+        retry_until(lambda: (identity(state, "orchestrator-roomy") or {}).get("pid"), 60, what="the agent to start")
+        filler = mount / "filler"
+        with contextlib.suppress(OSError), open(filler, "wb") as fh:
+            while True:
+                fh.write(b"x" * 65536)
+                fh.flush()
+        agent_pid = int((identity(state, "orchestrator-roomy") or {}).get("pid") or 0)
+        pids = [int((identity(state, agent) or {}).get("pid") or 0)
+                for agent in ("runner-roomy", f"guardian-{run_id(state)}")]
+
+        def alive(pid: int) -> bool:
+            try:
+                os.kill(pid, 0)
+                return True
+            except ProcessLookupError:
+                return False
+
+        go.touch()  # the agent reports now, onto a full disk: its `signal send` fails and it exits
+        retry_until(lambda: not alive(agent_pid), 60, what="the agent to fail on the full disk")
+        # for three seconds of a full disk, every control process stays up (polled, fails at once)
+        window = time.monotonic() + 3.0
+        while time.monotonic() < window:
+            dead = [agent for agent, pid in zip(("runner", "guardian"), pids, strict=True) if not alive(pid)]
+            if dead:
+                filler.unlink()
+                logs = {p.name: p.read_text()[-3000:] for p in (state / "logs").glob("*.log")}
+                raise AssertionError(f"{dead} died of the full disk; logs: {logs}")
+            assert proc.poll() is None, "the launcher gave up on a full disk"
+            time.sleep(0.1)
+        filler.unlink()  # space returns
+        code, out = _finish(proc)
+        assert code == 0, out
+        assert git_show(target, "main", "app/roomy.py") == "VALUE = 4\n"
+    finally:
+        kill_everything(state)
+        subprocess.run(["tmux", "-L", tmux_socket, "kill-server"], capture_output=True, check=False)
+        subprocess.run(["umount", "-l", str(mount)], capture_output=True, check=False)

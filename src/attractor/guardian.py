@@ -29,7 +29,8 @@ from typing import Any
 from attractor import checkpoint as cp_store
 from attractor import hooks, identities, procs, signals
 from attractor.checkpoint import Checkpoint
-from attractor.errors import AttractorError, IdentityTakenError, NotFoundError
+from attractor.engines.space import DiskPatience
+from attractor.errors import AttractorError, IdentityTakenError, NoSpaceError, NotFoundError
 from attractor.gates import Gate, run_gate
 from attractor.identities import pid_alive
 from attractor.runner import RunnerConfig, session_name, spawn_runner, worktree_path
@@ -697,15 +698,21 @@ class Guardian:
         merger.start()
         consumer.start()
         stopped = False
+        patience = DiskPatience(self.cfg.agent_id)
         try:
             self.rebuild()
             while True:
                 if self.stop_event.is_set():
                     stopped = True
                     break
-                self.schedule()
-                self.supervise()
-                self.schedule()  # what supervision just finished may make the exit ready
+                try:
+                    self.schedule()
+                    self.supervise()
+                    self.schedule()  # what supervision just finished may make the exit ready
+                    patience.ok()
+                except NoSpaceError as exc:
+                    self.stop_event.wait(patience.hit(exc))
+                    continue
                 if time.monotonic() - self.last_tip_check >= TIP_CHECK_INTERVAL and self.tip_lock.acquire(False):
                     self.last_tip_check = time.monotonic()
                     try:

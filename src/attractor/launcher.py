@@ -20,12 +20,14 @@ from typing import TextIO
 from attractor import checkpoint as cp_store
 from attractor import clock, identities, locks
 from attractor.checkpoint import Checkpoint, NodeProgress
+from attractor.engines.space import DiskPatience
 from attractor.errors import (
     AlreadyExistsError,
     AttractorError,
     BadInputError,
     CorruptStateError,
     IdentityTakenError,
+    NoSpaceError,
     NotFoundError,
     UsageError,
 )
@@ -473,6 +475,7 @@ def follow(state: StateDir, run_id: str, gcfg: object, out: TextIO, timeout: flo
             if line:
                 print(f"[{time.monotonic() - start:7.1f}s] {line}", file=out, flush=True)
 
+    patience = DiskPatience(f"launcher-{run_id}")
     while True:
         cp = read()
         show()
@@ -480,7 +483,11 @@ def follow(state: StateDir, run_id: str, gcfg: object, out: TextIO, timeout: flo
             break
         now = time.monotonic()
         if heartbeat and now - last_beat > 2:
-            identities.update_liveness(state, "launcher", run_id, pid=os.getpid())
+            try:
+                identities.update_liveness(state, "launcher", run_id, pid=os.getpid())
+                patience.ok()
+            except NoSpaceError as exc:  # the follower keeps following; the run goes on
+                time.sleep(patience.hit(exc))
             last_beat = now
         ident = _guardian_identity(state, run_id)
         if ident is not None and ident.status in SUPERVISED:

@@ -29,7 +29,8 @@ from pathlib import Path
 from attractor import clock, hooks, identities, procs, signals
 from attractor.agents import REPORTS_BY_EXIT, LaunchContext, resolve_agent
 from attractor.engines.answers import deliver_by_paste, remembered_allow
-from attractor.errors import AttractorError, NotFoundError
+from attractor.engines.space import DiskPatience
+from attractor.errors import AttractorError, NoSpaceError, NotFoundError
 from attractor.gates import summary_line
 from attractor.orchestrator import (
     agent_env,
@@ -760,12 +761,17 @@ class Runner:
             with self.lock:
                 self.resume()
             last_beat = 0.0
+            patience = DiskPatience(self.cfg.agent_id)
             while not self.finished.wait(CHECK_INTERVAL):
                 now = time.monotonic()
-                if now - last_beat >= HEARTBEAT_INTERVAL:
-                    self.heartbeat()
-                    last_beat = now
-                self.check_orchestrator()
+                try:
+                    if now - last_beat >= HEARTBEAT_INTERVAL:
+                        self.heartbeat()
+                        last_beat = now
+                    self.check_orchestrator()
+                    patience.ok()
+                except NoSpaceError as exc:
+                    self.finished.wait(patience.hit(exc))
         finally:
             self.consumer.stop()
         if self.hook().phase is HookPhase.MERGED:

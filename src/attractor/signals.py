@@ -46,6 +46,7 @@ from attractor import atomic, clock, names, procs
 from attractor.errors import (
     BadInputError,
     CorruptStateError,
+    NoSpaceError,
     TimeoutExpiredError,
     UnknownValueError,
     UsageError,
@@ -704,6 +705,11 @@ class Consumer:
         try:
             result = self.handler(signal)
             outcome = result if isinstance(result, str) and result else "handled"
+        except NoSpaceError as exc:
+            # not the signal's fault: it goes back to new/ and is handled when space returns
+            logger.error("handling signal %s: %s; it waits in new/ for space", signal.id, exc, extra=extra)
+            self.inbox.release(claim)
+            return
         except Exception as exc:
             logger.exception("handler failed on signal %s", signal.id, extra=extra)
             outcome = f"error: {type(exc).__name__}: {exc}"

@@ -148,6 +148,15 @@ def end_process(pid: int | None, start: int | None, why: str) -> None:
         logger.warning("pid %s is no longer the recorded process; not signalled (%s)", pid, why)
 
 
+def state_disk_full(state: StateDir) -> bool:
+    """The state directory's file system has no block left for us (statvfs)."""
+    try:
+        vfs = os.statvfs(state.root)
+    except OSError:
+        return False
+    return vfs.f_bavail == 0 or (vfs.f_favail == 0 and vfs.f_files > 0)
+
+
 def health_of(ident: identities.Identity, panes: Mapping[str, PaneInfo] | None) -> HealthReport:
     """How an agent is doing now, by the same rules the loops use, without recording anything."""
     return classify(observe(ident, panes), clock.SYSTEM_CLOCK.time(), policy_from_env())
@@ -193,6 +202,10 @@ class Watch:
         elif ident.role in CONTROL_ROLES:
             self._note_startup(ident)
         report = classify(observation, now, self.supervisor.config, self.rules)
+        if report.health is Health.STALE and state_disk_full(self.state):
+            # a heartbeat that cannot be written is no sign of death: not judged while the state
+            # directory's file system is full (the loops wait for space, see engines/space.py)
+            report = HealthReport(Health.ALIVE, f"{report.reason}, but the state directory's disk is full")
         if report.health is Health.ALIVE:
             self.supervisor.record_healthy(agent)
         elif report.health in (Health.STALE, Health.HUNG):
