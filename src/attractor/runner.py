@@ -107,6 +107,12 @@ def spawn_runner(cfg: RunnerConfig, *, log_level: str = "INFO") -> identities.Id
     from attractor.tmux import Tmux
 
     name = session_name(cfg.run_id, "runner", cfg.node)
+    tmux = Tmux(cfg.tmux_socket)
+    if tmux.has_session(name) and name not in tmux.list_owned_sessions():
+        from attractor.errors import AlreadyExistsError
+
+        raise AlreadyExistsError("tmux session", name, f"on socket {cfg.tmux_socket} was not created by attractor "
+                                 "(a session of yours?); close or rename it, then resume the run")
     identities.create_identity(cfg.state, "runner", cfg.node, session_id=cfg.run_id,
                                worktree=str(worktree_path(cfg.target_dir, cfg.node)),
                                tmux_socket=cfg.tmux_socket, tmux_session=name)
@@ -117,7 +123,6 @@ def spawn_runner(cfg: RunnerConfig, *, log_level: str = "INFO") -> identities.Id
             "--tmux-socket", cfg.tmux_socket, "--agent", cfg.agent, "--target", cfg.target_branch]
     if cfg.agent_cmd:
         argv += ["--agent-cmd", cfg.agent_cmd]
-    tmux = Tmux(cfg.tmux_socket)
     if tmux.has_session(name):
         tmux.kill_session(name)
     env = {"ATTRACTOR_STATE_DIR": str(cfg.state.root), "ATTRACTOR_TMUX_SOCKET": cfg.tmux_socket,

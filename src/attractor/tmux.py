@@ -340,6 +340,10 @@ class Tmux:
             sessions[name] = tag == "1"
         return sessions
 
+    def list_owned_sessions(self) -> list[str]:
+        """The sessions attractor created on this socket (tagged when made)."""
+        return [name for name, owned in self._sessions().items() if owned]
+
     def list_sessions(self) -> list[str]:
         return sorted(self._sessions())
 
