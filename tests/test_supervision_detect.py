@@ -11,6 +11,7 @@ import signal
 import subprocess
 import time
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import NamedTuple
 from zoneinfo import ZoneInfo
 
@@ -428,6 +429,9 @@ def test_pid_alive_on_a_zombie_whose_parent_does_not_reap() -> None:
         assert parent.stdout is not None
         pid = int(parent.stdout.readline())
         assert pid_alive(pid)
+        # until sh has become the sleep, sh itself would reap the killed child
+        retry_until(lambda: Path(f"/proc/{parent.pid}/comm").read_text().strip() == "sleep", 10,
+                    what="sh to exec sleep")
         os.kill(pid, signal.SIGKILL)
         retry_until(lambda: not pid_alive(pid), 5.0, what="zombie grandchild seen dead")
         with open(f"/proc/{pid}/stat") as fh:  # still there, as a zombie
