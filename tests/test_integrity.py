@@ -183,15 +183,17 @@ def test_a_full_disk_pauses_the_run_and_it_goes_on_when_space_returns(tmp_path: 
         pids = [int((identity(state, agent) or {}).get("pid") or 0)
                 for agent in ("runner-roomy", f"guardian-{run_id(state)}")]
 
-        def alive(pid: int) -> bool:
-            try:
-                os.kill(pid, 0)
-                return True
-            except ProcessLookupError:
-                return False
+        from attractor.procs import pid_alive as alive  # an exited, unreaped pane process is not alive
 
         go.touch()  # the agent reports now, onto a full disk: its `signal send` fails and it exits
-        retry_until(lambda: not alive(agent_pid), 60, what="the agent to fail on the full disk")
+        try:
+            retry_until(lambda: not alive(agent_pid), 60, what="the agent to fail on the full disk")
+        except AssertionError:
+            panes = subprocess.run(["tmux", "-L", tmux_socket, "list-panes", "-a", "-F", "#{pane_id} #{pane_pid}"],
+                                   capture_output=True, text=True).stdout
+            texts = [subprocess.run(["tmux", "-L", tmux_socket, "capture-pane", "-p", "-t", line.split()[0]],
+                                    capture_output=True, text=True).stdout[-800:] for line in panes.splitlines()]
+            raise AssertionError(f"agent {agent_pid} still alive; panes {panes}: {texts}") from None
         # for three seconds of a full disk, every control process stays up (polled, fails at once)
         window = time.monotonic() + 3.0
         while time.monotonic() < window:
@@ -210,3 +212,25 @@ def test_a_full_disk_pauses_the_run_and_it_goes_on_when_space_returns(tmp_path: 
         kill_everything(state)
         subprocess.run(["tmux", "-L", tmux_socket, "kill-server"], capture_output=True, check=False)
         subprocess.run(["umount", "-l", str(mount)], capture_output=True, check=False)
+
+
+def test_a_users_session_on_a_runner_name_fails_the_node_with_the_real_reason(
+        chain: tuple[Path, Path], tmux_socket: str) -> None:
+    target, state = chain
+    go = target.parent / "never"
+    script = module_steps("held", 1) + f"run while ! test -e {go}; do sleep 0.2; done\ncommit held\nreport"
+    pipe = pipeline_file(target.parent, codergen("held", script) + tool("check_held"),
+                         "  start -> held -> check_held -> exit\n")
+    launch(pipe, target, state, detach=True).wait(timeout=60)
+    rid = retry_until(lambda: run_id(state), 30, what="the run")
+    retry_until(lambda: (state / "hooks" / "runner-held.json").exists(), 30, what="the runner")
+    subprocess.run(["tmux", "-L", tmux_socket, "kill-server"], check=False)  # the run crashes
+    name = f"att-{rid}-runner-held".replace(".", "_")
+    retry_until(lambda: subprocess.run(["tmux", "-L", tmux_socket, "new-session", "-d", "-s", name, "sleep 600"],
+                                       capture_output=True).returncode == 0, 20, what="the user's own session")
+    resumed = subprocess.run([sys.executable, "-m", "attractor", "run", "--resume", rid, "--target-dir", str(target),
+                              "--state-dir", str(state)], capture_output=True, text=True, timeout=120)
+    assert resumed.returncode == 1, resumed.stdout + resumed.stderr
+    node = checkpoint(state)["nodes"]["held"]
+    assert node["state"] == "failed" and "not created by attractor" in node["reason"], node
+    assert subprocess.run(["tmux", "-L", tmux_socket, "has-session", "-t", name]).returncode == 0  # left alone

@@ -572,6 +572,12 @@ def checkout_detached(worktree: Path, commit: str, *, force: bool = False) -> No
          config=(NO_HOOKS,))
 
 
+def commit_everything(worktree: Path, message: str) -> None:
+    """Commit every change in `worktree` (tracked and untracked) on its current branch, hooks off."""
+    _run(worktree, "add", "-A", "--", ".", cwd=worktree)
+    _run(worktree, "commit", "-q", "--no-verify", "-m", message, cwd=worktree, config=(NO_HOOKS,))
+
+
 def checkout_branch(worktree: Path, branch: str) -> None:
     """Check `branch` out in `worktree` (which must be clean)."""
     _run(worktree, "checkout", "--quiet", validate_branch_name(branch), "--", cwd=worktree, config=(NO_HOOKS,))

@@ -14,6 +14,7 @@ held for the guardian's whole life; a second guardian fails naming the live one.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import queue
@@ -147,6 +148,8 @@ class Guardian:
         from attractor.store import queue_hold
 
         tip = self.target_tip()
+        if self.expected_tip is None and after_merge is None:
+            self.expected_tip = self.known_tip(tip)
         if after_merge is not None:
             if tip != after_merge:
                 self.hold_queue(f"after merging {after_merge[:12]} the tip of {self.cp.target_branch} is "
@@ -175,6 +178,34 @@ class Guardian:
         queue_hold.hold(self.state, reason, target=self.cp.target_branch, expected=self.expected_tip,
                         found=self.target_tip(), held_by=self.cfg.agent_id)
         self.alert("dirty_target", f"{reason}; merging is held until a human runs: attractor merge-queue resume")
+
+    def known_tip(self, tip: str | None) -> str | None:
+        """At start (a restarted guardian too): the tip is one the queue put there, or the tip
+        of a launch of this run; else the last of those, so the check below raises the alert."""
+        from attractor import merge_entries
+
+        if tip is None:
+            return None
+        launched = [str(e.get("target_tip")) for e in cp_store.read_events(self.state, self.cfg.run_id)
+                    if e.get("event") == "launched" and e.get("target_tip")]
+        try:
+            landed = {e.outcome.merged_sha for e in merge_entries.list_entries(self.state)
+                      if e.outcome is not None and e.outcome.merged_sha}
+        except AttractorError:
+            landed = set()
+        if tip in landed or tip in launched or not launched:
+            return tip
+        from attractor import gitops
+
+        # the newest known tip the found one descends from: where the queue last left it
+        best: str | None = None
+        for candidate in {*landed, *launched}:
+            if gitops.is_ancestor(self.target_dir, candidate, tip) and (
+                    best is None or gitops.is_ancestor(self.target_dir, best, candidate)):
+                best = candidate
+        if best is not None:
+            return best
+        return launched[-1]
 
     def wait_while_held(self) -> None:
         """Block the merge worker while the queue is held (checked twice a second)."""
@@ -329,10 +360,19 @@ class Guardian:
                 gates = tuple(merge_queue.Gate(command=c, timeout=t) for _, c, t in self.validator_commands(node))
                 config = merge_queue.load_config(self.target_dir, target=self.cp.target_branch, extra_gates=gates,
                                                  sender=self.cfg.agent_id)
-                with self.tip_lock:
-                    outcome = merge_queue.handle_merge_ready(self.state, self.target_dir, payload, config)
-                    if outcome.merged:
-                        self.check_target_tip(after_merge=outcome.merged_sha)
+                while True:
+                    with self.tip_lock:
+                        base = dataclasses.replace(config, expected_base=self.expected_tip)
+                        outcome = merge_queue.handle_merge_ready(self.state, self.target_dir, payload, base)
+                        if outcome.merged:
+                            self.check_target_tip(after_merge=outcome.merged_sha)
+                    if outcome.reason != "target_untrusted":
+                        break
+                    # the target moved outside the queue between the check and the merge
+                    self.hold_queue(outcome.detail, outcome.target_sha)
+                    self.wait_while_held()
+                    if self.stop_event.is_set():
+                        break
                 if outcome.merged:
                     self.finish_codergen(node, NodeState.MERGED, merged_sha=outcome.merged_sha)
                 else:
@@ -411,7 +451,19 @@ class Guardian:
         self.update_node(name, "runner_spawned", state=NodeState.RUNNING, attempts=attempts,
                          started_at=self.cp.nodes[name].started_at or _now(),
                          branch=f"attractor/{self.cfg.run_id}/{name}")
-        spawn_runner(self.runner_config(name), log_level=self.cfg.log_level)
+        self.spawn_runner_or_fail(name)
+
+    def spawn_runner_or_fail(self, name: str) -> bool:
+        """Start the node's runner; a runner session name taken by a session attractor did not
+        create fails the node with that reason (the real one), instead of a respawn loop."""
+        from attractor.errors import AlreadyExistsError
+
+        try:
+            spawn_runner(self.runner_config(name), log_level=self.cfg.log_level)
+        except AlreadyExistsError as exc:
+            self.finish_codergen(name, NodeState.FAILED, reason=str(exc))
+            return False
+        return True
 
     def active_nodes(self) -> list[str]:
         with self.lock:
@@ -534,8 +586,8 @@ class Guardian:
             self.runner_restarts[name] = restarts
             logger.warning("guardian: runner of %s is gone; respawning (restart %d)", name, restarts)
             cp_store.append_event(self.state, self.cfg.run_id, "runner_respawn", node=name, restart=restarts)
-            spawn_runner(self.runner_config(name), log_level=self.cfg.log_level)
-            self.watch.respawned(agent)
+            if self.spawn_runner_or_fail(name):
+                self.watch.respawned(agent)
 
     def finish_merged_hook(self, name: str, hook: hooks.Hook) -> None:
         """A hook that says merged counts only when its commit is on the target branch."""

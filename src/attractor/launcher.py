@@ -310,7 +310,12 @@ def _start(opts: LaunchOptions, state: StateDir, cp: Checkpoint, socket: str, gc
         Path(cp.pipeline_path).write_text(opts.pipeline.read_text())
         retire_node_records(state, cp)
     cp_store.write_checkpoint(state, cp)
-    cp_store.append_event(state, cp.run_id, "launched", resume=bool(opts.resume), pid=os.getpid())
+    from attractor import gitops
+
+    # where the target was when this launch started: the guardian trusts no other tip it finds
+    # later unless the merge queue put it there
+    tip = gitops.rev_parse(Path(cp.target_dir), f"refs/heads/{cp.target_branch}")
+    cp_store.append_event(state, cp.run_id, "launched", resume=bool(opts.resume), pid=os.getpid(), target_tip=tip)
     identities.create_identity(state, "launcher", cp.run_id, pid=os.getpid(), session_id=cp.run_id,
                                worktree=cp.target_dir, tmux_socket=socket)
     identities.update_liveness(state, "launcher", cp.run_id, pid=os.getpid())

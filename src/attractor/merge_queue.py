@@ -122,6 +122,9 @@ class QueueConfig:
     push_remote: str | None = None
     sender: str = ""  # default: merge-queue-<target>
     max_retries: int = DEFAULT_MAX_RETRIES
+    # when set: the target must be exactly this commit to merge onto (the guardian passes the tip
+    # the queue last left); any other tip is TARGET_UNTRUSTED and the entry stays queued
+    expected_base: str | None = None
 
     def __post_init__(self) -> None:
         gitops.validate_branch_name(self.target)
@@ -303,6 +306,8 @@ def handle_merge_ready(
             return outcome
         while entry.state not in DECIDED or entry.outcome is None:
             processed = processor.next()
+            if processed is not None and processed.reason == R.TARGET_UNTRUSTED.value:
+                return processed  # nothing merges onto that target: the caller holds the queue
             entry = get_entry(state, entry.id)
             if processed is None and entry.state is M.QUEUED:
                 raise AttractorError(f"merge entry {entry.id} is queued but was not processed")
@@ -449,6 +454,10 @@ class _Processor:
         old = gitops.rev_parse(repo, f"refs/heads/{target}")
         if old is None:
             return _fail(entry, target, R.ERROR, f"target branch {target!r} no longer exists")
+        if self.config.expected_base and old != self.config.expected_base:
+            return _fail(entry, target, R.TARGET_UNTRUSTED,
+                         f"{target} is at {old[:12]}, not at {self.config.expected_base[:12]} where the queue "
+                         "left it: a commit landed outside the queue", target_sha=old)
         behind, ahead = gitops.ahead_behind(repo, old, source)  # only in old, only in source
         if ahead == 0:
             return _merged(entry, target, source, old, "already on the target; nothing to merge")
@@ -600,6 +609,9 @@ def _record_outcome(
         nonlocal outcome
         superseded = e.validated_sha != claimed.validated_sha
         retry = outcome.reason == R.TARGET_MOVED.value and e.retries < config.max_retries
+        if outcome.reason == R.TARGET_UNTRUSTED.value:  # waits, queued, for a human; not a try
+            outcome = dataclasses.replace(outcome, result=Result.REQUEUED)
+            return e.moved(M.QUEUED, f"held: {outcome.detail}", claim=None)
         if outcome.result is Result.FAILED and (retry or superseded):
             why = "enqueued again with a newer commit" if superseded else outcome.detail
             outcome = dataclasses.replace(outcome, result=Result.REQUEUED)

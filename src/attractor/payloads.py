@@ -31,6 +31,9 @@ class MergeFailureReason(enum.Enum):
     TARGET_MOVED = "target_moved"
     BRANCH_MISSING = "branch_missing"
     DIRTY_TARGET = "dirty_target"
+    # the target is not where its owner last saw the queue leave it (a commit landed outside
+    # the queue): nothing is merged onto it; the entry waits, queued, for a human
+    TARGET_UNTRUSTED = "target_untrusted"
     ERROR = "error"
 
 

@@ -38,6 +38,7 @@ from attractor.orchestrator import (
     build_prompt,
     launch_context,
     load_role,
+    report_commands,
     with_env_removed,
     write_launch_files,
 )
@@ -251,15 +252,25 @@ class Runner:
         if problem is None:
             return ""
         logger.error("runner %s: ALERT: %s", self.cfg.node, problem)
+        # an agent still at work would go on writing into whatever is there: it ends first
+        self.stop_orchestrator("its worktree is broken")
         with contextlib.suppress(AttractorError):
             cp_store.append_event(self.state, self.cfg.run_id, "alert", node=self.cfg.node,
                                   alert="worktree", reason=problem)
         try:
-            registered = gitops.worktree_for_branch(self.cfg.target_dir, self.branch)
-            if registered is not None and registered.resolve() == self.worktree.resolve():
+            here = self.worktree.resolve()
+            registered = any(tree.path.resolve() == here and not tree.prunable
+                             for tree in gitops.list_worktrees(self.cfg.target_dir))
+            if registered and self.worktree.is_dir():  # our worktree, on another branch
                 current = gitops.current_branch(self.cfg.target_dir, cwd=self.worktree)
                 if not gitops.is_clean(self.worktree):
-                    return f"{problem}, with uncommitted changes; a human must look"
+                    if current is None:
+                        return f"{problem}, with uncommitted changes on a detached HEAD; a human must look"
+                    # kept where the agent put them, never lost: committed on the branch it switched to
+                    gitops.commit_everything(self.worktree, f"attractor: uncommitted work found on {current}, "
+                                             f"kept here; the node works on {self.branch}")
+                    logger.warning("runner %s: committed the uncommitted work on %s to keep it", self.cfg.node,
+                                   current)
                 gitops.checkout_branch(self.worktree, self.branch)
                 logger.warning("runner %s: switched the worktree back from %s to %s", self.cfg.node, current,
                                self.branch)
@@ -558,7 +569,7 @@ class Runner:
                 with self.lock:
                     if self.finished.is_set() or self.hook().phase is not HookPhase.EXECUTING:
                         return
-                if self.exited_with_commit(ident, pane):
+                if self.exited_with_commit(ident, pane) or self.exited_without_report(ident, pane):
                     return
             text = None
             now = time.monotonic()
@@ -634,6 +645,31 @@ class Runner:
                 logger.info("orchestrator identity: %s", exc)
             logger.info("runner %s: the agent exited 0; reporting for it", self.cfg.node)
             self.on_report(summary=f"{self.agent.name} exited 0")
+        return True
+
+    def exited_without_report(self, ident: identities.Identity, pane: object) -> bool:
+        """An agent that reports by command and exited 0 without reporting ended its attempt on
+        purpose: starting the same attempt again would do the same, so the next attempt starts,
+        told why. True when handled."""
+        from attractor.tmux import PaneInfo
+
+        if self.agent.reports == REPORTS_BY_EXIT or not isinstance(pane, PaneInfo) or not pane.dead:
+            return False
+        if pane.dead_status != 0:
+            return False
+        said = self.record_pane_at_death(ident, pane)
+        with self.lock:
+            if self.finished.is_set() or self.hook().phase is not HookPhase.EXECUTING:
+                return True
+            try:
+                identities.mark_terminated(self.state, "orchestrator", self.cfg.node,
+                                           reason="exited 0 without a report")
+            except AttractorError as exc:
+                logger.info("orchestrator identity: %s", exc)
+            done, _ = report_commands(self.cfg.node, self.cfg.orchestrator_id, self.cfg.agent_id)
+            self.retry_or_fail("the agent exiting without a report",
+                               f"The agent exited (status 0) without reporting{f' ({said})' if said else ''}. "
+                               f"Finish the work, commit it, and report with:\n    {done}")
         return True
 
     def record_pane_at_death(self, ident: identities.Identity, pane: object) -> str:
@@ -739,6 +775,11 @@ class Runner:
         self.tmux.send_key_names(ident.pane_id, keys)
         agent_sessions.update(self.state, self.cfg.orchestrator_id, needs_input=None)
 
+    def _beat_until(self, done: threading.Event) -> None:
+        while not done.wait(HEARTBEAT_INTERVAL):
+            with contextlib.suppress(AttractorError):
+                self.heartbeat()
+
     def run(self) -> int:
         from attractor import gitops
 
@@ -748,12 +789,24 @@ class Runner:
             identities.create_identity(self.state, "runner", self.cfg.node, pid=os.getpid(),
                                        session_id=self.cfg.run_id, worktree=str(self.worktree))
             identities.update_liveness(self.state, "runner", self.cfg.node, pid=os.getpid())
+        # Setting up (the worktree, serialised with every other process's worktree changes, then
+        # the first agent start) can take long on a loaded machine: beat meanwhile, so that the
+        # guardian never takes a runner that is setting up for a stale one.
+        set_up = threading.Event()
+        threading.Thread(target=self._beat_until, args=(set_up,), name="setup-heartbeat", daemon=True).start()
         hooks.create_hook(self.state, "runner", self.cfg.node, node=self.cfg.node, run_id=self.cfg.run_id)
         try:
             gitops.exclude_path(self.cfg.target_dir, ".claude/")
-            gitops.ensure_worktree(self.cfg.target_dir, self.worktree, self.branch, base=self.cfg.target_branch)
+            if self.worktree.exists() and gitops.worktree_problem(self.cfg.target_dir, self.worktree, self.branch):
+                # a runner started again finds what its agent left: repaired (with an alert) or refused
+                problem = self.ensure_own_worktree()
+                if problem:
+                    raise AttractorError(problem)
+            else:
+                gitops.ensure_worktree(self.cfg.target_dir, self.worktree, self.branch, base=self.cfg.target_branch)
         except AttractorError as exc:
             # respawning would fail the same way: give up with the reason, once
+            set_up.set()
             self.fail(f"cannot prepare the worktree {self.worktree}: {exc}")
             identities.mark_terminated(self.state, "runner", self.cfg.node, reason="setup failed")
             return 1
@@ -765,6 +818,7 @@ class Runner:
         try:
             with self.lock:
                 self.resume()
+            set_up.set()  # from here the loop beats
             last_beat = 0.0
             patience = DiskPatience(self.cfg.agent_id)
             while not self.finished.wait(CHECK_INTERVAL):
@@ -778,6 +832,7 @@ class Runner:
                 except NoSpaceError as exc:
                     self.finished.wait(patience.hit(exc))
         finally:
+            set_up.set()
             self.consumer.stop()
         if self.hook().phase is HookPhase.MERGED:
             from attractor import gitops as g
