@@ -57,7 +57,7 @@ def _commands(state: Path) -> dict[str, list[str]]:
             "{phase}", *sd],
     }
     try:
-        import attractor.signals  # noqa: F401
+        import attractor.store.signals  # noqa: F401
     except ModuleNotFoundError:
         pass
     else:

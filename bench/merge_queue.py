@@ -38,9 +38,9 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "src"))
 
-from attractor import merge_queue as mq  # noqa: E402
-from attractor.gates import Gate  # noqa: E402
-from attractor.statedir import StateDir  # noqa: E402
+from attractor.engines import merge_queue as mq  # noqa: E402
+from attractor.engines.gates import Gate  # noqa: E402
+from attractor.store.statedir import StateDir  # noqa: E402
 
 FAIL_MARKER = ".bench-fail"
 

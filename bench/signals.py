@@ -38,9 +38,9 @@ def percentiles(values: list[float]) -> dict[str, float]:
 
 def consume(args: argparse.Namespace) -> int:
     """The consumer process: handle `samples` signals, then print their latencies as JSON."""
-    from attractor import signals
-    from attractor.payloads import Respawn
-    from attractor.statedir import StateDir
+    from attractor.store import signals
+    from attractor.store.payloads import Respawn
+    from attractor.store.statedir import StateDir
 
     latencies: list[float] = []
     finished = threading.Event()
@@ -68,8 +68,8 @@ def consume(args: argparse.Namespace) -> int:
 
 
 def measure(mode: str, samples: int, rescan_interval: float, spacing: float) -> dict[str, Any]:
-    from attractor import signals
-    from attractor.statedir import StateDir
+    from attractor.store import signals
+    from attractor.store.statedir import StateDir
 
     with tempfile.TemporaryDirectory(prefix="attractor-bench-") as tmp:
         state = StateDir(Path(tmp) / "state")

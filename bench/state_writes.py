@@ -34,8 +34,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
 
-from attractor import atomic, identities, locks
-from attractor.statedir import StateDir
+from attractor.store import atomic, identities, locks
+from attractor.store.statedir import StateDir
 
 
 def _percentile(values: list[float], pct: float) -> float:

@@ -26,8 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from attractor.clock import FakeClock
-from attractor.prompts import match_prompt
-from attractor.supervision import AgentObservation, PolicyConfig, Supervisor, classify
+from attractor.engines.prompts import match_prompt
+from attractor.engines.supervision import AgentObservation, PolicyConfig, Supervisor, classify
 
 
 def stats(values: list[float]) -> dict[str, float]:

@@ -66,9 +66,9 @@ def percentile(values: list[float], fraction: float) -> float:
 
 
 def one_run(nodes: int, hogs: int, work: Path) -> dict[str, Any]:
-    from attractor.statedir import StateDir
-    from attractor.supervision import Supervisor
-    from attractor.watch import policy_from_env
+    from attractor.engines.supervision import Supervisor
+    from attractor.engines.watch import policy_from_env
+    from attractor.store.statedir import StateDir
 
     target, state = work / "app", work / "state"
     make_target(target)

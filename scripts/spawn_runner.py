@@ -39,14 +39,14 @@ def checked_args(args: Sequence[str], role: str) -> list[str]:
     `role`: "runner" or "orch") was checked; raises a UsageError naming the first bad one."""
     from attractor.cli import state_dir_from
     from attractor.cli.pipeline import script_problems
+    from attractor.engines.pipeline import check_runner_inputs, run_id_for
     from attractor.errors import BadInputError
-    from attractor.pipeline import check_runner_inputs, run_id_for
 
     known, rest = _options().parse_known_args(list(args))
     if known.run is None or known.node is None or "-h" in rest or "--help" in rest:
         return list(args)  # the command itself says what is missing, or shows its help
     run_id = run_id_for(known.run)
-    from attractor.runner import session_name
+    from attractor.layers.runner import session_name
 
     target = Path(known.target_dir or ".").resolve()
     state_root = state_dir_from(known)

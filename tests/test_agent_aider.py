@@ -21,8 +21,8 @@ from attractor.agents.aider import (
     usage_from_chat_history,
     user_identity,
 )
+from attractor.engines.prompts import PROMPTS, PromptAction, match_prompt
 from attractor.errors import BadInputError
-from attractor.prompts import PROMPTS, PromptAction, match_prompt
 from tests.agent_bins import agent_binary
 from tests.helpers import git, make_repo, retry_until
 from tests.modelserver import chat
@@ -261,7 +261,7 @@ def test_chat_commit_message_and_side_requests() -> None:
 
 def test_real_aider_writes_commits_as_the_user_and_leaves_a_clean_worktree(
         tmp_path: Path, state_dir: Path, tmux_socket: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    from attractor.orchestrator import (
+    from attractor.layers.launch import (
         agent_env,
         agent_launch,
         build_prompt,
@@ -270,7 +270,7 @@ def test_real_aider_writes_commits_as_the_user_and_leaves_a_clean_worktree(
         with_env_removed,
         write_launch_files,
     )
-    from attractor.statedir import StateDir
+    from attractor.store.statedir import StateDir
     from attractor.tmux import Tmux
 
     binary = aider_binary()

@@ -170,7 +170,7 @@ def test_usage_counts_each_message_once(tmp_path: Path) -> None:
 
 
 def test_dialog_rules_match_the_rendered_dialogs() -> None:
-    from attractor.prompts import match_prompt
+    from attractor.engines.prompts import match_prompt
 
     rules = claude.ADAPTER.dialogs()
     mark = "\u276f"  # the highlight Claude Code draws before the selected option

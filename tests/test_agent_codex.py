@@ -19,7 +19,7 @@ import pytest
 from attractor.agents import LaunchContext, Usage, resolve_agent
 from attractor.agents import codex as codex_mod
 from attractor.agents.codex import CodexAdapter
-from attractor.prompts import PromptAction, match_prompt
+from attractor.engines.prompts import PromptAction, match_prompt
 from tests.helpers import git, make_repo, retry_until
 from tests.modelserver.core import ModelServer, NodePlaybook, bash, say, write
 
@@ -558,8 +558,8 @@ def test_real_codex_hooks_reach_attractor_agent_hook(tmp_path: Path, tmux_socket
                                                      worktree_repo: tuple[Path, Path]) -> None:
     """The real `attractor agent-hook` records Codex's own session id and rollout (what a respawn
     resumes and what usage is read from) and hears the end of the turn."""
-    from attractor.statedir import StateDir
     from attractor.store import agent_sessions
+    from attractor.store.statedir import StateDir
 
     binary = codex_binary()
     root, worktree = worktree_repo

@@ -12,10 +12,9 @@ from typing import Any
 
 import pytest
 
-from attractor import hooks, identities, signals
-from attractor.statedir import StateDir
 from attractor.states import HookPhase, SignalKind
-from attractor.store import agent_sessions
+from attractor.store import agent_sessions, hooks, identities, signals
+from attractor.store.statedir import StateDir
 from tests.helpers import REPO_ROOT
 
 RUN = "r1"

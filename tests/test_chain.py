@@ -291,7 +291,7 @@ def test_a_run_that_says_succeeded_has_removed_its_worktrees_even_when_a_runner_
     # agent's identity record, which the runner needs to record the agent's end), as a runner
     # starved of CPU would be: the run must not say succeeded while the worktree is there.
     from attractor import procs
-    from attractor.locks import file_lock
+    from attractor.store.locks import file_lock
 
     target, state = chain
     pipe = pipeline_file(target.parent, codergen("lag", module_steps("lag", 3) + "commit lag\nreport")

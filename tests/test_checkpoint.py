@@ -13,11 +13,11 @@ from typing import Any, NamedTuple
 
 import pytest
 
-from attractor import checkpoint as cp_store
-from attractor.checkpoint import Checkpoint, NodeProgress
 from attractor.errors import CorruptStateError, NotFoundError, TransitionError
-from attractor.statedir import StateDir
 from attractor.states import NodeState
+from attractor.store import checkpoint as cp_store
+from attractor.store.checkpoint import Checkpoint, NodeProgress
+from attractor.store.statedir import StateDir
 from tests.helpers import retry_until, run_cli
 
 
@@ -141,7 +141,7 @@ def test_a_corrupt_checkpoint_is_moved_aside_under_its_lock(state_dir: Path) -> 
 HOLD_AND_REPAIR = """
 import sys
 from pathlib import Path
-from attractor import locks
+from attractor.store import locks
 path = Path(sys.argv[1])
 good = path.read_bytes()
 with locks.file_lock(path):

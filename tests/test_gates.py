@@ -9,7 +9,7 @@ from typing import NamedTuple
 
 import pytest
 
-from attractor.gates import Gate, run_gate, summary_line
+from attractor.engines.gates import Gate, run_gate, summary_line
 
 
 class Case(NamedTuple):

@@ -10,11 +10,11 @@ from typing import Any, NamedTuple
 
 import pytest
 
-from attractor import hooks
 from attractor.cli import main
 from attractor.errors import CorruptStateError, NotFoundError, TransitionError, UsageError
-from attractor.statedir import StateDir
 from attractor.states import HookPhase as P
+from attractor.store import hooks
+from attractor.store.statedir import StateDir
 from tests.helpers import run_cli, run_script
 from tests.test_identities import snapshot
 

@@ -15,7 +15,6 @@ from typing import NamedTuple
 
 import pytest
 
-from attractor import identities
 from attractor.cli import main
 from attractor.errors import (
     BadInputError,
@@ -25,8 +24,9 @@ from attractor.errors import (
     NotFoundError,
     TransitionError,
 )
-from attractor.statedir import StateDir
 from attractor.states import IdentityStatus as S
+from attractor.store import identities
+from attractor.store.statedir import StateDir
 from tests.helpers import REPO_ROOT, retry_until, run_cli, run_script
 
 

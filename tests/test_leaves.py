@@ -6,7 +6,7 @@ from typing import NamedTuple
 
 import pytest
 
-from attractor import atomic, names, states
+from attractor import names, states
 from attractor.errors import (
     CorruptStateError,
     InvalidNameError,
@@ -14,6 +14,7 @@ from attractor.errors import (
     TransitionError,
     UnknownValueError,
 )
+from attractor.store import atomic
 
 
 class NameCase(NamedTuple):
@@ -138,7 +139,7 @@ def test_replacement_without_commit_leaves_the_file_alone(tmp_path: Path) -> Non
 
 
 def test_payload_field_types_are_all_checked() -> None:
-    from attractor import payloads
+    from attractor.store import payloads
 
     for cls in payloads.PAYLOAD_TYPES.values():
         for name, annotation in cls.__annotations__.items():
@@ -147,8 +148,8 @@ def test_payload_field_types_are_all_checked() -> None:
 
 
 def test_payload_strict_parse() -> None:
-    from attractor import payloads
     from attractor.errors import BadInputError
+    from attractor.store import payloads
 
     kind = states.SignalKind.MERGE_READY
     good = {"node": "a", "branch": "b", "commit": "c", "owner": "runner-a"}

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from attractor import locks
 from attractor.errors import LockTimeoutError
+from attractor.store import locks
 from tests.helpers import REPO_ROOT, retry_until
 
 pytestmark = pytest.mark.skipif(not locks.QUEUED, reason="the queue needs Linux OFD locks")
@@ -31,7 +31,7 @@ LOCKER = (
     "import sys\n"
     f"sys.path.insert(0, {str(REPO_ROOT / 'src')!r})\n"
     "from pathlib import Path\n"
-    "from attractor import locks\n"
+    "from attractor.store import locks\n"
     "from attractor.errors import LockTimeoutError\n"
     "path, name, timeout, rounds, log = Path(sys.argv[1]), sys.argv[2], float(sys.argv[3]), "
     "int(sys.argv[4]), sys.argv[5]\n"
@@ -50,7 +50,7 @@ HOLDER = (
     "import sys, time\n"
     f"sys.path.insert(0, {str(REPO_ROOT / 'src')!r})\n"
     "from pathlib import Path\n"
-    "from attractor import locks\n"
+    "from attractor.store import locks\n"
     "with locks.file_lock(Path(sys.argv[1])):\n"
     "    print('held', flush=True)\n"
     "    time.sleep(60)\n"
@@ -62,7 +62,7 @@ INTERRUPTED = (
     "import sys\n"
     f"sys.path.insert(0, {str(REPO_ROOT / 'src')!r})\n"
     "from pathlib import Path\n"
-    "from attractor import locks\n"
+    "from attractor.store import locks\n"
     "path, log = Path(sys.argv[1]), sys.argv[2]\n"
     "def note(text):\n"
     "    with open(log, 'a') as fh:\n"

@@ -14,14 +14,14 @@ from typing import NamedTuple
 
 import pytest
 
-from attractor import locks, merge_entries
-from attractor import merge_queue as mq
+from attractor.engines import merge_queue as mq
+from attractor.engines.gates import Gate, process_start
 from attractor.errors import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, UsageError
-from attractor.gates import Gate, process_start
-from attractor.payloads import MergeReady
-from attractor.signals import Inbox, send
-from attractor.statedir import StateDir
 from attractor.states import MergeEntryState, SignalKind
+from attractor.store import locks, merge_entries
+from attractor.store.payloads import MergeReady
+from attractor.store.signals import Inbox, send
+from attractor.store.statedir import StateDir
 from tests.helpers import commit_file, git, make_repo, retry_until, run_cli, run_script
 
 OWNER = "runner-impl"

@@ -14,13 +14,13 @@ from typing import NamedTuple
 
 import pytest
 
-from attractor import locks
-from attractor import merge_queue as mq
+from attractor.engines import merge_queue as mq
+from attractor.engines.gates import process_start
 from attractor.errors import EXIT_OK
-from attractor.gates import process_start
-from attractor.signals import Inbox
-from attractor.statedir import StateDir
 from attractor.states import MergeEntryState, SignalKind
+from attractor.store import locks
+from attractor.store.signals import Inbox
+from attractor.store.statedir import StateDir
 from tests.helpers import commit_file, git, make_repo, retry_until
 
 

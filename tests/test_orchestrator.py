@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from attractor.errors import BadInputError
-from attractor.orchestrator import build_prompt, load_role
+from attractor.layers.launch import build_prompt, load_role
 
 
 def test_role_from_the_checkout_and_target_override(tmp_path: Path) -> None:

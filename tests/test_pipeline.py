@@ -12,8 +12,7 @@ from typing import NamedTuple
 import pytest
 
 from attractor.cli import main
-from attractor.errors import EXIT_USAGE
-from attractor.pipeline import (
+from attractor.engines.pipeline import (
     NodeKind,
     NodeState,
     Pipeline,
@@ -24,6 +23,7 @@ from attractor.pipeline import (
     ready_nodes,
     topological_order,
 )
+from attractor.errors import EXIT_USAGE
 from tests.helpers import REPO_ROOT, run_cli
 
 EXAMPLE = REPO_ROOT / "pipelines" / "example-auth.dot"
@@ -474,6 +474,6 @@ RUN_IDS = [
 
 @pytest.mark.parametrize("case", RUN_IDS, ids=[c.test_id for c in RUN_IDS])
 def test_run_id_for(case: RunIdCase) -> None:
-    from attractor.pipeline import run_id_for
+    from attractor.engines.pipeline import run_id_for
 
     assert run_id_for(case.given) == case.expected

@@ -17,10 +17,11 @@ from pathlib import Path
 
 import pytest
 
-from attractor import checkpoint as cp_store
-from attractor import identities, procs
-from attractor.checkpoint import Checkpoint
-from attractor.statedir import StateDir
+from attractor import procs
+from attractor.store import checkpoint as cp_store
+from attractor.store import identities
+from attractor.store.checkpoint import Checkpoint
+from attractor.store.statedir import StateDir
 from tests.helpers import make_repo, retry_until, run_cli
 
 NS_LAST_PID = Path("/proc/sys/kernel/ns_last_pid")

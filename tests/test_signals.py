@@ -11,7 +11,6 @@ from typing import Any, NamedTuple
 
 import pytest
 
-from attractor import identities, signals
 from attractor.cli import main
 from attractor.errors import (
     BadInputError,
@@ -19,9 +18,10 @@ from attractor.errors import (
     TimeoutExpiredError,
     UnknownValueError,
 )
-from attractor.payloads import MergeReady, Shutdown
-from attractor.statedir import StateDir
 from attractor.states import SignalKind
+from attractor.store import identities, signals
+from attractor.store.payloads import MergeReady, Shutdown
+from attractor.store.statedir import StateDir
 from tests.helpers import retry_until, run_cli
 
 AGENT = "runner-impl_auth"

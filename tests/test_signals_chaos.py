@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from attractor import signals
-from attractor.statedir import StateDir
+from attractor.store import signals
+from attractor.store.statedir import StateDir
 from tests.helpers import retry_until
 
 AGENT = "guardian-main"
@@ -23,8 +23,8 @@ AGENT = "guardian-main"
 CONSUMER = """
 import os, sys, threading, time
 from pathlib import Path
-from attractor import signals
-from attractor.statedir import StateDir
+from attractor.store import signals
+from attractor.store.statedir import StateDir
 
 state, agent, work = StateDir(Path(sys.argv[1])), sys.argv[2], Path(sys.argv[3])
 log = os.open(work / f"handled-{os.getpid()}.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND)
@@ -45,8 +45,8 @@ consumer.poll_once()
 SENDER = """
 import os, sys, time
 from pathlib import Path
-from attractor import signals
-from attractor.statedir import StateDir
+from attractor.store import signals
+from attractor.store.statedir import StateDir
 
 state, agent, work = StateDir(Path(sys.argv[1])), sys.argv[2], Path(sys.argv[3])
 count = int(sys.argv[4])
@@ -62,8 +62,8 @@ for i in range(count):
 KILLER = """
 import os, random, signal, sys, time
 from pathlib import Path
-from attractor import signals
-from attractor.statedir import StateDir
+from attractor.store import signals
+from attractor.store.statedir import StateDir
 
 state, agent, rounds = StateDir(Path(sys.argv[1])), sys.argv[2], int(sys.argv[3])
 random.seed(int(sys.argv[4]))
@@ -107,8 +107,8 @@ print(done)
 HANGING_CONSUMER = """
 import os, sys, threading, time
 from pathlib import Path
-from attractor import signals
-from attractor.statedir import StateDir
+from attractor.store import signals
+from attractor.store.statedir import StateDir
 
 state, agent, work = StateDir(Path(sys.argv[1])), sys.argv[2], Path(sys.argv[3])
 

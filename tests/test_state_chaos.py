@@ -15,11 +15,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from attractor import atomic, hooks, identities
 from attractor.errors import TransitionError
-from attractor.statedir import StateDir
 from attractor.states import HookPhase as P
 from attractor.states import IdentityStatus as S
+from attractor.store import atomic, hooks, identities
+from attractor.store.statedir import StateDir
 
 WRITERS = 32
 ROUNDS = 12

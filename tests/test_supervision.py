@@ -12,13 +12,13 @@ from pathlib import Path
 import pytest
 
 from attractor.clock import FakeClock
-from attractor.statedir import StateDir
-from attractor.supervision import (
+from attractor.engines.supervision import (
     Action,
     Decision,
     PolicyConfig,
     Supervisor,
 )
+from attractor.store.statedir import StateDir
 from tests.helpers import run_cli
 
 NO_JITTER = PolicyConfig(jitter=0.0)
@@ -192,7 +192,7 @@ def test_clear_lifts_quarantine_and_makes_the_agent_due(state_dir: Path) -> None
 
 
 def test_clear_releases_a_quarantined_identity(state_dir: Path) -> None:
-    from attractor import identities
+    from attractor.store import identities
 
     state = StateDir(state_dir)
     identities.create_identity(state, "runner", "a")
@@ -213,7 +213,7 @@ def test_seen_alive_after_a_death_no_longer_awaits_respawn(state_dir: Path) -> N
 def test_escalation_pauses_all_respawns_with_one_alert(
         state_dir: Path, caplog: pytest.LogCaptureFixture) -> None:
     sup, clock = make(state_dir)
-    caplog.set_level(logging.WARNING, logger="attractor.supervision")
+    caplog.set_level(logging.WARNING, logger="attractor.engines.supervision")
     first = [sup.record_death(f"runner-{n}", "pid gone") for n in "abc"]
     assert [d.action for d in first] == [Action.RESPAWN_NOW] * 3
     clock.advance(59.0)

@@ -17,7 +17,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from attractor.prompts import (
+from attractor.engines.prompts import (
     DEFAULT_LIMIT_WAIT,
     RESET_MARGIN,
     PromptAction,
@@ -25,7 +25,7 @@ from attractor.prompts import (
     match_prompt,
     parse_reset_time,
 )
-from attractor.supervision import (
+from attractor.engines.supervision import (
     AgentObservation,
     Health,
     PolicyConfig,

@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from attractor import identities
+from attractor.engines.supervision import Action, Health, PolicyConfig, Supervisor
+from attractor.engines.watch import Watch, policy_from_env
 from attractor.errors import BadInputError
-from attractor.statedir import StateDir
-from attractor.supervision import Action, Health, PolicyConfig, Supervisor
-from attractor.watch import Watch, policy_from_env
+from attractor.store import identities
+from attractor.store.statedir import StateDir
 from tests.helpers import retry_until
 
 

@@ -392,7 +392,7 @@ def worktree_changes(repo: RepoLike) -> Iterator[None]:
     """Serialise changes to the repository's worktree list across processes (a lock beside it,
     in the common git dir): a `worktree prune` or `remove` never runs while another process is
     half-way through `worktree add`, which git would see as a broken entry."""
-    from attractor import locks
+    from attractor.store import locks
 
     r = as_repo(repo)
     with locks.file_lock(r.root / ".git" / WORKTREE_LOCK):

@@ -17,7 +17,7 @@ from tests.modelserver.core import ModelServer, script_playbook
 
 
 def pipeline_scripts(path: Path) -> dict[str, str]:
-    from attractor.pipeline import load_pipeline
+    from attractor.engines.pipeline import load_pipeline
 
     pipeline = load_pipeline(path)
     return {name: node.script for name, node in pipeline.nodes.items() if node.script}

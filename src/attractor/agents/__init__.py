@@ -7,7 +7,7 @@ files the CLI reads (under the agent's own directory in the state directory). `c
 before anything starts when the agent's binary is missing. `reports` says how the agent reports:
 `command` (it runs attractor's report command itself) or `exit-with-commit` (done when the process
 exits 0 with a new commit on the branch; the runner reports for it). `usage()` reads tokens and
-cost from the CLI's own record. `dialogs` are the prompt rules (see `attractor.prompts`) of the
+cost from the CLI's own record. `dialogs` are the prompt rules (see `attractor.engines.prompts`) of the
 dialogs this CLI may still show after it has been configured.
 
 Built in: `scripted` (the real scripted program, no model), `claude`, `codex`, `aider` (one module
@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 from attractor.errors import BadInputError, MissingBinaryError, UnknownValueError
 
 if TYPE_CHECKING:
-    from attractor.prompts import PromptRule
+    from attractor.engines.prompts import PromptRule
 
 PLACEHOLDERS = ("prompt_file", "worktree", "node", "agent_id", "attempt")
 

@@ -61,11 +61,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from attractor.agents import REPORTS_BY_EXIT, Agent, Launch, LaunchContext, Usage
-from attractor.atomic import ensure_private_dir
 from attractor.errors import BadInputError
+from attractor.store.atomic import ensure_private_dir
 
 if TYPE_CHECKING:
-    from attractor.prompts import PromptRule
+    from attractor.engines.prompts import PromptRule
 
 logger = logging.getLogger(__name__)
 
@@ -243,7 +243,7 @@ def aider_dialogs() -> tuple[PromptRule, ...]:
     asks despite `--yes-always`; each is answered by its option's text. A match starts where the
     shared `aider-confirm` rule's does (the question is a look-behind), so with these rules placed
     before the shared table they win the tie."""
-    from attractor.prompts import PromptAction, PromptRule
+    from attractor.engines.prompts import PromptAction, PromptRule
 
     def rule(name: str, questions: tuple[str, ...], action: PromptAction, choose: str = "") -> PromptRule:
         behind = "|".join(f"(?<={re.escape(question)} )" for question in questions)

@@ -34,13 +34,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from attractor import locks
 from attractor.agents import ENCLOSING_SESSION_VARS, Agent, Launch, LaunchContext, Usage, _prompt_from_file
-from attractor.atomic import FILE_MODE, ensure_private_dir, write_bytes_atomic
 from attractor.errors import BadInputError
+from attractor.store import locks
+from attractor.store.atomic import FILE_MODE, ensure_private_dir, write_bytes_atomic
 
 if TYPE_CHECKING:
-    from attractor.prompts import PromptRule
+    from attractor.engines.prompts import PromptRule
 
 logger = logging.getLogger(__name__)
 
@@ -311,7 +311,7 @@ DIALOGS: tuple[Dialog, ...] = (
 
 
 def dialog_rules() -> tuple[PromptRule, ...]:
-    from attractor.prompts import PromptAction, PromptRule
+    from attractor.engines.prompts import PromptAction, PromptRule
 
     return tuple(PromptRule(d.name, re.compile(d.regex, re.IGNORECASE | re.MULTILINE),
                             PromptAction.ANSWER if d.choose else PromptAction.NEEDS_INPUT, d.description, d.choose)

@@ -61,8 +61,8 @@ from typing import Any
 
 from attractor import procs
 from attractor.agents import Agent, Launch, LaunchContext, Usage
-from attractor.atomic import ensure_private_dir, write_bytes_atomic
-from attractor.prompts import PromptAction, PromptRule
+from attractor.engines.prompts import PromptAction, PromptRule
+from attractor.store.atomic import ensure_private_dir, write_bytes_atomic
 
 logger = logging.getLogger(__name__)
 

@@ -136,9 +136,9 @@ class ScriptedAgent:
     def heartbeat(self) -> None:
         if self.state_root is None:
             return
-        from attractor import identities
         from attractor.names import split_agent_id
-        from attractor.statedir import StateDir
+        from attractor.store import identities
+        from attractor.store.statedir import StateDir
 
         try:
             role, name = split_agent_id(self.agent_id)
@@ -157,8 +157,8 @@ class ScriptedAgent:
         if self.state_root is None:
             self.say(f"(no state dir) would send {kind} {payload}")
             return
-        from attractor import signals
-        from attractor.statedir import StateDir
+        from attractor.store import signals
+        from attractor.store.statedir import StateDir
 
         signals.send(StateDir(self.state_root), kind, to=self.runner_id, sender=self.agent_id, payload=payload)
         self.say(f"sent {kind} to {self.runner_id}")

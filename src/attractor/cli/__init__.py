@@ -105,7 +105,7 @@ def subparser(
 
 
 def state_dir_from(args: argparse.Namespace) -> Path:
-    from attractor.statedir import resolve_state_path
+    from attractor.store.statedir import resolve_state_path
 
     return resolve_state_path(getattr(args, "state_dir", None), getattr(args, "target_dir", None))
 

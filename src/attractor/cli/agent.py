@@ -27,7 +27,7 @@ from attractor.cli import (
 from attractor.errors import EXIT_USAGE
 
 if TYPE_CHECKING:
-    from attractor.supervision import AgentSupervision, Escalation, Supervisor
+    from attractor.engines.supervision import AgentSupervision, Escalation, Supervisor
 
 LIST_SCHEMA = 1
 
@@ -84,7 +84,7 @@ def _group_help(parser: argparse.ArgumentParser) -> Callable[[argparse.Namespace
 
 
 def _supervisor(args: argparse.Namespace) -> Supervisor:
-    from attractor.supervision import Supervisor
+    from attractor.engines.supervision import Supervisor
 
     return Supervisor(state_dir_from(args))
 
@@ -155,9 +155,9 @@ def run_list(args: argparse.Namespace) -> int:
 
 
 def run_clear(args: argparse.Namespace) -> int:
+    from attractor.engines.supervision import release_identity
     from attractor.errors import NotFoundError, UsageError
     from attractor.names import agent_id as make_agent_id
-    from attractor.supervision import release_identity
 
     if args.role is None and not args.escalation:
         raise UsageError("agent clear: give ROLE NAME, or --escalation "
@@ -189,7 +189,7 @@ def run_clear(args: argparse.Namespace) -> int:
 def run_answer(args: argparse.Namespace) -> int:
     from attractor.engines.answers import answer
     from attractor.names import validate_name
-    from attractor.statedir import StateDir
+    from attractor.store.statedir import StateDir
 
     validate_name(args.node, "node")
     result = answer(StateDir(state_dir_from(args)), args.node, args.reply, tmux_socket=args.tmux_socket)
@@ -206,7 +206,7 @@ def run_answer(args: argparse.Namespace) -> int:
 def run_send(args: argparse.Namespace) -> int:
     from attractor.engines.answers import queue_message
     from attractor.names import validate_name
-    from attractor.statedir import StateDir
+    from attractor.store.statedir import StateDir
 
     validate_name(args.node, "node")
     sent = queue_message(StateDir(state_dir_from(args)), args.node, args.text, author=args.author)

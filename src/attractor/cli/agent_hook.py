@@ -47,7 +47,7 @@ def add_parser(subparsers: argparse._SubParsersAction[Parser]) -> None:
 
 class _Env:
     def __init__(self) -> None:
-        from attractor.statedir import StateDir
+        from attractor.store.statedir import StateDir
 
         env = os.environ
         self.state = StateDir.resolve(env.get("ATTRACTOR_STATE_DIR"))
@@ -63,7 +63,7 @@ class _Env:
         has replaced, which may still fire while it is being ended, is not acted on)."""
         if self.epoch is None:
             return True
-        from attractor import identities
+        from attractor.store import identities
 
         return identities.current_epoch(self.state, self.agent_id) == self.epoch
 
@@ -89,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
 def _log_failure(event: str, exc: BaseException) -> None:
     try:
         from attractor import clock
-        from attractor.statedir import StateDir
+        from attractor.store.statedir import StateDir
 
         logs = StateDir.resolve(os.environ.get("ATTRACTOR_STATE_DIR")).ensure("logs")
         with open(logs / "agent-hook.log", "a", encoding="utf-8") as fh:
@@ -109,8 +109,8 @@ def _sessions() -> Any:
 
 
 def _heartbeat(env: _Env) -> None:
-    from attractor import identities
     from attractor.errors import AttractorError
+    from attractor.store import identities
 
     with contextlib.suppress(AttractorError):
         identities.update_liveness(env.state, "orchestrator", env.node)
@@ -118,8 +118,8 @@ def _heartbeat(env: _Env) -> None:
 
 def take_messages(env: _Env, via: str) -> list[str]:
     """Claim every queued MESSAGE of the agent's inbox, oldest first, and record them delivered."""
-    from attractor import signals
     from attractor.states import SignalKind
+    from attractor.store import signals
 
     inbox = signals.Inbox(env.state, env.agent_id)
     texts: list[str] = []
@@ -142,9 +142,9 @@ def _messages_block(texts: list[str]) -> str:
 def reported(env: _Env) -> bool:
     """The node was reported: its hook moved past executing, or a report from this agent waits in
     the runner's inbox (sent, not yet handled)."""
-    from attractor import hooks, signals
     from attractor.errors import AttractorError
     from attractor.states import HookPhase, SignalKind
+    from attractor.store import hooks, signals
 
     try:
         if hooks.read_hook(env.state, "runner", env.node, run_id=env.run_id or None).phase is not HookPhase.EXECUTING:
@@ -163,7 +163,7 @@ def reported(env: _Env) -> bool:
 
 
 def report_commands(env: _Env) -> tuple[str, str]:
-    from attractor.orchestrator import report_commands as build
+    from attractor.layers.launch import report_commands as build
 
     return build(env.node, env.agent_id, env.runner_id)
 
@@ -183,8 +183,8 @@ def on_session_start(env: _Env, data: dict[str, Any]) -> str:
     _heartbeat(env)
     parts = []
     if source in ("compact", "resume", "clear"):
-        from attractor import hooks
         from attractor.errors import AttractorError
+        from attractor.store import hooks
 
         try:
             hook = hooks.read_hook(env.state, "runner", env.node, run_id=env.run_id or None)
@@ -243,8 +243,8 @@ def on_stop(env: _Env, data: dict[str, Any]) -> str:
     blocks = current.stop_blocks if current is not None else 0
     done, stuck = report_commands(env)
     if blocks >= MAX_STOP_BLOCKS:
-        from attractor import signals
         from attractor.states import SignalKind
+        from attractor.store import signals
 
         reason = f"the agent ended its turn {blocks + 1} times without reporting"
         signals.send(env.state, SignalKind.ORCHESTRATOR_STUCK, to=env.runner_id, sender=env.agent_id,
@@ -259,8 +259,9 @@ def on_stop(env: _Env, data: dict[str, Any]) -> str:
 
 
 def on_pre_compact(env: _Env, data: dict[str, Any]) -> str:
-    from attractor import clock, hooks
+    from attractor import clock
     from attractor.errors import AttractorError
+    from attractor.store import hooks
 
     trigger = str(data.get("trigger") or "auto")
     cwd = str(data.get("cwd") or os.getcwd())

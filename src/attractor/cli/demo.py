@@ -21,7 +21,7 @@ DEMO_FILES = {
 
 
 def default_pipeline() -> Path:
-    from attractor.orchestrator import PACKAGE_CHECKOUT
+    from attractor.layers.launch import PACKAGE_CHECKOUT
 
     return PACKAGE_CHECKOUT / "pipelines" / "demo.dot"
 
@@ -52,7 +52,7 @@ def make_demo_repo(path: Path) -> None:
 
 
 def run_demo(args: argparse.Namespace) -> int:
-    from attractor.launcher import LaunchOptions, launch
+    from attractor.layers.launcher import LaunchOptions, launch
 
     pipeline = Path(args.pipeline) if args.pipeline else default_pipeline()
     target = Path(args.dir).resolve() if args.dir else Path(tempfile.mkdtemp(prefix="attractor-demo-"))
@@ -74,8 +74,8 @@ def run_demo(args: argparse.Namespace) -> int:
 def check_main(pipeline_path: Path, target: Path) -> bool:
     """Run the pipeline's validation commands on the target's checkout of main and print one
     line for each: `tests on main: OK (COMMAND)`, or the line that says why it failed."""
-    from attractor.gates import Gate, run_gate, summary_line
-    from attractor.pipeline import NodeKind, load_pipeline
+    from attractor.engines.gates import Gate, run_gate, summary_line
+    from attractor.engines.pipeline import NodeKind, load_pipeline
 
     pipeline = load_pipeline(pipeline_path)
     commands = dict.fromkeys(node.command for node in pipeline.nodes.values()

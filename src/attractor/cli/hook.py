@@ -17,14 +17,14 @@ from attractor.errors import EXIT_OK, EXIT_USAGE
 
 if TYPE_CHECKING:
     from attractor.errors import CorruptStateError
-    from attractor.hooks import Hook
-    from attractor.statedir import StateDir
+    from attractor.store.hooks import Hook
+    from attractor.store.statedir import StateDir
 
 JSON_SCHEMA = 1  # schema of the envelope `list --json` prints
 
 
 def _state(args: argparse.Namespace) -> StateDir:
-    from attractor.statedir import StateDir
+    from attractor.store.statedir import StateDir
 
     return StateDir(state_dir_from(args))
 
@@ -43,7 +43,7 @@ def _print_hook(hook: Hook, as_json: bool, verb: str) -> None:
 
 
 def cmd_create(args: argparse.Namespace) -> int:
-    from attractor import hooks
+    from attractor.store import hooks
 
     hook = hooks.create_hook(_state(args), args.role, args.name, node=args.node,
                              instructions=args.instructions)
@@ -52,7 +52,7 @@ def cmd_create(args: argparse.Namespace) -> int:
 
 
 def cmd_read(args: argparse.Namespace) -> int:
-    from attractor import hooks
+    from attractor.store import hooks
 
     hook = hooks.read_hook(_state(args), args.role, args.name)
     if args.json:
@@ -75,7 +75,7 @@ def cmd_read(args: argparse.Namespace) -> int:
 
 
 def cmd_update_phase(args: argparse.Namespace) -> int:
-    from attractor import hooks
+    from attractor.store import hooks
 
     hook = hooks.update_phase(_state(args), args.role, args.name, args.phase, note=args.note,
                               commit=args.commit)
@@ -84,7 +84,7 @@ def cmd_update_phase(args: argparse.Namespace) -> int:
 
 
 def cmd_update_resumption(args: argparse.Namespace) -> int:
-    from attractor import hooks
+    from attractor.store import hooks
 
     text = sys.stdin.read() if args.text == "-" else args.text
     hook = hooks.update_resumption_instructions(_state(args), args.role, args.name, text)
@@ -93,7 +93,7 @@ def cmd_update_resumption(args: argparse.Namespace) -> int:
 
 
 def cmd_mark_merged(args: argparse.Namespace) -> int:
-    from attractor import hooks
+    from attractor.store import hooks
 
     hook = hooks.mark_merged(_state(args), args.role, args.name, args.commit)
     _print_hook(hook, args.json, "hook")
@@ -101,7 +101,7 @@ def cmd_mark_merged(args: argparse.Namespace) -> int:
 
 
 def cmd_wisdom(args: argparse.Namespace) -> int:
-    from attractor import hooks
+    from attractor.store import hooks
 
     hook = hooks.read_hook(_state(args), args.role, args.name)
     sys.stdout.write(hooks.build_wisdom_prompt_block(hook))
@@ -114,7 +114,7 @@ def _hook_rows(records: Sequence[Hook]) -> list[list[str]]:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    from attractor import hooks
+    from attractor.store import hooks
 
     problems: list[CorruptStateError] = []
     records = hooks.list_hooks(_state(args), problems)

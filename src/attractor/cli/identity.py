@@ -19,8 +19,8 @@ from attractor.errors import EXIT_OK, EXIT_USAGE, BadInputError
 
 if TYPE_CHECKING:
     from attractor.errors import CorruptStateError
-    from attractor.identities import Identity
-    from attractor.statedir import StateDir
+    from attractor.store.identities import Identity
+    from attractor.store.statedir import StateDir
 
 JSON_SCHEMA = 1  # schema of the envelopes `list --json` and `find-stale --json` print
 DEFAULT_STALE_TIMEOUT = 60.0
@@ -69,7 +69,7 @@ def problems_json(problems: Sequence[CorruptStateError]) -> list[dict[str, str |
 
 
 def _state(args: argparse.Namespace) -> StateDir:
-    from attractor.statedir import StateDir
+    from attractor.store.statedir import StateDir
 
     return StateDir(state_dir_from(args))
 
@@ -99,7 +99,7 @@ def _print_record(record: Identity, as_json: bool, verb: str) -> None:
 
 
 def cmd_create(args: argparse.Namespace) -> int:
-    from attractor import identities
+    from attractor.store import identities
 
     record = identities.create_identity(
         _state(args), args.role, args.name,
@@ -113,7 +113,7 @@ def cmd_create(args: argparse.Namespace) -> int:
 
 
 def cmd_update_liveness(args: argparse.Namespace) -> int:
-    from attractor import identities
+    from attractor.store import identities
 
     record = identities.update_liveness(_state(args), args.role, args.name, pid=args.pid)
     _print_record(record, args.json, "heartbeat")
@@ -121,7 +121,7 @@ def cmd_update_liveness(args: argparse.Namespace) -> int:
 
 
 def cmd_update(args: argparse.Namespace) -> int:
-    from attractor import identities
+    from attractor.store import identities
 
     fields = {
         key: getattr(args, key) for key in identities.UPDATABLE_FIELDS
@@ -138,7 +138,7 @@ def cmd_update(args: argparse.Namespace) -> int:
 
 
 def cmd_set_status(args: argparse.Namespace) -> int:
-    from attractor import identities
+    from attractor.store import identities
 
     status = getattr(args, "status", None) or args.fixed_status
     record = identities.set_status(_state(args), args.role, args.name, status, args.reason)
@@ -147,7 +147,7 @@ def cmd_set_status(args: argparse.Namespace) -> int:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    from attractor import identities
+    from attractor.store import identities
 
     record = identities.get(_state(args), args.role, args.name)
     if args.json:
@@ -173,7 +173,7 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 
 def _listing(args: argparse.Namespace, stale_timeout: float | None) -> int:
-    from attractor import identities
+    from attractor.store import identities
 
     problems: list[CorruptStateError] = []
     state = _state(args)

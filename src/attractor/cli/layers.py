@@ -13,7 +13,7 @@ from attractor.cli import add_state_dir_option, add_target_dir_option, add_tmux_
 
 
 def _file_logging(state_root: Path, agent_id: str) -> None:
-    from attractor.atomic import ensure_private_dir
+    from attractor.store.atomic import ensure_private_dir
 
     logs = ensure_private_dir(state_root / "logs")
     handler = logging.FileHandler(logs / f"{agent_id}.log")
@@ -29,8 +29,8 @@ def _socket(args: argparse.Namespace, project: Path) -> str:
 
 
 def run_guardian(args: argparse.Namespace) -> int:
-    from attractor.guardian import Guardian, GuardianConfig
-    from attractor.statedir import StateDir
+    from attractor.layers.guardian import Guardian, GuardianConfig
+    from attractor.store.statedir import StateDir
 
     state = StateDir(state_dir_from(args))
     _file_logging(state.root, f"guardian-{args.run}")
@@ -38,13 +38,13 @@ def run_guardian(args: argparse.Namespace) -> int:
     try:
         return Guardian(cfg).run()
     except Exception:
-        logging.getLogger("attractor.guardian").exception("guardian %s ended with an error", args.run)
+        logging.getLogger("attractor.layers.guardian").exception("guardian %s ended with an error", args.run)
         raise
 
 
 def _runner_config(args: argparse.Namespace) -> Any:
-    from attractor.runner import RunnerConfig
-    from attractor.statedir import StateDir
+    from attractor.layers.runner import RunnerConfig
+    from attractor.store.statedir import StateDir
 
     target = Path(args.target_dir or ".").resolve()
     state = StateDir(state_dir_from(args))
@@ -55,22 +55,22 @@ def _runner_config(args: argparse.Namespace) -> Any:
 
 
 def run_runner(args: argparse.Namespace) -> int:
-    from attractor.runner import Runner
+    from attractor.layers.runner import Runner
 
     cfg = _runner_config(args)
     _file_logging(cfg.state.root, f"runner-{args.node}")
     try:
         return Runner(cfg).run()
     except Exception:
-        logging.getLogger("attractor.runner").exception("runner %s ended with an error", args.node)
+        logging.getLogger("attractor.layers.runner").exception("runner %s ended with an error", args.node)
         raise
 
 
 def run_spawn_runner(args: argparse.Namespace) -> int:
     import json
 
-    from attractor.pipeline import check_runner_inputs
-    from attractor.runner import session_name, spawn_runner
+    from attractor.engines.pipeline import check_runner_inputs
+    from attractor.layers.runner import session_name, spawn_runner
 
     cfg = _runner_config(args)
     # everything checked before anything is written (the guardian checked its inputs at launch)
@@ -89,8 +89,9 @@ def run_spawn_runner(args: argparse.Namespace) -> int:
 
 
 def run_spawn_orchestrator(args: argparse.Namespace) -> int:
-    from attractor import gitops, hooks
-    from attractor.runner import Runner
+    from attractor import gitops
+    from attractor.layers.runner import Runner
+    from attractor.store import hooks
 
     runner = Runner(_runner_config(args))
     hooks.create_hook(runner.state, "runner", args.node, node=args.node, run_id=args.run)

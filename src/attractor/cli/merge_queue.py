@@ -16,9 +16,9 @@ from attractor.cli import Parser, add_json_option, add_state_dir_option, state_d
 from attractor.errors import EXIT_FAILURE, EXIT_OK
 
 if TYPE_CHECKING:
+    from attractor.engines.merge_queue import Entry, Outcome, QueueConfig
     from attractor.gitops import GitRepo
-    from attractor.merge_queue import Entry, Outcome, QueueConfig
-    from attractor.statedir import StateDir
+    from attractor.store.statedir import StateDir
 
 JSON_SCHEMA = 1  # schema of the envelopes printed by `list --json` and `process --json`
 
@@ -126,14 +126,14 @@ def _config_options(parser: argparse.ArgumentParser) -> None:
 
 def _open(args: argparse.Namespace) -> tuple[GitRepo, StateDir]:
     from attractor import gitops
-    from attractor.statedir import StateDir, resolve_state_path
+    from attractor.store.statedir import StateDir, resolve_state_path
 
     repo = gitops.open_repo(args.repo)
     return repo, StateDir(resolve_state_path(args.state_dir, target_dir=repo.root))
 
 
 def _config(args: argparse.Namespace, repo: GitRepo) -> QueueConfig:
-    from attractor import merge_queue
+    from attractor.engines import merge_queue
 
     return merge_queue.load_config(repo, target=args.target, gates=args.gate,
                                    gate_timeout=args.gate_timeout)
@@ -163,8 +163,8 @@ def _describe(entry: Entry) -> str:
 
 
 def run_list(args: argparse.Namespace) -> int:
-    from attractor import merge_queue
     from attractor.cli.identity import format_table
+    from attractor.engines import merge_queue
 
     _, state = _open(args)
     entries = merge_queue.list_entries(state)
@@ -181,7 +181,7 @@ def run_list(args: argparse.Namespace) -> int:
 
 
 def run_enqueue(args: argparse.Namespace) -> int:
-    from attractor import merge_queue
+    from attractor.engines import merge_queue
 
     repo, state = _open(args)
     entry = merge_queue.enqueue(state, repo, args.branch, owner=args.owner, node=args.node,
@@ -211,7 +211,7 @@ def _show_outcomes(args: argparse.Namespace, outcomes: list[Outcome]) -> int:
 
 
 def run_process(args: argparse.Namespace) -> int:
-    from attractor import merge_queue
+    from attractor.engines import merge_queue
 
     repo, state = _open(args)
     config = _config(args, repo)
@@ -224,9 +224,10 @@ def run_process(args: argparse.Namespace) -> int:
 
 
 def run_ready(args: argparse.Namespace) -> int:
-    from attractor import gitops, merge_queue
+    from attractor import gitops
+    from attractor.engines import merge_queue
     from attractor.errors import NotFoundError
-    from attractor.payloads import MergeReady
+    from attractor.store.payloads import MergeReady
 
     repo, state = _open(args)
     config = _config(args, repo)
@@ -243,8 +244,9 @@ def run_ready(args: argparse.Namespace) -> int:
 
 
 def run_drain(args: argparse.Namespace) -> int:
-    from attractor import identities, merge_queue, signals
+    from attractor.engines import merge_queue
     from attractor.states import SignalKind
+    from attractor.store import identities, signals
 
     repo, state = _open(args)
     config = _config(args, repo)
@@ -267,7 +269,7 @@ def run_drain(args: argparse.Namespace) -> int:
 
 
 def run_status(args: argparse.Namespace) -> int:
-    from attractor import merge_queue
+    from attractor.engines import merge_queue
 
     _, state = _open(args)
     entry = merge_queue.get_entry(state, args.entry_id)
@@ -296,7 +298,7 @@ def run_status(args: argparse.Namespace) -> int:
 
 
 def run_remove(args: argparse.Namespace) -> int:
-    from attractor import merge_queue
+    from attractor.engines import merge_queue
 
     _, state = _open(args)
     entry = merge_queue.remove_entry(state, args.entry_id)
@@ -305,7 +307,7 @@ def run_remove(args: argparse.Namespace) -> int:
 
 
 def run_retry(args: argparse.Namespace) -> int:
-    from attractor import merge_queue
+    from attractor.engines import merge_queue
 
     _, state = _open(args)
     entry = merge_queue.retry_entry(state, args.entry_id)
@@ -314,8 +316,8 @@ def run_retry(args: argparse.Namespace) -> int:
 
 
 def run_hold(args: argparse.Namespace) -> int:
-    from attractor.statedir import StateDir
     from attractor.store import queue_hold
+    from attractor.store.statedir import StateDir
 
     held = queue_hold.hold(StateDir(state_dir_from(args)), args.reason, target="*", expected=None, found=None,
                            held_by="user-cli")
@@ -326,8 +328,8 @@ def run_hold(args: argparse.Namespace) -> int:
 def run_resume(args: argparse.Namespace) -> int:
     import json as json_module
 
-    from attractor.statedir import StateDir
     from attractor.store import queue_hold
+    from attractor.store.statedir import StateDir
 
     lifted = queue_hold.lift(StateDir(state_dir_from(args)))
     if args.json:

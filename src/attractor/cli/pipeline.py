@@ -21,7 +21,7 @@ from attractor.cli.identity import format_table, print_json
 from attractor.errors import EXIT_OK, EXIT_USAGE, UsageError
 
 if TYPE_CHECKING:
-    from attractor.pipeline import Pipeline, Problem
+    from attractor.engines.pipeline import Pipeline, Problem
 
 
 def _escaped_step_re() -> re.Pattern[str]:
@@ -37,7 +37,7 @@ def script_problems(name: str, attrs: Mapping[str, str]) -> list[Problem]:
     is a newline inside a step's text). In a script of several steps, the text of a write or
     append may hold such a line (a file's content); a script of one step may not."""
     from attractor.agents.scripted import parse_script
-    from attractor.pipeline import Problem
+    from attractor.engines.pipeline import Problem
 
     script = attrs.get("script")
     if script is None:
@@ -67,7 +67,7 @@ def _problem_line(path: Path, problem: Problem) -> str:
 
 
 def cmd_lint(args: argparse.Namespace) -> int:
-    from attractor.pipeline import check
+    from attractor.engines.pipeline import check
 
     path = Path(args.file)
     result = check(path, [script_problems])
@@ -90,7 +90,7 @@ def _dependencies(pipeline: Pipeline, name: str) -> str:
 
 
 def _detail(pipeline: Pipeline, name: str, width: int = 60) -> str:
-    from attractor.pipeline import NodeKind
+    from attractor.engines.pipeline import NodeKind
 
     node = pipeline.nodes[name]
     if node.kind is NodeKind.CODERGEN:
@@ -110,7 +110,7 @@ def _detail(pipeline: Pipeline, name: str, width: int = 60) -> str:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    from attractor.pipeline import load_pipeline, topological_order
+    from attractor.engines.pipeline import load_pipeline, topological_order
 
     pipeline = load_pipeline(Path(args.file), [script_problems])
     if args.json:

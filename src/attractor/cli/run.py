@@ -34,7 +34,7 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
 
 
 def options_from(args: argparse.Namespace) -> Any:
-    from attractor.launcher import LaunchOptions
+    from attractor.layers.launcher import LaunchOptions
 
     return LaunchOptions(
         pipeline=args.pipeline, target_dir=Path(args.target_dir or "."), agent=args.agent, agent_cmd=args.agent_cmd,
@@ -47,8 +47,8 @@ def options_from(args: argparse.Namespace) -> Any:
 def run_run(args: argparse.Namespace) -> int:
     import sys
 
-    from attractor.launcher import launch
-    from attractor.pipeline import PipelineError
+    from attractor.engines.pipeline import PipelineError
+    from attractor.layers.launcher import launch
 
     try:
         return launch(options_from(args))

@@ -16,8 +16,8 @@ from attractor.cli import Parser, add_json_option, add_state_dir_option, state_d
 from attractor.errors import EXIT_OK, BadInputError
 
 if TYPE_CHECKING:
-    from attractor.signals import Signal
-    from attractor.statedir import StateDir
+    from attractor.store.signals import Signal
+    from attractor.store.statedir import StateDir
 
 ENV_AGENT_ID = "ATTRACTOR_AGENT_ID"
 DEFAULT_SENDER = "user-cli"
@@ -100,7 +100,7 @@ def _help(parser: argparse.ArgumentParser) -> int:
 
 
 def _state(args: argparse.Namespace) -> StateDir:
-    from attractor.statedir import StateDir
+    from attractor.store.statedir import StateDir
 
     return StateDir(state_dir_from(args))
 
@@ -124,7 +124,7 @@ def _parse_payload(text: str | None) -> dict[str, Any] | None:
 
 
 def run_send(args: argparse.Namespace) -> int:
-    from attractor import signals
+    from attractor.store import signals
 
     sender = args.sender or os.environ.get(ENV_AGENT_ID) or DEFAULT_SENDER
     signal = signals.send(
@@ -146,7 +146,7 @@ def _row(box: str, signal: Signal) -> list[str]:
 
 
 def run_list(args: argparse.Namespace) -> int:
-    from attractor import signals
+    from attractor.store import signals
 
     state = _state(args)
     boxes = signals.BOXES if args.box == "all" else (args.box,)
@@ -187,7 +187,7 @@ def run_list(args: argparse.Namespace) -> int:
 
 
 def run_wait(args: argparse.Namespace) -> int:
-    from attractor import signals
+    from attractor.store import signals
 
     if args.timeout is not None and args.timeout < 0:
         raise BadInputError("--timeout", f"must be zero or more seconds, got {args.timeout:g}")
@@ -202,7 +202,7 @@ def run_wait(args: argparse.Namespace) -> int:
 
 
 def run_sweep(args: argparse.Namespace) -> int:
-    from attractor import signals
+    from attractor.store import signals
 
     state = _state(args)
     returned = signals.sweep_dead_claims(state, args.agent)

@@ -21,11 +21,12 @@ def _age(stamp: str | None, now: float) -> str:
 
 
 def collect(args: argparse.Namespace) -> dict[str, Any]:
-    from attractor import checkpoint as cp_store
-    from attractor import clock, hooks, identities
+    from attractor import clock
     from attractor.errors import NotFoundError
-    from attractor.identities import pid_alive
-    from attractor.statedir import StateDir
+    from attractor.store import checkpoint as cp_store
+    from attractor.store import hooks, identities
+    from attractor.store.identities import pid_alive
+    from attractor.store.statedir import StateDir
 
     state = StateDir(state_dir_from(args))
     run_id = args.run or cp_store.latest_run(state)
@@ -35,8 +36,8 @@ def collect(args: argparse.Namespace) -> dict[str, Any]:
     now = time.time()
     problems: list[Any] = []
     hook_by_node = {h.name: h for h in hooks.list_hooks(state, problems)}
-    from attractor.supervision import Supervisor
-    from attractor.watch import SUPERVISED, health_of
+    from attractor.engines.supervision import Supervisor
+    from attractor.engines.watch import SUPERVISED, health_of
 
     supervisor = Supervisor(state)
     records = identities.list_identities(state, problems)
@@ -89,7 +90,7 @@ def collect(args: argparse.Namespace) -> dict[str, Any]:
                       "usage": usage_by_node.get(name)})
     entries: list[dict[str, Any]] = []
     try:
-        from attractor import merge_queue
+        from attractor.engines import merge_queue
 
         entries = [e.to_json() for e in merge_queue.list_entries(state)]
     except (ImportError, AttributeError):
@@ -177,8 +178,8 @@ def run_status(args: argparse.Namespace) -> int:
 
 
 def run_stop(args: argparse.Namespace) -> int:
-    from attractor.statedir import StateDir
-    from attractor.stop import stop_run
+    from attractor.layers.stop import stop_run
+    from attractor.store.statedir import StateDir
 
     result = stop_run(StateDir(state_dir_from(args)), args.run_id, tmux_socket=args.tmux_socket,
                       timeout=args.timeout)

@@ -19,12 +19,12 @@ import logging
 import time
 from dataclasses import dataclass
 
-from attractor import clock, signals
+from attractor import clock
+from attractor.engines.prompts import find_option, keys_to_choose, match_prompt, pane_tail, question_above, read_menu
 from attractor.errors import AttractorError, NotFoundError, UsageError
-from attractor.prompts import find_option, keys_to_choose, match_prompt, pane_tail, question_above, read_menu
-from attractor.statedir import StateDir
 from attractor.states import SignalKind
-from attractor.store import agent_sessions
+from attractor.store import agent_sessions, signals
+from attractor.store.statedir import StateDir
 
 logger = logging.getLogger(__name__)
 
@@ -86,7 +86,7 @@ def remembered_allow(state: StateDir, agent_id: str) -> tuple[str, ...]:
 
 
 def remember_allow(state: StateDir, agent_id: str, command: str) -> None:
-    from attractor import atomic, locks
+    from attractor.store import atomic, locks
 
     directory = agent_sessions.ensure_agent_dir(state, agent_id)
     path = directory / ALWAYS_FILE
@@ -101,7 +101,7 @@ def answer(state: StateDir, node: str, reply: str, *, tmux_socket: str | None = 
            verify_seconds: float = 5.0) -> Answered:
     """Answer the dialog the agent of `node` shows. Raises AnswerError when there is none or
     it has no option for `reply`."""
-    from attractor import identities
+    from attractor.store import identities
     from attractor.tmux import Tmux
 
     if reply not in ANSWERS:

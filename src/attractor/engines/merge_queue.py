@@ -53,9 +53,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from attractor import clock, gitops, locks
-from attractor.errors import AttractorError, BadInputError, NotFoundError, UsageError
-from attractor.gates import (
+from attractor import clock, gitops
+from attractor.engines.gates import (
     DEFAULT_GATE_TIMEOUT,
     OUTPUT_TAIL_CHARS,
     Gate,
@@ -65,7 +64,11 @@ from attractor.gates import (
     process_start,
     run_gate,
 )
-from attractor.merge_entries import (
+from attractor.errors import AttractorError, BadInputError, NotFoundError, UsageError
+from attractor.names import validate_agent_id
+from attractor.states import MergeEntryState, SignalKind
+from attractor.store import locks
+from attractor.store.merge_entries import (
     Claim,
     Entry,
     Outcome,
@@ -81,10 +84,8 @@ from attractor.merge_entries import (
     update_entry,
     write_entry,
 )
-from attractor.names import validate_agent_id
-from attractor.payloads import MergeComplete, MergeFailed, MergeFailureReason, MergeReady
-from attractor.statedir import StateDir
-from attractor.states import MergeEntryState, SignalKind
+from attractor.store.payloads import MergeComplete, MergeFailed, MergeFailureReason, MergeReady
+from attractor.store.statedir import StateDir
 
 __all__ = [
     "Entry", "Gate", "GateCommandError", "Outcome", "QueueConfig", "Result",
@@ -645,7 +646,7 @@ def _fresh_entry(state: StateDir, old: Entry) -> Entry:
 
 
 def _send(state: StateDir, config: QueueConfig, owner: str, outcome: Outcome) -> None:
-    from attractor.signals import send
+    from attractor.store.signals import send
 
     payload: MergeComplete | MergeFailed
     if outcome.merged:

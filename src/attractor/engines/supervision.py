@@ -58,18 +58,18 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
-from attractor.atomic import (
+from attractor.clock import SYSTEM_CLOCK, Clock, iso, parse_iso
+from attractor.engines.prompts import PROMPTS, PromptMatch, PromptRule, match_prompt
+from attractor.errors import CorruptStateError, InvalidNameError
+from attractor.names import split_agent_id, validate_agent_id
+from attractor.store.atomic import (
     ensure_private_dir,
     move_aside,
     read_json_object,
     write_json_atomic,
 )
-from attractor.clock import SYSTEM_CLOCK, Clock, iso, parse_iso
-from attractor.errors import CorruptStateError, InvalidNameError
-from attractor.locks import file_lock
-from attractor.names import split_agent_id, validate_agent_id
-from attractor.prompts import PROMPTS, PromptMatch, PromptRule, match_prompt
-from attractor.statedir import StateDir
+from attractor.store.locks import file_lock
+from attractor.store.statedir import StateDir
 
 logger = logging.getLogger(__name__)
 
@@ -735,7 +735,7 @@ def release_identity(state_root: Path, agent_id: str) -> bool:
     """Move the agent's identity from `quarantined` to `respawning`, if the identity registry
     module exists and the identity is quarantined. Returns True when it moved."""
     try:
-        identities: Any = importlib.import_module("attractor.identities")
+        identities: Any = importlib.import_module("attractor.store.identities")
         role, name = split_agent_id(agent_id)
         record = identities.get(StateDir(state_root), role, name)
     except Exception as exc:  # registry missing, older API, unknown identity: nothing to move

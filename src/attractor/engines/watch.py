@@ -25,11 +25,9 @@ import signal as signal_module
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from attractor import clock, identities, procs
-from attractor.errors import AttractorError, BadInputError
-from attractor.prompts import PromptRule
-from attractor.statedir import StateDir
-from attractor.supervision import (
+from attractor import clock, procs
+from attractor.engines.prompts import PromptRule
+from attractor.engines.supervision import (
     CONTROL_ROLES,
     Action,
     AgentObservation,
@@ -40,6 +38,9 @@ from attractor.supervision import (
     Supervisor,
     classify,
 )
+from attractor.errors import AttractorError, BadInputError
+from attractor.store import identities
+from attractor.store.statedir import StateDir
 from attractor.tmux import PaneInfo
 
 logger = logging.getLogger(__name__)

@@ -27,16 +27,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from attractor import checkpoint as cp_store
-from attractor import hooks, identities, procs, signals
-from attractor.checkpoint import Checkpoint
+from attractor import procs
+from attractor.engines.gates import Gate, run_gate
 from attractor.engines.space import DiskPatience
 from attractor.errors import AttractorError, IdentityTakenError, NoSpaceError, NotFoundError
-from attractor.gates import Gate, run_gate
-from attractor.identities import pid_alive
-from attractor.runner import RunnerConfig, session_name, spawn_runner, worktree_path
-from attractor.statedir import StateDir
+from attractor.layers.runner import RunnerConfig, session_name, spawn_runner, worktree_path
 from attractor.states import HookPhase, IdentityStatus, NodeState, SignalKind
+from attractor.store import checkpoint as cp_store
+from attractor.store import hooks, identities, signals
+from attractor.store.checkpoint import Checkpoint
+from attractor.store.identities import pid_alive
+from attractor.store.statedir import StateDir
 
 logger = logging.getLogger(__name__)
 
@@ -92,7 +93,7 @@ def spawn_guardian(cfg: GuardianConfig, target_dir: Path) -> identities.Identity
 
 class Guardian:
     def __init__(self, cfg: GuardianConfig) -> None:
-        from attractor.pipeline import load_pipeline
+        from attractor.engines.pipeline import load_pipeline
         from attractor.tmux import Tmux
 
         self.cfg = cfg
@@ -109,8 +110,8 @@ class Guardian:
         self.pool = ThreadPoolExecutor(max_workers=max(1, self.cp.max_agents), thread_name_prefix="validate")
         self.runner_restarts: dict[str, int] = {}
         self.gate_pids: set[tuple[int, int | None]] = set()  # (pid, start time) of running gates
-        from attractor.pipeline import topological_order
-        from attractor.watch import Watch
+        from attractor.engines.pipeline import topological_order
+        from attractor.engines.watch import Watch
 
         self.order = topological_order(self.pipeline)
         self.watch = Watch(cfg.state)
@@ -182,7 +183,7 @@ class Guardian:
     def known_tip(self, tip: str | None) -> str | None:
         """At start (a restarted guardian too): the tip is one the queue put there, or the tip
         of a launch of this run; else the last of those, so the check below raises the alert."""
-        from attractor import merge_entries
+        from attractor.store import merge_entries
 
         if tip is None:
             return None
@@ -339,7 +340,7 @@ class Guardian:
         self.merge_work.put((node, payload))
 
     def merge_loop(self) -> None:
-        from attractor import merge_queue
+        from attractor.engines import merge_queue
 
         while True:
             item = self.merge_work.get()
@@ -474,9 +475,9 @@ class Guardian:
         """Bring the checkpoint in line with the pipeline's rules and start ready nodes. Spawns
         are paced: while `max_starting` runners have not sent their first heartbeat no other one
         starts (a burst of nodes on a busy machine would otherwise starve itself)."""
-        from attractor.pipeline import NodeKind, node_states
-        from attractor.pipeline import NodeState as Rule
-        from attractor.watch import count_starting
+        from attractor.engines.pipeline import NodeKind, node_states
+        from attractor.engines.pipeline import NodeState as Rule
+        from attractor.engines.watch import count_starting
 
         pace = max(1, self.watch.supervisor.config.max_starting)
 
@@ -511,7 +512,7 @@ class Guardian:
     def _rule_outcome(self, name: str) -> str:
         """Outcome of a node the rules finished: a tool follows its codergen node, a conditional
         fails when a predecessor failed."""
-        from attractor.pipeline import NodeKind
+        from attractor.engines.pipeline import NodeKind
 
         node = self.pipeline.nodes[name]
         if node.kind is NodeKind.TOOL:
@@ -526,8 +527,8 @@ class Guardian:
         runners are respawned by the policy (backoff, quarantine, escalation pause), paced like
         first starts. A runner that is still starting is judged by its start-up (see `watch`), and
         each death is recorded once, however many ticks see it."""
-        from attractor.supervision import Action, Health
-        from attractor.watch import SUPERVISED, count_starting
+        from attractor.engines.supervision import Action, Health
+        from attractor.engines.watch import SUPERVISED, count_starting
 
         active = self.active_nodes()
         if not active:
@@ -711,7 +712,7 @@ class Guardian:
         try:
             lock.acquire()
         except Timeout:
-            from attractor.launcher import live_guardian
+            from attractor.layers.launcher import live_guardian
 
             live = live_guardian(self.state)
             raise IdentityTakenError(

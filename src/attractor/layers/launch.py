@@ -19,13 +19,13 @@ from pathlib import Path
 from typing import Any
 
 from attractor.agents import Agent, Launch, LaunchContext
-from attractor.atomic import ensure_private_dir, write_bytes_atomic
 from attractor.errors import BadInputError, NotFoundError
-from attractor.statedir import StateDir
+from attractor.store.atomic import ensure_private_dir, write_bytes_atomic
+from attractor.store.statedir import StateDir
 
 logger = logging.getLogger(__name__)
 
-PACKAGE_CHECKOUT = Path(__file__).resolve().parents[2]
+PACKAGE_CHECKOUT = Path(__file__).resolve().parents[3]
 
 
 @dataclass(frozen=True)

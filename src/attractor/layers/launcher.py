@@ -17,9 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
-from attractor import checkpoint as cp_store
-from attractor import clock, identities, locks
-from attractor.checkpoint import Checkpoint, NodeProgress
+from attractor import clock
 from attractor.engines.space import DiskPatience
 from attractor.errors import (
     AlreadyExistsError,
@@ -32,8 +30,11 @@ from attractor.errors import (
     UsageError,
 )
 from attractor.names import validate_name
-from attractor.statedir import StateDir
 from attractor.states import IdentityStatus
+from attractor.store import checkpoint as cp_store
+from attractor.store import identities, locks
+from attractor.store.checkpoint import Checkpoint, NodeProgress
+from attractor.store.statedir import StateDir
 
 logger = logging.getLogger(__name__)
 
@@ -104,7 +105,7 @@ def check_agents(pipeline: object, agent: str | None, agent_cmd: str | None) -> 
 def check_commands(pipeline: object) -> None:
     """A validation command whose program does not exist is bad input, found before anything
     starts (the merge queue runs the same commands as its gates)."""
-    from attractor.gates import Gate, check_gate
+    from attractor.engines.gates import Gate, check_gate
 
     for node in pipeline.nodes.values():  # type: ignore[attr-defined]
         if node.kind == "tool" and node.command:
@@ -117,8 +118,8 @@ def check_commands(pipeline: object) -> None:
 def prepare(opts: LaunchOptions) -> tuple[StateDir, Checkpoint, str]:
     """Everything that can fail on bad input, before anything starts."""
     from attractor import tmux as tmux_mod
-    from attractor.pipeline import load_pipeline
-    from attractor.watch import policy_from_env
+    from attractor.engines.pipeline import load_pipeline
+    from attractor.engines.watch import policy_from_env
 
     shutil.which("tmux") or _missing_tmux()
     policy_from_env()  # a bad $ATTRACTOR_POLICY is bad input, before anything starts
@@ -154,7 +155,7 @@ def prepare(opts: LaunchOptions) -> tuple[StateDir, Checkpoint, str]:
 def check_guardian_session(socket: str, run_id: str) -> None:
     """The guardian's tmux session name is free, or a session attractor made (then the
     guardian's start replaces it); a session of someone else's by that name is refused."""
-    from attractor.runner import session_name
+    from attractor.layers.runner import session_name
     from attractor.tmux import Tmux
 
     name = session_name(run_id, "guardian", "main")
@@ -167,7 +168,7 @@ def check_guardian_session(socket: str, run_id: str) -> None:
 def check_node_worktrees(cp: Checkpoint) -> None:
     """Worktrees an earlier run left at this run's node paths must be clean (they are removed)."""
     from attractor import gitops
-    from attractor.runner import worktree_path
+    from attractor.layers.runner import worktree_path
 
     for name, node in cp.nodes.items():
         tree = worktree_path(Path(cp.target_dir), name)
@@ -203,7 +204,7 @@ def reopen(cp: Checkpoint) -> Checkpoint:
 
 def check_session_names(pipeline: object) -> None:
     """Node names that tmux would turn into the same session name (`a.b` and `a_b`)."""
-    from attractor.runner import session_name
+    from attractor.layers.runner import session_name
 
     seen: dict[str, str] = {}
     for name in pipeline.nodes:  # type: ignore[attr-defined]
@@ -219,7 +220,7 @@ def retire_node_records(state: StateDir, cp: Checkpoint) -> None:
     runs; they are kept beside the data as `*.json.retired-<stamp>`. Clean worktrees they left
     are removed; a worktree with uncommitted changes stops the launch."""
     from attractor import gitops
-    from attractor.runner import worktree_path
+    from attractor.layers.runner import worktree_path
 
     stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
     for name, node in cp.nodes.items():
@@ -244,7 +245,7 @@ def _missing_tmux() -> bool:
 
 
 def launch(opts: LaunchOptions, out: TextIO = sys.stdout) -> int:
-    from attractor.guardian import GuardianConfig
+    from attractor.layers.guardian import GuardianConfig
 
     if opts.attach and opts.pipeline is None and not opts.resume:
         state = StateDir.resolve(opts.state_dir, opts.target_dir.expanduser().resolve())
@@ -297,7 +298,7 @@ def _start(opts: LaunchOptions, state: StateDir, cp: Checkpoint, socket: str, gc
     comes before the first write, so a refused launch changes no state; a guardian that does
     not start leaves the checkpoint as it was (a resume) or `failed` (a new run)."""
     from attractor.gitops import exclude_path
-    from attractor.guardian import spawn_guardian
+    from attractor.layers.guardian import spawn_guardian
 
     check_guardian_session(socket, cp.run_id)
     if not opts.resume:
@@ -331,7 +332,7 @@ def _start(opts: LaunchOptions, state: StateDir, cp: Checkpoint, socket: str, gc
 
 def attach(state: StateDir, live: identities.Identity, opts: LaunchOptions, out: TextIO) -> int:
     """Follow the run of a live guardian (and supervise it) instead of starting one."""
-    from attractor.guardian import GuardianConfig
+    from attractor.layers.guardian import GuardianConfig
     from attractor.tmux import socket_name_for
 
     socket = live.tmux_socket or socket_name_for(opts.target_dir.expanduser().resolve(), opts.tmux_socket)
@@ -443,10 +444,10 @@ class EventTail:
 
 def follow(state: StateDir, run_id: str, gcfg: object, out: TextIO, timeout: float | None = None,
            heartbeat: bool = True) -> int:
-    from attractor.guardian import spawn_guardian
-    from attractor.supervision import Health, Supervisor
+    from attractor.engines.supervision import Health, Supervisor
+    from attractor.engines.watch import SUPERVISED, Watch, policy_from_env
+    from attractor.layers.guardian import spawn_guardian
     from attractor.tmux import Tmux
-    from attractor.watch import SUPERVISED, Watch, policy_from_env
 
     # the guardian is never quarantined: it is what resolves everything else; the launcher gives
     # up after MAX_GUARDIAN_RESTARTS instead

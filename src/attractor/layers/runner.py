@@ -26,13 +26,13 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from attractor import clock, hooks, identities, procs, signals
+from attractor import clock, procs
 from attractor.agents import REPORTS_BY_EXIT, LaunchContext, resolve_agent
 from attractor.engines.answers import deliver_by_paste, remembered_allow
+from attractor.engines.gates import summary_line
 from attractor.engines.space import DiskPatience
 from attractor.errors import AttractorError, NoSpaceError, NotFoundError
-from attractor.gates import summary_line
-from attractor.orchestrator import (
+from attractor.layers.launch import (
     agent_env,
     agent_launch,
     build_prompt,
@@ -42,9 +42,9 @@ from attractor.orchestrator import (
     with_env_removed,
     write_launch_files,
 )
-from attractor.statedir import StateDir
 from attractor.states import HookPhase, IdentityStatus, SignalKind
-from attractor.store import agent_sessions
+from attractor.store import agent_sessions, hooks, identities, signals
+from attractor.store.statedir import StateDir
 
 logger = logging.getLogger(__name__)
 
@@ -135,7 +135,7 @@ def spawn_runner(cfg: RunnerConfig, *, log_level: str = "INFO") -> identities.Id
 
 class Runner:
     def __init__(self, cfg: RunnerConfig) -> None:
-        from attractor.pipeline import load_pipeline
+        from attractor.engines.pipeline import load_pipeline
         from attractor.tmux import Tmux
 
         self.cfg = cfg
@@ -152,8 +152,8 @@ class Runner:
         self.lock = threading.RLock()
         self.finished = threading.Event()
         self.exit_code = 0
-        from attractor.prompts import PROMPTS
-        from attractor.watch import Watch
+        from attractor.engines.prompts import PROMPTS
+        from attractor.engines.watch import Watch
 
         # the agent's own dialogs first: on a tie, the earlier rule wins
         self.watch = Watch(self.state, rules=(*self.agent.dialogs(), *PROMPTS))
@@ -245,8 +245,8 @@ class Runner:
         else the reason the node cannot go on."""
         import shutil
 
-        from attractor import checkpoint as cp_store
         from attractor import gitops
+        from attractor.store import checkpoint as cp_store
 
         problem = gitops.worktree_problem(self.cfg.target_dir, self.worktree, self.branch)
         if problem is None:
@@ -498,8 +498,9 @@ class Runner:
     def merge_claim_problem(self, entry_id: str, sha: str) -> str:
         """Why a MERGE_COMPLETE is not to be believed, or "": the queue's own entry must say it
         merged this branch at `sha`, and `sha` must be on the target branch."""
-        from attractor import gitops, merge_entries
+        from attractor import gitops
         from attractor.states import MergeEntryState
+        from attractor.store import merge_entries
 
         try:
             entry = merge_entries.get_entry(self.state, entry_id) if entry_id else None
@@ -517,7 +518,7 @@ class Runner:
 
     def reject_signal(self, sig: signals.Signal, problem: str) -> None:
         """A signal that does not hold against the ground truth: recorded and raised as an alert."""
-        from attractor import checkpoint as cp_store
+        from attractor.store import checkpoint as cp_store
 
         logger.error("runner %s: ALERT: rejected %s from %s: %s", self.cfg.node, sig.kind.value, sig.sender, problem)
         try:
@@ -550,8 +551,8 @@ class Runner:
     # -- the loop ------------------------------------------------------------------------------
     def check_orchestrator(self) -> None:
         """Supervise the orchestrator: death, hang and known prompts (see `watch`)."""
-        from attractor.supervision import Health
-        from attractor.watch import SUPERVISED
+        from attractor.engines.supervision import Health
+        from attractor.engines.watch import SUPERVISED
 
         with self.lock:
             if self.finished.is_set() or self.hook().phase is not HookPhase.EXECUTING:
@@ -675,7 +676,7 @@ class Runner:
     def record_pane_at_death(self, ident: identities.Identity, pane: object) -> str:
         """Keep the last lines of a dead agent's pane in the log and its session record; returns
         its last meaningful line (why it died, in its own words)."""
-        from attractor.prompts import pane_tail
+        from attractor.engines.prompts import pane_tail
         from attractor.tmux import PaneInfo
 
         if not isinstance(pane, PaneInfo):
@@ -722,7 +723,7 @@ class Runner:
             agent_sessions.update(self.state, self.cfg.orchestrator_id, needs_input=None)
 
     def answer_prompt(self, ident: identities.Identity, prompt: object, text: str) -> None:
-        from attractor.prompts import PromptAction, PromptMatch
+        from attractor.engines.prompts import PromptAction, PromptMatch
 
         assert isinstance(prompt, PromptMatch)
         key = (prompt.rule, prompt.line)
@@ -757,7 +758,7 @@ class Runner:
     def deny_after_timeout(self, ident: identities.Identity, prompt: object) -> None:
         """The node's `permission_timeout` (seconds): a permission question nobody answered in
         that time is answered "No"."""
-        from attractor.prompts import PromptMatch, keys_to_choose
+        from attractor.engines.prompts import PromptMatch, keys_to_choose
 
         assert isinstance(prompt, PromptMatch)
         limit = self.node.attrs.get("permission_timeout")

@@ -17,13 +17,14 @@ import signal as signal_module
 import time
 from pathlib import Path
 
-from attractor import checkpoint as cp_store
-from attractor import identities, procs, signals
+from attractor import procs
 from attractor.errors import AttractorError, NotFoundError
+from attractor.layers.runner import worktree_path
 from attractor.names import validate_name
-from attractor.runner import worktree_path
-from attractor.statedir import StateDir
 from attractor.states import IdentityStatus, SignalKind
+from attractor.store import checkpoint as cp_store
+from attractor.store import identities, signals
+from attractor.store.statedir import StateDir
 
 logger = logging.getLogger(__name__)
 

@@ -43,9 +43,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from attractor import atomic, clock, locks, names
+from attractor import clock, names
 from attractor.errors import BadInputError, CorruptStateError, NotFoundError
-from attractor.statedir import StateDir
+from attractor.store import atomic, locks
+from attractor.store.statedir import StateDir
 
 SCHEMA = 1
 FIELDS = ("schema", "agent_id", "run_id", "node", "cli", "session_id", "transcript_path", "resumable",

@@ -21,8 +21,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
-from attractor import locks
 from attractor.errors import BadInputError, CorruptStateError, StateDirError, no_space
+from attractor.store import locks
 
 FILE_MODE = 0o600
 DIR_MODE = 0o700

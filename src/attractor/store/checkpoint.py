@@ -29,12 +29,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from attractor import clock, locks
-from attractor.atomic import check_record_fields, ensure_private_dir, move_aside, read_json_object, write_json_atomic
+from attractor import clock
 from attractor.errors import BadInputError, CorruptStateError, NotFoundError, UsageError, no_space
 from attractor.names import validate_name
-from attractor.statedir import StateDir
 from attractor.states import NODE_MOVES, NodeState, transition
+from attractor.store import locks
+from attractor.store.atomic import (
+    check_record_fields,
+    ensure_private_dir,
+    move_aside,
+    read_json_object,
+    write_json_atomic,
+)
+from attractor.store.statedir import StateDir
 
 logger = logging.getLogger(__name__)
 

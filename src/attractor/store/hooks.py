@@ -36,10 +36,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from attractor import atomic, clock, locks, names
+from attractor import clock, names
 from attractor.errors import BadInputError, CorruptStateError, NotFoundError
-from attractor.statedir import StateDir
 from attractor.states import PHASE_MOVES, HookPhase, transition
+from attractor.store import atomic, locks
+from attractor.store.statedir import StateDir
 
 logger = logging.getLogger(__name__)
 

@@ -47,15 +47,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from attractor import atomic, clock, locks, names, procs
+from attractor import clock, names, procs
 from attractor.errors import (
     BadInputError,
     CorruptStateError,
     IdentityTakenError,
     NotFoundError,
 )
-from attractor.statedir import StateDir
 from attractor.states import IDENTITY_MOVES, IdentityStatus, transition
+from attractor.store import atomic, locks
+from attractor.store.statedir import StateDir
 
 logger = logging.getLogger(__name__)
 

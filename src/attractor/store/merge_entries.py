@@ -33,12 +33,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from attractor import atomic, clock, gitops, locks
+from attractor import clock, gitops
+from attractor.engines.gates import process_start
 from attractor.errors import AttractorError, BadInputError, CorruptStateError, NotFoundError
-from attractor.gates import process_start
 from attractor.names import validate_agent_id, validate_name
-from attractor.statedir import StateDir
 from attractor.states import MERGE_ENTRY_MOVES, MergeEntryState, transition
+from attractor.store import atomic, locks
+from attractor.store.statedir import StateDir
 
 logger = logging.getLogger(__name__)
 

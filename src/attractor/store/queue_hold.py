@@ -17,9 +17,10 @@ import contextlib
 from dataclasses import dataclass
 from pathlib import Path
 
-from attractor import atomic, clock
+from attractor import clock
 from attractor.errors import BadInputError, CorruptStateError
-from attractor.statedir import StateDir
+from attractor.store import atomic
+from attractor.store.statedir import StateDir
 
 SCHEMA = 1
 FIELDS = ("schema", "reason", "target", "expected", "found", "held_at", "held_by")

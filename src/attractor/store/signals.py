@@ -42,7 +42,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from attractor import atomic, clock, names, procs
+from attractor import clock, names, procs
 from attractor.errors import (
     BadInputError,
     CorruptStateError,
@@ -52,9 +52,10 @@ from attractor.errors import (
     UsageError,
     no_space,
 )
-from attractor.payloads import PAYLOAD_TYPES, Payload, payload_from_json
-from attractor.statedir import StateDir
 from attractor.states import SignalKind
+from attractor.store import atomic
+from attractor.store.payloads import PAYLOAD_TYPES, Payload, payload_from_json
+from attractor.store.statedir import StateDir
 
 logger = logging.getLogger(__name__)
 
@@ -292,7 +293,7 @@ def send(
     names.validate_agent_id(sender)
     body = _build_payload(kind, payload)
     if epoch is None:
-        from attractor import identities
+        from attractor.store import identities
 
         try:
             epoch = identities.current_epoch(state, to)
@@ -615,7 +616,7 @@ def _sleep(wake: threading.Event, stop: threading.Event | None, seconds: float) 
 
 def _epoch_reader(state: StateDir, agent_id: str) -> Callable[[], int | None]:
     def read() -> int | None:
-        from attractor import identities
+        from attractor.store import identities
 
         return identities.current_epoch(state, agent_id)
 

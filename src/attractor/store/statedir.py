@@ -13,7 +13,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from attractor.atomic import ensure_private_dir
+from attractor.store.atomic import ensure_private_dir
 
 ENV_STATE_DIR = "ATTRACTOR_STATE_DIR"
 
