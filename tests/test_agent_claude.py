@@ -76,7 +76,9 @@ def test_argv_starts_then_resumes_the_recorded_session(tmp_path: Path) -> None:
     assert transcript == projects / claude.mangle(tmp_path) / f"{SESSION}.jsonl"
     transcript.parent.mkdir(parents=True)
     transcript.write_text("")
-    assert claude.ADAPTER.prepare(ctx).argv[3:5] == ["--resume", SESSION]
+    assert claude.ADAPTER.prepare(dataclasses.replace(ctx, resume=True)).argv[3:5] == ["--resume", SESSION]
+    # the runner asks for a fresh start when resuming failed (a transcript without a conversation)
+    assert claude.ADAPTER.prepare(ctx).argv[3:5] == ["--session-id", SESSION]
     with pytest.raises(Exception, match="not a lower-case UUID"):
         claude.ADAPTER.prepare(context(tmp_path, session_id="abc"))
 

@@ -334,8 +334,10 @@ class ClaudeAdapter(Agent):
         pre_accept(global_config_path(), trusted, os.environ.get("ANTHROPIC_API_KEY"))
         # 2.1.332 refuses `--session-id` of a session that has a transcript ("Session ID ... is
         # already in use") and `--resume` of one that has none ("No conversation found with
-        # session ID"): the transcript decides, whatever `ctx.resume` says.
-        resume = transcript_path(ctx, {}).is_file()
+        # session ID"): resumed only when asked and the transcript is there.
+        # a session killed before its first answer has a transcript but no conversation: the runner
+        # then asks for a fresh start (ctx.resume False, with a new session id)
+        resume = ctx.resume and transcript_path(ctx, {}).is_file()
         if resume != ctx.resume:
             logger.info("claude session %s: %s (its transcript %s)", ctx.session_id,
                         "resuming" if resume else "starting afresh", "exists" if resume else "is missing")

@@ -331,7 +331,14 @@ def run_resume(args: argparse.Namespace) -> int:
     from attractor.store import queue_hold
     from attractor.store.statedir import StateDir
 
-    lifted = queue_hold.lift(StateDir(state_dir_from(args)))
+    state = StateDir(state_dir_from(args))
+    held = queue_hold.read(state)
+    tip = None
+    if held is not None and held.repo and held.target not in ("", "*", "?"):
+        from attractor import gitops
+
+        tip = gitops.rev_parse(held.repo, f"refs/heads/{held.target}")  # what the human accepts
+    lifted = queue_hold.lift(state, tip)
     if args.json:
         print(json_module.dumps({"lifted": lifted.to_json() if lifted else None}, indent=2))
     elif lifted is None:

@@ -116,12 +116,29 @@ class Guardian:
         self.order = topological_order(self.pipeline)
         self.watch = Watch(cfg.state)
         # the target's tip as the queue last left it: anything else found there is an alert
-        self.expected_tip: str | None = None
+        self._expected_tip: str | None = None
         self.tip_lock = threading.Lock()  # held while the queue may move the target
         self.alerted_tips: set[str] = set()
         self.last_tip_check = 0.0
 
     # -- the target branch: moved only by the queue -------------------------------------------
+    @property
+    def expected_tip(self) -> str | None:
+        return self._expected_tip
+
+    @expected_tip.setter
+    def expected_tip(self, tip: str | None) -> None:
+        """Where the queue last left the target; published for runners, which start new node
+        branches from it (never from a target that a commit outside the queue polluted)."""
+        from attractor.store import queue_hold
+
+        if tip != self._expected_tip and tip is not None:
+            try:
+                queue_hold.write_trusted_tip(self.state, tip)
+            except AttractorError as exc:
+                logger.warning("publishing the trusted tip: %s", exc)
+        self._expected_tip = tip
+
     def alert(self, alert: str, reason: str, **fields: Any) -> None:
         logger.error("guardian: ALERT (%s): %s", alert, reason)
         cp_store.append_event(self.state, self.cfg.run_id, "alert", alert=alert, reason=reason, **fields)
@@ -131,15 +148,15 @@ class Guardian:
 
         return gitops.rev_parse(self.target_dir, f"refs/heads/{self.cp.target_branch}")
 
-    def hold_queue(self, reason: str, found: str | None) -> None:
+    def hold_queue(self, reason: str, found: str | None, *, again: bool = False) -> None:
         from attractor.store import queue_hold
 
-        if found is not None and found in self.alerted_tips:
+        if found is not None and found in self.alerted_tips and not again:
             return
         if found is not None:
             self.alerted_tips.add(found)
         queue_hold.hold(self.state, reason, target=self.cp.target_branch, expected=self.expected_tip, found=found,
-                        held_by=self.cfg.agent_id)
+                        held_by=self.cfg.agent_id, repo=str(self.target_dir))
         self.alert("target_moved", f"{reason}; merging is held until a human runs: attractor merge-queue resume",
                    expected=self.expected_tip, found=found)
 
@@ -151,6 +168,10 @@ class Guardian:
         tip = self.target_tip()
         if self.expected_tip is None and after_merge is None:
             self.expected_tip = self.known_tip(tip)
+        if after_merge is None and tip is not None and tip != self.expected_tip \
+                and queue_hold.read(self.state) is None and queue_hold.accepted_tip(self.state) == tip:
+            self.expected_tip = tip  # a human resumed the queue at exactly this tip
+            self.alerted_tips.discard(tip)
         if after_merge is not None:
             if tip != after_merge:
                 self.hold_queue(f"after merging {after_merge[:12]} the tip of {self.cp.target_branch} is "
@@ -177,7 +198,7 @@ class Guardian:
         reason = (f"{self.cp.target_branch} is checked out in {where} with uncommitted changes "
                   f"({', '.join(files[:5])}); commit or stash them")
         queue_hold.hold(self.state, reason, target=self.cp.target_branch, expected=self.expected_tip,
-                        found=self.target_tip(), held_by=self.cfg.agent_id)
+                        found=self.target_tip(), held_by=self.cfg.agent_id, repo=str(self.target_dir))
         self.alert("dirty_target", f"{reason}; merging is held until a human runs: attractor merge-queue resume")
 
     def known_tip(self, tip: str | None) -> str | None:
@@ -217,8 +238,10 @@ class Guardian:
             held = queue_hold.read(self.state)
             if held is None:
                 if announced:
-                    logger.warning("guardian: the merge queue was resumed")
-                    self.expected_tip = self.target_tip()
+                    # the tip the human accepted when resuming; a commit after that is held again
+                    accepted = queue_hold.accepted_tip(self.state) or self.target_tip()
+                    logger.warning("guardian: the merge queue was resumed at %s", accepted)
+                    self.expected_tip = accepted
                     self.alerted_tips.clear()
                 return
             if not announced:
@@ -370,7 +393,7 @@ class Guardian:
                     if outcome.reason != "target_untrusted":
                         break
                     # the target moved outside the queue between the check and the merge
-                    self.hold_queue(outcome.detail, outcome.target_sha)
+                    self.hold_queue(outcome.detail, outcome.target_sha, again=True)
                     self.wait_while_held()
                     if self.stop_event.is_set():
                         break
@@ -547,6 +570,8 @@ class Guardian:
             except NotFoundError:
                 ident = None
             agent = f"runner-{name}"
+            if hook is not None and hook.phase is HookPhase.FAILED and self.between_attempts(name, hook):
+                hook = None  # the runner died between closing one attempt and opening the next
             if hook is not None and hook.phase is HookPhase.FAILED and (ident is None or not ident.may_be_alive):
                 note = str(hook.history[-1].get("note", "")) if hook.history else ""
                 self.finish_codergen(name, NodeState.BLOCKED if note.startswith("quarantined") else NodeState.FAILED,
@@ -564,7 +589,7 @@ class Guardian:
                 cp_store.append_event(self.state, self.cfg.run_id, "runner_died", node=name,
                                       reason=verdict.report.reason)
             elif ident is not None and ident.status is IdentityStatus.TERMINATED:
-                if hook is not None and hook.phase is HookPhase.FAILED:
+                if hook is not None and hook.phase is HookPhase.FAILED and not self.between_attempts(name, hook):
                     note = hook.history[-1].get("note", "") if hook.history else ""
                     state = NodeState.BLOCKED if str(note).startswith("quarantined") else NodeState.FAILED
                     self.finish_codergen(name, state, reason=str(note))
@@ -589,6 +614,15 @@ class Guardian:
             cp_store.append_event(self.state, self.cfg.run_id, "runner_respawn", node=name, restart=restarts)
             if self.spawn_runner_or_fail(name):
                 self.watch.respawned(agent)
+
+    def between_attempts(self, name: str, hook: hooks.Hook) -> bool:
+        """A hook the runner moved to failed only to close an attempt before opening the next
+        (`attempt N ended: …`), with attempts left: the node is not over; its runner is respawned
+        and opens the next attempt."""
+        note = str(hook.history[-1].get("note", "")) if hook.history else ""
+        node = self.pipeline.nodes.get(name)
+        left = node is not None and hook.attempts < 1 + node.max_retries
+        return left and note.startswith("attempt ") and " ended: " in note
 
     def finish_merged_hook(self, name: str, hook: hooks.Hook) -> None:
         """A hook that says merged counts only when its commit is on the target branch."""

@@ -236,6 +236,19 @@ class Runner:
                 commands.append(command)
         return tuple(commands)
 
+    def branch_base(self) -> str:
+        """Where a new node branch starts: the tip the guardian last saw the merge queue leave on
+        the target (a commit that landed on the target outside the queue never gets into a node's
+        branch), else the target branch."""
+        from attractor import gitops
+        from attractor.store import queue_hold
+
+        tip = queue_hold.trusted_tip(self.state)
+        if tip and gitops.rev_parse(self.cfg.target_dir, tip) and gitops.is_ancestor(
+                self.cfg.target_dir, tip, self.cfg.target_branch):
+            return tip
+        return self.cfg.target_branch
+
     def ensure_own_worktree(self) -> str:
         """Check the node's worktree against git before an agent starts in it or its report is
         acted on, and repair what can be repaired without losing a commit: a missing worktree
@@ -279,7 +292,7 @@ class Runner:
                     aside = self.worktree.with_name(f"{self.worktree.name}.stray-{time.strftime('%Y%m%dT%H%M%S')}")
                     shutil.move(str(self.worktree), str(aside))
                     logger.warning("runner %s: moved the stray directory aside to %s", self.cfg.node, aside)
-                gitops.ensure_worktree(self.cfg.target_dir, self.worktree, self.branch, base=self.cfg.target_branch)
+                gitops.ensure_worktree(self.cfg.target_dir, self.worktree, self.branch, base=self.branch_base())
         except (AttractorError, OSError) as exc:
             return f"{problem}; repairing it failed: {exc}"
         again = gitops.worktree_problem(self.cfg.target_dir, self.worktree, self.branch)
@@ -804,7 +817,7 @@ class Runner:
                 if problem:
                     raise AttractorError(problem)
             else:
-                gitops.ensure_worktree(self.cfg.target_dir, self.worktree, self.branch, base=self.cfg.target_branch)
+                gitops.ensure_worktree(self.cfg.target_dir, self.worktree, self.branch, base=self.branch_base())
         except AttractorError as exc:
             # respawning would fail the same way: give up with the reason, once
             set_up.set()

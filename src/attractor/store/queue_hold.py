@@ -6,7 +6,12 @@ to): a human decides what to do with the target, then lifts the hold with
 `attractor merge-queue resume`.
 
 Fields (schema 1): schema, reason (text), target (branch), expected (the sha the queue last put
-there, or null), found (the sha found), held_at (ISO-8601 UTC), held_by (agent id).
+there, or null), found (the sha found), held_at (ISO-8601 UTC), held_by (agent id), repo (the
+target repository's path, or "").
+
+`merge-queue/resumed.json` ({schema, tip, at}) records the target's tip when a human lifted the
+hold: the tip they accepted. The guardian goes on from exactly that tip; a commit that lands
+after the decision is held again.
 
 Staleness rule: none; a hold lasts until it is lifted by hand. Written atomically with fsync.
 """
@@ -23,7 +28,7 @@ from attractor.store import atomic
 from attractor.store.statedir import StateDir
 
 SCHEMA = 1
-FIELDS = ("schema", "reason", "target", "expected", "found", "held_at", "held_by")
+FIELDS = ("schema", "reason", "target", "expected", "found", "held_at", "held_by", "repo")
 
 
 @dataclass(frozen=True)
@@ -34,10 +39,11 @@ class Hold:
     found: str | None
     held_at: str
     held_by: str
+    repo: str = ""
 
     def to_json(self) -> dict[str, object]:
         return {"schema": SCHEMA, "reason": self.reason, "target": self.target, "expected": self.expected,
-                "found": self.found, "held_at": self.held_at, "held_by": self.held_by}
+                "found": self.found, "held_at": self.held_at, "held_by": self.held_by, "repo": self.repo}
 
 
 def _path(state: StateDir) -> Path:
@@ -60,20 +66,49 @@ def read(state: StateDir) -> Hold | None:
         return hold(state, f"the hold file was corrupt ({exc}); a human decides, then resumes",
                     target="?", expected=None, found=None, held_by="queue-hold")
     return Hold(str(data["reason"]), str(data["target"]), data["expected"], data["found"], str(data["held_at"]),
-                str(data["held_by"]))
+                str(data["held_by"]), str(data["repo"]))
 
 
 def hold(state: StateDir, reason: str, *, target: str, expected: str | None, found: str | None,
-         held_by: str) -> Hold:
-    record = Hold(reason, target, expected, found, clock.iso(), held_by)
+         held_by: str, repo: str = "") -> Hold:
+    record = Hold(reason, target, expected, found, clock.iso(), held_by, repo)
     state.ensure("merge-queue")
     atomic.write_json_atomic(_path(state), record.to_json())
     return record
 
 
-def lift(state: StateDir) -> Hold | None:
-    """Remove the hold; returns what it was (None when there was none)."""
+def lift(state: StateDir, accepted_tip: str | None = None) -> Hold | None:
+    """Remove the hold, recording the target tip the human accepted; returns what it was (None
+    when there was none)."""
     current = read(state)
+    if current is not None:
+        atomic.write_json_atomic(state.merge_queue / "resumed.json",
+                                 {"schema": SCHEMA, "tip": accepted_tip, "at": clock.iso()})
     with contextlib.suppress(FileNotFoundError):
         _path(state).unlink()
     return current
+
+
+def write_trusted_tip(state: StateDir, tip: str) -> None:
+    """`merge-queue/trusted.json`: the target tip the guardian last saw the queue leave."""
+    state.ensure("merge-queue")
+    atomic.write_json_atomic(state.merge_queue / "trusted.json", {"schema": SCHEMA, "tip": tip, "at": clock.iso()})
+
+
+def trusted_tip(state: StateDir) -> str | None:
+    try:
+        data = atomic.read_json_object(state.merge_queue / "trusted.json", schema=SCHEMA)
+    except (FileNotFoundError, CorruptStateError):
+        return None
+    tip = data.get("tip")
+    return tip if isinstance(tip, str) and tip else None
+
+
+def accepted_tip(state: StateDir) -> str | None:
+    """The tip recorded by the last lift, or None."""
+    try:
+        data = atomic.read_json_object(state.merge_queue / "resumed.json", schema=SCHEMA)
+    except (FileNotFoundError, CorruptStateError):
+        return None
+    tip = data.get("tip")
+    return tip if isinstance(tip, str) and tip else None
