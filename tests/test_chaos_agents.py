@@ -30,6 +30,7 @@ from pathlib import Path
 
 from tests.chain_helpers import checkpoint, codergen, events, kill_everything, launch, module_steps, run_id, tool
 from tests.helpers import git, retry_until, run_cli
+from tests.test_chaos import live_agents
 
 NODES = 10
 KILLS = int(os.environ.get("ATTRACTOR_SOAK_KILLS", "12"))
@@ -75,19 +76,6 @@ def soak_pipeline(tmp: Path) -> Path:
     return path
 
 
-def live(state: Path) -> list[tuple[str, int]]:
-    found = []
-    for path in (state / "identities").glob("*.json"):
-        try:
-            ident = json.loads(path.read_text())
-        except (OSError, ValueError):
-            continue
-        if ident.get("role") in ("runner", "orchestrator", "guardian") and ident.get("pid") \
-                and ident.get("status") == "active":
-            found.append((str(ident["agent_id"]), int(ident["pid"])))
-    return found
-
-
 def test_misbehaving_agents_under_random_kills(tmp_path: Path, state_dir: Path, tmux_socket: str,
                                                monkeypatch) -> None:  # type: ignore[no-untyped-def]
     from tests.chain_helpers import target_repo
@@ -114,7 +102,7 @@ def test_misbehaving_agents_under_random_kills(tmp_path: Path, state_dir: Path, 
                 continue
             if sum(kills.values()) >= KILLS:
                 continue
-            choices = [(a, p) for a, p in live(state_dir) if kills[a] < (1 if a.startswith("guardian") else 2)]
+            choices = [(a, p) for a, p in live_agents(state_dir) if kills[a] < (1 if a.startswith("guardian") else 2)]
             if choices:
                 agent, pid = rng.choice(choices)
                 try:

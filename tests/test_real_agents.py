@@ -139,13 +139,14 @@ def test_demo_pipeline_end_to_end(cli: str, tmp_path: Path, state_dir: Path, ser
 
 def _steps_killable(marker: Path, entered: threading.Event) -> list[Action | Playbook]:
     def first_write(conv: Any) -> Action:
-        entered.set()  # the agent waits for the model now: mid-node
+        entered.set()  # the agent waits for the model now, one turn into the node
         deadline = time.monotonic() + 120
         while not marker.exists() and time.monotonic() < deadline:
             time.sleep(0.1)
         return write("app/slow.py", "VALUE = 5\n")
 
-    return [first_write, write("tests/test_slow.py", unit_test_text("slow", 5)),
+    # the first turn is answered at once, so a conversation exists to resume when the kill comes
+    return [write("tests/test_slow.py", unit_test_text("slow", 5)), first_write,
             bash("git add -A && git commit -q -m 'add slow'"), report("slow ready"), say("Done.")]
 
 

@@ -709,8 +709,12 @@ class Runner:
             "last_line": last})
         if self.resumed_start is not None:
             session = agent_sessions.find(self.state, self.cfg.orchestrator_id)
-            event_at = str((session.last_event or {}).get("at") or "") if session else ""
-            if not event_at or event_at < self.resumed_start:
+            event = (session.last_event or {}) if session else {}
+            event_at = str(event.get("at") or "")
+            # nothing heard since the resumed start, or only its end (Claude Code fires SessionEnd
+            # when "No conversation found with session ID"): resuming did not work
+            if not event_at or event_at < self.resumed_start or str(event.get("event")) == "session-end" \
+                    or "No conversation found" in text:
                 # resuming did not get as far as the session's first hook: start fresh next time
                 logger.warning("runner %s: resuming the agent's session failed; the next start is fresh",
                                self.cfg.node)
