@@ -307,7 +307,7 @@ def test_real_claude_writes_commits_and_resumes(tmp_path: Path, tmux_socket: str
         stops = len([e for e, _ in _hooks(hook_log) if e == "stop"])
         retry_until(lambda: len([e for e, _ in _hooks(hook_log) if e == "stop"]) > stops, 60, what="the resumed turn")
         # OPEN: the resumed request restarts the playbook at turn 0 (its assistant turns are not
-        # counted as such yet), so "Resumed and still here." is not reached; see /work/study/claude.md.
+        # counted as such yet), so "Resumed and still here." is not reached.
         assert any("Carry on." in c.text() for c in server.conversations("n_1"))
         starts = [payload for event, payload in _hooks(hook_log) if event == "session-start"]
         assert starts[-1]["source"] == "resume" and starts[-1]["session_id"] == ctx.session_id

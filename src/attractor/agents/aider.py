@@ -1,6 +1,6 @@
 """Aider adapter: argv and environment, the files Aider writes, the git identity it commits with,
-its usage record and its dialogs. Checked against aider 0.86.2; /work/study/aider.md has the
-evidence.
+its usage record and its dialogs. Checked against aider 0.86.2 (the README's Aider section lists
+the flags and what each avoids).
 
 Aider does not run attractor's report command: it edits, commits and exits (`--message-file`),
 so `reports` is exit-with-commit and the runner reports for it.

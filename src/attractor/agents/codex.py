@@ -323,7 +323,7 @@ def _rule(name: str, regex: str, action: PromptAction, description: str, choose:
     return PromptRule(name, re.compile(regex, re.IGNORECASE | re.MULTILINE), action, description, choose)
 
 
-# Seen rendered by 0.171.0 (exact menus in /work/study/codex.md). Configured away, listed in case.
+# Seen rendered by 0.171.0. Configured away, listed in case.
 DIALOGS: tuple[PromptRule, ...] = (
     # "Folder access … Trust this folder? …" / "› 1. Trust and continue" / "2. Back to Agent Command Center"
     _rule("codex-folder-trust", r"Trust this folder\?", PromptAction.ANSWER,
