@@ -58,6 +58,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
+from attractor import procs
 from attractor.clock import SYSTEM_CLOCK, Clock, iso, parse_iso
 from attractor.engines.prompts import PROMPTS, PromptMatch, PromptRule, match_prompt
 from attractor.errors import CorruptStateError, InvalidNameError
@@ -864,28 +865,6 @@ def _classify_startup(agent: AgentObservation, now: float, cfg: PolicyConfig) ->
 
 
 def pid_alive(pid: int) -> bool:
-    """Whether process `pid` exists and is not a zombie. A zombie child of ours is detected
-    without reaping it (waitid with WNOWAIT), so its owner still gets the exit status."""
-    if pid <= 0:
-        return False
-    if hasattr(os, "waitid"):
-        try:
-            info = os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
-        except ChildProcessError:
-            pass  # not our child
-        else:
-            if info is not None and info.si_pid == pid:
-                return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass  # exists, owned by someone else
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as fh:
-            stat = fh.read()
-    except OSError:
-        return True  # no /proc: trust kill(0)
-    state = stat[stat.rfind(b")") + 2: stat.rfind(b")") + 3]
-    return state not in (b"Z", b"X")
+    """Whether process `pid` exists and has not finished (an exited child that is not reaped yet
+    is not alive, and is left for its owner to reap): the one /proc reader in `procs`."""
+    return procs.pid_alive(pid)
