@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from attractor import __version__
+from attractor.cli._flags import state_dir_from
 from attractor.errors import EXIT_USAGE, UsageError, error_handler
 
 # Subcommand group modules, in the order `--help` lists them, with the commands each adds. Only
@@ -62,35 +63,6 @@ class _Formatter(argparse.RawDescriptionHelpFormatter):
     pass
 
 
-def add_state_dir_option(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--state-dir",
-        metavar="DIR",
-        help="state directory (default: $ATTRACTOR_STATE_DIR, else <repo>/.claude/state)",
-    )
-
-
-def add_json_option(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--json", action="store_true", help="print machine-readable JSON")
-
-
-def add_tmux_socket_option(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--tmux-socket",
-        metavar="NAME",
-        help="tmux socket name (-L); default: $ATTRACTOR_TMUX_SOCKET, else attractor-<project-hash>",
-    )
-
-
-def add_target_dir_option(parser: argparse.ArgumentParser, required: bool = False) -> None:
-    parser.add_argument(
-        "--target-dir",
-        metavar="DIR",
-        required=required,
-        help="the git repository the agents work on (default: the current directory)",
-    )
-
-
 def subparser(
     subparsers: argparse._SubParsersAction[Parser], name: str, help_text: str, example: str = "",
     aliases: Sequence[str] = (),
@@ -102,12 +74,6 @@ def subparser(
         aliases=list(aliases),
     )
     return parser
-
-
-def state_dir_from(args: argparse.Namespace) -> Path:
-    from attractor.store.statedir import resolve_state_path
-
-    return resolve_state_path(getattr(args, "state_dir", None), getattr(args, "target_dir", None))
 
 
 def build_parser(argv: Sequence[str] | None = None) -> Parser:

@@ -17,12 +17,13 @@ import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from attractor.cli import (
-    Parser,
+from attractor.cli import Parser, subparser
+from attractor.cli._flags import (
     add_json_option,
     add_state_dir_option,
+    add_tmux_socket_option,
     state_dir_from,
-    subparser,
+    state_from,
 )
 from attractor.errors import EXIT_USAGE
 
@@ -60,7 +61,7 @@ def add_parser(subparsers: argparse._SubParsersAction[Parser]) -> None:
     answer.add_argument("reply", choices=("yes", "no", "always"),
                         help="yes, no, or always (yes, and remember the command for this agent)")
     add_state_dir_option(answer)
-    answer.add_argument("--tmux-socket", metavar="NAME", help="tmux socket (default: the one recorded)")
+    add_tmux_socket_option(answer, "tmux socket (default: the one recorded)")
     add_json_option(answer)
     answer.set_defaults(func=run_answer)
 
@@ -189,10 +190,9 @@ def run_clear(args: argparse.Namespace) -> int:
 def run_answer(args: argparse.Namespace) -> int:
     from attractor.engines.answers import answer
     from attractor.names import validate_name
-    from attractor.store.statedir import StateDir
 
     validate_name(args.node, "node")
-    result = answer(StateDir(state_dir_from(args)), args.node, args.reply, tmux_socket=args.tmux_socket)
+    result = answer(state_from(args), args.node, args.reply, tmux_socket=args.tmux_socket)
     if args.json:
         print(json.dumps({"agent_id": result.agent_id, "chosen": result.chosen, "keys": list(result.keys),
                           "question": result.question, "remembered": result.remembered}, indent=2))
@@ -206,10 +206,9 @@ def run_answer(args: argparse.Namespace) -> int:
 def run_send(args: argparse.Namespace) -> int:
     from attractor.engines.answers import queue_message
     from attractor.names import validate_name
-    from attractor.store.statedir import StateDir
 
     validate_name(args.node, "node")
-    sent = queue_message(StateDir(state_dir_from(args)), args.node, args.text, author=args.author)
+    sent = queue_message(state_from(args), args.node, args.text, author=args.author)
     if args.json:
         print(json.dumps({"signal_id": sent.id, "to": sent.recipient}, indent=2))
         return 0

@@ -11,7 +11,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from attractor.cli import add_tmux_socket_option, subparser
+from attractor.cli import subparser
+from attractor.cli._flags import add_tmux_socket_option
 
 # An empty project: the demo pipeline brings its package and tests, as it does on any repository.
 DEMO_FILES = {

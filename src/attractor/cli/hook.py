@@ -11,22 +11,16 @@ import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from attractor.cli import Parser, add_json_option, add_state_dir_option, state_dir_from, subparser
+from attractor.cli import Parser, subparser
+from attractor.cli._flags import add_json_option, add_state_dir_option, state_from
 from attractor.cli.identity import format_table, print_json, problems_json, report_problems
 from attractor.errors import EXIT_OK, EXIT_USAGE
 
 if TYPE_CHECKING:
     from attractor.errors import CorruptStateError
     from attractor.store.hooks import Hook
-    from attractor.store.statedir import StateDir
 
 JSON_SCHEMA = 1  # schema of the envelope `list --json` prints
-
-
-def _state(args: argparse.Namespace) -> StateDir:
-    from attractor.store.statedir import StateDir
-
-    return StateDir(state_dir_from(args))
 
 
 def _one_line(text: str, limit: int = 60) -> str:
@@ -45,7 +39,7 @@ def _print_hook(hook: Hook, as_json: bool, verb: str) -> None:
 def cmd_create(args: argparse.Namespace) -> int:
     from attractor.store import hooks
 
-    hook = hooks.create_hook(_state(args), args.role, args.name, node=args.node,
+    hook = hooks.create_hook(state_from(args), args.role, args.name, node=args.node,
                              instructions=args.instructions)
     _print_hook(hook, args.json, "hook")
     return EXIT_OK
@@ -54,7 +48,7 @@ def cmd_create(args: argparse.Namespace) -> int:
 def cmd_read(args: argparse.Namespace) -> int:
     from attractor.store import hooks
 
-    hook = hooks.read_hook(_state(args), args.role, args.name)
+    hook = hooks.read_hook(state_from(args), args.role, args.name)
     if args.json:
         print_json(hook.to_json())
         return EXIT_OK
@@ -77,7 +71,7 @@ def cmd_read(args: argparse.Namespace) -> int:
 def cmd_update_phase(args: argparse.Namespace) -> int:
     from attractor.store import hooks
 
-    hook = hooks.update_phase(_state(args), args.role, args.name, args.phase, note=args.note,
+    hook = hooks.update_phase(state_from(args), args.role, args.name, args.phase, note=args.note,
                               commit=args.commit)
     _print_hook(hook, args.json, "hook")
     return EXIT_OK
@@ -87,7 +81,7 @@ def cmd_update_resumption(args: argparse.Namespace) -> int:
     from attractor.store import hooks
 
     text = sys.stdin.read() if args.text == "-" else args.text
-    hook = hooks.update_resumption_instructions(_state(args), args.role, args.name, text)
+    hook = hooks.update_resumption_instructions(state_from(args), args.role, args.name, text)
     _print_hook(hook, args.json, "instructions set for")
     return EXIT_OK
 
@@ -95,7 +89,7 @@ def cmd_update_resumption(args: argparse.Namespace) -> int:
 def cmd_mark_merged(args: argparse.Namespace) -> int:
     from attractor.store import hooks
 
-    hook = hooks.mark_merged(_state(args), args.role, args.name, args.commit)
+    hook = hooks.mark_merged(state_from(args), args.role, args.name, args.commit)
     _print_hook(hook, args.json, "hook")
     return EXIT_OK
 
@@ -103,7 +97,7 @@ def cmd_mark_merged(args: argparse.Namespace) -> int:
 def cmd_wisdom(args: argparse.Namespace) -> int:
     from attractor.store import hooks
 
-    hook = hooks.read_hook(_state(args), args.role, args.name)
+    hook = hooks.read_hook(state_from(args), args.role, args.name)
     sys.stdout.write(hooks.build_wisdom_prompt_block(hook))
     return EXIT_OK
 
@@ -117,7 +111,7 @@ def cmd_list(args: argparse.Namespace) -> int:
     from attractor.store import hooks
 
     problems: list[CorruptStateError] = []
-    records = hooks.list_hooks(_state(args), problems)
+    records = hooks.list_hooks(state_from(args), problems)
     report_problems(problems)
     if args.json:
         envelope: dict[str, Any] = {

@@ -14,13 +14,13 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from attractor.cli import Parser, add_json_option, add_state_dir_option, state_dir_from, subparser
+from attractor.cli import Parser, subparser
+from attractor.cli._flags import add_json_option, add_state_dir_option, state_from
 from attractor.errors import EXIT_OK, EXIT_USAGE, BadInputError
 
 if TYPE_CHECKING:
     from attractor.errors import CorruptStateError
     from attractor.store.identities import Identity
-    from attractor.store.statedir import StateDir
 
 JSON_SCHEMA = 1  # schema of the envelopes `list --json` and `find-stale --json` print
 DEFAULT_STALE_TIMEOUT = 60.0
@@ -68,12 +68,6 @@ def problems_json(problems: Sequence[CorruptStateError]) -> list[dict[str, str |
     ]
 
 
-def _state(args: argparse.Namespace) -> StateDir:
-    from attractor.store.statedir import StateDir
-
-    return StateDir(state_dir_from(args))
-
-
 def _identity_table(records: Sequence[Identity]) -> str:
     now = time.time()
     rows = [
@@ -102,7 +96,7 @@ def cmd_create(args: argparse.Namespace) -> int:
     from attractor.store import identities
 
     record = identities.create_identity(
-        _state(args), args.role, args.name,
+        state_from(args), args.role, args.name,
         session_id=args.session_id,
         worktree=os.path.abspath(args.worktree) if args.worktree else None,
         pid=args.pid, tmux_socket=args.tmux_socket, tmux_session=args.tmux_session,
@@ -115,7 +109,7 @@ def cmd_create(args: argparse.Namespace) -> int:
 def cmd_update_liveness(args: argparse.Namespace) -> int:
     from attractor.store import identities
 
-    record = identities.update_liveness(_state(args), args.role, args.name, pid=args.pid)
+    record = identities.update_liveness(state_from(args), args.role, args.name, pid=args.pid)
     _print_record(record, args.json, "heartbeat")
     return EXIT_OK
 
@@ -132,7 +126,7 @@ def cmd_update(args: argparse.Namespace) -> int:
                             "--tmux-session, --tmux-socket, --worktree, --session-id")
     if "worktree" in fields:
         fields["worktree"] = os.path.abspath(fields["worktree"])
-    record = identities.update_fields(_state(args), args.role, args.name, **fields)
+    record = identities.update_fields(state_from(args), args.role, args.name, **fields)
     _print_record(record, args.json, "updated")
     return EXIT_OK
 
@@ -141,7 +135,7 @@ def cmd_set_status(args: argparse.Namespace) -> int:
     from attractor.store import identities
 
     status = getattr(args, "status", None) or args.fixed_status
-    record = identities.set_status(_state(args), args.role, args.name, status, args.reason)
+    record = identities.set_status(state_from(args), args.role, args.name, status, args.reason)
     _print_record(record, args.json, "marked")
     return EXIT_OK
 
@@ -149,7 +143,7 @@ def cmd_set_status(args: argparse.Namespace) -> int:
 def cmd_show(args: argparse.Namespace) -> int:
     from attractor.store import identities
 
-    record = identities.get(_state(args), args.role, args.name)
+    record = identities.get(state_from(args), args.role, args.name)
     if args.json:
         print_json(record.to_json())
         return EXIT_OK
@@ -176,7 +170,7 @@ def _listing(args: argparse.Namespace, stale_timeout: float | None) -> int:
     from attractor.store import identities
 
     problems: list[CorruptStateError] = []
-    state = _state(args)
+    state = state_from(args)
     if stale_timeout is None:
         records = identities.list_identities(state, problems)
     else:

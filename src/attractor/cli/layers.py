@@ -9,7 +9,8 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from attractor.cli import add_state_dir_option, add_target_dir_option, add_tmux_socket_option, state_dir_from, subparser
+from attractor.cli import subparser
+from attractor.cli._flags import add_state_dir_option, add_target_dir_option, add_tmux_socket_option, state_from
 
 
 def _file_logging(state_root: Path, agent_id: str) -> None:
@@ -30,9 +31,8 @@ def _socket(args: argparse.Namespace, project: Path) -> str:
 
 def run_guardian(args: argparse.Namespace) -> int:
     from attractor.layers.guardian import Guardian, GuardianConfig
-    from attractor.store.statedir import StateDir
 
-    state = StateDir(state_dir_from(args))
+    state = state_from(args)
     _file_logging(state.root, f"guardian-{args.run}")
     cfg = GuardianConfig(state=state, run_id=args.run, tmux_socket=_socket(args, Path.cwd()), log_level=args.log_level)
     try:
@@ -44,10 +44,9 @@ def run_guardian(args: argparse.Namespace) -> int:
 
 def _runner_config(args: argparse.Namespace) -> Any:
     from attractor.layers.runner import RunnerConfig
-    from attractor.store.statedir import StateDir
 
     target = Path(args.target_dir or ".").resolve()
-    state = StateDir(state_dir_from(args))
+    state = state_from(args)
     pipeline = Path(args.pipeline).resolve() if args.pipeline else state.runs / args.run / "pipeline.dot"
     return RunnerConfig(state=state, run_id=args.run, node=args.node, target_dir=target,
                         pipeline_path=pipeline, agent=args.agent or "scripted",

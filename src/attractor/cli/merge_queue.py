@@ -12,7 +12,8 @@ import sys
 import time
 from typing import TYPE_CHECKING, Any
 
-from attractor.cli import Parser, add_json_option, add_state_dir_option, state_dir_from, subparser
+from attractor.cli import Parser, subparser
+from attractor.cli._flags import add_json_option, add_state_dir_option, state_from
 from attractor.errors import EXIT_FAILURE, EXIT_OK
 
 if TYPE_CHECKING:
@@ -126,10 +127,9 @@ def _config_options(parser: argparse.ArgumentParser) -> None:
 
 def _open(args: argparse.Namespace) -> tuple[GitRepo, StateDir]:
     from attractor import gitops
-    from attractor.store.statedir import StateDir, resolve_state_path
 
     repo = gitops.open_repo(args.repo)
-    return repo, StateDir(resolve_state_path(args.state_dir, target_dir=repo.root))
+    return repo, state_from(args, target_dir=repo.root)
 
 
 def _config(args: argparse.Namespace, repo: GitRepo) -> QueueConfig:
@@ -317,9 +317,8 @@ def run_retry(args: argparse.Namespace) -> int:
 
 def run_hold(args: argparse.Namespace) -> int:
     from attractor.store import queue_hold
-    from attractor.store.statedir import StateDir
 
-    held = queue_hold.hold(StateDir(state_dir_from(args)), args.reason, target="*", expected=None, found=None,
+    held = queue_hold.hold(state_from(args), args.reason, target="*", expected=None, found=None,
                            held_by="user-cli")
     print(f"merge queue held: {held.reason}; lift it with: attractor merge-queue resume")
     return EXIT_OK
@@ -329,9 +328,8 @@ def run_resume(args: argparse.Namespace) -> int:
     import json as json_module
 
     from attractor.store import queue_hold
-    from attractor.store.statedir import StateDir
 
-    state = StateDir(state_dir_from(args))
+    state = state_from(args)
     held = queue_hold.read(state)
     tip = None
     if held is not None and held.repo and held.target not in ("", "*", "?"):

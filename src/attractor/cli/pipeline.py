@@ -16,7 +16,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from attractor.cli import Parser, add_json_option, subparser
+from attractor.cli import Parser, subparser
+from attractor.cli._flags import add_json_option
 from attractor.cli.identity import format_table, print_json
 from attractor.errors import EXIT_OK, EXIT_USAGE, UsageError
 

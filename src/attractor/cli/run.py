@@ -6,12 +6,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from attractor.cli import (
-    add_state_dir_option,
-    add_target_dir_option,
-    add_tmux_socket_option,
-    subparser,
-)
+from attractor.cli import subparser
+from attractor.cli._flags import add_state_dir_option, add_target_dir_option, add_tmux_socket_option
 
 
 def add_run_options(parser: argparse.ArgumentParser) -> None:

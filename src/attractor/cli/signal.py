@@ -12,12 +12,12 @@ import os
 import sys
 from typing import TYPE_CHECKING, Any
 
-from attractor.cli import Parser, add_json_option, add_state_dir_option, state_dir_from, subparser
+from attractor.cli import Parser, subparser
+from attractor.cli._flags import add_json_option, add_state_dir_option, state_from
 from attractor.errors import EXIT_OK, BadInputError
 
 if TYPE_CHECKING:
     from attractor.store.signals import Signal
-    from attractor.store.statedir import StateDir
 
 ENV_AGENT_ID = "ATTRACTOR_AGENT_ID"
 DEFAULT_SENDER = "user-cli"
@@ -99,12 +99,6 @@ def _help(parser: argparse.ArgumentParser) -> int:
     return 2
 
 
-def _state(args: argparse.Namespace) -> StateDir:
-    from attractor.store.statedir import StateDir
-
-    return StateDir(state_dir_from(args))
-
-
 def _print_json(data: Any) -> None:
     print(json.dumps(data, indent=2, sort_keys=True))
 
@@ -128,7 +122,7 @@ def run_send(args: argparse.Namespace) -> int:
 
     sender = args.sender or os.environ.get(ENV_AGENT_ID) or DEFAULT_SENDER
     signal = signals.send(
-        _state(args), args.kind, to=args.to, sender=sender,
+        state_from(args), args.kind, to=args.to, sender=sender,
         payload=_parse_payload(args.payload), epoch=args.epoch,
     )
     if args.json:
@@ -148,7 +142,7 @@ def _row(box: str, signal: Signal) -> list[str]:
 def run_list(args: argparse.Namespace) -> int:
     from attractor.store import signals
 
-    state = _state(args)
+    state = state_from(args)
     boxes = signals.BOXES if args.box == "all" else (args.box,)
     agents = [args.agent] if args.agent else signals.inbox_agents(state)
     entries: list[tuple[str, Signal]] = []
@@ -192,7 +186,7 @@ def run_wait(args: argparse.Namespace) -> int:
     if args.timeout is not None and args.timeout < 0:
         raise BadInputError("--timeout", f"must be zero or more seconds, got {args.timeout:g}")
     kinds = signals.parse_kinds(args.kind)
-    signal = signals.wait_for(_state(args), args.agent, kinds=kinds, timeout=args.timeout)
+    signal = signals.wait_for(state_from(args), args.agent, kinds=kinds, timeout=args.timeout)
     if args.json:
         _print_json(signal.to_json())
     else:
@@ -204,7 +198,7 @@ def run_wait(args: argparse.Namespace) -> int:
 def run_sweep(args: argparse.Namespace) -> int:
     from attractor.store import signals
 
-    state = _state(args)
+    state = state_from(args)
     returned = signals.sweep_dead_claims(state, args.agent)
     removed = signals.remove_orphan_tmp(state, args.agent)
     if args.json:

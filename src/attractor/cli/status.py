@@ -9,7 +9,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from attractor.cli import add_json_option, add_state_dir_option, add_target_dir_option, state_dir_from, subparser
+from attractor.cli import subparser
+from attractor.cli._flags import (
+    add_json_option,
+    add_state_dir_option,
+    add_target_dir_option,
+    add_tmux_socket_option,
+    state_from,
+)
 
 
 def _age(stamp: str | None, now: float) -> str:
@@ -26,9 +33,8 @@ def collect(args: argparse.Namespace) -> dict[str, Any]:
     from attractor.store import checkpoint as cp_store
     from attractor.store import hooks, identities
     from attractor.store.identities import pid_alive
-    from attractor.store.statedir import StateDir
 
-    state = StateDir(state_dir_from(args))
+    state = state_from(args)
     run_id = args.run or cp_store.latest_run(state)
     if run_id is None:
         raise NotFoundError("run", "(any)", f"no run in {state.root}; start one with: attractor run PIPELINE")
@@ -179,9 +185,8 @@ def run_status(args: argparse.Namespace) -> int:
 
 def run_stop(args: argparse.Namespace) -> int:
     from attractor.layers.stop import stop_run
-    from attractor.store.statedir import StateDir
 
-    result = stop_run(StateDir(state_dir_from(args)), args.run_id, tmux_socket=args.tmux_socket,
+    result = stop_run(state_from(args), args.run_id, tmux_socket=args.tmux_socket,
                       timeout=args.timeout)
     for line in result:
         print(line)
@@ -189,8 +194,6 @@ def run_stop(args: argparse.Namespace) -> int:
 
 
 def add_parser(subparsers: Any) -> None:
-    from attractor.cli import add_tmux_socket_option
-
     p = subparser(subparsers, "status", "show a run: nodes, agents (with the tmux pane to attach to), the queue",
                   "attractor status --json")
     p.add_argument("--run", help="run id (default: the latest run)")
