@@ -46,7 +46,7 @@ def checked_args(args: Sequence[str], role: str) -> list[str]:
     if known.run is None or known.node is None or "-h" in rest or "--help" in rest:
         return list(args)  # the command itself says what is missing, or shows its help
     run_id = run_id_for(known.run)
-    from attractor.layers.runner import session_name
+    from attractor.layers.layout import session_name
 
     target = Path(known.target_dir or ".").resolve()
     state_root = state_dir_from(known)

@@ -89,6 +89,8 @@ def events(state: Path) -> list[dict[str, Any]]:
     rid = run_id(state)
     assert rid is not None
     path = state / "runs" / rid / "events.jsonl"
+    if not path.exists():  # the checkpoint is written before the first event
+        return []
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 

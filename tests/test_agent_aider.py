@@ -262,7 +262,6 @@ def test_chat_commit_message_and_side_requests() -> None:
 def test_real_aider_writes_commits_as_the_user_and_leaves_a_clean_worktree(
         tmp_path: Path, state_dir: Path, tmux_socket: str, monkeypatch: pytest.MonkeyPatch) -> None:
     from attractor.layers.launch import (
-        agent_env,
         agent_launch,
         build_prompt,
         launch_context,
@@ -270,6 +269,7 @@ def test_real_aider_writes_commits_as_the_user_and_leaves_a_clean_worktree(
         with_env_removed,
         write_launch_files,
     )
+    from attractor.layers.layout import agent_env
     from attractor.store.statedir import StateDir
     from attractor.tmux import Tmux
 
@@ -308,8 +308,7 @@ def test_real_aider_writes_commits_as_the_user_and_leaves_a_clean_worktree(
                              script_file=None, run_id="r1", target_dir=target, branch=branch,
                              agent_dir=state.root / "agents" / "orchestrator-n1", model="openai/scripted")
         launch = agent_launch(ADAPTER, ctx)
-        env = agent_env(state, run_id="r1", node="n1", agent_id="orchestrator-n1", runner_id="runner-n1",
-                        tmux_socket=tmux_socket)
+        env = agent_env(state, run_id="r1", node="n1", tmux_socket=tmux_socket)
         env.update(launch.env)
         tmux = Tmux(tmux_socket)
         # the exit status is also written to a file: tmux 3.3a here sometimes never reaps the first

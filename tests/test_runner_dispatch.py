@@ -10,7 +10,8 @@ import pytest
 
 from attractor import gitops
 from attractor.engines import merge_queue
-from attractor.layers.runner import Runner, RunnerConfig, branch_name, worktree_path
+from attractor.layers.layout import branch_name, worktree_path
+from attractor.layers.runner import Runner, RunnerConfig
 from attractor.states import HookPhase, SignalKind
 from attractor.store import hooks, signals
 from attractor.store.statedir import StateDir

@@ -17,6 +17,19 @@ NAME_RULE = (
     "(no slash, space, quote or uppercase)"
 )
 
+# The environment variables attractor sets for the processes it starts (agents and layers) and
+# reads back in the commands those processes call.
+ENV_STATE_DIR = "ATTRACTOR_STATE_DIR"
+ENV_TMUX_SOCKET = "ATTRACTOR_TMUX_SOCKET"
+ENV_AGENT_ID = "ATTRACTOR_AGENT_ID"
+ENV_RUNNER_ID = "ATTRACTOR_RUNNER_ID"
+ENV_NODE = "ATTRACTOR_NODE"
+ENV_RUN_ID = "ATTRACTOR_RUN_ID"
+ENV_TARGET_BRANCH = "ATTRACTOR_TARGET_BRANCH"
+ENV_AGENT_EPOCH = "ATTRACTOR_AGENT_EPOCH"
+ENV_LOG_LEVEL = "ATTRACTOR_LOG_LEVEL"
+ENV_MODEL = "ATTRACTOR_MODEL"
+
 ROLES = ("launcher", "guardian", "runner", "orchestrator", "merge-queue", "user")
 # Agent ids: role + '-' + name. Roles may themselves contain '-' (merge-queue).
 _AGENT_ID_RE = re.compile(r"[a-z0-9][a-z0-9_.-]{0,130}")

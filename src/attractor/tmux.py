@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from attractor import names
 from attractor.errors import (
     BadInputError,
     InvalidNameError,
@@ -45,7 +46,7 @@ from attractor.names import NAME_RULE, validate_name
 _KEY_NAME_RE = re.compile(r"[A-Za-z0-9]|Enter|Escape|Tab|Space|BSpace|Up|Down|Left|Right|[CM]-[a-z]")
 logger = logging.getLogger(__name__)
 
-ENV_TMUX_SOCKET = "ATTRACTOR_TMUX_SOCKET"
+ENV_TMUX_SOCKET = names.ENV_TMUX_SOCKET
 SESSION_TAG = "@attractor-owned"
 PANE_TAG = "@attractor-pane"
 INSTALL_HINT = "install it with: apt-get install tmux"

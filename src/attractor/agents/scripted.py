@@ -43,6 +43,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from attractor import names
 from attractor.errors import BadInputError, UsageError, error_handler
 
 VERBS = ("write", "append", "run", "commit", "sleep", "ask", "menu", "report", "stuck", "fail", "hang", "crash")
@@ -282,9 +283,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--worktree", type=Path, default=Path.cwd())
     parser.add_argument("--node", required=True)
     parser.add_argument("--attempt", type=int, default=1)
-    parser.add_argument("--agent-id", default=os.environ.get("ATTRACTOR_AGENT_ID", ""))
-    parser.add_argument("--runner-id", default=os.environ.get("ATTRACTOR_RUNNER_ID", ""))
-    parser.add_argument("--state-dir", type=Path, default=os.environ.get("ATTRACTOR_STATE_DIR"))
+    parser.add_argument("--agent-id", default=os.environ.get(names.ENV_AGENT_ID, ""))
+    parser.add_argument("--runner-id", default=os.environ.get(names.ENV_RUNNER_ID, ""))
+    parser.add_argument("--state-dir", type=Path, default=os.environ.get(names.ENV_STATE_DIR))
     args = parser.parse_args(argv)
 
     def _run() -> int:
@@ -293,8 +294,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         except OSError as exc:
             raise UsageError(f"script file {args.script_file}: {exc.strerror}") from exc
         steps = parse_script(text)
-        agent = ScriptedAgent(args.worktree, args.node, args.attempt, args.agent_id or f"orchestrator-{args.node}",
-                              args.runner_id or f"runner-{args.node}", args.state_dir)
+        agent = ScriptedAgent(args.worktree, args.node, args.attempt,
+                              args.agent_id or names.agent_id("orchestrator", args.node),
+                              args.runner_id or names.agent_id("runner", args.node), args.state_dir)
         return agent.run(steps)
 
     return error_handler(_run)

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import NoReturn
 
-from attractor import __version__
+from attractor import __version__, names
 from attractor.cli._flags import state_dir_from
 from attractor.errors import EXIT_USAGE, UsageError, error_handler
 
@@ -86,7 +86,7 @@ def build_parser(argv: Sequence[str] | None = None) -> Parser:
     parser.add_argument("--version", action="version", version=f"attractor {__version__}")
     parser.add_argument(
         "--log-level",
-        default=os.environ.get("ATTRACTOR_LOG_LEVEL", "WARNING"),
+        default=os.environ.get(names.ENV_LOG_LEVEL, "WARNING"),
         choices=["DEBUG", "INFO", "WARNING", "ERROR"],
         help="log level for stderr (default: WARNING)",
     )

@@ -30,6 +30,7 @@ import subprocess
 import sys
 from typing import Any
 
+from attractor import names
 from attractor.cli import Parser, subparser
 
 EVENTS = ("session-start", "user-prompt-submit", "post-tool-use", "notification", "stop", "pre-compact",
@@ -50,12 +51,12 @@ class _Env:
         from attractor.store.statedir import StateDir
 
         env = os.environ
-        self.state = StateDir.resolve(env.get("ATTRACTOR_STATE_DIR"))
-        self.agent_id = env.get("ATTRACTOR_AGENT_ID", "")
-        self.runner_id = env.get("ATTRACTOR_RUNNER_ID", "")
-        self.node = env.get("ATTRACTOR_NODE", "")
-        self.run_id = env.get("ATTRACTOR_RUN_ID", "")
-        epoch = env.get("ATTRACTOR_AGENT_EPOCH", "")
+        self.state = StateDir.resolve(env.get(names.ENV_STATE_DIR))
+        self.agent_id = env.get(names.ENV_AGENT_ID, "")
+        self.runner_id = env.get(names.ENV_RUNNER_ID, "")
+        self.node = env.get(names.ENV_NODE, "")
+        self.run_id = env.get(names.ENV_RUN_ID, "")
+        epoch = env.get(names.ENV_AGENT_EPOCH, "")
         self.epoch = int(epoch) if epoch.isdigit() else None
 
     def current(self) -> bool:
@@ -91,7 +92,7 @@ def _log_failure(event: str, exc: BaseException) -> None:
         from attractor import clock
         from attractor.store.statedir import StateDir
 
-        logs = StateDir.resolve(os.environ.get("ATTRACTOR_STATE_DIR")).ensure("logs")
+        logs = StateDir.resolve(os.environ.get(names.ENV_STATE_DIR)).ensure("logs")
         with open(logs / "agent-hook.log", "a", encoding="utf-8") as fh:
             fh.write(f"{clock.iso()} {os.environ.get('ATTRACTOR_AGENT_ID', '?')} {event}: "
                      f"{type(exc).__name__}: {exc}\n")
@@ -266,7 +267,7 @@ def on_pre_compact(env: _Env, data: dict[str, Any]) -> str:
     trigger = str(data.get("trigger") or "auto")
     cwd = str(data.get("cwd") or os.getcwd())
     try:
-        target = os.environ.get("ATTRACTOR_TARGET_BRANCH", "main")
+        target = os.environ.get(names.ENV_TARGET_BRANCH, "main")
         log = subprocess.run(["git", "log", "--oneline", "-n", "20", f"{target}..HEAD", "--"],
                              cwd=cwd, capture_output=True, text=True, timeout=10).stdout.strip()
         status = subprocess.run(["git", "status", "--short"], cwd=cwd, capture_output=True, text=True,

@@ -33,8 +33,8 @@ def run_guardian(args: argparse.Namespace) -> int:
     from attractor.layers.guardian import Guardian, GuardianConfig
 
     state = state_from(args)
-    _file_logging(state.root, f"guardian-{args.run}")
     cfg = GuardianConfig(state=state, run_id=args.run, tmux_socket=_socket(args, Path.cwd()), log_level=args.log_level)
+    _file_logging(state.root, cfg.agent_id)
     try:
         return Guardian(cfg).run()
     except Exception:
@@ -57,7 +57,7 @@ def run_runner(args: argparse.Namespace) -> int:
     from attractor.layers.runner import Runner
 
     cfg = _runner_config(args)
-    _file_logging(cfg.state.root, f"runner-{args.node}")
+    _file_logging(cfg.state.root, cfg.agent_id)
     try:
         return Runner(cfg).run()
     except Exception:
@@ -69,7 +69,8 @@ def run_spawn_runner(args: argparse.Namespace) -> int:
     import json
 
     from attractor.engines.pipeline import check_runner_inputs
-    from attractor.layers.runner import session_name, spawn_runner
+    from attractor.layers.layout import session_name
+    from attractor.layers.runner import spawn_runner
 
     cfg = _runner_config(args)
     # everything checked before anything is written (the guardian checked its inputs at launch)
@@ -77,8 +78,8 @@ def run_spawn_runner(args: argparse.Namespace) -> int:
                         session=session_name(cfg.run_id, "runner", cfg.node))
     ident = spawn_runner(cfg, log_level=args.log_level if args.log_level != "WARNING" else "INFO")
     info = {"pid": ident.pid, "tmux_socket": cfg.tmux_socket, "tmux_session": ident.tmux_session,
-            "pane_id": ident.pane_id, "state_file": str(cfg.state.identities / f"runner-{cfg.node}.json"),
-            "hook_file": str(cfg.state.hooks / f"runner-{cfg.node}.json")}
+            "pane_id": ident.pane_id, "state_file": str(cfg.state.identities / f"{cfg.agent_id}.json"),
+            "hook_file": str(cfg.state.hooks / f"{cfg.agent_id}.json")}
     if args.json:
         print(json.dumps(info, indent=2))
     else:

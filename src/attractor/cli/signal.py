@@ -12,6 +12,7 @@ import os
 import sys
 from typing import TYPE_CHECKING, Any
 
+from attractor import names
 from attractor.cli import Parser, subparser
 from attractor.cli._flags import add_json_option, add_state_dir_option, state_from
 from attractor.errors import EXIT_OK, BadInputError
@@ -19,7 +20,7 @@ from attractor.errors import EXIT_OK, BadInputError
 if TYPE_CHECKING:
     from attractor.store.signals import Signal
 
-ENV_AGENT_ID = "ATTRACTOR_AGENT_ID"
+ENV_AGENT_ID = names.ENV_AGENT_ID
 DEFAULT_SENDER = "user-cli"
 BOX_CHOICES = ("new", "cur", "done", "all")
 

@@ -19,7 +19,7 @@ import logging
 import time
 from dataclasses import dataclass
 
-from attractor import clock
+from attractor import clock, names
 from attractor.engines.prompts import find_option, keys_to_choose, match_prompt, pane_tail, question_above, read_menu
 from attractor.errors import AttractorError, NotFoundError, UsageError
 from attractor.states import SignalKind
@@ -106,7 +106,7 @@ def answer(state: StateDir, node: str, reply: str, *, tmux_socket: str | None = 
 
     if reply not in ANSWERS:
         raise UsageError(f"answer must be one of {', '.join(ANSWERS)}, got {reply!r}")
-    agent_id = f"orchestrator-{node}"
+    agent_id = names.agent_id("orchestrator", node)
     try:
         ident = identities.get(state, "orchestrator", node)
     except NotFoundError:
@@ -153,7 +153,7 @@ def answer(state: StateDir, node: str, reply: str, *, tmux_socket: str | None = 
 def queue_message(state: StateDir, node: str, text: str, *, author: str = "user") -> signals.Signal:
     if not text.strip():
         raise UsageError("agent send: the message is empty")
-    return signals.send(state, SignalKind.MESSAGE, to=f"orchestrator-{node}", sender="user-cli",
+    return signals.send(state, SignalKind.MESSAGE, to=names.agent_id("orchestrator", node), sender="user-cli",
                         payload={"text": text, "author": author})
 
 

@@ -31,7 +31,8 @@ from attractor import procs
 from attractor.engines.gates import Gate, run_gate
 from attractor.engines.space import DiskPatience
 from attractor.errors import AttractorError, IdentityTakenError, NoSpaceError, NotFoundError
-from attractor.layers.runner import RunnerConfig, session_name, spawn_runner, worktree_path
+from attractor.layers import layout
+from attractor.layers.runner import RunnerConfig, spawn_runner
 from attractor.states import HookPhase, IdentityStatus, NodeState, SignalKind
 from attractor.store import checkpoint as cp_store
 from attractor.store import hooks, identities, signals
@@ -45,7 +46,6 @@ TICK = 0.2
 HEARTBEAT_INTERVAL = 2.0
 OUTPUT_TAIL = 4000
 TIP_CHECK_INTERVAL = 2.0
-VALIDATION_PREFIX = "_validate-"  # node names start with a letter or digit: no clash
 
 
 @dataclass(frozen=True)
@@ -57,7 +57,7 @@ class GuardianConfig:
 
     @property
     def agent_id(self) -> str:
-        return f"guardian-{self.run_id}"
+        return layout.guardian_id(self.run_id)
 
 
 def guardian_argv(cfg: GuardianConfig) -> list[str]:
@@ -70,12 +70,11 @@ def spawn_guardian(cfg: GuardianConfig, target_dir: Path) -> identities.Identity
     from attractor.tmux import Tmux
 
     tmux = Tmux(cfg.tmux_socket)
-    name = session_name(cfg.run_id, "guardian", "main")
+    name = layout.guardian_session(cfg.run_id)
     if tmux.has_session(name):
         tmux.kill_session(name)
-    env = {"ATTRACTOR_STATE_DIR": str(cfg.state.root), "ATTRACTOR_TMUX_SOCKET": cfg.tmux_socket,
-           "ATTRACTOR_AGENT_ID": cfg.agent_id}
-    pane = tmux.new_session(name, guardian_argv(cfg), cwd=target_dir, env=env)
+    pane = tmux.new_session(name, guardian_argv(cfg), cwd=target_dir,
+                            env=layout.layer_env(cfg.state, cfg.tmux_socket, cfg.agent_id))
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
         try:
@@ -87,7 +86,7 @@ def spawn_guardian(cfg: GuardianConfig, target_dir: Path) -> identities.Identity
         if not pid_alive(pane.pane_pid):
             break
         time.sleep(0.02)
-    log = cfg.state.logs / f"guardian-{cfg.run_id}.log"
+    log = cfg.state.logs / f"{cfg.agent_id}.log"
     raise AttractorError(f"the guardian of run {cfg.run_id} did not start; its log is {log}")
 
 
@@ -101,6 +100,7 @@ class Guardian:
         self.cp = cp_store.read_checkpoint(cfg.state, cfg.run_id)
         self.pipeline = load_pipeline(Path(self.cp.pipeline_path))
         self.target_dir = Path(self.cp.target_dir)
+        self.layout = layout.RunLayout(cfg.run_id, self.target_dir)
         self.tmux = Tmux(cfg.tmux_socket)
         self.lock = threading.RLock()
         self.stop_event = threading.Event()
@@ -268,7 +268,7 @@ class Guardian:
                             target_branch=self.cp.target_branch)
 
     def send_runner(self, node: str, kind: SignalKind, payload: dict[str, Any]) -> None:
-        signals.send(self.state, kind, to=f"runner-{node}", sender=self.cfg.agent_id, payload=payload)
+        signals.send(self.state, kind, to=layout.runner_id(node), sender=self.cfg.agent_id, payload=payload)
 
     # -- validation and merge ------------------------------------------------------------------
     def validator_commands(self, node: str) -> list[tuple[str, str, float]]:
@@ -298,7 +298,7 @@ class Guardian:
             wt = self.validation_tree(node)
             if wt.exists():
                 gitops.remove_worktree(self.target_dir, wt)
-            gitops.add_detached_worktree(self.target_dir, wt, commit or f"attractor/{self.cfg.run_id}/{node}")
+            gitops.add_detached_worktree(self.target_dir, wt, commit or self.layout.branch(node))
             outputs = []
             try:
                 results = []
@@ -344,14 +344,14 @@ class Guardian:
                 self.validations.discard(node)
 
     def validation_tree(self, node: str) -> Path:
-        return self.target_dir / ".claude" / "worktrees" / f"{VALIDATION_PREFIX}{node}"
+        return self.layout.validation_tree(node)
 
     def sweep_validation_trees(self) -> None:
         """Checkouts a killed guardian left behind while validating."""
         from attractor import gitops
 
-        directory = self.target_dir / ".claude" / "worktrees"
-        for path in directory.glob(f"{VALIDATION_PREFIX}*") if directory.is_dir() else []:
+        directory = layout.worktrees_dir(self.target_dir)
+        for path in directory.glob(f"{layout.VALIDATION_PREFIX}*") if directory.is_dir() else []:
             with contextlib.suppress(AttractorError):
                 gitops.remove_worktree(self.target_dir, path)
 
@@ -438,7 +438,7 @@ class Guardian:
             if not _runner_alive(self.state, node):
                 from attractor import gitops
 
-                path = worktree_path(self.target_dir, node)
+                path = self.layout.worktree(node)
                 if path.exists() and gitops.is_clean(path):
                     gitops.remove_worktree(self.target_dir, path)
         except AttractorError as exc:
@@ -474,7 +474,7 @@ class Guardian:
         attempts = self.cp.nodes[name].attempts + 1
         self.update_node(name, "runner_spawned", state=NodeState.RUNNING, attempts=attempts,
                          started_at=self.cp.nodes[name].started_at or _now(),
-                         branch=f"attractor/{self.cfg.run_id}/{name}")
+                         branch=self.layout.branch(name))
         self.spawn_runner_or_fail(name)
 
     def spawn_runner_or_fail(self, name: str) -> bool:
@@ -569,7 +569,7 @@ class Guardian:
                 ident: identities.Identity | None = identities.get(self.state, "runner", name)
             except NotFoundError:
                 ident = None
-            agent = f"runner-{name}"
+            agent = layout.runner_id(name)
             if hook is not None and hook.phase is HookPhase.FAILED and self.between_attempts(name, hook):
                 hook = None  # the runner died between closing one attempt and opening the next
             if hook is not None and hook.phase is HookPhase.FAILED and (ident is None or not ident.may_be_alive):
@@ -654,8 +654,8 @@ class Guardian:
                 self.start_validation(name, hook.last_commit or "")
             elif hook.phase is HookPhase.MERGE_READY:
                 node = self.pipeline.nodes[name]
-                self.start_merge(name, {"node": name, "branch": f"attractor/{self.cfg.run_id}/{name}",
-                                        "commit": hook.last_commit or "", "owner": f"runner-{name}",
+                self.start_merge(name, {"node": name, "branch": self.layout.branch(name),
+                                        "commit": hook.last_commit or "", "owner": layout.runner_id(name),
                                         "priority": node.priority})
 
     def finished(self) -> bool:
@@ -674,7 +674,7 @@ class Guardian:
 
         with self.lock:
             merged = [n for n, p in self.cp.nodes.items() if p.state is NodeState.MERGED]
-        trees = [n for n in merged if worktree_path(self.target_dir, n).exists()]
+        trees = [n for n in merged if self.layout.worktree(n).exists()]
         for wait, end_sessions in ((10.0, True), (5.0, False)):
             deadline = time.monotonic() + wait
             while any(_runner_alive(self.state, n) for n in trees) and time.monotonic() < deadline:
@@ -684,7 +684,7 @@ class Guardian:
             logger.warning("guardian: runners of merged nodes still running after %gs; ending their sessions", wait)
             self.cleanup_sessions()
         for name in trees:
-            path = worktree_path(self.target_dir, name)
+            path = self.layout.worktree(name)
             try:
                 if path.exists() and gitops.is_clean(path):
                     gitops.remove_worktree(self.target_dir, path)
@@ -725,7 +725,7 @@ class Guardian:
         after its node was decided leaves its agent's kept dead pane behind)."""
         for role in ("runner", "orch"):
             try:
-                self.tmux.kill_owned_sessions(f"att-{self.cfg.run_id}-{role}-".replace(".", "_"))
+                self.tmux.kill_owned_sessions(self.layout.session_prefix(role))
             except AttractorError as exc:
                 logger.info("%s", exc)
         for ident in identities.list_identities(self.state):
@@ -761,7 +761,7 @@ class Guardian:
         identities.create_identity(self.state, "guardian", self.cfg.run_id, pid=os.getpid(),
                                    session_id=self.cfg.run_id, worktree=str(self.target_dir),
                                    tmux_socket=self.cfg.tmux_socket, pane_id=os.environ.get("TMUX_PANE"),
-                                   tmux_session=session_name(self.cfg.run_id, "guardian", "main"))
+                                   tmux_session=self.layout.guardian_session)
         identities.update_liveness(self.state, "guardian", self.cfg.run_id, pid=os.getpid())
         with self.lock:
             self.cp = self.cp.with_status("running")

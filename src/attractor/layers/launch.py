@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shlex
 import sys
 from dataclasses import dataclass
@@ -20,6 +19,7 @@ from typing import Any
 
 from attractor.agents import Agent, Launch, LaunchContext
 from attractor.errors import BadInputError, NotFoundError
+from attractor.layers import layout
 from attractor.store.atomic import ensure_private_dir, write_bytes_atomic
 from attractor.store.statedir import StateDir
 
@@ -125,26 +125,10 @@ def write_launch_files(state: StateDir, run_id: str, node: str, attempt: int, pr
     return prompt_file, script_file
 
 
-def agent_env(state: StateDir, *, run_id: str, node: str, agent_id: str, runner_id: str,
-              tmux_socket: str, target_branch: str = "main") -> dict[str, str]:
-    bin_dir = str(Path(sys.executable).parent)
-    path = os.environ.get("PATH", "/usr/bin:/bin")
-    return {
-        "ATTRACTOR_STATE_DIR": str(state.root),
-        "ATTRACTOR_AGENT_ID": agent_id,
-        "ATTRACTOR_RUNNER_ID": runner_id,
-        "ATTRACTOR_NODE": node,
-        "ATTRACTOR_RUN_ID": run_id,
-        "ATTRACTOR_TMUX_SOCKET": tmux_socket,
-        "ATTRACTOR_TARGET_BRANCH": target_branch,
-        "PATH": path if path.startswith(bin_dir + ":") else f"{bin_dir}:{path}",
-    }
-
-
 def launch_context(state: StateDir, *, node: str, worktree: Path, prompt_file: Path, attempt: int,
                    script_file: Path | None, **more: Any) -> LaunchContext:
     """The adapter's view of one start; `more` carries the optional LaunchContext fields."""
-    agent_id, runner_id = f"orchestrator-{node}", f"runner-{node}"
+    agent_id, runner_id = layout.orchestrator_id(node), layout.runner_id(node)
     done, stuck = report_commands(node, agent_id, runner_id)
     defaults: dict[str, Any] = {"report_command": done, "stuck_command": stuck,
                                 "heartbeat_command": heartbeat_command(node), "attractor": attractor_command()}

@@ -29,6 +29,7 @@ from attractor.errors import (
     NotFoundError,
     UsageError,
 )
+from attractor.layers import layout
 from attractor.names import validate_name
 from attractor.states import IdentityStatus
 from attractor.store import checkpoint as cp_store
@@ -155,10 +156,9 @@ def prepare(opts: LaunchOptions) -> tuple[StateDir, Checkpoint, str]:
 def check_guardian_session(socket: str, run_id: str) -> None:
     """The guardian's tmux session name is free, or a session attractor made (then the
     guardian's start replaces it); a session of someone else's by that name is refused."""
-    from attractor.layers.runner import session_name
     from attractor.tmux import Tmux
 
-    name = session_name(run_id, "guardian", "main")
+    name = layout.guardian_session(run_id)
     owned = Tmux(socket)._sessions().get(name)  # name -> carries our tag
     if owned is False:
         raise AlreadyExistsError("tmux session", name, f"on socket {socket}, not created by attractor; "
@@ -168,10 +168,9 @@ def check_guardian_session(socket: str, run_id: str) -> None:
 def check_node_worktrees(cp: Checkpoint) -> None:
     """Worktrees an earlier run left at this run's node paths must be clean (they are removed)."""
     from attractor import gitops
-    from attractor.layers.runner import worktree_path
 
     for name, node in cp.nodes.items():
-        tree = worktree_path(Path(cp.target_dir), name)
+        tree = layout.worktree_path(Path(cp.target_dir), name)
         if node.kind == "codergen" and tree.exists() and not gitops.is_clean(tree):
             raise BadInputError(f"worktree {tree}", "has uncommitted changes from an earlier run; commit, "
                                 "stash or remove it, or resume that run with --resume")
@@ -204,11 +203,9 @@ def reopen(cp: Checkpoint) -> Checkpoint:
 
 def check_session_names(pipeline: object) -> None:
     """Node names that tmux would turn into the same session name (`a.b` and `a_b`)."""
-    from attractor.layers.runner import session_name
-
     seen: dict[str, str] = {}
     for name in pipeline.nodes:  # type: ignore[attr-defined]
-        key = session_name("r", "runner", name)
+        key = layout.session_name("r", "runner", name)
         if key in seen:
             raise BadInputError(f"nodes '{seen[key]}' and '{name}'",
                                 "tmux would give them the same session name ('.' becomes '_'); rename one")
@@ -220,17 +217,17 @@ def retire_node_records(state: StateDir, cp: Checkpoint) -> None:
     runs; they are kept beside the data as `*.json.retired-<stamp>`. Clean worktrees they left
     are removed; a worktree with uncommitted changes stops the launch."""
     from attractor import gitops
-    from attractor.layers.runner import worktree_path
 
     stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
     for name, node in cp.nodes.items():
         if node.kind != "codergen":
             continue
-        for path in (state.hooks / f"runner-{name}.json", state.root / "supervision" / f"runner-{name}.json",
-                     state.root / "supervision" / f"orchestrator-{name}.json"):
+        runner, orchestrator = layout.runner_id(name), layout.orchestrator_id(name)
+        for path in (state.hooks / f"{runner}.json", state.root / "supervision" / f"{runner}.json",
+                     state.root / "supervision" / f"{orchestrator}.json"):
             if path.exists():
                 os.replace(path, path.with_name(f"{path.name}.retired-{stamp}"))
-        tree = worktree_path(Path(cp.target_dir), name)
+        tree = layout.worktree_path(Path(cp.target_dir), name)
         if tree.exists():
             if not gitops.is_clean(tree):
                 raise BadInputError(f"worktree {tree}", "has uncommitted changes from an earlier run; commit, "
@@ -266,7 +263,7 @@ def launch(opts: LaunchOptions, out: TextIO = sys.stdout) -> int:
         live = live_guardian(state)
         if live is not None and not (opts.attach or (opts.resume and live.name == cp.run_id)):
             raise IdentityTakenError(
-                f"guardian-{live.name}", live.pid,
+                layout.guardian_id(live.name), live.pid,
                 f"tmux session {live.tmux_session}; one guardian per state directory: follow it with "
                 f"--attach, or stop it with: attractor stop {live.name}")
         guardian = None if live is not None else _start(opts, state, cp, socket, gcfg)

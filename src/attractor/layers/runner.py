@@ -26,14 +26,14 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from attractor import clock, procs
+from attractor import clock, names, procs
 from attractor.agents import REPORTS_BY_EXIT, LaunchContext, resolve_agent
 from attractor.engines.answers import deliver_by_paste, remembered_allow
 from attractor.engines.gates import summary_line
 from attractor.engines.space import DiskPatience
 from attractor.errors import AttractorError, NoSpaceError, NotFoundError
+from attractor.layers import layout
 from attractor.layers.launch import (
-    agent_env,
     agent_launch,
     build_prompt,
     launch_context,
@@ -63,19 +63,6 @@ def _secret(name: str) -> bool:
     return any(word in name.upper() for word in ("KEY", "TOKEN", "SECRET", "PASSWORD"))
 
 
-def session_name(run_id: str, role: str, node: str) -> str:
-    """tmux session names: `.` and `:` are target separators in tmux, so they become `_`."""
-    return f"att-{run_id}-{role}-{node}".replace(".", "_").replace(":", "_")
-
-
-def worktree_path(target_dir: Path, node: str) -> Path:
-    return target_dir / ".claude" / "worktrees" / node
-
-
-def branch_name(run_id: str, node: str) -> str:
-    return f"attractor/{run_id}/{node}"
-
-
 @dataclass(frozen=True)
 class RunnerConfig:
     state: StateDir
@@ -90,15 +77,15 @@ class RunnerConfig:
 
     @property
     def agent_id(self) -> str:
-        return f"runner-{self.node}"
+        return layout.runner_id(self.node)
 
     @property
     def orchestrator_id(self) -> str:
-        return f"orchestrator-{self.node}"
+        return layout.orchestrator_id(self.node)
 
     @property
     def guardian_id(self) -> str:
-        return f"guardian-{self.run_id}"
+        return layout.guardian_id(self.run_id)
 
 
 def spawn_runner(cfg: RunnerConfig, *, log_level: str = "INFO") -> identities.Identity:
@@ -107,7 +94,7 @@ def spawn_runner(cfg: RunnerConfig, *, log_level: str = "INFO") -> identities.Id
     Returns the runner's identity record (pid, tmux session, pane)."""
     from attractor.tmux import Tmux
 
-    name = session_name(cfg.run_id, "runner", cfg.node)
+    name = layout.session_name(cfg.run_id, "runner", cfg.node)
     tmux = Tmux(cfg.tmux_socket)
     if tmux.has_session(name) and name not in tmux.list_owned_sessions():
         from attractor.errors import AlreadyExistsError
@@ -115,7 +102,7 @@ def spawn_runner(cfg: RunnerConfig, *, log_level: str = "INFO") -> identities.Id
         raise AlreadyExistsError("tmux session", name, f"on socket {cfg.tmux_socket} was not created by attractor "
                                  "(a session of yours?); close or rename it, then resume the run")
     identities.create_identity(cfg.state, "runner", cfg.node, session_id=cfg.run_id,
-                               worktree=str(worktree_path(cfg.target_dir, cfg.node)),
+                               worktree=str(layout.worktree_path(cfg.target_dir, cfg.node)),
                                tmux_socket=cfg.tmux_socket, tmux_session=name)
     hooks.create_hook(cfg.state, "runner", cfg.node, node=cfg.node, run_id=cfg.run_id)
     argv = [sys.executable, "-m", "attractor", "--log-level", log_level, "runner",
@@ -126,9 +113,8 @@ def spawn_runner(cfg: RunnerConfig, *, log_level: str = "INFO") -> identities.Id
         argv += ["--agent-cmd", cfg.agent_cmd]
     if tmux.has_session(name):
         tmux.kill_session(name)
-    env = {"ATTRACTOR_STATE_DIR": str(cfg.state.root), "ATTRACTOR_TMUX_SOCKET": cfg.tmux_socket,
-           "ATTRACTOR_AGENT_ID": cfg.agent_id}
-    pane = tmux.new_session(name, argv, cwd=cfg.target_dir, env=env)
+    pane = tmux.new_session(name, argv, cwd=cfg.target_dir, env=layout.layer_env(cfg.state, cfg.tmux_socket,
+                                                                                  cfg.agent_id))
     return identities.update_fields(cfg.state, "runner", cfg.node, pid=pane.pane_pid, pane_id=pane.pane_id,
                                     tmux_session=name, tmux_socket=cfg.tmux_socket)
 
@@ -146,8 +132,8 @@ class Runner:
             raise NotFoundError("node", cfg.node, f"not in pipeline {cfg.pipeline_path}")
         self.node = self.pipeline.nodes[cfg.node]
         self.agent = resolve_agent(self.node.agent or cfg.agent, cfg.agent_cmd)
-        self.worktree = worktree_path(cfg.target_dir, cfg.node)
-        self.branch = branch_name(cfg.run_id, cfg.node)
+        self.worktree = layout.worktree_path(cfg.target_dir, cfg.node)
+        self.branch = layout.branch_name(cfg.run_id, cfg.node)
         self.max_attempts = 1 + self.node.max_retries
         self.lock = threading.RLock()
         self.finished = threading.Event()
@@ -333,20 +319,19 @@ class Runner:
             session_id=session.session_id, resume=resume,
             allow=tuple(dict.fromkeys((*self.role_allow, *remembered_allow(self.state, self.cfg.orchestrator_id)))),
             validation_commands=self.validation_commands(),
-            model=self.node.attrs.get("model") or os.environ.get("ATTRACTOR_MODEL", ""))
+            model=self.node.attrs.get("model") or os.environ.get(names.ENV_MODEL, ""))
         launch = agent_launch(self.agent, ctx)
         self.launch_ctx = ctx
         self.stop_orchestrator("replaced by a new attempt")
-        name = session_name(self.cfg.run_id, "orch", self.cfg.node)
+        name = layout.session_name(self.cfg.run_id, "orch", self.cfg.node)
         if self.tmux.has_session(name):
             self.tmux.kill_session(name)  # the dead pane of an earlier incarnation, kept for diagnosis
         created = identities.create_identity(self.state, "orchestrator", self.cfg.node, session_id=self.cfg.run_id,
                                              worktree=str(self.worktree), tmux_socket=self.cfg.tmux_socket,
                                              tmux_session=name)
-        env = agent_env(self.state, run_id=self.cfg.run_id, node=self.cfg.node, agent_id=self.cfg.orchestrator_id,
-                        runner_id=self.cfg.agent_id, tmux_socket=self.cfg.tmux_socket,
-                        target_branch=self.cfg.target_branch)
-        env["ATTRACTOR_AGENT_EPOCH"] = str(created.epoch)  # hooks of an earlier incarnation are ignored
+        env = layout.agent_env(self.state, run_id=self.cfg.run_id, node=self.cfg.node,
+                               tmux_socket=self.cfg.tmux_socket, target_branch=self.cfg.target_branch)
+        env[names.ENV_AGENT_EPOCH] = str(created.epoch)  # hooks of an earlier incarnation are ignored
         # a secret the pane inherits anyway is not repeated on tmux's command line (`-e` shows in
         # `ps` and `tmux show-environment`)
         env.update({k: v for k, v in launch.env.items() if not (_secret(k) and os.environ.get(k) == v)})

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from attractor import procs
 from attractor.errors import AttractorError, NotFoundError
-from attractor.layers.runner import worktree_path
+from attractor.layers import layout
 from attractor.names import validate_name
 from attractor.states import IdentityStatus, SignalKind
 from attractor.store import checkpoint as cp_store
@@ -68,7 +68,7 @@ def stop_run(state: StateDir, run_id: str | None, *, tmux_socket: str | None = N
         guardian = identities.get(state, "guardian", run_id)
     if guardian is not None and guardian.process_alive:
         assert guardian.pid is not None and guardian.pid_start is not None
-        signals.send(state, SignalKind.SHUTDOWN, to=f"guardian-{run_id}", sender="user-cli",
+        signals.send(state, SignalKind.SHUTDOWN, to=layout.guardian_id(run_id), sender="user-cli",
                      payload={"reason": "attractor stop"})
         deadline = time.monotonic() + timeout
         while guardian.process_alive and time.monotonic() < deadline:
@@ -99,7 +99,7 @@ def stop_run(state: StateDir, run_id: str | None, *, tmux_socket: str | None = N
                 identities.mark_terminated(state, ident.role, ident.name, reason="attractor stop")
             except AttractorError as exc:
                 logger.info("%s", exc)
-    prefix = f"att-{run_id}-".replace(".", "_")
+    prefix = layout.run_sessions_prefix(run_id)
     for socket in sockets:
         try:
             lines += [f"killed tmux session {name}" for name in Tmux(socket).kill_owned_sessions(prefix)]
@@ -107,7 +107,7 @@ def stop_run(state: StateDir, run_id: str | None, *, tmux_socket: str | None = N
             lines.append(f"left tmux sessions on {socket}: {exc}")
     target = Path(cp.target_dir)
     for name in cp.nodes:
-        path = worktree_path(target, name)
+        path = layout.worktree_path(target, name)
         if not path.exists():
             continue
         try:

@@ -13,9 +13,10 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from attractor import names
 from attractor.store.atomic import ensure_private_dir
 
-ENV_STATE_DIR = "ATTRACTOR_STATE_DIR"
+ENV_STATE_DIR = names.ENV_STATE_DIR
 
 
 def find_repo_root(start: Path) -> Path | None:
