@@ -14,9 +14,9 @@ import pytest
 from attractor.cli import main
 from attractor.engines.pipeline import (
     NodeKind,
-    NodeState,
     Pipeline,
     PipelineError,
+    ScheduleState,
     lint,
     load_pipeline,
     node_states,
@@ -286,7 +286,7 @@ def test_ready_nodes_progression_parallel(tmp_path: Path) -> None:
     # a tool node is done with its codergen node: left done => check_left done => join ready
     assert ready_nodes(p, {"right", "left"}, set(), {}) == ["join"]
     states = node_states(p, {"right", "left"}, set(), {})
-    assert states["check_left"] is NodeState.DONE and states["exit"] is NodeState.WAITING
+    assert states["check_left"] is ScheduleState.DONE and states["exit"] is ScheduleState.WAITING
     assert ready_nodes(p, {"right", "left", "join"}, set(), {}) == ["exit"]
     assert ready_nodes(p, {"right", "left", "join", "exit"}, set(), {}) == []
 
@@ -294,8 +294,8 @@ def test_ready_nodes_progression_parallel(tmp_path: Path) -> None:
 def test_failed_node_blocks_downstream(tmp_path: Path) -> None:
     p = load_pipeline(write(tmp_path, PARALLEL))
     states = node_states(p, {"right", "left"}, set(), {"left": "fail"})
-    assert states["check_left"] is NodeState.BLOCKED
-    assert states["join"] is NodeState.BLOCKED and states["exit"] is NodeState.BLOCKED
+    assert states["check_left"] is ScheduleState.BLOCKED
+    assert states["join"] is ScheduleState.BLOCKED and states["exit"] is ScheduleState.BLOCKED
     assert ready_nodes(p, {"right", "left"}, set(), {"left": "fail"}) == []
 
 
@@ -308,8 +308,8 @@ def test_conditional_routes_on_outcome(tmp_path: Path, outcome: str, taken: str,
     assert ready_nodes(p, set(), set(), {}) == ["impl"]
     assert ready_nodes(p, set(), {"impl"}, {}) == []
     states = node_states(p, {"impl"}, set(), {"impl": outcome})
-    assert states["decide"] is NodeState.DONE
-    assert states[taken] is NodeState.READY and states[skipped] is NodeState.SKIPPED
+    assert states["decide"] is ScheduleState.DONE
+    assert states[taken] is ScheduleState.READY and states[skipped] is ScheduleState.SKIPPED
     assert ready_nodes(p, {"impl"}, set(), {"impl": outcome}) == [taken]
     # the exit waits only for the branch taken
     assert ready_nodes(p, {"impl", taken}, set(), {"impl": outcome}) == ["exit"]
@@ -322,7 +322,7 @@ def test_conditional_with_everything_skipped_upstream(tmp_path: Path) -> None:
                           "exit [shape=Msquare]\n  more [shape=box, prompt=m]"))
     p = load_pipeline(path)
     states = node_states(p, {"impl"}, set(), {"impl": "success"})
-    assert states["fallback"] is NodeState.SKIPPED and states["more"] is NodeState.SKIPPED
+    assert states["fallback"] is ScheduleState.SKIPPED and states["more"] is ScheduleState.SKIPPED
     assert ready_nodes(p, {"impl", "polish"}, set(), {"impl": "success"}) == ["exit"]
 
 

@@ -499,7 +499,7 @@ class Guardian:
         are paced: while `max_starting` runners have not sent their first heartbeat no other one
         starts (a burst of nodes on a busy machine would otherwise starve itself)."""
         from attractor.engines.pipeline import NodeKind, node_states
-        from attractor.engines.pipeline import NodeState as Rule
+        from attractor.engines.pipeline import ScheduleState as Rule
         from attractor.engines.watch import count_starting
 
         pace = max(1, self.watch.supervisor.config.max_starting)
