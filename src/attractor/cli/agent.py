@@ -12,9 +12,6 @@ answering an agent that needs a human and messages to a live agent.
 from __future__ import annotations
 
 import argparse
-import json
-import sys
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from attractor.cli import Parser, subparser
@@ -25,7 +22,7 @@ from attractor.cli._flags import (
     state_dir_from,
     state_from,
 )
-from attractor.errors import EXIT_USAGE
+from attractor.cli._output import format_table, group_help, print_json
 
 if TYPE_CHECKING:
     from attractor.engines.supervision import AgentSupervision, Escalation, Supervisor
@@ -73,15 +70,7 @@ def add_parser(subparsers: argparse._SubParsersAction[Parser]) -> None:
     add_state_dir_option(send)
     add_json_option(send)
     send.set_defaults(func=run_send)
-    group.set_defaults(func=_group_help(group))
-
-
-def _group_help(parser: argparse.ArgumentParser) -> Callable[[argparse.Namespace], int]:
-    def show(args: argparse.Namespace) -> int:
-        parser.print_help(sys.stderr)
-        return EXIT_USAGE
-
-    return show
+    group.set_defaults(func=group_help(group))
 
 
 def _supervisor(args: argparse.Namespace) -> Supervisor:
@@ -131,8 +120,7 @@ def run_list(args: argparse.Namespace) -> int:
     rows = [_agent_row(rec, sup, now) for rec in sup.all_states()]
     escalation = sup.escalation()
     if args.json:
-        print(json.dumps({"schema": LIST_SCHEMA, "escalation": _escalation_json(escalation),
-                          "agents": rows}, indent=2, sort_keys=True))
+        print_json({"schema": LIST_SCHEMA, "escalation": _escalation_json(escalation), "agents": rows})
         return 0
     if escalation is not None:
         print(f"ESCALATION: {escalation.reason} ({', '.join(escalation.agents)}); respawns "
@@ -143,15 +131,13 @@ def run_list(args: argparse.Namespace) -> int:
         return 0
     window = f"DEATHS/{sup.config.quarantine_window / 60:g}m"
     header = ("AGENT", "STATE", window, "RESTARTS", "NEXT RESTART", "REASON")
-    table = [header]
+    table = []
     for row in rows:
         next_at = row["next_restart_at"] if row["state"] in ("backoff", "paused") else "-"
         reason = row["quarantine_reason"] or (row["last_death"] or {}).get("cause", "")
         table.append((row["agent_id"], row["state"], str(row["deaths_in_window"]),
                       str(row["restarts"]), next_at or "-", reason))
-    widths = [max(len(r[i]) for r in table) for i in range(len(header) - 1)]
-    for r in table:
-        print("  ".join(c.ljust(w) for c, w in zip(r[:-1], widths, strict=True)) + "  " + r[-1])
+    print(format_table(header, table, strip=False))
     return 0
 
 
@@ -194,8 +180,8 @@ def run_answer(args: argparse.Namespace) -> int:
     validate_name(args.node, "node")
     result = answer(state_from(args), args.node, args.reply, tmux_socket=args.tmux_socket)
     if args.json:
-        print(json.dumps({"agent_id": result.agent_id, "chosen": result.chosen, "keys": list(result.keys),
-                          "question": result.question, "remembered": result.remembered}, indent=2))
+        print_json({"agent_id": result.agent_id, "chosen": result.chosen, "keys": list(result.keys),
+                    "question": result.question, "remembered": result.remembered})
         return 0
     print(f"{result.agent_id}: chose {result.chosen!r}")
     if result.remembered:
@@ -210,7 +196,7 @@ def run_send(args: argparse.Namespace) -> int:
     validate_name(args.node, "node")
     sent = queue_message(state_from(args), args.node, args.text, author=args.author)
     if args.json:
-        print(json.dumps({"signal_id": sent.id, "to": sent.recipient}, indent=2))
+        print_json({"signal_id": sent.id, "to": sent.recipient})
         return 0
     print(f"queued message {sent.id} for {sent.recipient}")
     return 0

@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING, Any
 
 from attractor.cli import Parser, subparser
 from attractor.cli._flags import add_json_option, add_state_dir_option, state_from
-from attractor.cli.identity import format_table, print_json, problems_json, report_problems
-from attractor.errors import EXIT_OK, EXIT_USAGE
+from attractor.cli._output import format_table, group_help, print_json, problems_json, report_problems
+from attractor.errors import EXIT_OK
 
 if TYPE_CHECKING:
     from attractor.errors import CorruptStateError
@@ -143,7 +143,7 @@ def add_parser(subparsers: argparse._SubParsersAction[Parser]) -> None:
     group = subparser(subparsers, "hook", "hooks: phase, history and resumption instructions",
                       "attractor hook update-phase runner impl_auth impl_complete --commit ab12")
     actions = group.add_subparsers(dest="hook_command", metavar="ACTION", parser_class=Parser)
-    group.set_defaults(func=lambda args: _usage(group))
+    group.set_defaults(func=group_help(group))
 
     p = subparser(actions, "create", "create the hook in phase spawned (an existing one is kept)",
                   "attractor hook create runner impl_auth --node impl_auth")
@@ -192,11 +192,6 @@ def add_parser(subparsers: argparse._SubParsersAction[Parser]) -> None:
     p = subparser(actions, "list", "list every hook", "attractor hook list --json")
     _common(p)
     p.set_defaults(func=cmd_list)
-
-
-def _usage(parser: argparse.ArgumentParser) -> int:
-    parser.print_help(sys.stderr)
-    return EXIT_USAGE
 
 
 def run(args: argparse.Namespace) -> int:

@@ -7,7 +7,6 @@ at the top and the registry inside the functions.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -16,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from attractor.cli import Parser, subparser
 from attractor.cli._flags import add_json_option, add_state_dir_option, state_from
+from attractor.cli._output import format_age, format_table, group_help, print_json, problems_json, report_problems
 from attractor.errors import EXIT_OK, EXIT_USAGE, BadInputError
 
 if TYPE_CHECKING:
@@ -24,48 +24,6 @@ if TYPE_CHECKING:
 
 JSON_SCHEMA = 1  # schema of the envelopes `list --json` and `find-stale --json` print
 DEFAULT_STALE_TIMEOUT = 60.0
-
-
-# --------------------------------------------------------------------------- output helpers
-
-
-def format_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    """Left-aligned columns separated by two spaces; the last column is not padded."""
-    widths = [max(len(str(row[i])) for row in (headers, *rows)) for i in range(len(headers))]
-    lines = []
-    for row in (headers, *rows):
-        cells = [str(cell).ljust(widths[i]) for i, cell in enumerate(row)]
-        lines.append("  ".join(cells).rstrip())
-    return "\n".join(lines)
-
-
-def format_age(seconds: float) -> str:
-    if seconds < 0:
-        return "future"
-    if seconds < 90:
-        return f"{seconds:.1f}s"
-    if seconds < 5400:
-        return f"{seconds / 60:.0f}m"
-    if seconds < 172800:
-        return f"{seconds / 3600:.0f}h"
-    return f"{seconds / 86400:.0f}d"
-
-
-def print_json(data: Any) -> None:
-    sys.stdout.write(json.dumps(data, indent=2, sort_keys=True) + "\n")
-
-
-def report_problems(problems: Sequence[CorruptStateError]) -> None:
-    for problem in problems:
-        print(f"warning: {problem}", file=sys.stderr)
-
-
-def problems_json(problems: Sequence[CorruptStateError]) -> list[dict[str, str | None]]:
-    return [
-        {"path": str(p.path), "problem": p.problem,
-         "moved_to": str(p.moved_to) if p.moved_to else None}
-        for p in problems
-    ]
 
 
 def _identity_table(records: Sequence[Identity]) -> str:
@@ -246,7 +204,7 @@ def add_parser(subparsers: argparse._SubParsersAction[Parser]) -> None:
     group = subparser(subparsers, "identity", "the identity registry: one record per agent",
                       "attractor identity list --stale-only --timeout 120")
     actions = group.add_subparsers(dest="identity_command", metavar="ACTION", parser_class=Parser)
-    group.set_defaults(func=lambda args: _usage(group))
+    group.set_defaults(func=group_help(group))
 
     p = subparser(actions, "create", "register a new incarnation (epoch + 1) in status spawning",
                   "attractor identity create runner impl_auth --session-id s1 --worktree .")
@@ -310,11 +268,6 @@ def add_parser(subparsers: argparse._SubParsersAction[Parser]) -> None:
     _role_name(p)
     _common(p)
     p.set_defaults(func=cmd_show)
-
-
-def _usage(parser: argparse.ArgumentParser) -> int:
-    parser.print_help(sys.stderr)
-    return EXIT_USAGE
 
 
 def run(args: argparse.Namespace) -> int:

@@ -11,6 +11,7 @@ from typing import Any
 
 from attractor.cli import subparser
 from attractor.cli._flags import add_state_dir_option, add_target_dir_option, add_tmux_socket_option, state_from
+from attractor.cli._output import print_json
 
 
 def _file_logging(state_root: Path, agent_id: str) -> None:
@@ -66,8 +67,6 @@ def run_runner(args: argparse.Namespace) -> int:
 
 
 def run_spawn_runner(args: argparse.Namespace) -> int:
-    import json
-
     from attractor.engines.pipeline import check_runner_inputs
     from attractor.layers.layout import session_name
     from attractor.layers.runner import spawn_runner
@@ -81,7 +80,7 @@ def run_spawn_runner(args: argparse.Namespace) -> int:
             "pane_id": ident.pane_id, "state_file": str(cfg.state.identities / f"{cfg.agent_id}.json"),
             "hook_file": str(cfg.state.hooks / f"{cfg.agent_id}.json")}
     if args.json:
-        print(json.dumps(info, indent=2))
+        print_json(info, sort_keys=False)
     else:
         for key, value in info.items():
             print(f"{key:<12} {value}")

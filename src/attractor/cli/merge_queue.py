@@ -8,12 +8,12 @@ The queue and GitPython are imported inside the commands, never when the CLI is 
 from __future__ import annotations
 
 import argparse
-import sys
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from attractor.cli import Parser, subparser
 from attractor.cli._flags import add_json_option, add_state_dir_option, state_from
+from attractor.cli._output import format_age, format_table, print_json
 from attractor.errors import EXIT_FAILURE, EXIT_OK
 
 if TYPE_CHECKING:
@@ -139,14 +139,7 @@ def _config(args: argparse.Namespace, repo: GitRepo) -> QueueConfig:
                                    gate_timeout=args.gate_timeout)
 
 
-def _print_json(data: Any) -> None:
-    import json
-
-    sys.stdout.write(json.dumps(data, indent=2, sort_keys=True) + "\n")
-
-
 def _age(stamp: str) -> str:
-    from attractor.cli.identity import format_age
     from attractor.clock import parse_iso
 
     return format_age(time.time() - parse_iso(stamp))
@@ -163,13 +156,12 @@ def _describe(entry: Entry) -> str:
 
 
 def run_list(args: argparse.Namespace) -> int:
-    from attractor.cli.identity import format_table
     from attractor.engines import merge_queue
 
     _, state = _open(args)
     entries = merge_queue.list_entries(state)
     if args.json:
-        _print_json({"schema": JSON_SCHEMA, "entries": [e.to_json() for e in entries]})
+        print_json({"schema": JSON_SCHEMA, "entries": [e.to_json() for e in entries]})
         return EXIT_OK
     if not entries:
         print("merge queue is empty")
@@ -187,7 +179,7 @@ def run_enqueue(args: argparse.Namespace) -> int:
     entry = merge_queue.enqueue(state, repo, args.branch, owner=args.owner, node=args.node,
                                 priority=args.priority, validated_sha=args.sha)
     if args.json:
-        _print_json(entry.to_json())
+        print_json(entry.to_json())
     else:
         print(f"{entry.id}  {entry.state.value}  {entry.branch}")
     return EXIT_OK
@@ -196,7 +188,7 @@ def run_enqueue(args: argparse.Namespace) -> int:
 def _show_outcomes(args: argparse.Namespace, outcomes: list[Outcome]) -> int:
     failed = any(o.result.value == "failed" for o in outcomes)
     if args.json:
-        _print_json({"schema": JSON_SCHEMA, "outcomes": [o.to_json() for o in outcomes]})
+        print_json({"schema": JSON_SCHEMA, "outcomes": [o.to_json() for o in outcomes]})
         return EXIT_FAILURE if failed else EXIT_OK
     if not outcomes:
         print("nothing to process: the queue has no queued entry")
@@ -274,7 +266,7 @@ def run_status(args: argparse.Namespace) -> int:
     _, state = _open(args)
     entry = merge_queue.get_entry(state, args.entry_id)
     if args.json:
-        _print_json(entry.to_json())
+        print_json(entry.to_json())
         return EXIT_OK
     fields = [("id", entry.id), ("state", entry.state.value), ("branch", entry.branch),
               ("owner", entry.owner), ("node", entry.node or "-"), ("priority", entry.priority),
@@ -325,8 +317,6 @@ def run_hold(args: argparse.Namespace) -> int:
 
 
 def run_resume(args: argparse.Namespace) -> int:
-    import json as json_module
-
     from attractor.store import queue_hold
 
     state = state_from(args)
@@ -338,7 +328,7 @@ def run_resume(args: argparse.Namespace) -> int:
         tip = gitops.rev_parse(held.repo, f"refs/heads/{held.target}")  # what the human accepts
     lifted = queue_hold.lift(state, tip)
     if args.json:
-        print(json_module.dumps({"lifted": lifted.to_json() if lifted else None}, indent=2))
+        print_json({"lifted": lifted.to_json() if lifted else None}, sort_keys=False)
     elif lifted is None:
         print("the merge queue was not held")
     else:

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 from attractor.cli import Parser, subparser
 from attractor.cli._flags import add_json_option
-from attractor.cli.identity import format_table, print_json
+from attractor.cli._output import format_table, group_help, print_json
 from attractor.errors import EXIT_OK, EXIT_USAGE, UsageError
 
 if TYPE_CHECKING:
@@ -134,7 +134,7 @@ def add_parser(subparsers: argparse._SubParsersAction[Parser]) -> None:
     group = subparser(subparsers, "pipeline", "check and show DOT pipelines",
                       "attractor pipeline lint pipelines/example-auth.dot")
     actions = group.add_subparsers(dest="pipeline_command", metavar="ACTION", parser_class=Parser)
-    group.set_defaults(func=lambda args: _usage(group))
+    group.set_defaults(func=group_help(group))
 
     p = subparser(actions, "lint", "report every problem of a pipeline (exit 2 if any)",
                   "attractor pipeline lint pipelines/example-auth.dot --json")
@@ -147,11 +147,6 @@ def add_parser(subparsers: argparse._SubParsersAction[Parser]) -> None:
     p.add_argument("file", metavar="FILE", help="the DOT pipeline")
     add_json_option(p)
     p.set_defaults(func=cmd_show)
-
-
-def _usage(parser: argparse.ArgumentParser) -> int:
-    parser.print_help(sys.stderr)
-    return EXIT_USAGE
 
 
 def run(args: argparse.Namespace) -> int:

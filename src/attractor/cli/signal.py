@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from attractor import names
 from attractor.cli import Parser, subparser
 from attractor.cli._flags import add_json_option, add_state_dir_option, state_from
+from attractor.cli._output import format_table, group_help, print_json, problems_json
 from attractor.errors import EXIT_OK, BadInputError
 
 if TYPE_CHECKING:
@@ -92,16 +93,7 @@ def add_parser(subparsers: argparse._SubParsersAction[Parser]) -> None:
     add_json_option(sweep)
     sweep.set_defaults(func=run_sweep)
 
-    group.set_defaults(func=lambda args: _help(group))
-
-
-def _help(parser: argparse.ArgumentParser) -> int:
-    parser.print_help(sys.stderr)
-    return 2
-
-
-def _print_json(data: Any) -> None:
-    print(json.dumps(data, indent=2, sort_keys=True))
+    group.set_defaults(func=group_help(group))
 
 
 def _parse_payload(text: str | None) -> dict[str, Any] | None:
@@ -127,7 +119,7 @@ def run_send(args: argparse.Namespace) -> int:
         payload=_parse_payload(args.payload), epoch=args.epoch,
     )
     if args.json:
-        _print_json(signal.to_json())
+        print_json(signal.to_json())
     else:
         print(signal.id)
     return EXIT_OK
@@ -152,26 +144,16 @@ def run_list(args: argparse.Namespace) -> int:
         inbox = signals.Inbox(state, agent)
         for box in boxes:
             entries.extend((box, s) for s in inbox.list(box))
-        corrupt.extend(
-            {
-                "path": str(e.path),
-                "moved_to": str(e.moved_to) if e.moved_to else None,
-                "problem": e.problem,
-            }
-            for e in inbox.corrupt
-        )
+        corrupt.extend(problems_json(inbox.corrupt))
     if args.json:
-        _print_json({
+        print_json({
             "schema": 1,
             "signals": [{"box": box, **s.to_json()} for box, s in entries],
             "corrupt": corrupt,
         })
     else:
         header = ["BOX", "AGENT", "ID", "KIND", "FROM", "EPOCH", "OUTCOME"]
-        rows = [header, *(_row(box, s) for box, s in entries)]
-        widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
-        for row in rows:
-            print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+        print(format_table(header, [_row(box, s) for box, s in entries]))
         for item in corrupt:
             print(
                 f"warning: corrupt signal file {item['path']}: {item['problem']}; "
@@ -189,7 +171,7 @@ def run_wait(args: argparse.Namespace) -> int:
     kinds = signals.parse_kinds(args.kind)
     signal = signals.wait_for(state_from(args), args.agent, kinds=kinds, timeout=args.timeout)
     if args.json:
-        _print_json(signal.to_json())
+        print_json(signal.to_json())
     else:
         print(f"{signal.id} {signal.kind.value} from {signal.sender}: "
               f"{json.dumps(signal.payload.to_json(), sort_keys=True)}")
@@ -203,7 +185,7 @@ def run_sweep(args: argparse.Namespace) -> int:
     returned = signals.sweep_dead_claims(state, args.agent)
     removed = signals.remove_orphan_tmp(state, args.agent)
     if args.json:
-        _print_json({"schema": 1, "returned": returned, "orphan_tmp_removed": removed})
+        print_json({"schema": 1, "returned": returned, "orphan_tmp_removed": removed})
     else:
         print(f"returned {returned} claim(s) of dead consumers to new/; "
               f"removed {removed} orphaned temp file(s)")

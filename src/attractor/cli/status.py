@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -17,6 +16,7 @@ from attractor.cli._flags import (
     add_tmux_socket_option,
     state_from,
 )
+from attractor.cli._output import print_json
 
 
 def _age(stamp: str | None, now: float) -> str:
@@ -147,7 +147,7 @@ def _panes(socket: str | None, cp: Any) -> dict[str, Any] | None:
 def run_status(args: argparse.Namespace) -> int:
     data = collect(args)
     if args.json:
-        print(json.dumps(data, indent=2, sort_keys=True))
+        print_json(data)
         return 0
     run = data["run"]
     print(f"run {run['run_id']}  {run['status']}  pipeline {run['pipeline_name']}  target {run['target_branch']}  "
