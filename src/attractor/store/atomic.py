@@ -278,9 +278,11 @@ def ensure_private_dir(path: Path) -> Path:
     return path
 
 
-def check_record_fields(what: str, data: Any, names: tuple[str, ...] | list[str], schema: int) -> dict[str, Any]:
+def check_record_fields(what: str, data: Any, names: tuple[str, ...] | list[str],
+                        schema: int | None) -> dict[str, Any]:
     """The common part of a strict `from_json`: an object with exactly these fields and this
-    schema version; anything else is a BadInputError naming what is missing or unknown."""
+    schema version (None: a record inside another, with no version of its own); anything else
+    is a BadInputError naming what is missing or unknown."""
     if not isinstance(data, dict):
         raise BadInputError(what, f"expected a JSON object, got {type(data).__name__}")
     expected = set(names)
@@ -290,7 +292,7 @@ def check_record_fields(what: str, data: Any, names: tuple[str, ...] | list[str]
         parts = [f"missing field(s) {', '.join(missing)}"] if missing else []
         parts += [f"unknown field(s) {', '.join(unknown)}"] if unknown else []
         raise BadInputError(what, "; ".join(parts))
-    if data["schema"] != schema:
+    if schema is not None and data["schema"] != schema:
         raise BadInputError(what, f"schema {data['schema']!r} is not {schema}")
     return data
 

@@ -55,7 +55,7 @@ from attractor.errors import (
     NotFoundError,
 )
 from attractor.states import IDENTITY_MOVES, IdentityStatus, transition
-from attractor.store import atomic, locks
+from attractor.store import atomic, locks, records
 from attractor.store.statedir import StateDir
 
 logger = logging.getLogger(__name__)
@@ -184,9 +184,8 @@ class Identity:
     def from_json(cls, data: Any) -> Identity:
         """Strict: a missing, unknown or mistyped field is a BadInputError naming it."""
         what = "identity record"
-        if isinstance(data, dict) and "pid_start" not in data:
-            data = {**data, "pid_start": None}  # written before start times were recorded
-        data = atomic.check_record_fields(what, data, _FIELD_NAMES, SCHEMA)
+        # pid_start: null in records written before start times were recorded
+        data = records.fields(what, data, _FIELD_NAMES, SCHEMA, older={"pid_start": None})
         for key in ("epoch", "crash_count"):
             value = data[key]
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
@@ -232,24 +231,38 @@ def path_for(state: StateDir, role: str, name: str) -> Path:
     return state.identities / f"{names.agent_id(role, name)}.json"
 
 
-def _load(path: Path, *, locked: bool) -> Identity:
-    """Read one record strictly; a corrupt one is moved aside under its lock and raised."""
-    return atomic.load_record(path, Identity.from_json, "identity record", SCHEMA, locked=locked)
-
-
-def _not_found(agent_id: str) -> NotFoundError:
-    role, name = names.split_agent_id(agent_id)
+def _not_found(path: Path) -> NotFoundError:
+    role, name = names.split_agent_id(path.stem)
     return NotFoundError(
-        "identity", agent_id, f"register it with `attractor identity create {role} {name}`"
+        "identity", path.stem, f"register it with `attractor identity create {role} {name}`"
     )
 
 
+_RECORDS = records.Kind("identity record", SCHEMA, Identity.from_json, _not_found,
+                        stem=lambda record: record.agent_id)
+
+
 def get(state: StateDir, role: str, name: str) -> Identity:
-    path = path_for(state, role, name)
-    try:
-        return _load(path, locked=False)
-    except FileNotFoundError:
-        raise _not_found(path.stem) from None
+    """The record of `<role>-<name>`; NotFoundError when there is none, CorruptStateError
+    (moved aside) when it is corrupt."""
+    return _RECORDS.get(path_for(state, role, name))
+
+
+def find(state: StateDir, role: str, name: str) -> Identity | None:
+    """The record of `<role>-<name>`, or None when there is none (a corrupt one still raises
+    CorruptStateError, after moving it aside)."""
+    return _RECORDS.find(path_for(state, role, name))
+
+
+def find_live(state: StateDir, role: str) -> Identity | None:
+    """The first record of `role` (by agent id) whose status is not terminated and whose
+    process may be alive (`Identity.may_be_alive`): its recorded pid and start time are a live
+    process. A pid reused by another process is not the holder; a record without a start time
+    whose pid is alive is taken for one (it can be stopped)."""
+    for record in list_identities(state):
+        if record.role == role and record.status is not S.TERMINATED and record.may_be_alive:
+            return record
+    return None
 
 
 def current_epoch(state: StateDir, agent_id: str) -> int | None:
@@ -262,10 +275,10 @@ def current_epoch(state: StateDir, agent_id: str) -> int | None:
     except FileNotFoundError:
         return None
     except CorruptStateError:
-        return _load(path, locked=False).epoch  # moves it aside and raises, unless repaired
+        return _RECORDS.load(path).epoch  # moves it aside and raises, unless repaired
     epoch = data.get("epoch")
     if isinstance(epoch, bool) or not isinstance(epoch, int):
-        return _load(path, locked=False).epoch
+        return _RECORDS.load(path).epoch
     return epoch
 
 
@@ -274,22 +287,7 @@ def list_identities(
 ) -> list[Identity]:
     """Every readable record, sorted by agent id. Corrupt files are moved aside, logged and
     appended to `problems`; they never raise."""
-    try:
-        paths = sorted(p for p in state.identities.iterdir() if p.name.endswith(".json"))
-    except FileNotFoundError:
-        return []
-    for orphan in atomic.remove_orphan_temps(state.identities):
-        logger.info("removed %s, left by a writer that died mid-write", orphan)
-    records = []
-    for path in paths:
-        try:
-            records.append(_load(path, locked=False))
-        except FileNotFoundError:
-            continue  # removed meanwhile
-        except CorruptStateError as exc:
-            if problems is not None:
-                problems.append(exc)
-    return records
+    return _RECORDS.list(state.identities, problems)
 
 
 def find_stale(
@@ -326,15 +324,8 @@ def _modify(
 ) -> Identity:
     """Read-modify-write one existing record under its lock. `change(current, now_iso)` returns
     the new record (the same object to leave the file untouched)."""
-    path = path_for(state, role, name)
-    if not path.exists():  # no lock file, no directories for a record that is not there
-        raise _not_found(path.stem)
-    state.ensure("identities")
-    try:
-        return atomic.modify_record(path, lambda p: _load(p, locked=True),
-                                    lambda current: change(current, clock.iso()), fsync=fsync)
-    except FileNotFoundError:
-        raise _not_found(path.stem) from None
+    return _RECORDS.modify(path_for(state, role, name), lambda current: change(current, clock.iso()),
+                           fsync=fsync, prepare=lambda: state.ensure("identities"))
 
 
 def create_identity(
@@ -369,7 +360,7 @@ def create_identity(
         note = ""
         old: Identity | None
         try:
-            old = _load(path, locked=True)
+            old = _RECORDS.load(path, locked=True)
         except FileNotFoundError:
             old = None
         except CorruptStateError as exc:
