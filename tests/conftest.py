@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from attractor.store.statedir import StateDir
+
 GUARD_NAME = "UNCHOSEN-state-dir"
 
 
@@ -54,6 +56,16 @@ def state_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     path = tmp_path / "state"
     monkeypatch.setenv("ATTRACTOR_STATE_DIR", str(path))
     return path
+
+
+@pytest.fixture
+def state(state_dir: Path) -> StateDir:
+    """`state_dir` as a StateDir, created (0700) as any command that writes state would. A
+    test about what creates the directory, or about nothing being created, starts from
+    `state_dir` instead."""
+    created = StateDir(state_dir)
+    created.ensure()
+    return created
 
 
 @pytest.fixture

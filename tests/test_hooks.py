@@ -19,11 +19,6 @@ from tests.helpers import run_cli, run_script
 from tests.test_identities import snapshot
 
 
-@pytest.fixture
-def state(state_dir: Path) -> StateDir:
-    return StateDir(state_dir)
-
-
 def walk(state: StateDir, *phases: P, name: str = "impl_auth") -> hooks.Hook:
     hook = hooks.read_hook(state, "runner", name)
     for phase in phases:
@@ -113,13 +108,24 @@ def test_bad_values_change_nothing(state: StateDir) -> None:
     assert snapshot(state.root) == before
 
 
-def test_missing_hook(state: StateDir) -> None:
+def test_missing_hook(state_dir: Path) -> None:
+    state = StateDir(state_dir)  # not created: looking for a hook must not create it
     with pytest.raises(NotFoundError, match="hook create runner ghost"):
         hooks.read_hook(state, "runner", "ghost")
     with pytest.raises(NotFoundError):
         hooks.update_phase(state, "runner", "ghost", "executing")
     assert not state.root.exists()
     assert hooks.list_hooks(state) == []
+
+
+def test_find_hook_is_none_for_a_missing_hook_or_another_runs(state: StateDir) -> None:
+    assert hooks.find_hook(state, "runner", "a") is None
+    made = hooks.create_hook(state, "runner", "a", run_id="r1")
+    assert hooks.find_hook(state, "runner", "a") == made
+    assert hooks.find_hook(state, "runner", "a", run_id="r1") == made
+    assert hooks.find_hook(state, "runner", "a", run_id="r2") is None
+    with pytest.raises(NotFoundError, match="belongs to run r1"):
+        hooks.read_hook(state, "runner", "a", run_id="r2")
 
 
 def test_resumption_instructions(state: StateDir) -> None:
@@ -277,12 +283,11 @@ def test_cli_lifecycle(state_dir: Path, capsys: pytest.CaptureFixture[str],
         "AGENT", "NODE", "PHASE", "ATTEMPTS", "LAST", "COMMIT", "UPDATED"]
 
 
-def test_cli_list_reports_corrupt_files(state_dir: Path,
+def test_cli_list_reports_corrupt_files(state: StateDir,
                                         capsys: pytest.CaptureFixture[str]) -> None:
-    state = StateDir(state_dir)
     hooks.create_hook(state, "runner", "a")
     (state.hooks / "runner-b.json").write_text('{"schema": 1')
-    assert main(["hook", "list", "--json", "--state-dir", str(state_dir)]) == 0
+    assert main(["hook", "list", "--json", "--state-dir", str(state.root)]) == 0
     captured = capsys.readouterr()
     assert [p["path"] for p in json.loads(captured.out)["problems"]] == [
         str(state.hooks / "runner-b.json")]
@@ -319,16 +324,16 @@ BAD_CASES = [
 
 
 @pytest.mark.parametrize("case", BAD_CASES, ids=[c.test_id for c in BAD_CASES])
-def test_cli_bad_input(case: BadCase, state_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    hooks.create_hook(StateDir(state_dir), "runner", "existing")
-    before = snapshot(state_dir)
-    code = main(["hook", *case.argv, "--state-dir", str(state_dir)])
+def test_cli_bad_input(case: BadCase, state: StateDir, capsys: pytest.CaptureFixture[str]) -> None:
+    hooks.create_hook(state, "runner", "existing")
+    before = snapshot(state.root)
+    code = main(["hook", *case.argv, "--state-dir", str(state.root)])
     captured = capsys.readouterr()
     assert code == 2
     assert captured.out == ""
     lines = captured.err.splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and case.expect in lines[0], lines
-    assert snapshot(state_dir) == before
+    assert snapshot(state.root) == before
 
 
 # --------------------------------------------------------------------------- real processes

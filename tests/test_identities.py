@@ -31,11 +31,6 @@ from tests.helpers import REPO_ROOT, retry_until, run_cli, run_script
 
 
 @pytest.fixture
-def state(state_dir: Path) -> StateDir:
-    return StateDir(state_dir)
-
-
-@pytest.fixture
 def sleeper() -> Iterator[subprocess.Popen[bytes]]:
     proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     yield proc
@@ -62,7 +57,8 @@ def snapshot(root: Path) -> dict[str, tuple[bytes, int]]:
 # --------------------------------------------------------------------------- library
 
 
-def test_create_writes_a_private_record(state: StateDir) -> None:
+def test_create_writes_a_private_record(state_dir: Path) -> None:
+    state = StateDir(state_dir)  # not created: the first record creates it, private
     record = identities.create_identity(state, "runner", "impl_auth", session_id="s-1",
                                         worktree="/w/impl auth", pid=dead_pid())
     path = state.identities / "runner-impl_auth.json"
@@ -199,7 +195,8 @@ def test_update_fields_checks_every_value(state: StateDir) -> None:
     assert snapshot(state.root) == before
 
 
-def test_missing_record_is_not_found_and_nothing_is_created(state: StateDir) -> None:
+def test_missing_record_is_not_found_and_nothing_is_created(state_dir: Path) -> None:
+    state = StateDir(state_dir)  # not created, and nothing below may create it
     for call in (
         lambda: identities.get(state, "runner", "ghost"),
         lambda: identities.update_liveness(state, "runner", "ghost"),
@@ -286,28 +283,6 @@ def test_find_stale_and_get_survive_corruption(state: StateDir) -> None:
     assert identities.create_identity(state, "runner", "good").epoch == 1
 
 
-def test_find_and_find_live(state: StateDir, sleeper: subprocess.Popen[bytes]) -> None:
-    assert identities.find(state, "guardian", "ghost") is None
-    assert identities.find_live(state, "guardian") is None
-    identities.create_identity(state, "guardian", "dead", pid=dead_pid())
-    identities.create_identity(state, "guardian", "ended", pid=sleeper.pid)
-    identities.mark_terminated(state, "guardian", "ended")
-    identities.create_identity(state, "guardian", "reused", pid=sleeper.pid)
-    path = state.identities / "guardian-reused.json"
-    data = json.loads(path.read_text())
-    data["pid_start"] += 1  # the pid now belongs to another process
-    path.write_text(json.dumps(data))
-    identities.create_identity(state, "runner", "live", pid=sleeper.pid)
-    assert identities.find_live(state, "guardian") is None  # dead, terminated, reused; a runner
-    identities.create_identity(state, "guardian", "run2", pid=sleeper.pid)
-    live = identities.find_live(state, "guardian")
-    assert live is not None and live.agent_id == "guardian-run2"
-    assert identities.find(state, "guardian", "run2") == live
-    (state.identities / "runner-bad.json").write_text("{")
-    with pytest.raises(CorruptStateError):
-        identities.find(state, "runner", "bad")
-
-
 def test_orphaned_temp_files_are_swept(state: StateDir) -> None:
     identities.create_identity(state, "runner", "a")
     orphan = state.identities / f".runner-a.json.tmp-{dead_pid()}-123"
@@ -383,11 +358,10 @@ def test_cli_find_stale_and_stale_only(state_dir: Path, capsys: pytest.CaptureFi
 
 
 def test_cli_list_reports_corrupt_files(
-    state_dir: Path, capsys: pytest.CaptureFixture[str]
+    state: StateDir, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    state = StateDir(state_dir)
     bad = _write_corrupt(state)
-    assert main(["identity", "list", "--json", "--state-dir", str(state_dir)]) == 0
+    assert main(["identity", "list", "--json", "--state-dir", str(state.root)]) == 0
     captured = capsys.readouterr()
     out = json.loads(captured.out)
     assert [r["agent_id"] for r in out["identities"]] == ["runner-good"]
@@ -396,7 +370,7 @@ def test_cli_list_reports_corrupt_files(
     assert len(warnings) == 6
     assert all(w.startswith("warning: corrupt state file ") for w in warnings)
     (state.identities / "runner-x.json").write_text("{")
-    assert main(["identity", "find-stale", "--timeout", "1", "--state-dir", str(state_dir)]) == 0
+    assert main(["identity", "find-stale", "--timeout", "1", "--state-dir", str(state.root)]) == 0
     assert str(state.identities / "runner-x.json") in capsys.readouterr().err
 
 
@@ -435,16 +409,16 @@ BAD_CASES = [
 
 
 @pytest.mark.parametrize("case", BAD_CASES, ids=[c.test_id for c in BAD_CASES])
-def test_cli_bad_input(case: BadCase, state_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    identities.create_identity(StateDir(state_dir), "runner", "existing")
-    before = snapshot(state_dir)
-    code = main(["identity", *case.argv, "--state-dir", str(state_dir)])
+def test_cli_bad_input(case: BadCase, state: StateDir, capsys: pytest.CaptureFixture[str]) -> None:
+    identities.create_identity(state, "runner", "existing")
+    before = snapshot(state.root)
+    code = main(["identity", *case.argv, "--state-dir", str(state.root)])
     captured = capsys.readouterr()
     assert code == 2
     assert captured.out == ""
     lines = captured.err.splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and case.expect in lines[0], lines
-    assert snapshot(state_dir) == before
+    assert snapshot(state.root) == before
 
 
 def test_cli_identity_taken_is_exit_1(state_dir: Path, capsys: pytest.CaptureFixture[str],
@@ -505,19 +479,19 @@ def test_script_shim_flag_form(state_dir: Path) -> None:
         assert len(bad.stderr.splitlines()) == 1 and expect in bad.stderr
 
 
-def test_script_shim_runs_from_a_checkout_without_install(state_dir: Path) -> None:
+def test_script_shim_runs_from_a_checkout_without_install(state: StateDir) -> None:
     """`python3 -S` drops site-packages (and the editable install): the shim finds src/."""
-    identities.create_identity(StateDir(state_dir), "runner", "a")
+    identities.create_identity(state, "runner", "a")
     proc = subprocess.run(
         [sys.executable, "-S", str(REPO_ROOT / "scripts" / "identity_registry.py"), "--list",
-         "--json", "--state-dir", str(state_dir)],
-        capture_output=True, text=True, timeout=60, cwd=state_dir.parent,
+         "--json", "--state-dir", str(state.root)],
+        capture_output=True, text=True, timeout=60, cwd=state.root.parent,
     )
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["identities"][0]["agent_id"] == "runner-a"
 
 
-def test_killed_holder_frees_the_identity(state_dir: Path) -> None:
+def test_killed_holder_frees_the_identity(state: StateDir) -> None:
     """A real agent process registers itself, then dies: its identity can be taken over."""
     code = (
         "import os, sys, time\n"
@@ -526,9 +500,8 @@ def test_killed_holder_frees_the_identity(state_dir: Path) -> None:
         " '--state-dir', sys.argv[1]])\n"
         "time.sleep(60)\n"
     )
-    proc = subprocess.Popen([sys.executable, "-c", code, str(state_dir)], stdout=subprocess.DEVNULL)
+    proc = subprocess.Popen([sys.executable, "-c", code, str(state.root)], stdout=subprocess.DEVNULL)
     try:
-        state = StateDir(state_dir)
         retry_until(lambda: identities.current_epoch(state, "runner-a"), 20, what="registration")
         with pytest.raises(IdentityTakenError):
             identities.create_identity(state, "runner", "a")

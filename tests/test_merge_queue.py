@@ -33,11 +33,6 @@ def repo(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def state(state_dir: Path) -> StateDir:
-    return StateDir(state_dir)
-
-
-@pytest.fixture
 def tree_log(tmp_path: Path) -> Path:
     """Gates append the tree they ran on to this file, outside the repository."""
     return tmp_path / "gate-trees.log"
@@ -473,8 +468,9 @@ BAD_INPUTS = [
 
 @pytest.mark.parametrize("case", BAD_INPUTS, ids=[c.test_id for c in BAD_INPUTS])
 def test_bad_input_is_one_line_exit_2_and_changes_nothing(
-    repo: Path, state: StateDir, case: BadInput
+    repo: Path, state_dir: Path, case: BadInput
 ) -> None:
+    state = StateDir(state_dir)  # not created: refused input must not create it
     branch(repo, "feature", {"c.txt": "c\n"})
     before = git(repo, "show-ref")
     done = cli(repo, state, *case.args)
@@ -487,7 +483,8 @@ def test_bad_input_is_one_line_exit_2_and_changes_nothing(
     assert not (repo / ".claude").exists()
 
 
-def test_not_a_git_repository_is_exit_2(tmp_path: Path, state: StateDir) -> None:
+def test_not_a_git_repository_is_exit_2(tmp_path: Path, state_dir: Path) -> None:
+    state = StateDir(state_dir)  # not created: no repository, no state directory
     plain = tmp_path / "plain"
     plain.mkdir()
     for args in (("list",), ("process", "--all"), ("enqueue", "x", "--owner", OWNER)):

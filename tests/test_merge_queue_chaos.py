@@ -30,11 +30,6 @@ def repo(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def state(state_dir: Path) -> StateDir:
-    return StateDir(state_dir)
-
-
-@pytest.fixture
 def reaper() -> Iterator[list[int]]:
     """Sessions (process groups) to SIGKILL after the test, passed or not."""
     sessions: list[int] = []

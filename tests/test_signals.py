@@ -30,11 +30,6 @@ MERGE_READY = {
 }
 
 
-@pytest.fixture
-def state(state_dir: Path) -> StateDir:
-    return StateDir(state_dir)
-
-
 def box_files(state: StateDir, box: str, agent: str = AGENT) -> list[str]:
     path = state.signals / agent / box
     return sorted(os.listdir(path)) if path.exists() else []
@@ -129,7 +124,8 @@ BAD_SENDS = [
 
 
 @pytest.mark.parametrize("case", BAD_SENDS, ids=[c.test_id for c in BAD_SENDS])
-def test_bad_send_writes_nothing(state: StateDir, case: BadSend) -> None:
+def test_bad_send_writes_nothing(state_dir: Path, case: BadSend) -> None:
+    state = StateDir(state_dir)  # not created: a refused send must not create it
     with pytest.raises(case.error):
         signals.send(state, case.kind, to=case.to, sender="user-cli", payload=case.payload, epoch=1)
     assert not state.root.exists()

@@ -12,8 +12,6 @@ import threading
 from collections import Counter
 from pathlib import Path
 
-import pytest
-
 from attractor.store import signals
 from attractor.store.statedir import StateDir
 from tests.helpers import retry_until
@@ -120,11 +118,6 @@ def handle(signal):
 signals.Consumer(state, agent, handle, current_epoch=lambda: 1, rescan_interval=0.2).run(
     threading.Event())
 """
-
-
-@pytest.fixture
-def state(state_dir: Path) -> StateDir:
-    return StateDir(state_dir)
 
 
 def spawn(code: str, *args: object) -> subprocess.Popen[str]:
