@@ -39,7 +39,7 @@ from typing import Any
 from attractor import clock, names
 from attractor.errors import BadInputError, CorruptStateError, NotFoundError
 from attractor.states import PHASE_MOVES, HookPhase, transition
-from attractor.store import atomic, locks
+from attractor.store import atomic, locks, records
 from attractor.store.statedir import StateDir
 
 logger = logging.getLogger(__name__)
@@ -101,11 +101,9 @@ class Hook:
     def from_json(cls, data: Any) -> Hook:
         """Strict: a missing, unknown or mistyped field is a BadInputError naming it."""
         what = "hook record"
-        if isinstance(data, dict) and "run_id" not in data:
-            data = {**data, "run_id": ""}  # written before hooks named their run
-        data = atomic.check_record_fields(what, data, _FIELD_NAMES, SCHEMA)
-        if not isinstance(data["run_id"], str):
-            raise BadInputError(what, "field 'run_id' must be text")
+        # run_id: "" in hooks written before hooks named their run
+        data = records.fields(what, data, _FIELD_NAMES, SCHEMA, types={"run_id": (str,)},
+                              older={"run_id": ""})
         attempts = data["attempts"]
         if isinstance(attempts, bool) or not isinstance(attempts, int) or attempts < 0:
             raise BadInputError(what, f"field 'attempts' must be an integer >= 0, not {attempts!r}")
@@ -151,47 +149,37 @@ def path_for(state: StateDir, role: str, name: str) -> Path:
     return state.hooks / f"{names.agent_id(role, name)}.json"
 
 
-def _load(path: Path, *, locked: bool) -> Hook:
-    """Read one record strictly; a corrupt one is moved aside under its lock and raised."""
-    return atomic.load_record(path, Hook.from_json, "hook record", SCHEMA, locked=locked)
+def _not_found(path: Path) -> NotFoundError:
+    role, name = names.split_agent_id(path.stem)
+    return NotFoundError("hook", path.stem, f"create it with `attractor hook create {role} {name}`")
 
 
-def _not_found(agent_id: str) -> NotFoundError:
-    role, name = names.split_agent_id(agent_id)
-    return NotFoundError("hook", agent_id, f"create it with `attractor hook create {role} {name}`")
+_RECORDS = records.Kind("hook record", SCHEMA, Hook.from_json, _not_found, stem=lambda hook: hook.agent_id)
+
+
+def _other_run(hook: Hook, run_id: str | None) -> bool:
+    return bool(run_id and hook.run_id and hook.run_id != run_id)
 
 
 def read_hook(state: StateDir, role: str, name: str, *, run_id: str | None = None) -> Hook:
     """The hook; with `run_id`, a hook of another run counts as absent (NotFoundError)."""
-    path = path_for(state, role, name)
-    try:
-        hook = _load(path, locked=False)
-    except FileNotFoundError:
-        raise _not_found(path.stem) from None
-    if run_id and hook.run_id and hook.run_id != run_id:
-        raise NotFoundError("hook", path.stem, f"the one there belongs to run {hook.run_id}, not {run_id}")
+    hook = _RECORDS.get(path_for(state, role, name))
+    if _other_run(hook, run_id):
+        raise NotFoundError("hook", hook.agent_id, f"the one there belongs to run {hook.run_id}, not {run_id}")
     return hook
+
+
+def find_hook(state: StateDir, role: str, name: str, *, run_id: str | None = None) -> Hook | None:
+    """The hook, or None when there is none (with `run_id`: none of that run). A corrupt one
+    still raises CorruptStateError, after moving it aside."""
+    hook = _RECORDS.find(path_for(state, role, name))
+    return None if hook is None or _other_run(hook, run_id) else hook
 
 
 def list_hooks(state: StateDir, problems: list[CorruptStateError] | None = None) -> list[Hook]:
     """Every readable hook, sorted by agent id. Corrupt files are moved aside, logged and
     appended to `problems`; they never raise."""
-    try:
-        paths = sorted(p for p in state.hooks.iterdir() if p.name.endswith(".json"))
-    except FileNotFoundError:
-        return []
-    for orphan in atomic.remove_orphan_temps(state.hooks):
-        logger.info("removed %s, left by a writer that died mid-write", orphan)
-    records = []
-    for path in paths:
-        try:
-            records.append(_load(path, locked=False))
-        except FileNotFoundError:
-            continue
-        except CorruptStateError as exc:
-            if problems is not None:
-                problems.append(exc)
-    return records
+    return _RECORDS.list(state.hooks, problems)
 
 
 # --------------------------------------------------------------------------- writing
@@ -210,7 +198,7 @@ def create_hook(
     state.ensure("hooks")
     with locks.file_lock(path):
         try:
-            existing = _load(path, locked=True)
+            existing = _RECORDS.load(path, locked=True)
         except FileNotFoundError:
             existing = None
         except CorruptStateError as exc:
@@ -243,15 +231,8 @@ def create_hook(
 def _modify(state: StateDir, role: str, name: str, change: Callable[[Hook, str], Hook]) -> Hook:
     """Read-modify-write one existing hook under its lock; `change` returns the same object to
     leave the file untouched."""
-    path = path_for(state, role, name)
-    if not path.exists():  # no lock file, no directories for a hook that is not there
-        raise _not_found(path.stem)
-    state.ensure("hooks")
-    try:
-        return atomic.modify_record(path, lambda p: _load(p, locked=True),
-                                    lambda current: change(current, clock.iso()))
-    except FileNotFoundError:
-        raise _not_found(path.stem) from None
+    return _RECORDS.modify(path_for(state, role, name), lambda current: change(current, clock.iso()),
+                           prepare=lambda: state.ensure("hooks"))
 
 
 def update_phase(
