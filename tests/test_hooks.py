@@ -128,16 +128,6 @@ def test_find_hook_is_none_for_a_missing_hook_or_another_runs(state: StateDir) -
         hooks.read_hook(state, "runner", "a", run_id="r2")
 
 
-def test_find_hook_is_none_for_a_missing_hook_or_another_runs(state: StateDir) -> None:
-    assert hooks.find_hook(state, "runner", "a") is None
-    made = hooks.create_hook(state, "runner", "a", run_id="r1")
-    assert hooks.find_hook(state, "runner", "a") == made
-    assert hooks.find_hook(state, "runner", "a", run_id="r1") == made
-    assert hooks.find_hook(state, "runner", "a", run_id="r2") is None
-    with pytest.raises(NotFoundError, match="belongs to run r1"):
-        hooks.read_hook(state, "runner", "a", run_id="r2")
-
-
 def test_resumption_instructions(state: StateDir) -> None:
     hooks.create_hook(state, "orchestrator", "n")
     hook = hooks.update_resumption_instructions(state, "orchestrator", "n", "fix test_login\n")

@@ -283,6 +283,28 @@ def test_find_stale_and_get_survive_corruption(state: StateDir) -> None:
     assert identities.create_identity(state, "runner", "good").epoch == 1
 
 
+def test_find_and_find_live(state: StateDir, sleeper: subprocess.Popen[bytes]) -> None:
+    assert identities.find(state, "guardian", "ghost") is None
+    assert identities.find_live(state, "guardian") is None
+    identities.create_identity(state, "guardian", "dead", pid=dead_pid())
+    identities.create_identity(state, "guardian", "ended", pid=sleeper.pid)
+    identities.mark_terminated(state, "guardian", "ended")
+    identities.create_identity(state, "guardian", "reused", pid=sleeper.pid)
+    path = state.identities / "guardian-reused.json"
+    data = json.loads(path.read_text())
+    data["pid_start"] += 1  # the pid now belongs to another process
+    path.write_text(json.dumps(data))
+    identities.create_identity(state, "runner", "live", pid=sleeper.pid)
+    assert identities.find_live(state, "guardian") is None  # dead, terminated, reused; a runner
+    identities.create_identity(state, "guardian", "run2", pid=sleeper.pid)
+    live = identities.find_live(state, "guardian")
+    assert live is not None and live.agent_id == "guardian-run2"
+    assert identities.find(state, "guardian", "run2") == live
+    (state.identities / "runner-bad.json").write_text("{")
+    with pytest.raises(CorruptStateError):
+        identities.find(state, "runner", "bad")
+
+
 def test_orphaned_temp_files_are_swept(state: StateDir) -> None:
     identities.create_identity(state, "runner", "a")
     orphan = state.identities / f".runner-a.json.tmp-{dead_pid()}-123"
