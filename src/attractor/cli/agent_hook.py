@@ -43,7 +43,7 @@ def add_parser(subparsers: argparse._SubParsersAction[Parser]) -> None:
     parser = subparser(subparsers, "agent-hook", "called by an agent CLI's hooks (reads the hook's JSON on stdin)",
                        "echo '{\"session_id\": \"…\"}' | attractor agent-hook post-tool-use")
     parser.add_argument("event", choices=EVENTS)
-    parser.set_defaults(func=run)
+    parser.set_defaults(func=run_agent_hook)
 
 
 class _Env:
@@ -69,7 +69,7 @@ class _Env:
         return identities.current_epoch(self.state, self.agent_id) == self.epoch
 
 
-def run(args: argparse.Namespace) -> int:
+def run_agent_hook(args: argparse.Namespace) -> int:
     try:
         raw = sys.stdin.read(STDIN_LIMIT) if not sys.stdin.isatty() else ""
         data: Any = json.loads(raw) if raw.strip() else {}

@@ -36,7 +36,7 @@ def _print_hook(hook: Hook, as_json: bool, verb: str) -> None:
         print(f"{verb} {hook.agent_id}: {hook.phase.value}{commit}")
 
 
-def cmd_create(args: argparse.Namespace) -> int:
+def run_create(args: argparse.Namespace) -> int:
     from attractor.store import hooks
 
     hook = hooks.create_hook(state_from(args), args.role, args.name, node=args.node,
@@ -45,7 +45,7 @@ def cmd_create(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def cmd_read(args: argparse.Namespace) -> int:
+def run_read(args: argparse.Namespace) -> int:
     from attractor.store import hooks
 
     hook = hooks.read_hook(state_from(args), args.role, args.name)
@@ -68,7 +68,7 @@ def cmd_read(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def cmd_update_phase(args: argparse.Namespace) -> int:
+def run_update_phase(args: argparse.Namespace) -> int:
     from attractor.store import hooks
 
     hook = hooks.update_phase(state_from(args), args.role, args.name, args.phase, note=args.note,
@@ -77,7 +77,7 @@ def cmd_update_phase(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def cmd_update_resumption(args: argparse.Namespace) -> int:
+def run_update_resumption(args: argparse.Namespace) -> int:
     from attractor.store import hooks
 
     text = sys.stdin.read() if args.text == "-" else args.text
@@ -86,7 +86,7 @@ def cmd_update_resumption(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def cmd_mark_merged(args: argparse.Namespace) -> int:
+def run_mark_merged(args: argparse.Namespace) -> int:
     from attractor.store import hooks
 
     hook = hooks.mark_merged(state_from(args), args.role, args.name, args.commit)
@@ -94,7 +94,7 @@ def cmd_mark_merged(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def cmd_wisdom(args: argparse.Namespace) -> int:
+def run_wisdom(args: argparse.Namespace) -> int:
     from attractor.store import hooks
 
     hook = hooks.read_hook(state_from(args), args.role, args.name)
@@ -107,7 +107,7 @@ def _hook_rows(records: Sequence[Hook]) -> list[list[str]]:
              h.updated_at] for h in records]
 
 
-def cmd_list(args: argparse.Namespace) -> int:
+def run_list(args: argparse.Namespace) -> int:
     from attractor.store import hooks
 
     problems: list[CorruptStateError] = []
@@ -151,13 +151,13 @@ def add_parser(subparsers: argparse._SubParsersAction[Parser]) -> None:
     p.add_argument("--node", help="the pipeline node this hook works on")
     p.add_argument("--instructions", default="", metavar="TEXT", help="initial instructions")
     _common(p)
-    p.set_defaults(func=cmd_create)
+    p.set_defaults(func=run_create)
 
     p = subparser(actions, "read", "show the hook and its phase history",
                   "attractor hook read runner impl_auth --json")
     _role_name(p)
     _common(p)
-    p.set_defaults(func=cmd_read)
+    p.set_defaults(func=run_read)
 
     p = subparser(actions, "update-phase", "move the hook to PHASE (checked; same phase: no-op)",
                   "attractor hook update-phase runner impl_auth executing --note 'agent started'")
@@ -167,34 +167,28 @@ def add_parser(subparsers: argparse._SubParsersAction[Parser]) -> None:
     p.add_argument("--note", default="", help="why (kept in the hook's history)")
     p.add_argument("--commit", metavar="SHA", help="the commit this phase refers to")
     _common(p)
-    p.set_defaults(func=cmd_update_phase)
+    p.set_defaults(func=run_update_phase)
 
     p = subparser(actions, "update-resumption", "set the instructions the next session reads",
                   "attractor hook update-resumption runner impl_auth 'fix tests/test_auth.py'")
     _role_name(p)
     p.add_argument("text", metavar="TEXT", help="the instructions ('-' reads them from stdin)")
     _common(p)
-    p.set_defaults(func=cmd_update_resumption)
+    p.set_defaults(func=run_update_resumption)
 
     p = subparser(actions, "mark-merged", "merge_ready -> merged, recording the merged commit",
                   "attractor hook mark-merged runner impl_auth --commit 1a2b3c4")
     _role_name(p)
     p.add_argument("--commit", required=True, metavar="SHA", help="the merged commit")
     _common(p)
-    p.set_defaults(func=cmd_mark_merged)
+    p.set_defaults(func=run_mark_merged)
 
     p = subparser(actions, "wisdom", "print the block a respawned agent's prompt starts with",
                   "attractor hook wisdom orchestrator impl_auth")
     _role_name(p)
     _common(p, json_option=False)
-    p.set_defaults(func=cmd_wisdom)
+    p.set_defaults(func=run_wisdom)
 
     p = subparser(actions, "list", "list every hook", "attractor hook list --json")
     _common(p)
-    p.set_defaults(func=cmd_list)
-
-
-def run(args: argparse.Namespace) -> int:
-    """Run the action parsed into `args` (the frame calls `args.func` directly)."""
-    result: int = args.func(args)
-    return result
+    p.set_defaults(func=run_list)

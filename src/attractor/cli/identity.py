@@ -50,7 +50,7 @@ def _print_record(record: Identity, as_json: bool, verb: str) -> None:
 # --------------------------------------------------------------------------- commands
 
 
-def cmd_create(args: argparse.Namespace) -> int:
+def run_create(args: argparse.Namespace) -> int:
     from attractor.store import identities
 
     record = identities.create_identity(
@@ -64,7 +64,7 @@ def cmd_create(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def cmd_update_liveness(args: argparse.Namespace) -> int:
+def run_update_liveness(args: argparse.Namespace) -> int:
     from attractor.store import identities
 
     record = identities.update_liveness(state_from(args), args.role, args.name, pid=args.pid)
@@ -72,7 +72,7 @@ def cmd_update_liveness(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def cmd_update(args: argparse.Namespace) -> int:
+def run_update(args: argparse.Namespace) -> int:
     from attractor.store import identities
 
     fields = {
@@ -89,7 +89,7 @@ def cmd_update(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def cmd_set_status(args: argparse.Namespace) -> int:
+def run_set_status(args: argparse.Namespace) -> int:
     from attractor.store import identities
 
     status = getattr(args, "status", None) or args.fixed_status
@@ -98,7 +98,7 @@ def cmd_set_status(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def cmd_show(args: argparse.Namespace) -> int:
+def run_show(args: argparse.Namespace) -> int:
     from attractor.store import identities
 
     record = identities.get(state_from(args), args.role, args.name)
@@ -150,11 +150,11 @@ def _listing(args: argparse.Namespace, stale_timeout: float | None) -> int:
     return EXIT_OK
 
 
-def cmd_list(args: argparse.Namespace) -> int:
+def run_list(args: argparse.Namespace) -> int:
     return _listing(args, args.timeout if args.stale_only else None)
 
 
-def cmd_find_stale(args: argparse.Namespace) -> int:
+def run_find_stale(args: argparse.Namespace) -> int:
     return _listing(args, args.timeout)
 
 
@@ -211,21 +211,21 @@ def add_parser(subparsers: argparse._SubParsersAction[Parser]) -> None:
     _role_name(p)
     _field_options(p)
     _common(p)
-    p.set_defaults(func=cmd_create)
+    p.set_defaults(func=run_create)
 
     p = subparser(actions, "update-liveness", "heartbeat: stamp the record, make it active",
                   "attractor identity update-liveness runner impl_auth")
     _role_name(p)
     p.add_argument("--pid", type=_pid, help="also record this pid")
     _common(p)
-    p.set_defaults(func=cmd_update_liveness)
+    p.set_defaults(func=run_update_liveness)
 
     p = subparser(actions, "update", "set pid, pane, tmux session/socket, worktree or session id",
                   "attractor identity update runner impl_auth --pane-id %12")
     _role_name(p)
     _field_options(p)
     _common(p)
-    p.set_defaults(func=cmd_update)
+    p.set_defaults(func=run_update)
 
     p = subparser(actions, "set-status", "move the record to STATUS (checked transition)",
                   "attractor identity set-status runner impl_auth stale --reason 'no heartbeat'")
@@ -234,7 +234,7 @@ def add_parser(subparsers: argparse._SubParsersAction[Parser]) -> None:
                    "respawning, terminated or quarantined")
     p.add_argument("--reason", default="", help="why (kept in the record's history)")
     _common(p)
-    p.set_defaults(func=cmd_set_status)
+    p.set_defaults(func=run_set_status)
 
     for status, text in (
         ("crashed", "mark the agent crashed (counts a crash)"),
@@ -247,33 +247,27 @@ def add_parser(subparsers: argparse._SubParsersAction[Parser]) -> None:
         _role_name(p)
         p.add_argument("--reason", default="", help="why (kept in the record's history)")
         _common(p)
-        p.set_defaults(func=cmd_set_status, fixed_status=status)
+        p.set_defaults(func=run_set_status, fixed_status=status)
 
     p = subparser(actions, "find-stale", "list live records whose heartbeat is older than SECONDS",
                   "attractor identity find-stale --timeout 120 --json")
     p.add_argument("--timeout", type=_seconds, required=True, metavar="SECONDS",
                    help="heartbeat age after which a record is stale")
     _common(p)
-    p.set_defaults(func=cmd_find_stale)
+    p.set_defaults(func=run_find_stale)
 
     p = subparser(actions, "list", "list every identity record", "attractor identity list --json")
     p.add_argument("--stale-only", action="store_true", help="only stale records (see --timeout)")
     p.add_argument("--timeout", type=_seconds, default=DEFAULT_STALE_TIMEOUT, metavar="SECONDS",
                    help=f"staleness timeout for --stale-only (default {DEFAULT_STALE_TIMEOUT:g})")
     _common(p)
-    p.set_defaults(func=cmd_list)
+    p.set_defaults(func=run_list)
 
     p = subparser(actions, "show", "show one record with its history",
                   "attractor identity show runner impl_auth")
     _role_name(p)
     _common(p)
-    p.set_defaults(func=cmd_show)
-
-
-def run(args: argparse.Namespace) -> int:
-    """Run the action parsed into `args` (the frame calls `args.func` directly)."""
-    result: int = args.func(args)
-    return result
+    p.set_defaults(func=run_show)
 
 
 # --------------------------------------------------------------------------- flag form (scripts/)

@@ -67,7 +67,7 @@ def _problem_line(path: Path, problem: Problem) -> str:
     return f"{path}: {problem.where}: {problem.message}"
 
 
-def cmd_lint(args: argparse.Namespace) -> int:
+def run_lint(args: argparse.Namespace) -> int:
     from attractor.engines.pipeline import check
 
     path = Path(args.file)
@@ -110,7 +110,7 @@ def _detail(pipeline: Pipeline, name: str, width: int = 60) -> str:
     return ""
 
 
-def cmd_show(args: argparse.Namespace) -> int:
+def run_show(args: argparse.Namespace) -> int:
     from attractor.engines.pipeline import load_pipeline, topological_order
 
     pipeline = load_pipeline(Path(args.file), [script_problems])
@@ -140,16 +140,10 @@ def add_parser(subparsers: argparse._SubParsersAction[Parser]) -> None:
                   "attractor pipeline lint pipelines/example-auth.dot --json")
     p.add_argument("file", metavar="FILE", help="the DOT pipeline")
     add_json_option(p)
-    p.set_defaults(func=cmd_lint)
+    p.set_defaults(func=run_lint)
 
     p = subparser(actions, "show", "list the nodes in scheduling order with their dependencies",
                   "attractor pipeline show pipelines/example-auth.dot")
     p.add_argument("file", metavar="FILE", help="the DOT pipeline")
     add_json_option(p)
-    p.set_defaults(func=cmd_show)
-
-
-def run(args: argparse.Namespace) -> int:
-    """Run the action parsed into `args` (the frame calls `args.func` directly)."""
-    result: int = args.func(args)
-    return result
+    p.set_defaults(func=run_show)
