@@ -326,11 +326,36 @@ def test_a_forked_child_does_not_keep_its_parents_waits(tmp_path: Path) -> None:
             child.join()
 
 
-def test_odd_timeouts(tmp_path: Path) -> None:
+def test_an_infinite_timeout_waits_while_the_lock_is_held(tmp_path: Path) -> None:
+    """`timeout=inf` queues behind a holder (here another thread of this process: threads
+    exclude each other) and takes the lock once it is let go: never an error, never earlier."""
     path = tmp_path / "rec.json"
-    with locks.file_lock(path, timeout=math.inf):
-        pass
-    with pytest.raises(ValueError), locks.file_lock(path, timeout=math.nan):
+    events: list[str] = []
+    errors: list[BaseException] = []
+
+    def wait_forever() -> None:
+        try:
+            with locks.file_lock(path, timeout=math.inf):
+                events.append("waiter holds it")
+        except BaseException as exc:
+            errors.append(exc)
+
+    waiter = threading.Thread(target=wait_forever, daemon=True)
+    with locks.file_lock(path):
+        drawn = tickets(path)
+        waiter.start()
+        retry_until(lambda: tickets(path) == drawn + 1, what="the waiter queued")
+        # a few stuck-queue checks go by: a lock that is held is never taken past its holder
+        assert stays_false(lambda: bool(events or errors), 5 * locks.STALL_CHECK), (events, errors)
+        assert waiter.is_alive()
+        events.append("holder lets go")
+    waiter.join(10)
+    assert errors == []
+    assert events == ["holder lets go", "waiter holds it"]
+
+
+def test_a_nan_timeout_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValueError), locks.file_lock(tmp_path / "rec.json", timeout=math.nan):
         pass
 
 
