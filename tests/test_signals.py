@@ -5,7 +5,6 @@ import os
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -327,22 +326,53 @@ def test_consumer_thread_delivers(state: StateDir, use_events: bool) -> None:
     assert consumer._thread is None
 
 
-def test_claims_do_not_hold_back_the_next_wake_up(state: StateDir) -> None:
-    """Every claim renames a file out of new/. A watcher that holds such move-out events back
-    (as watchdog's Observer does, 0.5 s each, blocking the events behind them) would make each
-    of these ping-pong rounds wait for that delay; the rescan timer is too long to help."""
+def test_each_arrival_after_a_claim_wakes_the_consumer(state: StateDir) -> None:
+    """Ping-pong: each signal is sent once the one before it was claimed and handled. The
+    rescan timer is an hour, far past every round's deadline, so only the arrival itself can
+    have woken the consumer in time."""
     handled: list[str] = []
     consumer = signals.Consumer(state, AGENT, lambda s: handled.append(s.id) or "ok",
-                                current_epoch=lambda: None, rescan_interval=60.0)
-    rounds = 20
+                                current_epoch=lambda: None, rescan_interval=3600.0)
     with consumer:
         retry_until(lambda: (state.signals / AGENT / "new").is_dir(), 5)
-        started = time.monotonic()
-        for n in range(1, rounds + 1):
+        for n in range(1, 21):
             signals.send(state, "SHUTDOWN", to=AGENT, sender="user-cli", epoch=1)
-            retry_until(lambda n=n: len(handled) == n, 10, interval=0.001)
-        elapsed = time.monotonic() - started
-    assert elapsed < rounds * 0.05, f"{rounds} rounds took {elapsed:.2f}s"
+            retry_until(lambda n=n: len(handled) == n, 10, interval=0.001, what=f"round {n}")
+
+
+def test_claims_do_not_hold_back_the_next_wake_up(state: StateDir, tmp_path: Path) -> None:
+    """Every claim renames a file out of new/. A watcher that holds such move-out events back
+    (as watchdog's Observer does, 0.5 s each, and the events behind them with it) delays the
+    wake-up for the next arrival. Every watch here is a callback on one shared inotify reader,
+    which hands events on in the order they happened: so after a claim, a signal arriving in
+    new/ and then a file arriving in another watched directory, the inbox's wake-up must have
+    come by the time the other one has. No clock is read: a slow machine cannot fail this, nor
+    a fast one hide a delay."""
+    new = signals.ensure_inbox(state, AGENT) / "new"
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    inbox_woken, elsewhere_woken = threading.Event(), threading.Event()
+    unwatch_inbox = signals._watch(new, inbox_woken)
+    assert unwatch_inbox is not None
+    unwatch_elsewhere = signals._watch(elsewhere, elsewhere_woken)
+    assert unwatch_elsewhere is not None
+    inbox = signals.Inbox(state, AGENT)
+    try:
+        signals.send(state, "SHUTDOWN", to=AGENT, sender="user-cli", epoch=1)
+        for n in range(5):
+            retry_until(inbox_woken.is_set, 10, what=f"the wake-up for signal {n}")
+            inbox_woken.clear()
+            claim = inbox.claim_next()
+            assert claim is not None
+            inbox.complete(claim, "ok")
+            signals.send(state, "SHUTDOWN", to=AGENT, sender="user-cli", epoch=1)
+            (elsewhere / f"{n}.json").write_text("{}")
+            retry_until(elsewhere_woken.is_set, 10, what=f"the wake-up for file {n} elsewhere")
+            elsewhere_woken.clear()
+            assert inbox_woken.is_set(), f"round {n}: the arrival after a claim was held back"
+    finally:
+        unwatch_elsewhere()
+        unwatch_inbox()
 
 
 def test_observer_fallback_wakes_on_new_files(tmp_path: Path) -> None:
