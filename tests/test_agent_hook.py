@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from attractor.errors import CorruptStateError
 from attractor.states import HookPhase, SignalKind
 from attractor.store import agent_sessions, hooks, identities, signals
 from attractor.store.statedir import StateDir
@@ -130,3 +131,17 @@ def test_a_broken_state_never_breaks_the_agent(tmp_path: Path) -> None:
     done = subprocess.run([sys.executable, "-m", "attractor", "agent-hook", "stop"], input="{not json",
                           env=env, capture_output=True, text=True, timeout=30)
     assert (done.returncode, done.stdout) == (0, "")
+
+
+def test_a_mistyped_session_record_is_corrupt_and_the_next_start_is_fresh(agent: StateDir) -> None:
+    path = agent_sessions.path_for(agent, AGENT)
+    data = json.loads(path.read_text())
+    data["starts"] = "2"
+    path.write_text(json.dumps(data))
+    with pytest.raises(CorruptStateError) as info:
+        agent_sessions.read(agent, AGENT)
+    assert f"corrupt state file {path}: agent session: field 'starts' must be int" in str(info.value)
+    assert info.value.moved_to is not None and not path.exists()
+    assert agent_sessions.find(agent, AGENT) is None
+    fresh = agent_sessions.start(agent, AGENT, run_id=RUN, node=NODE, cli="claude", new_session_id=lambda: "s-2")
+    assert (fresh.starts, fresh.session_id) == (1, "s-2")

@@ -44,8 +44,8 @@ from pathlib import Path
 from typing import Any
 
 from attractor import clock, names
-from attractor.errors import BadInputError, CorruptStateError, NotFoundError
-from attractor.store import atomic, locks
+from attractor.errors import CorruptStateError, NotFoundError
+from attractor.store import atomic, locks, records
 from attractor.store.statedir import StateDir
 
 SCHEMA = 1
@@ -53,6 +53,12 @@ FIELDS = ("schema", "agent_id", "run_id", "node", "cli", "session_id", "transcri
           "starts", "needs_input", "idle_since", "stop_blocks", "reported", "last_event", "end_reason",
           "usage", "death", "updated_at")
 TAIL_LIMIT = 8 * 1024
+_TEXT = ("agent_id", "run_id", "node", "cli", "session_id", "transcript_path", "end_reason", "updated_at")
+_TYPES: dict[str, tuple[type, ...]] = {
+    **{key: (str,) for key in _TEXT}, "resumable": (bool,), "reported": (bool,), "starts": (int,),
+    "stop_blocks": (int,), "idle_since": records.OPTIONAL_TEXT,
+    **{key: records.OPTIONAL_OBJECT for key in ("needs_input", "last_event", "usage", "death")},
+}
 
 
 @dataclass(frozen=True)
@@ -82,14 +88,9 @@ class AgentSession:
 
     @classmethod
     def from_json(cls, data: Any) -> AgentSession:
-        checked = dict(atomic.check_record_fields("agent session", data, FIELDS, SCHEMA))
+        """Strict: a missing, unknown or mistyped field is a BadInputError naming it."""
+        checked = dict(records.fields("agent session", data, FIELDS, SCHEMA, types=_TYPES))
         checked.pop("schema")
-        for key in ("agent_id", "run_id", "node", "cli", "session_id", "transcript_path", "end_reason"):
-            if not isinstance(checked[key], str):
-                raise BadInputError("agent session", f"field {key!r} must be text")
-        for key in ("needs_input", "last_event", "usage", "death"):
-            if checked[key] is not None and not isinstance(checked[key], dict):
-                raise BadInputError("agent session", f"field {key!r} must be an object or null")
         return cls(**checked)
 
 
@@ -108,27 +109,22 @@ def path_for(state: StateDir, agent_id: str) -> Path:
     return agent_dir(state, agent_id) / "session.json"
 
 
-def _load(path: Path) -> AgentSession:
-    data = atomic.read_json_object(path, schema=SCHEMA)
-    try:
-        return AgentSession.from_json(data)
-    except (BadInputError, CorruptStateError) as exc:
-        raise CorruptStateError(path, str(exc), atomic.move_aside(path)) from None
+def _not_found(path: Path) -> NotFoundError:
+    return NotFoundError("agent session", path.parent.name, f"no {path}")
+
+
+_RECORDS = records.Kind("agent session", SCHEMA, AgentSession.from_json, _not_found)
 
 
 def read(state: StateDir, agent_id: str) -> AgentSession:
-    path = path_for(state, agent_id)
-    try:
-        return _load(path)
-    except FileNotFoundError:
-        raise NotFoundError("agent session", agent_id, f"no {path}") from None
+    return _RECORDS.get(path_for(state, agent_id))
 
 
 def find(state: StateDir, agent_id: str) -> AgentSession | None:
     """The session record, or None when there is none (or it was corrupt and moved aside)."""
     try:
-        return read(state, agent_id)
-    except (NotFoundError, CorruptStateError):
+        return _RECORDS.find(path_for(state, agent_id))
+    except CorruptStateError:
         return None
 
 
@@ -143,7 +139,7 @@ def start(state: StateDir, agent_id: str, *, run_id: str, node: str, cli: str,
                          starts=1, updated_at=now)
     with atomic.Replacement(path) as replacement, locks.file_lock(path):
         try:
-            current: AgentSession | None = _load(path)
+            current: AgentSession | None = _RECORDS.load(path, locked=True)
         except (FileNotFoundError, CorruptStateError):
             current = None
         if current is not None and current.run_id == run_id and current.cli == cli:
@@ -158,9 +154,6 @@ def start(state: StateDir, agent_id: str, *, run_id: str, node: str, cli: str,
 def modify(state: StateDir, agent_id: str, change: Callable[[AgentSession], AgentSession]) -> AgentSession | None:
     """Read-modify-write the record under its lock; None when there is no record (an agent
     started by hand outside a run). `change` returns the same object to leave it untouched."""
-    path = path_for(state, agent_id)
-    if not path.exists():
-        return None
     now = clock.iso()
 
     def stamped(current: AgentSession) -> AgentSession:
@@ -168,8 +161,8 @@ def modify(state: StateDir, agent_id: str, change: Callable[[AgentSession], Agen
         return new if new is current else dataclasses.replace(new, updated_at=now)
 
     try:
-        return atomic.modify_record(path, _load, stamped, fsync=lambda old, new: False)
-    except FileNotFoundError:
+        return _RECORDS.modify(path_for(state, agent_id), stamped, fsync=lambda old, new: False)
+    except NotFoundError:
         return None
 
 

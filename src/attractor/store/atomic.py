@@ -17,12 +17,10 @@ import os
 import re
 import stat
 import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import Any
 
 from attractor.errors import BadInputError, CorruptStateError, StateDirError, no_space
-from attractor.store import locks
 
 FILE_MODE = 0o600
 DIR_MODE = 0o700
@@ -295,55 +293,3 @@ def check_record_fields(what: str, data: Any, names: tuple[str, ...] | list[str]
     if schema is not None and data["schema"] != schema:
         raise BadInputError(what, f"schema {data['schema']!r} is not {schema}")
     return data
-
-
-class _Named(Protocol):
-    @property
-    def agent_id(self) -> str: ...
-
-
-R = TypeVar("R", bound=_Named)
-
-
-def load_record(path: Path, parse: Callable[[dict[str, Any]], R], what: str, schema: int,
-                *, locked: bool = False) -> R:
-    """Read one `<agent-id>.json` record strictly. A corrupt one is moved aside under its lock
-    (so that a good version written meanwhile is never the one moved) and raised as
-    CorruptStateError; FileNotFoundError passes through."""
-    import logging
-
-    from attractor.errors import UsageError
-
-    try:
-        record = parse(read_json_object(path, schema=schema, move_corrupt=False))
-        if path.name != f"{record.agent_id}.json":
-            raise BadInputError(what, f"names {record.agent_id!r}, not the file name")
-        return record
-    except UsageError as first:  # CorruptStateError, or a field that fails its check
-        if not locked:
-            with locks.file_lock(path):
-                return load_record(path, parse, what, schema, locked=True)
-        problem = first.problem if isinstance(first, CorruptStateError) else str(first)
-        moved = move_aside(path)
-        logging.getLogger(__name__).warning("corrupt %s %s moved aside to %s: %s", what, path, moved, problem)
-        raise CorruptStateError(path, problem, moved) from None
-
-
-class _Record(Protocol):
-    def to_json(self) -> dict[str, Any]: ...
-
-
-W = TypeVar("W", bound=_Record)
-
-
-def modify_record(path: Path, load: Callable[[Path], W], change: Callable[[W], W], *,
-                  fsync: Callable[[W, W], bool] = lambda old, new: True) -> W:
-    """Read-modify-write one record under its lock: `load` it, `change` returns the new record
-    (the same object to leave the file untouched), which replaces it (a `Replacement`, so only
-    the write and the rename happen under the lock). FileNotFoundError passes through."""
-    with Replacement(path) as replacement, locks.file_lock(path):
-        current = load(path)
-        new = change(current)
-        if new is not current:
-            replacement.commit(dumps(new.to_json()), fsync=fsync(current, new))
-    return new
