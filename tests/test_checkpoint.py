@@ -72,6 +72,7 @@ CORRUPT_CASES = [
     CorruptCase("status-type", lambda d: d.update(status=7), "field 'status' must be str"),
     CorruptCase("bad-status", lambda d: d.update(status="sleeping"), "status 'sleeping'"),
     CorruptCase("node-missing", lambda d: d["nodes"]["a"].pop("state"), "missing field(s) state"),
+    CorruptCase("node-named", lambda d: d["nodes"]["a"].pop("kind"), "checkpoint node 'a': missing field(s) kind"),
     CorruptCase("node-attempts", lambda d: d["nodes"]["a"].update(attempts="2"), "'attempts' must be int"),
     CorruptCase("node-state", lambda d: d["nodes"]["a"].update(state="asleep"), "asleep"),
     CorruptCase("not-an-object", lambda d: d["nodes"].update(a=[]), "expected a JSON object"),

@@ -30,17 +30,11 @@ from pathlib import Path
 from typing import Any
 
 from attractor import clock
-from attractor.errors import BadInputError, CorruptStateError, NotFoundError, UsageError, no_space
+from attractor.errors import BadInputError, NotFoundError, no_space
 from attractor.names import validate_name
 from attractor.states import NODE_MOVES, NodeState, transition
-from attractor.store import locks
-from attractor.store.atomic import (
-    check_record_fields,
-    ensure_private_dir,
-    move_aside,
-    read_json_object,
-    write_json_atomic,
-)
+from attractor.store import locks, records
+from attractor.store.atomic import ensure_private_dir, write_json_atomic
 from attractor.store.statedir import StateDir
 
 logger = logging.getLogger(__name__)
@@ -76,18 +70,8 @@ class NodeProgress:
     @classmethod
     def from_json(cls, data: Any) -> NodeProgress:
         """Strict: every field present, none unknown, each of its type (BadInputError names it)."""
-        what = "checkpoint node"
-        if not isinstance(data, dict):
-            raise BadInputError(what, f"expected a JSON object, got {type(data).__name__}")
-        missing = sorted(set(_NODE_FIELDS) - set(data))
-        unknown = sorted(set(data) - set(_NODE_FIELDS))
-        if missing or unknown:
-            parts = [f"missing field(s) {', '.join(missing)}"] if missing else []
-            parts += [f"unknown field(s) {', '.join(unknown)}"] if unknown else []
-            raise BadInputError(f"{what} {data.get('name', '?')!r}", "; ".join(parts))
-        _check_types(f"{what} {data['name']!r}", data, _NODE_TYPES)
-        if not isinstance(data["state"], str):
-            raise BadInputError(f"{what} {data['name']!r}", f"field 'state' must be a string, not {data['state']!r}")
+        what = f"checkpoint node {data.get('name', '?') if isinstance(data, dict) else '?'!r}"
+        data = records.fields(what, data, _NODE_FIELDS, None, types=_NODE_TYPES)
         return cls(**{**data, "state": NodeState.from_text(data["state"])})
 
 
@@ -119,8 +103,7 @@ class Checkpoint:
     def from_json(cls, data: Any) -> Checkpoint:
         """Strict: every field present, none unknown, each of its type (BadInputError names it)."""
         what = "checkpoint"
-        data = check_record_fields(what, data, _CP_FIELDS, SCHEMA)
-        _check_types(what, data, _CP_TYPES)
+        data = records.fields(what, data, _CP_FIELDS, SCHEMA, types=_CP_TYPES)
         validate_name(data["run_id"], "run id")
         if data["status"] not in RUN_STATUSES:
             raise BadInputError(what, f"status {data['status']!r} is not one of {', '.join(RUN_STATUSES)}")
@@ -157,18 +140,10 @@ class Checkpoint:
         return result
 
 
-def _check_types(what: str, data: dict[str, Any], types: dict[str, tuple[type, ...]]) -> None:
-    for key, allowed in types.items():
-        value = data[key]
-        if not isinstance(value, allowed) or (isinstance(value, bool) and bool not in allowed):
-            names = " or ".join("null" if t is type(None) else t.__name__ for t in allowed)
-            raise BadInputError(what, f"field {key!r} must be {names}, not {value!r}")
-
-
-_OPT_STR: tuple[type, ...] = (str, type(None))
+_OPT_STR = records.OPTIONAL_TEXT
 _NODE_FIELDS = tuple(f.name for f in dataclasses.fields(NodeProgress))
 _NODE_TYPES: dict[str, tuple[type, ...]] = {
-    "name": (str,), "kind": (str,), "attempts": (int,), "outcome": _OPT_STR, "reason": (str,),
+    "name": (str,), "kind": (str,), "state": (str,), "attempts": (int,), "outcome": _OPT_STR, "reason": (str,),
     "branch": _OPT_STR, "merged_sha": _OPT_STR, "started_at": _OPT_STR, "finished_at": _OPT_STR,
 }
 _CP_FIELDS = tuple(f.name for f in dataclasses.fields(Checkpoint))
@@ -197,28 +172,14 @@ def write_checkpoint(state: StateDir, cp: Checkpoint) -> None:
         write_json_atomic(path, cp.to_json())
 
 
-def _load(path: Path) -> Checkpoint:
-    return Checkpoint.from_json(read_json_object(path, schema=SCHEMA, move_corrupt=False))
+_RECORDS = records.Kind("checkpoint", SCHEMA, Checkpoint.from_json,
+                        lambda path: NotFoundError("run", path.parent.name, "list runs with: attractor status"))
 
 
 def read_checkpoint(state: StateDir, run_id: str) -> Checkpoint:
     """The run's checkpoint, read strictly. A corrupt one is read again under its lock and, if
     still corrupt, moved aside there and raised as CorruptStateError."""
-    path = checkpoint_path(state, run_id)
-    try:
-        try:
-            return _load(path)
-        except UsageError:  # corrupt, or a field fails its check: decide under the lock
-            with locks.file_lock(path):
-                try:
-                    return _load(path)
-                except UsageError as exc:
-                    problem = exc.problem if isinstance(exc, CorruptStateError | BadInputError) else str(exc)
-                    moved = move_aside(path)
-                    logger.warning("corrupt checkpoint %s moved aside to %s: %s", path, moved, problem)
-                    raise CorruptStateError(path, problem, moved) from None
-    except FileNotFoundError:
-        raise NotFoundError("run", run_id, "list runs with: attractor status") from None
+    return _RECORDS.get(checkpoint_path(state, run_id))
 
 
 def list_runs(state: StateDir) -> list[str]:
