@@ -20,12 +20,13 @@ from tests.helpers import git
 
 RUN = "r1"
 NODE = "late"
+GUARDIAN = "guardian-" + RUN
 
 
 @pytest.fixture
 def runner(tmp_path: Path, state_dir: Path, tmux_socket: str) -> Runner:
     target = target_repo(tmp_path)
-    pipe = pipeline_file(tmp_path, codergen(NODE, module_steps(NODE, 1) + f"commit {NODE}\nreport")
+    pipe = pipeline_file(tmp_path, codergen(NODE, module_steps(NODE, 1) + f"commit {NODE}\nreport", max_retries=0)
                          + tool(f"check_{NODE}"), f"  start -> {NODE} -> check_{NODE} -> exit\n")
     state = StateDir(state_dir)
     cfg = RunnerConfig(state=state, run_id=RUN, node=NODE, target_dir=target, pipeline_path=pipe,
@@ -81,3 +82,75 @@ def test_a_merge_complete_the_queue_never_sent_changes_nothing(runner: Runner) -
     assert runner.handle(forged).startswith("rejected: no merge-queue entry 'forged'")
     assert runner.hook().phase is HookPhase.MERGE_READY
     assert not runner.finished.is_set()
+
+
+def _sent_to_guardian(r: Runner) -> list[signals.Signal]:
+    return list(signals.Inbox(r.state, GUARDIAN).pending())
+
+
+PAYLOADS = {
+    SignalKind.ORCHESTRATOR_DONE: {"node": NODE, "summary": "done"},
+    SignalKind.ORCHESTRATOR_STUCK: {"node": NODE, "reason": "lost"},
+    SignalKind.VALIDATION_PASSED: {"node": NODE, "commit": "a" * 40},
+    SignalKind.VALIDATION_FAILED: {"node": NODE, "commit": "a" * 40, "output": "red"},
+    SignalKind.MERGE_FAILED: {"entry_id": "e1", "branch": "b", "reason": "conflict", "target": "main"},
+}
+
+
+@pytest.mark.parametrize("kind", sorted(PAYLOADS, key=lambda k: k.value), ids=lambda k: k.value)
+def test_a_signal_outside_the_phases_it_means_something_in_is_ignored(runner: Runner, kind: SignalKind) -> None:
+    phases = Runner.HANDLED_IN[kind]
+    assert phases is not None and HookPhase.SPAWNED not in phases
+    before = runner.hook()
+    sig = signals.send(runner.state, kind, to=runner.cfg.agent_id, sender=GUARDIAN, payload=PAYLOADS[kind])
+    assert runner.handle(sig) == "ignored: phase is spawned"
+    assert runner.hook() == before
+    assert not runner.finished.is_set() and not _sent_to_guardian(runner)
+
+
+def test_a_signal_for_another_layer_is_ignored(runner: Runner) -> None:
+    sig = signals.send(runner.state, SignalKind.MERGE_READY, to=runner.cfg.agent_id, sender=GUARDIAN,
+                       payload={"node": NODE, "branch": runner.branch, "commit": "a" * 40, "owner": "x"})
+    assert runner.handle(sig) == "ignored: MERGE_READY is not for a runner"
+
+
+def test_validation_passed_makes_the_node_merge_ready_and_asks_the_guardian_to_merge(runner: Runner) -> None:
+    commit = _to_merge_ready(runner)
+    runner.set_phase(HookPhase.FAILED, note="reset for the test")  # back to a phase before validation
+    runner.set_phase(HookPhase.EXECUTING)
+    runner.set_phase(HookPhase.IMPL_COMPLETE, commit=commit)
+    sig = signals.send(runner.state, SignalKind.VALIDATION_PASSED, to=runner.cfg.agent_id, sender=GUARDIAN,
+                       payload={"node": NODE, "commit": commit})
+    assert runner.handle(sig) == "merge_ready"
+    assert runner.hook().phase is HookPhase.MERGE_READY
+    [ask] = _sent_to_guardian(runner)
+    assert ask.kind is SignalKind.MERGE_READY
+    assert ask.payload.to_json() == {"node": NODE, "branch": runner.branch, "commit": commit,
+                                     "owner": runner.cfg.agent_id, "priority": 0}
+
+
+def test_a_merge_failure_on_the_last_attempt_fails_the_node_with_the_queue_reason(runner: Runner) -> None:
+    _to_merge_ready(runner)
+    sig = signals.send(runner.state, SignalKind.MERGE_FAILED, to=runner.cfg.agent_id, sender=GUARDIAN,
+                       payload={"entry_id": "e1", "branch": runner.branch, "reason": "conflict", "target": "main",
+                                "files": ["app/a.py"]})
+    assert runner.handle(sig) == "merge_failed"
+    hook = runner.hook()
+    assert hook.phase is HookPhase.FAILED
+    note = str(hook.history[-1]["note"])
+    assert note.startswith("a merge failure (conflict) after 1 attempt(s): ") and "merge failed: conflict" in note
+    [stuck] = _sent_to_guardian(runner)
+    assert stuck.kind is SignalKind.ORCHESTRATOR_STUCK
+    assert "conflicting files: app/a.py" in stuck.payload.to_json()["reason"]
+    assert runner.finished.is_set() and runner.exit_code == 1
+
+
+def test_a_report_from_an_earlier_incarnation_of_the_agent_is_stale(runner: Runner) -> None:
+    from attractor.store import identities
+
+    runner.set_phase(HookPhase.EXECUTING)
+    old = signals.send(runner.state, SignalKind.ORCHESTRATOR_DONE, to=runner.cfg.agent_id,
+                       sender=runner.cfg.orchestrator_id, payload={"node": NODE, "summary": "old"})
+    identities.create_identity(runner.state, "orchestrator", NODE, session_id=RUN)  # the agent started again
+    assert runner.handle(old) == "stale: sent by an earlier incarnation of the agent"
+    assert runner.hook().phase is HookPhase.EXECUTING

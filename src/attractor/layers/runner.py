@@ -23,8 +23,10 @@ import signal as signal_module
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 from attractor import clock, names, procs
 from attractor.agents import REPORTS_BY_EXIT, LaunchContext, resolve_agent
@@ -43,7 +45,8 @@ from attractor.layers.launch import (
     write_launch_files,
 )
 from attractor.states import HookPhase, IdentityStatus, SignalKind
-from attractor.store import agent_sessions, hooks, identities, signals
+from attractor.store import agent_sessions, hooks, identities, payloads, signals
+from attractor.store.payloads import P
 from attractor.store.statedir import StateDir
 
 logger = logging.getLogger(__name__)
@@ -431,67 +434,98 @@ class Runner:
         with self.lock:
             return self._handle(sig)
 
+    # The signals a runner acts on, and the hook phases in which each one means something; in
+    # any other phase the signal is recorded as ignored. None: every phase.
+    HANDLED_IN: ClassVar[dict[SignalKind, tuple[HookPhase, ...] | None]] = {
+        SignalKind.ORCHESTRATOR_DONE: (HookPhase.EXECUTING,),
+        SignalKind.ORCHESTRATOR_STUCK: (HookPhase.EXECUTING,),
+        SignalKind.VALIDATION_PASSED: (HookPhase.IMPL_COMPLETE, HookPhase.VALIDATING),
+        SignalKind.VALIDATION_FAILED: (HookPhase.IMPL_COMPLETE, HookPhase.VALIDATING),
+        SignalKind.MERGE_COMPLETE: None,  # checked against the queue's records instead
+        SignalKind.MERGE_FAILED: (HookPhase.MERGE_READY,),
+        SignalKind.SHUTDOWN: None,
+        SignalKind.RESPAWN: None,
+    }
+
+    def _handlers(self) -> dict[SignalKind, Callable[[signals.Signal, HookPhase], str]]:
+        return {
+            SignalKind.ORCHESTRATOR_DONE: self._on_done,
+            SignalKind.ORCHESTRATOR_STUCK: self._on_stuck,
+            SignalKind.VALIDATION_PASSED: self._on_validation_passed,
+            SignalKind.VALIDATION_FAILED: self._on_validation_failed,
+            SignalKind.MERGE_COMPLETE: self._on_merge_complete,
+            SignalKind.MERGE_FAILED: self._on_merge_failed,
+            SignalKind.SHUTDOWN: self._on_shutdown,
+            SignalKind.RESPAWN: self._on_respawn,
+        }
+
     def _handle(self, sig: signals.Signal) -> str:
-        payload = sig.payload.to_json()
-        phase = self.hook().phase
-        kind = sig.kind
-        if kind in (SignalKind.ORCHESTRATOR_DONE, SignalKind.ORCHESTRATOR_STUCK):
+        handler = self._handlers().get(sig.kind)
+        if handler is None:
+            return f"ignored: {sig.kind.value} is not for a runner"
+        if sig.kind in (SignalKind.ORCHESTRATOR_DONE, SignalKind.ORCHESTRATOR_STUCK):
             current = self.orchestrator()
             if current is not None and sig.created_at < current.created_at:
-                logger.info("runner %s: %s from an earlier agent incarnation ignored", self.cfg.node, kind.value)
+                logger.info("runner %s: %s from an earlier agent incarnation ignored", self.cfg.node, sig.kind.value)
                 return "stale: sent by an earlier incarnation of the agent"
-        if kind is SignalKind.ORCHESTRATOR_DONE:
-            if phase is not HookPhase.EXECUTING:
-                return f"ignored: phase is {phase.value}"
-            return self.on_report(str(payload.get("summary") or ""))
-        if kind is SignalKind.ORCHESTRATOR_STUCK:
-            if phase is not HookPhase.EXECUTING:
-                return f"ignored: phase is {phase.value}"
-            self.retry_or_fail("the agent stuck", str(payload.get("reason", "")))
-            return "stuck"
-        if kind is SignalKind.VALIDATION_PASSED:
-            if phase not in (HookPhase.IMPL_COMPLETE, HookPhase.VALIDATING):
-                return f"ignored: phase is {phase.value}"
-            self.set_phase(HookPhase.MERGE_READY, commit=str(payload.get("commit") or "") or None)
-            self.send_merge_ready(str(payload.get("commit") or self.hook().last_commit or ""))
-            return "merge_ready"
-        if kind is SignalKind.VALIDATION_FAILED:
-            if phase not in (HookPhase.IMPL_COMPLETE, HookPhase.VALIDATING):
-                return f"ignored: phase is {phase.value}"
-            self.retry_or_fail("a validation failure", str(payload.get("output", "")))
-            return "validation_failed"
-        if kind is SignalKind.MERGE_COMPLETE:
-            sha = str(payload.get("merged_sha"))
-            problem = self.merge_claim_problem(str(payload.get("entry_id") or ""), sha)
-            if problem:
-                self.reject_signal(sig, problem)
-                return f"rejected: {problem}"
-            if phase is not HookPhase.MERGED:
-                hooks.mark_merged(self.state, "runner", self.cfg.node, sha)
-            # merged (by this signal, or already by the guardian): this runner's work is over
-            self.record_usage()
-            self.stop_orchestrator("node merged")
-            self.finished.set()
-            return "merged" if phase is not HookPhase.MERGED else "merged (the hook already said so)"
-        if kind is SignalKind.MERGE_FAILED:
-            if phase is not HookPhase.MERGE_READY:
-                return f"ignored: phase is {phase.value}"
-            reason = str(payload.get("reason"))
-            detail = "\n".join(filter(None, [
-                f"merge failed: {reason}", str(payload.get("detail") or ""),
-                ("conflicting files: " + ", ".join(payload.get("files") or [])) if payload.get("files") else "",
-                str(payload.get("gate_output") or "")]))
-            self.retry_or_fail(f"a merge failure ({reason})", detail)
-            return "merge_failed"
-        if kind is SignalKind.SHUTDOWN:
-            self.stop_orchestrator("shutdown")
-            self.finished.set()
-            return "shutdown"
-        if kind is SignalKind.RESPAWN:
-            if phase is HookPhase.EXECUTING:
-                self.spawn_orchestrator(max(self.hook().attempts, 1), "respawn requested")
-            return "respawned"
-        return f"ignored: {kind.value} is not for a runner"
+        phase = self.hook().phase
+        phases = self.HANDLED_IN[sig.kind]
+        if phases is not None and phase not in phases:
+            return f"ignored: phase is {phase.value}"
+        return handler(sig, phase)
+
+    @staticmethod
+    def _payload(sig: signals.Signal, cls: type[P]) -> P:
+        return payloads.expect(sig.payload, cls, f"{sig.kind.value} signal {sig.id}")
+
+    def _on_done(self, sig: signals.Signal, phase: HookPhase) -> str:
+        return self.on_report(self._payload(sig, payloads.OrchestratorDone).summary)
+
+    def _on_stuck(self, sig: signals.Signal, phase: HookPhase) -> str:
+        self.retry_or_fail("the agent stuck", self._payload(sig, payloads.OrchestratorStuck).reason)
+        return "stuck"
+
+    def _on_validation_passed(self, sig: signals.Signal, phase: HookPhase) -> str:
+        commit = self._payload(sig, payloads.ValidationPassed).commit
+        self.set_phase(HookPhase.MERGE_READY, commit=commit or None)
+        self.send_merge_ready(commit or self.hook().last_commit or "")
+        return "merge_ready"
+
+    def _on_validation_failed(self, sig: signals.Signal, phase: HookPhase) -> str:
+        self.retry_or_fail("a validation failure", self._payload(sig, payloads.ValidationFailed).output)
+        return "validation_failed"
+
+    def _on_merge_complete(self, sig: signals.Signal, phase: HookPhase) -> str:
+        merged = self._payload(sig, payloads.MergeComplete)
+        problem = self.merge_claim_problem(merged.entry_id, merged.merged_sha)
+        if problem:
+            self.reject_signal(sig, problem)
+            return f"rejected: {problem}"
+        if phase is not HookPhase.MERGED:
+            hooks.mark_merged(self.state, "runner", self.cfg.node, merged.merged_sha)
+        # merged (by this signal, or already by the guardian): this runner's work is over
+        self.record_usage()
+        self.stop_orchestrator("node merged")
+        self.finished.set()
+        return "merged" if phase is not HookPhase.MERGED else "merged (the hook already said so)"
+
+    def _on_merge_failed(self, sig: signals.Signal, phase: HookPhase) -> str:
+        failed = self._payload(sig, payloads.MergeFailed)
+        detail = "\n".join(filter(None, [
+            f"merge failed: {failed.reason}", failed.detail,
+            ("conflicting files: " + ", ".join(failed.files)) if failed.files else "", failed.gate_output]))
+        self.retry_or_fail(f"a merge failure ({failed.reason})", detail)
+        return "merge_failed"
+
+    def _on_shutdown(self, sig: signals.Signal, phase: HookPhase) -> str:
+        self.stop_orchestrator("shutdown")
+        self.finished.set()
+        return "shutdown"
+
+    def _on_respawn(self, sig: signals.Signal, phase: HookPhase) -> str:
+        if phase is HookPhase.EXECUTING:
+            self.spawn_orchestrator(max(self.hook().attempts, 1), "respawn requested")
+        return "respawned"
 
     def merge_claim_problem(self, entry_id: str, sha: str) -> str:
         """Why a MERGE_COMPLETE is not to be believed, or "": the queue's own entry must say it

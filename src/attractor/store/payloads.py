@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Self
+from typing import Any, ClassVar, Self, TypeVar
 
 from attractor.errors import BadInputError
 from attractor.states import SignalKind
@@ -174,5 +174,15 @@ PAYLOAD_TYPES: dict[SignalKind, type[Payload]] = {
 }
 
 
+P = TypeVar("P", bound=Payload)
+
+
 def payload_from_json(kind: SignalKind, data: Any) -> Payload:
     return PAYLOAD_TYPES[kind].from_json(data)
+
+
+def expect(payload: Payload, cls: type[P], what: str) -> P:
+    """`payload` as the record type its signal kind promises; `what` names the signal."""
+    if not isinstance(payload, cls):
+        raise BadInputError(what, f"carries a {type(payload).__name__} payload, not {cls.__name__}")
+    return payload
