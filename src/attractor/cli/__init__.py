@@ -1,9 +1,30 @@
-"""The `attractor` command: one argparse parser, one subcommand group per module in this package.
+"""The `attractor` command: one argparse parser, to which each module of this package adds its
+commands. `GROUPS` maps the modules to the commands they add, in the order `--help` lists them:
 
-Each group module exports `add_parser(subparsers)` and `run(args) -> int`, and keeps its
-top-level imports light: agents call `attractor signal send`, `identity update-liveness` and
-`hook update-phase` many times an hour, so heavy libraries (libtmux, GitPython, pydot, watchdog)
-are imported inside the functions that need them, never at module import.
+    identity      attractor identity ACTION
+    hook          attractor hook ACTION
+    signal        attractor signal ACTION
+    merge_queue   attractor merge-queue ACTION (also: attractor queue ACTION)
+    pipeline      attractor pipeline ACTION
+    run           attractor run
+    status        attractor status, attractor stop
+    agent         attractor agent ACTION
+    agent_hook    attractor agent-hook EVENT
+    layers        attractor guardian, runner, spawn-runner, spawn-orchestrator
+    demo          attractor demo
+
+`build_parser` imports only the module whose command the command line names (all of them when
+it names none, as for `attractor --help`) and calls its `add_parser(subparsers)`, which sets each
+command's handler as `func`: a `run_<action>` function, or `_output.group_help` for a group
+given no action. `main` calls `args.func(args)` inside `error_handler`, which maps exceptions to
+exit codes; with no `func` (`attractor` alone, or `attractor merge-queue` with no action) it
+prints the top-level help and exits 2. Shared options come from `_flags`; tables, `--json` and
+help from `_output`.
+
+The modules keep their top-level imports light: agents call `attractor signal send`,
+`identity update-liveness` and `hook update-phase` many times an hour, so heavy libraries
+(libtmux, GitPython, pydot, watchdog) are imported inside the functions that need them, never at
+module import.
 """
 
 from __future__ import annotations
