@@ -9,14 +9,15 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import pytest
 
 from attractor.engines import merge_queue as mq
 from attractor.engines.gates import Gate, process_start
-from attractor.errors import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, UsageError
+from attractor.errors import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, CorruptStateError, UsageError
 from attractor.states import MergeEntryState, SignalKind
 from attractor.store import locks, merge_entries
 from attractor.store.payloads import MergeReady
@@ -316,6 +317,62 @@ def test_a_failed_branch_enqueued_again_is_retested(repo: Path, state: StateDir)
     assert mq.enqueue(state, repo, "feature", owner=OWNER, validated_sha=fixed).id == entry.id
     [merged] = mq.process_all(state, repo, mq.QueueConfig(gates=(Gate("test -e fixed.txt"),)))
     assert merged.merged and git(repo, "rev-parse", "main^2") == fixed  # both commits kept
+
+
+class CorruptEntry(NamedTuple):
+    test_id: str
+    change: Callable[[dict[str, Any]], None]
+    problem: str
+
+
+CLAIM = merge_entries.Claim(pid=1, pid_start=None, host="h", started_at="2026-01-01T00:00:00Z",
+                            worktree="/w").to_json()
+OUTCOME = merge_entries.Outcome("e", "feature", merge_entries.Result.MERGED, "main").to_json()
+CORRUPT_ENTRIES = [
+    CorruptEntry("no-priority", lambda d: d.pop("priority"), "merge queue entry: missing field(s) priority"),
+    CorruptEntry("no-branch", lambda d: d.pop("branch"), "merge queue entry: missing field(s) branch"),
+    CorruptEntry("unknown-field", lambda d: d.update(extra=1), "merge queue entry: unknown field(s) extra"),
+    CorruptEntry("priority-type", lambda d: d.update(priority="high"), "field 'priority' must be int"),
+    CorruptEntry("history-type", lambda d: d.update(history=[1]), "field 'history' must be a list of text"),
+    CorruptEntry("claim-no-host", lambda d: d.update(claim={k: v for k, v in CLAIM.items() if k != "host"}),
+                 "merge queue entry claim: missing field(s) host"),
+    CorruptEntry("outcome-no-branch", lambda d: d.update(outcome={k: v for k, v in OUTCOME.items() if k != "branch"}),
+                 "merge queue entry outcome: missing field(s) branch"),
+]
+
+
+@pytest.mark.parametrize("case", CORRUPT_ENTRIES, ids=[c.test_id for c in CORRUPT_ENTRIES])
+def test_an_entry_with_a_missing_unknown_or_mistyped_field_is_corrupt(
+        repo: Path, state: StateDir, case: CorruptEntry) -> None:
+    branch(repo, "feature", {"c.txt": "c\n"})
+    entry = mq.enqueue(state, repo, "feature", owner=OWNER)
+    path = state.merge_queue / "entries" / f"{entry.id}.json"
+    data = json.loads(path.read_text())
+    case.change(data)
+    path.write_text(json.dumps(data))
+    with pytest.raises(CorruptStateError) as info:
+        merge_entries.get_entry(state, entry.id)
+    assert info.value.path == path and case.problem in info.value.problem
+    assert info.value.moved_to is not None and info.value.moved_to.exists() and not path.exists()
+    assert mq.list_entries(state) == []
+
+
+def test_cli_a_corrupt_entry_is_named_and_processing_goes_on(repo: Path, state: StateDir) -> None:
+    branch(repo, "feature", {"c.txt": "c\n"})
+    entry = mq.enqueue(state, repo, "feature", owner=OWNER)
+    path = state.merge_queue / "entries" / f"{entry.id}.json"
+    data = json.loads(path.read_text())
+    path.write_text(json.dumps({**data, "priority": "high"}))
+    processed = cli(repo, state, "process", "--all")
+    assert processed.returncode == EXIT_OK, processed.stderr
+    assert str(path) in processed.stderr and "field 'priority' must be int" in processed.stderr
+    assert not path.exists()
+    del data["priority"]
+    path.write_text(json.dumps(data))
+    status = cli(repo, state, "status", entry.id)
+    assert status.returncode == EXIT_USAGE, status.stderr
+    error = status.stderr.splitlines()[-1]
+    assert error.startswith(f"error: corrupt state file {path}: ") and "missing field(s) priority" in error
 
 
 def test_merge_ready_signal_from_an_inbox(repo: Path, state: StateDir) -> None:

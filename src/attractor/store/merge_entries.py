@@ -15,8 +15,13 @@ from /proc), `host`, `started_at`, `worktree`, then as it advances `source_sha`,
 `merged_sha`, `target_sha`, `node`, `files`, `gate_output`, `detail`, `decided_at`, `timings`),
 `notified` (the owner was sent the outcome), `history` (the last lines of `<stamp> <note>`).
 
+Reading is strict (store/records.py): an entry that does not parse, lacks a field, has an unknown
+one or one of the wrong type (in the claim and the outcome too) is corrupt: moved aside, logged and
+reported with its path and the field. Writers hold the queue lock, which a reader may hold
+already, so a corrupt entry is moved aside at once rather than under a lock of its own.
+
 Staleness: a `processing` entry is stale when nobody holds the merge slot (see merge_queue.py);
-only a slot holder recovers it. An unreadable entry is moved aside and logged.
+only a slot holder recovers it.
 """
 
 from __future__ import annotations
@@ -25,7 +30,6 @@ import contextlib
 import dataclasses
 import enum
 import logging
-import os
 import secrets
 import socket
 from collections.abc import Callable, Iterator, Mapping
@@ -35,10 +39,10 @@ from typing import Any
 
 from attractor import clock, gitops
 from attractor.engines.gates import process_start
-from attractor.errors import AttractorError, BadInputError, CorruptStateError, NotFoundError
+from attractor.errors import BadInputError, NotFoundError
 from attractor.names import validate_agent_id, validate_name
 from attractor.states import MERGE_ENTRY_MOVES, MergeEntryState, transition
-from attractor.store import atomic, locks
+from attractor.store import atomic, locks, records
 from attractor.store.statedir import StateDir
 
 logger = logging.getLogger(__name__)
@@ -99,10 +103,18 @@ class Outcome:
         return data
 
     @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> Outcome:
-        values = dict(data)
-        values.update(result=Result(values["result"]), files=tuple(values.get("files", ())))
-        return cls(**values)
+    def from_json(cls, data: Any) -> Outcome:
+        """Strict: a missing, unknown or mistyped field is a BadInputError naming it."""
+        what = "merge queue entry outcome"
+        values = records.fields(what, data, _OUTCOME_FIELDS, None, types=_OUTCOME_TYPES)
+        if values["result"] not in _RESULTS:
+            raise BadInputError(what, f"result {values['result']!r} is not one of {', '.join(_RESULTS)}")
+        if not all(isinstance(name, str) for name in values["files"]):
+            raise BadInputError(what, "field 'files' must be a list of text")
+        timings = values["timings"]
+        if not all(isinstance(v, int | float) and not isinstance(v, bool) for v in timings.values()):
+            raise BadInputError(what, "field 'timings' must map phases to seconds")
+        return cls(**{**values, "result": Result(values["result"]), "files": tuple(values["files"])})
 
 
 @dataclass(frozen=True)
@@ -122,8 +134,9 @@ class Claim:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> Claim:
-        return cls(**data)
+    def from_json(cls, data: Any) -> Claim:
+        """Strict: a missing, unknown or mistyped field is a BadInputError naming it."""
+        return cls(**records.fields("merge queue entry claim", data, _CLAIM_FIELDS, None, types=_CLAIM_TYPES))
 
     def alive(self) -> bool:
         """The claiming process still runs (same pid, same start time) on this host."""
@@ -159,17 +172,20 @@ class Entry:
         return data
 
     @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> Entry:
-        values = dict(data)
-        values.update(
-            state=MergeEntryState.from_text(values["state"]),
-            claim=Claim.from_json(values["claim"]) if values.get("claim") else None,
-            outcome=Outcome.from_json(values["outcome"]) if values.get("outcome") else None,
-            history=tuple(values.get("history", ())),
-        )
-        entry = cls(**values)
-        validate_name(entry.id, "entry id")
-        return entry
+    def from_json(cls, data: Any) -> Entry:
+        """Strict: a missing, unknown or mistyped field is a BadInputError naming it."""
+        what = "merge queue entry"
+        values = records.fields(what, data, _ENTRY_FIELDS, SCHEMA, types=_ENTRY_TYPES)
+        if not all(isinstance(line, str) for line in values["history"]):
+            raise BadInputError(what, "field 'history' must be a list of text")
+        validate_name(values["id"], "entry id")
+        return cls(**{
+            **values,
+            "state": MergeEntryState.from_text(values["state"]),
+            "claim": None if values["claim"] is None else Claim.from_json(values["claim"]),
+            "outcome": None if values["outcome"] is None else Outcome.from_json(values["outcome"]),
+            "history": tuple(values["history"]),
+        })
 
     def noted(self, note: str, **changes: Any) -> Entry:
         now = clock.iso()
@@ -179,6 +195,29 @@ class Entry:
     def moved(self, target: MergeEntryState, note: str, **changes: Any) -> Entry:
         transition(f"merge entry {self.id}", self.state, target, MERGE_ENTRY_MOVES)
         return self.noted(f"{self.state.value} -> {target.value}: {note}", state=target, **changes)
+
+
+_TEXT, _OPT_TEXT, _OPT_INT = (str,), records.OPTIONAL_TEXT, records.OPTIONAL_INT
+_RESULTS = tuple(result.value for result in Result)
+_OUTCOME_FIELDS = tuple(f.name for f in dataclasses.fields(Outcome))
+_OUTCOME_TYPES: dict[str, tuple[type, ...]] = {
+    "entry_id": _TEXT, "branch": _TEXT, "result": _TEXT, "target": _TEXT, "reason": _OPT_TEXT,
+    "merged_sha": _OPT_TEXT, "target_sha": _OPT_TEXT, "node": _OPT_TEXT, "files": (list,),
+    "gate_output": _TEXT, "detail": _TEXT, "decided_at": _TEXT, "timings": (dict,),
+}
+_CLAIM_FIELDS = tuple(f.name for f in dataclasses.fields(Claim))
+_CLAIM_TYPES: dict[str, tuple[type, ...]] = {
+    "pid": (int,), "pid_start": _OPT_INT, "host": _TEXT, "started_at": _TEXT, "worktree": _TEXT,
+    "source_sha": _OPT_TEXT, "target_old": _OPT_TEXT, "tested_sha": _OPT_TEXT, "gate_pid": _OPT_INT,
+    "gate_pid_start": _OPT_INT,
+}
+_ENTRY_FIELDS = tuple(f.name for f in dataclasses.fields(Entry))
+_ENTRY_TYPES: dict[str, tuple[type, ...]] = {
+    "id": _TEXT, "branch": _TEXT, "owner": _TEXT, "state": _TEXT, "enqueued_at": _TEXT,
+    "updated_at": _TEXT, "node": _OPT_TEXT, "priority": (int,), "validated_sha": _OPT_TEXT,
+    "attempts": (int,), "retries": (int,), "claim": records.OPTIONAL_OBJECT,
+    "outcome": records.OPTIONAL_OBJECT, "notified": (bool,), "history": (list,), "schema": (int,),
+}
 
 
 # --- the entry store ------------------------------------------------------------------------------
@@ -192,16 +231,12 @@ def _entry_path(state: StateDir, entry_id: str) -> Path:
     return _entries_dir(state) / f"{validate_name(entry_id, 'entry id')}.json"
 
 
-def _read_entry(path: Path) -> Entry:
-    data = atomic.read_json_object(path, schema=SCHEMA)
-    try:
-        entry = Entry.from_json(data)
-        if path.stem != entry.id:
-            raise ValueError(f"entry id {entry.id!r} does not match the file name")
-    except (KeyError, TypeError, ValueError, AttractorError) as exc:
-        problem = f"not a merge queue entry ({exc})"
-        raise CorruptStateError(path, problem, atomic.move_aside(path)) from None
-    return entry
+# writers hold the queue lock, not the entry's own (see the module docstring): lock=False
+_RECORDS = records.Kind(
+    "merge queue entry", SCHEMA, Entry.from_json,
+    lambda path: NotFoundError("merge queue entry", path.stem, "see 'attractor merge-queue list'"),
+    stem=lambda entry: entry.id, lock=False,
+)
 
 
 def write_entry(state: StateDir, entry: Entry, *, fsync: bool = True) -> None:
@@ -217,29 +252,11 @@ def queue_lock(state: StateDir) -> Iterator[None]:
 
 def list_entries(state: StateDir) -> list[Entry]:
     """Every entry, oldest first. A corrupt file is moved aside and logged, never fatal."""
-    directory = _entries_dir(state)
-    try:
-        names = sorted(os.listdir(directory))
-    except FileNotFoundError:
-        return []
-    entries = []
-    for name in names:
-        if name.endswith(".json") and not name.startswith("."):
-            try:
-                entries.append(_read_entry(directory / name))
-            except FileNotFoundError:
-                continue
-            except CorruptStateError as exc:
-                logger.warning("%s", exc, extra={"att_path": str(exc.path)})
-    return sorted(entries, key=lambda e: (e.enqueued_at, e.id))
+    return sorted(_RECORDS.list(_entries_dir(state)), key=lambda e: (e.enqueued_at, e.id))
 
 
 def get_entry(state: StateDir, entry_id: str) -> Entry:
-    try:
-        return _read_entry(_entry_path(state, entry_id))
-    except FileNotFoundError:
-        hint = "see 'attractor merge-queue list'"
-        raise NotFoundError("merge queue entry", entry_id, hint) from None
+    return _RECORDS.get(_entry_path(state, entry_id))
 
 
 def update_entry(
