@@ -19,7 +19,7 @@ from attractor.engines import merge_queue as mq
 from attractor.engines.gates import Gate, process_start
 from attractor.errors import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, CorruptStateError, UsageError
 from attractor.states import MergeEntryState, SignalKind
-from attractor.store import locks, merge_entries
+from attractor.store import locks, merge_entries, queue_hold
 from attractor.store.payloads import MergeReady
 from attractor.store.signals import Inbox, send
 from attractor.store.statedir import StateDir
@@ -373,6 +373,16 @@ def test_cli_a_corrupt_entry_is_named_and_processing_goes_on(repo: Path, state: 
     assert status.returncode == EXIT_USAGE, status.stderr
     error = status.stderr.splitlines()[-1]
     assert error.startswith(f"error: corrupt state file {path}: ") and "missing field(s) priority" in error
+
+
+def test_a_mistyped_hold_is_still_a_hold(state: StateDir) -> None:
+    queue_hold.hold(state, "a commit landed outside the queue", target="main", expected="a" * 40,
+                    found="b" * 40, held_by="guardian-r1")
+    path = state.merge_queue / "hold.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), "reason": 5}))
+    held = queue_hold.read(state)
+    assert held is not None and "corrupt" in held.reason and "field 'reason' must be str" in held.reason
+    assert len(list(path.parent.glob("hold.json.corrupt-*"))) == 1 and queue_hold.read(state) == held
 
 
 def test_merge_ready_signal_from_an_inbox(repo: Path, state: StateDir) -> None:

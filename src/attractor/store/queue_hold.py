@@ -21,14 +21,19 @@ from __future__ import annotations
 import contextlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from attractor import clock
-from attractor.errors import BadInputError, CorruptStateError
-from attractor.store import atomic
+from attractor.errors import CorruptStateError, NotFoundError
+from attractor.store import atomic, records
 from attractor.store.statedir import StateDir
 
 SCHEMA = 1
 FIELDS = ("schema", "reason", "target", "expected", "found", "held_at", "held_by", "repo")
+_TYPES: dict[str, tuple[type, ...]] = {
+    "reason": (str,), "target": (str,), "expected": records.OPTIONAL_TEXT, "found": records.OPTIONAL_TEXT,
+    "held_at": (str,), "held_by": (str,), "repo": (str,),
+}
 
 
 @dataclass(frozen=True)
@@ -41,9 +46,21 @@ class Hold:
     held_by: str
     repo: str = ""
 
-    def to_json(self) -> dict[str, object]:
+    def to_json(self) -> dict[str, Any]:
         return {"schema": SCHEMA, "reason": self.reason, "target": self.target, "expected": self.expected,
                 "found": self.found, "held_at": self.held_at, "held_by": self.held_by, "repo": self.repo}
+
+    @classmethod
+    def from_json(cls, data: Any) -> Hold:
+        """Strict: a missing, unknown or mistyped field is a BadInputError naming it."""
+        values = records.fields("queue hold", data, FIELDS, SCHEMA, types=_TYPES)
+        values.pop("schema")
+        return cls(**values)
+
+
+# written without a lock of its own (the guardian and `merge-queue resume` write it): lock=False
+_RECORDS = records.Kind("queue hold", SCHEMA, Hold.from_json,
+                        lambda path: NotFoundError("queue hold", path.name), lock=False)
 
 
 def _path(state: StateDir) -> Path:
@@ -53,20 +70,12 @@ def _path(state: StateDir) -> Path:
 def read(state: StateDir) -> Hold | None:
     """The hold, or None. A corrupt hold file is moved aside and still counts as a hold, so a
     damaged file never lets merging go on unseen."""
-    path = _path(state)
     try:
-        data = atomic.read_json_object(path, schema=SCHEMA)
-        atomic.check_record_fields("queue hold", data, FIELDS, SCHEMA)
-    except FileNotFoundError:
-        return None
-    except (CorruptStateError, BadInputError) as exc:
-        if path.exists():
-            atomic.move_aside(path)
+        return _RECORDS.find(_path(state))
+    except CorruptStateError as exc:
         # a damaged hold is still a hold: written anew, with what happened
         return hold(state, f"the hold file was corrupt ({exc}); a human decides, then resumes",
                     target="?", expected=None, found=None, held_by="queue-hold")
-    return Hold(str(data["reason"]), str(data["target"]), data["expected"], data["found"], str(data["held_at"]),
-                str(data["held_by"]), str(data["repo"]))
 
 
 def hold(state: StateDir, reason: str, *, target: str, expected: str | None, found: str | None,
