@@ -337,6 +337,20 @@ def test_invalid_agent_records_are_moved_aside(state_dir: Path, content: str) ->
     assert not path.exists() and len(list(path.parent.glob("*.corrupt-*"))) == 1
 
 
+def test_an_agent_record_with_an_unknown_field_or_another_agents_name_is_moved_aside(state_dir: Path) -> None:
+    sup, _ = make(state_dir)
+    sup.record_death("runner-b", "pid gone")
+    path = state_dir / "supervision" / "runner-b.json"
+    good = json.loads(path.read_text())
+    for bad, problem in (({**good, "extra": 1}, "unknown field(s) extra"),
+                         ({**good, "agent_id": "runner-a"}, "names 'runner-a', not the file name")):
+        path.write_text(json.dumps(bad))
+        fresh, _ = make(state_dir)
+        assert fresh.state_of("runner-b").deaths == ()
+        assert len(fresh.problems) == 1 and problem in fresh.problems[0].problem
+        assert not path.exists()
+
+
 def test_corrupt_escalation_file_never_crashes(state_dir: Path) -> None:
     sup, _ = make(state_dir)
     sup.record_death("runner-a", "pid gone")

@@ -36,9 +36,10 @@ Files (under the state directory, atomic replace, lock `<file>.lock` beside each
 
 Staleness: a death older than `quarantine_window` no longer counts toward quarantine; the backoff
 level resets once the agent has been healthy for `reset_after` seconds; an escalation ends at its
-`until` (start + `escalation_cooldown`) or when cleared. A file that does not parse is moved
-aside (`*.corrupt-<stamp>`), reported in `Supervisor.problems` and the log, and the policy starts
-fresh for that agent: supervision never crashes the loop that calls it.
+`until` (start + `escalation_cooldown`) or when cleared. A file that does not parse, or lacks,
+adds or mistypes a field (store/records.py), is moved aside (`*.corrupt-<stamp>`), reported in
+`Supervisor.problems` and the log, and the policy starts fresh for that agent: supervision never
+crashes the loop that calls it.
 
 Detection (`classify`) is a pure function over an `AgentObservation` the caller builds from one
 batched `tmux list-panes -a` query and the identity records.
@@ -53,7 +54,7 @@ import logging
 import math
 import os
 import random
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TypeVar
@@ -61,14 +62,10 @@ from typing import Any, TypeVar
 from attractor import procs
 from attractor.clock import SYSTEM_CLOCK, Clock, iso, parse_iso
 from attractor.engines.prompts import PROMPTS, PromptMatch, PromptRule, match_prompt
-from attractor.errors import CorruptStateError, InvalidNameError
+from attractor.errors import CorruptStateError, InvalidNameError, NotFoundError
 from attractor.names import split_agent_id, validate_agent_id
-from attractor.store.atomic import (
-    ensure_private_dir,
-    move_aside,
-    read_json_object,
-    write_json_atomic,
-)
+from attractor.store import records
+from attractor.store.atomic import ensure_private_dir, write_json_atomic
 from attractor.store.locks import file_lock
 from attractor.store.statedir import StateDir
 
@@ -84,7 +81,7 @@ STARTUP_SAMPLES_KEPT = 50
 # An agent exits with this code to say "do not respawn me" (sysexits EX_CONFIG).
 EXIT_DO_NOT_RETRY = 78
 CONTROL_ROLES = frozenset({"launcher", "guardian", "runner", "merge-queue"})
-R = TypeVar("R")
+R = TypeVar("R", bound=records.Record)
 # Stored times have microseconds: a caller waking at exactly `Decision.at` is on time.
 TIME_RESOLUTION = 1e-6
 
@@ -161,15 +158,10 @@ class Death:
 
     @classmethod
     def from_json(cls, data: Any) -> Death:
-        if not isinstance(data, dict) or not isinstance(data.get("cause"), str):
-            raise ValueError(f"bad death entry {data!r}")
-        code = data.get("exit_code")
-        if code is not None and (not isinstance(code, int) or isinstance(code, bool)):
-            raise ValueError(f"bad exit_code {code!r}")
-        key = data.get("key")  # absent in records written before deaths had keys
-        if key is not None and not isinstance(key, str):
-            raise ValueError(f"bad death key {key!r}")
-        return cls(parse_iso(_str(data, "at")), data["cause"], code, key)
+        # key: null in deaths recorded before deaths had keys
+        data = records.fields("death", data, ("at", "cause", "exit_code", "key"), None, older={"key": None},
+                              types={"cause": (str,), "exit_code": records.OPTIONAL_INT, "key": records.OPTIONAL_TEXT})
+        return cls(parse_iso(_str(data, "at")), data["cause"], data["exit_code"], data["key"])
 
 
 @dataclass(frozen=True)
@@ -185,9 +177,8 @@ class StartupSample:
 
     @classmethod
     def from_json(cls, data: Any) -> StartupSample:
-        if not isinstance(data, dict):
-            raise ValueError(f"bad start-up sample {data!r}")
-        seconds = data.get("seconds")
+        data = records.fields("start-up sample", data, ("agent_id", "epoch", "seconds", "at"), None)
+        seconds = data["seconds"]
         if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or seconds < 0:
             raise ValueError(f"bad start-up seconds {seconds!r}")
         return cls(_str(data, "agent_id"), _int(data, "epoch"), float(seconds), parse_iso(_str(data, "at")))
@@ -204,8 +195,8 @@ class StartupTimes:
         return {"schema": SCHEMA, "layers": {role: [s.to_json() for s in found] for role, found in self.layers}}
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> StartupTimes:
-        layers = data.get("layers")
+    def from_json(cls, data: Any) -> StartupTimes:
+        layers = records.fields("start-up times", data, ("schema", "layers"), SCHEMA)["layers"]
         if not isinstance(layers, dict) or not all(isinstance(v, list) for v in layers.values()):
             raise ValueError("field 'layers' must map roles to lists")
         return cls(tuple(sorted((str(role), tuple(StartupSample.from_json(s) for s in found))
@@ -253,8 +244,9 @@ class AgentSupervision:
         }
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> AgentSupervision:
-        deaths = data.get("deaths")
+    def from_json(cls, data: Any) -> AgentSupervision:
+        data = records.fields("supervision record", data, _AGENT_FIELDS, SCHEMA)
+        deaths = data["deaths"]
         if not isinstance(deaths, list):
             raise ValueError("field 'deaths' must be a list")
         return cls(
@@ -287,9 +279,8 @@ class Escalation:
 
     @classmethod
     def from_json(cls, data: Any) -> Escalation:
-        if not isinstance(data, dict):
-            raise ValueError(f"bad escalation entry {data!r}")
-        agents = data.get("agents")
+        data = records.fields("escalation", data, ("started_at", "until", "agents", "reason", "cleared_at"), None)
+        agents = data["agents"]
         if not isinstance(agents, list) or not all(isinstance(a, str) for a in agents):
             raise ValueError("field 'agents' must be a list of strings")
         return cls(parse_iso(_str(data, "started_at")), parse_iso(_str(data, "until")),
@@ -309,19 +300,35 @@ class EscalationState:
                 "alerts": [e.to_json() for e in self.alerts]}
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> EscalationState:
-        recent = data.get("recent")
-        alerts = data.get("alerts")
+    def from_json(cls, data: Any) -> EscalationState:
+        data = records.fields("escalation record", data, ("schema", "recent", "active", "alerts"), SCHEMA)
+        recent, alerts = data["recent"], data["alerts"]
         if not isinstance(recent, list) or not isinstance(alerts, list):
             raise ValueError("fields 'recent' and 'alerts' must be lists")
         pairs = []
         for entry in recent:
-            if not isinstance(entry, dict):
-                raise ValueError(f"bad recent entry {entry!r}")
-            pairs.append((_str(entry, "agent_id"), parse_iso(_str(entry, "at"))))
-        active = data.get("active")
+            death = records.fields("recent death", entry, ("agent_id", "at"), None)
+            pairs.append((_str(death, "agent_id"), parse_iso(_str(death, "at"))))
+        active = data["active"]
         return cls(tuple(pairs), Escalation.from_json(active) if active is not None else None,
                    tuple(Escalation.from_json(e) for e in alerts))
+
+
+_AGENT_FIELDS = ("schema", "agent_id", "deaths", "consecutive_deaths", "restarts", "awaiting_respawn",
+                 "next_restart_at", "quarantined", "quarantine_reason", "quarantined_at", "healthy_since",
+                 "updated_at")
+
+
+def _no_record(path: Path) -> NotFoundError:
+    return NotFoundError("supervision record", str(path))
+
+
+# Supervision moves a corrupt file aside at once (its readers may hold the file's lock already)
+# and starts fresh for that agent.
+_AGENT = records.Kind("supervision record", SCHEMA, AgentSupervision.from_json, _no_record,
+                      stem=lambda record: record.agent_id, lock=False)
+_ESCALATION = records.Kind("escalation record", SCHEMA, EscalationState.from_json, _no_record, lock=False)
+_STARTUP = records.Kind("start-up times", SCHEMA, StartupTimes.from_json, _no_record, lock=False)
 
 
 def _iso_or_none(ts: float | None) -> str | None:
@@ -392,7 +399,7 @@ class Supervisor:
             ensure_private_dir(self.directory)
             self._dir_ready = True
 
-    def _read(self, path: Path, parse: Callable[[dict[str, Any]], R]) -> R | None:
+    def _read(self, path: Path, kind: records.Kind[R]) -> R | None:
         """The parsed record at `path` or None; a corrupt file is moved aside and reported.
         Parsed records are cached by (inode, mtime, size): atomic replace changes the inode."""
         try:
@@ -406,15 +413,11 @@ class Supervisor:
             hit: R = cached[1]
             return hit
         try:
-            data = read_json_object(path, schema=SCHEMA)
-            record = parse(data)
+            record = kind.load(path)
         except FileNotFoundError:
             return None
         except CorruptStateError as exc:
             self._report(exc)
-            return None
-        except (ValueError, TypeError, InvalidNameError) as exc:
-            self._report(CorruptStateError(path, str(exc), move_aside(path)))
             return None
         self._cache[path] = (key, record)
         return record
@@ -435,10 +438,10 @@ class Supervisor:
             yield
 
     def _load(self, agent_id: str) -> AgentSupervision | None:
-        return self._read(self.path_of(agent_id), AgentSupervision.from_json)
+        return self._read(self.path_of(agent_id), _AGENT)
 
     def _load_escalation(self) -> EscalationState:
-        return self._read(self.escalation_path, EscalationState.from_json) or EscalationState()
+        return self._read(self.escalation_path, _ESCALATION) or EscalationState()
 
     # --- policy -----------------------------------------------------------------------------
 
@@ -523,7 +526,7 @@ class Supervisor:
         return self.directory / STARTUP_FILE
 
     def startup_times(self) -> StartupTimes:
-        return self._read(self.startup_path, StartupTimes.from_json) or StartupTimes()
+        return self._read(self.startup_path, _STARTUP) or StartupTimes()
 
     def record_startup(self, agent_id: str, epoch: int, seconds: float) -> bool:
         """Record that incarnation `epoch` of `agent_id` took `seconds` from its spawn to its
