@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 from attractor import clock, names
 from attractor.engines.prompts import find_option, keys_to_choose, match_prompt, pane_tail, question_above, read_menu
-from attractor.errors import AttractorError, NotFoundError, UsageError
+from attractor.errors import AttractorError, UsageError
 from attractor.states import SignalKind
 from attractor.store import agent_sessions, signals
 from attractor.store.statedir import StateDir
@@ -107,10 +107,9 @@ def answer(state: StateDir, node: str, reply: str, *, tmux_socket: str | None = 
     if reply not in ANSWERS:
         raise UsageError(f"answer must be one of {', '.join(ANSWERS)}, got {reply!r}")
     agent_id = names.agent_id("orchestrator", node)
-    try:
-        ident = identities.get(state, "orchestrator", node)
-    except NotFoundError:
-        raise AnswerError(agent_id, "no such agent; see 'attractor status'") from None
+    ident = identities.find(state, "orchestrator", node)
+    if ident is None:
+        raise AnswerError(agent_id, "no such agent; see 'attractor status'")
     if not ident.pane_id or not ident.tmux_socket:
         raise AnswerError(agent_id, "has no tmux pane recorded")
     tmux = Tmux(tmux_socket or ident.tmux_socket)

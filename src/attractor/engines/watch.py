@@ -130,10 +130,11 @@ def count_starting(state: StateDir, role: str, names: Sequence[str]) -> int:
     count = 0
     for name in names:
         try:
-            ident = identities.get(state, role, name)
-        except (AttractorError, ValueError):
+            ident = identities.find(state, role, name)
+        except (AttractorError, ValueError):  # an odd name, a corrupt record: not starting
             continue
-        if ident.status is identities.S.SPAWNING and (ident.pid is None or ident.may_be_alive):
+        if ident is not None and ident.status is identities.S.SPAWNING and (
+                ident.pid is None or ident.may_be_alive):
             count += 1
     return count
 
