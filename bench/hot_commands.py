@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
-HEAVY = ("libtmux", "git", "pydot", "watchdog", "filelock", "yaml")
+HEAVY = ("libtmux", "git", "pydot", "watchdog", "yaml")
 FORBIDDEN = ("libtmux", "git", "pydot", "watchdog")
 
 

@@ -34,8 +34,6 @@ ALLOWED_FOR_NOW: dict[tuple[str, str], str] = {
         "worktree_changes() takes a store lock inside the git door; the lock belongs to its callers or a leaf",
     ("attractor.store.merge_entries", "attractor.engines.gates"):
         "process_start is procs.start_time under another name; import it from procs (issue 12, item 7)",
-    ("attractor.layers.guardian", "attractor.layers.launcher"):
-        "live_guardian is a registry query; it moves to identities.find_live (issue 12, item 3)",
 }
 
 

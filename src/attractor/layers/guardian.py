@@ -30,12 +30,12 @@ from typing import Any
 from attractor import procs
 from attractor.engines.gates import Gate, run_gate
 from attractor.engines.space import DiskPatience
-from attractor.errors import AttractorError, IdentityTakenError, NoSpaceError, NotFoundError
+from attractor.errors import AttractorError, IdentityTakenError, LockTimeoutError, NoSpaceError, NotFoundError
 from attractor.layers import layout
 from attractor.layers.runner import RunnerConfig, spawn_runner
 from attractor.states import HookPhase, IdentityStatus, NodeState, SignalKind
 from attractor.store import checkpoint as cp_store
-from attractor.store import hooks, identities, signals
+from attractor.store import hooks, identities, locks, signals
 from attractor.store.checkpoint import Checkpoint
 from attractor.store.identities import pid_alive
 from attractor.store.statedir import StateDir
@@ -558,17 +558,11 @@ class Guardian:
             return
         panes = {p.pane_id: p for p in self.tmux.list_panes()}
         for name in active:
-            try:
-                hook: hooks.Hook | None = hooks.read_hook(self.state, "runner", name, run_id=self.cfg.run_id)
-            except NotFoundError:
-                hook = None
+            hook = hooks.find_hook(self.state, "runner", name, run_id=self.cfg.run_id)
             if hook is not None and hook.phase is HookPhase.MERGED:
                 self.finish_merged_hook(name, hook)
                 continue
-            try:
-                ident: identities.Identity | None = identities.get(self.state, "runner", name)
-            except NotFoundError:
-                ident = None
+            ident = identities.find(self.state, "runner", name)
             agent = layout.runner_id(name)
             if hook is not None and hook.phase is HookPhase.FAILED and self.between_attempts(name, hook):
                 hook = None  # the runner died between closing one attempt and opening the next
@@ -644,9 +638,8 @@ class Guardian:
         """After a restart: reconcile the checkpoint with hooks and live runners."""
         self.sweep_validation_trees()
         for name in self.active_nodes():
-            try:
-                hook = hooks.read_hook(self.state, "runner", name, run_id=self.cfg.run_id)
-            except NotFoundError:
+            hook = hooks.find_hook(self.state, "runner", name, run_id=self.cfg.run_id)
+            if hook is None:
                 continue
             if hook.phase is HookPhase.MERGED:
                 self.finish_merged_hook(name, hook)
@@ -739,23 +732,19 @@ class Guardian:
                     logger.info("%s", exc)
 
     def run(self) -> int:
-        from filelock import FileLock, Timeout
-
+        """One guardian per state directory: `guardian.lock` is held while it runs (a process
+        that dies lets go of it), and a second one names the live one."""
         self.state.ensure()
-        lock = FileLock(str(self.state.root / "guardian.lock"), timeout=0, mode=0o600)
-        try:
-            lock.acquire()
-        except Timeout:
-            from attractor.layers.launcher import live_guardian
-
-            live = live_guardian(self.state)
-            raise IdentityTakenError(
-                live.agent_id if live else "guardian", live.pid if live else None,
-                f"tmux session {live.tmux_session if live else '?'}; one guardian per state directory") from None
-        try:
+        with contextlib.ExitStack() as held:
+            try:
+                held.enter_context(locks.file_lock(self.state.root / "guardian", timeout=0))
+            except LockTimeoutError:
+                live = identities.find_live(self.state, "guardian")
+                raise IdentityTakenError(
+                    live.agent_id if live else "guardian", live.pid if live else None,
+                    f"tmux session {live.tmux_session if live else '?'}; one guardian per state directory") from None
             return self._run()
-        finally:
-            lock.release()
+        raise AssertionError("unreachable")  # for mypy: ExitStack may swallow exceptions
 
     def _run(self) -> int:
         identities.create_identity(self.state, "guardian", self.cfg.run_id, pid=os.getpid(),
@@ -833,10 +822,8 @@ class Guardian:
 
 
 def _runner_alive(state: StateDir, node: str) -> bool:
-    try:
-        return identities.get(state, "runner", node).may_be_alive
-    except NotFoundError:
-        return False
+    ident = identities.find(state, "runner", node)
+    return ident is not None and ident.may_be_alive
 
 
 def _now() -> str:

@@ -246,7 +246,7 @@ def launch(opts: LaunchOptions, out: TextIO = sys.stdout) -> int:
 
     if opts.attach and opts.pipeline is None and not opts.resume:
         state = StateDir.resolve(opts.state_dir, opts.target_dir.expanduser().resolve())
-        live = live_guardian(state) if state.root.is_dir() else None
+        live = identities.find_live(state, "guardian") if state.root.is_dir() else None
         if live is None:
             raise NotFoundError("live guardian", str(state.root),
                                 "start a run with: attractor run PIPELINE --target-dir DIR")
@@ -260,7 +260,7 @@ def launch(opts: LaunchOptions, out: TextIO = sys.stdout) -> int:
     # guardian is registered: a concurrent second launch then finds it and names it
     state.ensure()
     with locks.file_lock(state.root / "launch", timeout=LAUNCH_LOCK_TIMEOUT):
-        live = live_guardian(state)
+        live = identities.find_live(state, "guardian")
         if live is not None and not (opts.attach or (opts.resume and live.name == cp.run_id)):
             raise IdentityTakenError(
                 layout.guardian_id(live.name), live.pid,
@@ -353,29 +353,9 @@ def attach(state: StateDir, live: identities.Identity, opts: LaunchOptions, out:
                 identities.mark_terminated(state, "launcher", live.name, reason="follow ended")
 
 
-def _guardian_identity(state: StateDir, run_id: str) -> identities.Identity | None:
-    try:
-        return identities.get(state, "guardian", run_id)
-    except NotFoundError:
-        return None
-
-
-def live_guardian(state: StateDir) -> identities.Identity | None:
-    """The live guardian of any run in this state directory, if there is one: its recorded
-    process (pid and start time) is alive. A pid reused by another process is not a guardian;
-    a record without a start time whose pid is alive is taken for one (it can be stopped)."""
-    for ident in identities.list_identities(state):
-        if ident.role == "guardian" and ident.status is not IdentityStatus.TERMINATED and ident.may_be_alive:
-            return ident
-    return None
-
-
 def _guardian_alive(state: StateDir, run_id: str) -> identities.Identity | None:
-    try:
-        ident = identities.get(state, "guardian", run_id)
-    except NotFoundError:
-        return None
-    return ident if ident.may_be_alive else None
+    ident = identities.find(state, "guardian", run_id)
+    return ident if ident is not None and ident.may_be_alive else None
 
 
 def describe_event(event: dict[str, object]) -> str | None:
@@ -492,7 +472,7 @@ def follow(state: StateDir, run_id: str, gcfg: object, out: TextIO, timeout: flo
             except NoSpaceError as exc:  # the follower keeps following; the run goes on
                 time.sleep(patience.hit(exc))
             last_beat = now
-        ident = _guardian_identity(state, run_id)
+        ident = identities.find(state, "guardian", run_id)
         if ident is not None and ident.status in SUPERVISED:
             verdict = watch.check(ident, {p.pane_id: p for p in tmux.list_panes()})
             if verdict.report.health is Health.DEAD:
@@ -501,7 +481,7 @@ def follow(state: StateDir, run_id: str, gcfg: object, out: TextIO, timeout: flo
                     break
                 print(f"[{time.monotonic() - start:7.1f}s] guardian is gone ({verdict.report.reason})",
                       file=out, flush=True)
-                ident = _guardian_identity(state, run_id)
+                ident = identities.find(state, "guardian", run_id)
         if ident is not None and ident.status in (IdentityStatus.CRASHED, IdentityStatus.RESPAWNING) \
                 and watch.may_respawn(ident.agent_id):
             restarts += 1

@@ -169,10 +169,7 @@ class Runner:
 
     # -- the orchestrator ----------------------------------------------------------------------
     def orchestrator(self) -> identities.Identity | None:
-        try:
-            return identities.get(self.state, "orchestrator", self.cfg.node)
-        except NotFoundError:
-            return None
+        return identities.find(self.state, "orchestrator", self.cfg.node)
 
     def orchestrator_alive(self) -> bool:
         ident = self.orchestrator()
