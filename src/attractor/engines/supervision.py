@@ -49,7 +49,6 @@ from __future__ import annotations
 
 import contextlib
 import enum
-import importlib
 import logging
 import math
 import os
@@ -62,8 +61,9 @@ from typing import Any, TypeVar
 from attractor import procs
 from attractor.clock import SYSTEM_CLOCK, Clock, iso, parse_iso
 from attractor.engines.prompts import PROMPTS, PromptMatch, PromptRule, match_prompt
-from attractor.errors import CorruptStateError, InvalidNameError, NotFoundError
+from attractor.errors import AttractorError, CorruptStateError, InvalidNameError, NotFoundError
 from attractor.names import split_agent_id, validate_agent_id
+from attractor.states import IdentityStatus
 from attractor.store import records
 from attractor.store.atomic import ensure_private_dir, write_json_atomic
 from attractor.store.locks import file_lock
@@ -736,20 +736,20 @@ class Supervisor:
 
 
 def release_identity(state_root: Path, agent_id: str) -> bool:
-    """Move the agent's identity from `quarantined` to `respawning`, if the identity registry
-    module exists and the identity is quarantined. Returns True when it moved."""
+    """Move the agent's identity from `quarantined` to `respawning`, if it is quarantined.
+    Returns True when it moved."""
+    from attractor.store import identities
+
+    state = StateDir(state_root)
     try:
-        identities: Any = importlib.import_module("attractor.store.identities")
         role, name = split_agent_id(agent_id)
-        record = identities.get(StateDir(state_root), role, name)
-    except Exception as exc:  # registry missing, older API, unknown identity: nothing to move
+        record = identities.find(state, role, name)
+    except AttractorError as exc:  # a bad id or a corrupt record: nothing to move
         logger.debug("supervision: identity of %s not released: %s", agent_id, exc)
         return False
-    status = getattr(record, "status", None)
-    status = getattr(status, "value", status)
-    if status != "quarantined":
+    if record is None or record.status is not IdentityStatus.QUARANTINED:
         return False
-    identities.set_status(StateDir(state_root), role, name, "respawning", reason="cleared by user")
+    identities.set_status(state, role, name, IdentityStatus.RESPAWNING, reason="cleared by user")
     return True
 
 
