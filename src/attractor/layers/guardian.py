@@ -30,14 +30,13 @@ from typing import Any
 from attractor import procs
 from attractor.engines.gates import Gate, run_gate
 from attractor.engines.space import DiskPatience
-from attractor.errors import AttractorError, IdentityTakenError, LockTimeoutError, NoSpaceError, NotFoundError
+from attractor.errors import AttractorError, IdentityTakenError, LockTimeoutError, NoSpaceError
 from attractor.layers import layout
 from attractor.layers.runner import RunnerConfig, spawn_runner
 from attractor.states import HookPhase, IdentityStatus, NodeState, SignalKind
 from attractor.store import checkpoint as cp_store
 from attractor.store import hooks, identities, locks, signals
 from attractor.store.checkpoint import Checkpoint
-from attractor.store.identities import pid_alive
 from attractor.store.statedir import StateDir
 
 logger = logging.getLogger(__name__)
@@ -46,6 +45,7 @@ TICK = 0.2
 HEARTBEAT_INTERVAL = 2.0
 OUTPUT_TAIL = 4000
 TIP_CHECK_INTERVAL = 2.0
+START_CEILING = 120.0  # seconds a live guardian process may take to become active
 
 
 @dataclass(frozen=True)
@@ -75,17 +75,20 @@ def spawn_guardian(cfg: GuardianConfig, target_dir: Path) -> identities.Identity
         tmux.kill_session(name)
     pane = tmux.new_session(name, guardian_argv(cfg), cwd=target_dir,
                             env=layout.layer_env(cfg.state, cfg.tmux_socket, cfg.agent_id))
-    deadline = time.monotonic() + 10
+    # A guardian that is starting is given time while its process lives (a loaded machine can
+    # take long over the imports); one that died is reported at once, and one still not up
+    # after START_CEILING is ended, so that no guardian runs behind a launch said to have failed.
+    started = procs.start_time(pane.pane_pid)
+    deadline = time.monotonic() + START_CEILING
     while time.monotonic() < deadline:
-        try:
-            ident = identities.get(cfg.state, "guardian", cfg.run_id)
-            if ident.pid == pane.pane_pid and ident.status is IdentityStatus.ACTIVE:
-                return ident
-        except NotFoundError:
-            pass
-        if not pid_alive(pane.pane_pid):
+        ident = identities.find(cfg.state, "guardian", cfg.run_id)
+        if ident is not None and ident.pid == pane.pane_pid and ident.status is IdentityStatus.ACTIVE:
+            return ident
+        if not procs.same_process(pane.pane_pid, started):
             break
         time.sleep(0.02)
+    else:
+        procs.signal_if_same(pane.pane_pid, started, signal_module.SIGTERM)
     log = cfg.state.logs / f"{cfg.agent_id}.log"
     raise AttractorError(f"the guardian of run {cfg.run_id} did not start; its log is {log}")
 
