@@ -18,7 +18,7 @@ from attractor.errors import (
     UnknownValueError,
 )
 from attractor.states import SignalKind
-from attractor.store import identities, signals
+from attractor.store import identities, signals, wakeup
 from attractor.store.payloads import MergeReady, Shutdown
 from attractor.store.statedir import StateDir
 from tests.helpers import retry_until, run_cli
@@ -352,9 +352,9 @@ def test_claims_do_not_hold_back_the_next_wake_up(state: StateDir, tmp_path: Pat
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     inbox_woken, elsewhere_woken = threading.Event(), threading.Event()
-    unwatch_inbox = signals._watch(new, inbox_woken)
+    unwatch_inbox = wakeup.watch_directory(new, inbox_woken)
     assert unwatch_inbox is not None
-    unwatch_elsewhere = signals._watch(elsewhere, elsewhere_woken)
+    unwatch_elsewhere = wakeup.watch_directory(elsewhere, elsewhere_woken)
     assert unwatch_elsewhere is not None
     inbox = signals.Inbox(state, AGENT)
     try:
@@ -378,7 +378,7 @@ def test_claims_do_not_hold_back_the_next_wake_up(state: StateDir, tmp_path: Pat
 def test_observer_fallback_wakes_on_new_files(tmp_path: Path) -> None:
     """The watchdog Observer path used where the inotify reader is not available."""
     wake = threading.Event()
-    unwatch = signals._watch_with_observer(tmp_path, wake)
+    unwatch = wakeup.watch_with_observer(tmp_path, wake)
     assert unwatch is not None
     try:
         (tmp_path / "x.tmp").write_text("{}")

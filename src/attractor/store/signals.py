@@ -53,7 +53,7 @@ from attractor.errors import (
     no_space,
 )
 from attractor.states import SignalKind
-from attractor.store import atomic
+from attractor.store import atomic, wakeup
 from attractor.store.payloads import PAYLOAD_TYPES, Payload, payload_from_json
 from attractor.store.statedir import StateDir
 
@@ -65,7 +65,6 @@ DEFAULT_RESCAN_INTERVAL = 2.0
 # A temp file older than this is an orphan even if its sender's pid is alive again (reused).
 ORPHAN_TMP_AGE = 600.0
 # How often a waiting loop looks at an outside stop event between wake-ups.
-_STOP_CHECK = 0.1
 
 _ID_PATTERN = r"\d{8}T\d{6}\.\d{9}Z-\d+-[0-9a-f]{8}"
 _ID_RE = re.compile(_ID_PATTERN)
@@ -518,102 +517,6 @@ def remove_orphan_tmp(state: StateDir, agent_id: str | None = None) -> int:
     return removed
 
 
-# --------------------------------------------------------------------------- waking up
-
-
-def _watch(directory: Path, wake: threading.Event) -> Callable[[], None] | None:
-    """Set `wake` whenever a file appears in `directory`; returns the function that stops
-    watching, or None when no file-system events are available (callers then rely on their
-    rescan timer).
-
-    On Linux this registers a callback for IN_CREATE/IN_MOVED_TO on watchdog's shared inotify
-    reader. watchdog's Observer is not used there: it holds every IN_MOVED_FROM back for 0.5 s
-    to pair it with a move target, and events queued behind it wait too, so each claim (a
-    rename out of `new/`) would delay the next wake-up by up to half a second."""
-    try:
-        from watchdog.observers.inotify_c import InotifyConstants, InotifyFD
-    except Exception:  # not Linux, or another watchdog layout
-        return _watch_with_observer(directory, wake)
-    from watchdog.observers.inotify_c import CallbackId, InotifyEvent, Mask, WatchDescriptor
-
-    mask = Mask(InotifyConstants.IN_CREATE | InotifyConstants.IN_MOVED_TO)
-
-    class _Doorbell:
-        def on_event(self, event: InotifyEvent) -> None:
-            if event.mask & mask:
-                wake.set()
-
-        def on_watch_deleted(self, wd: WatchDescriptor) -> None:
-            wake.set()
-
-        def on_queue_overflow(self) -> None:
-            wake.set()  # events were lost: rescan now
-
-    reader = InotifyFD.get_instance()
-    doorbell = _Doorbell()
-    key = CallbackId(id(doorbell))
-    try:
-        wd = reader.add_callback(os.fsencode(directory), mask, doorbell, key)
-    except OSError as exc:
-        logger.warning(
-            "no file-system events for %s (%s); rescanning on the timer only", directory, exc
-        )
-        return None
-    return lambda: reader.remove_callbacks([(wd, key)])
-
-
-def _watch_with_observer(directory: Path, wake: threading.Event) -> Callable[[], None] | None:
-    from watchdog.events import (
-        FileCreatedEvent,
-        FileMovedEvent,
-        FileSystemEvent,
-        FileSystemEventHandler,
-    )
-    from watchdog.observers import Observer
-
-    class _Waker(FileSystemEventHandler):
-        def on_any_event(self, event: FileSystemEvent) -> None:
-            wake.set()
-
-    observer = Observer()
-    try:
-        observer.schedule(
-            _Waker(), str(directory), recursive=False,
-            event_filter=[FileCreatedEvent, FileMovedEvent],
-        )
-        observer.start()
-    except OSError as exc:
-        logger.warning(
-            "no file-system events for %s (%s); rescanning on the timer only", directory, exc
-        )
-        return None
-
-    def unwatch() -> None:
-        observer.stop()
-        observer.join(timeout=5)
-
-    return unwatch
-
-
-def _unwatch(unwatch: Callable[[], None] | None) -> None:
-    if unwatch is not None:
-        try:
-            unwatch()
-        except Exception as exc:  # a watch already gone (directory deleted) is fine
-            logger.debug("stopping a file-system watch: %s", exc)
-
-
-def _sleep(wake: threading.Event, stop: threading.Event | None, seconds: float) -> None:
-    """Sleep until `wake` is set, `stop` is set, or `seconds` pass."""
-    deadline = time.monotonic() + seconds
-    while stop is None or not stop.is_set():
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            return
-        if wake.wait(remaining if stop is None else min(remaining, _STOP_CHECK)):
-            return
-
-
 def _epoch_reader(state: StateDir, agent_id: str) -> Callable[[], int | None]:
     def read() -> int | None:
         from attractor.store import identities
@@ -728,7 +631,7 @@ class Consumer:
         rescan every `rescan_interval` seconds (so a lost event delays a signal no longer)."""
         ensure_inbox(self.inbox.state, self.inbox.agent_id)
         self._running_stop = stop
-        unwatch = _watch(self.inbox.root / "new", self._wake) if self.use_events else None
+        unwatch = wakeup.watch_directory(self.inbox.root / "new", self._wake) if self.use_events else None
         try:
             with contextlib.suppress(Exception):
                 sweep_dead_claims(self.inbox.state, self.inbox.agent_id)
@@ -738,9 +641,9 @@ class Consumer:
                     self.poll_once()
                 except Exception:
                     logger.exception("signal consumer of %s: poll failed", self.inbox.agent_id)
-                _sleep(self._wake, stop, self.rescan_interval)
+                wakeup.sleep(self._wake, stop, self.rescan_interval)
         finally:
-            _unwatch(unwatch)
+            wakeup.unwatch(unwatch)
             self._running_stop = None
 
     def start(self) -> Consumer:
@@ -800,7 +703,7 @@ def wait_for(
     if found is not None:
         return found
     wake = threading.Event()
-    unwatch = _watch(inbox.root / "new", wake) if use_events else None
+    unwatch = wakeup.watch_directory(inbox.root / "new", wake) if use_events else None
     try:
         while True:
             wake.clear()
@@ -815,9 +718,9 @@ def wait_for(
                     what = f"a signal ({kinds_text}) for {agent_id}"
                     raise TimeoutExpiredError(what, timeout or 0)
                 pause = min(pause, remaining)
-            _sleep(wake, None, pause)
+            wakeup.sleep(wake, None, pause)
     finally:
-        _unwatch(unwatch)
+        wakeup.unwatch(unwatch)
 
 
 def _claims(
