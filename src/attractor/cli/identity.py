@@ -197,7 +197,7 @@ def _field_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--worktree", metavar="DIR", help="the agent's git worktree")
     parser.add_argument("--tmux-session", metavar="NAME", help="tmux session of the agent")
     parser.add_argument("--tmux-socket", metavar="NAME", help="tmux socket name (-L)")
-    parser.add_argument("--pane-id", metavar="%N", help="tmux pane id, e.g. %12")
+    parser.add_argument("--pane-id", metavar="%N", help="tmux pane id, e.g. %%12")
 
 
 def add_parser(subparsers: argparse._SubParsersAction[Parser]) -> None:
