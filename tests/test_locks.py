@@ -117,6 +117,18 @@ def stop(proc: subprocess.Popen[str]) -> None:
     retry_until(all_stopped, what=f"pid {proc.pid} stopped")
 
 
+def _threads_of(pid: int) -> str:
+    """Each thread of `pid` with its state and kernel wait channel, for a failure message."""
+    out = []
+    for task in sorted(Path(f"/proc/{pid}/task").glob("*")):
+        try:
+            state = (task / "stat").read_text().rsplit(")", 1)[1].split()[0]
+            out.append(f"{task.name}:{state}:{(task / 'wchan').read_text()}")
+        except OSError:
+            continue
+    return ", ".join(out) or "gone"
+
+
 def log_lines(log: Path) -> list[str]:
     return log.read_text().split("\n")[:-1] if log.exists() else []
 
@@ -231,7 +243,10 @@ def test_a_wait_interrupted_by_ctrl_c_does_not_keep_the_lock(tmp_path: Path) -> 
         with locks.file_lock(path):
             retry_until(lambda: tickets(path) == 1, what="queued")
             proc.send_signal(signal.SIGINT)
-            retry_until(lambda: log_lines(log) == ["interrupted"], what="the interrupt")
+            try:
+                retry_until(lambda: log_lines(log) == ["interrupted"], 30, what="the interrupt")
+            except AssertionError as exc:  # what the waiter was doing, to tell a hang from slowness
+                raise AssertionError(f"{exc}; log {log_lines(log)}; threads {_threads_of(proc.pid)}") from None
         # the interrupted wait let go when its turn came; the next call in that process got it
         retry_until(lambda: log_lines(log) == ["interrupted", "got it after"], what="relocked")
         assert proc.wait(10) == 0
