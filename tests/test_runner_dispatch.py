@@ -154,3 +154,27 @@ def test_a_report_from_an_earlier_incarnation_of_the_agent_is_stale(runner: Runn
     identities.create_identity(runner.state, "orchestrator", NODE, session_id=RUN)  # the agent started again
     assert runner.handle(old) == "stale: sent by an earlier incarnation of the agent"
     assert runner.hook().phase is HookPhase.EXECUTING
+
+
+def test_a_node_blocked_by_quarantine_says_so_in_a_field_not_in_its_wording(runner: Runner) -> None:
+    runner.set_phase(HookPhase.EXECUTING)
+    runner.fail("the agent keeps dying", quarantined=True)
+    assert runner.hook().quarantined
+    [stuck] = _sent_to_guardian(runner)
+    assert stuck.payload.to_json() == {"node": NODE, "reason": "the agent keeps dying", "quarantined": True}
+
+
+def test_a_failure_worded_like_a_quarantine_is_still_a_failure(runner: Runner) -> None:
+    runner.set_phase(HookPhase.EXECUTING)
+    runner.fail("quarantined: said the agent, which is not the supervisor")
+    assert not runner.hook().quarantined
+    [stuck] = _sent_to_guardian(runner)
+    assert stuck.payload.to_json()["quarantined"] is False
+
+
+def test_the_quarantined_field_is_a_boolean(runner: Runner) -> None:
+    from attractor.errors import BadInputError
+
+    with pytest.raises(BadInputError, match="'quarantined' must be bool"):
+        signals.send(runner.state, SignalKind.ORCHESTRATOR_STUCK, to=runner.cfg.agent_id, sender=GUARDIAN,
+                     payload={"node": NODE, "reason": "r", "quarantined": "yes"})

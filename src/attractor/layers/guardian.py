@@ -35,7 +35,7 @@ from attractor.layers import layout
 from attractor.layers.runner import RunnerConfig, spawn_runner
 from attractor.states import HookPhase, IdentityStatus, NodeState, SignalKind
 from attractor.store import checkpoint as cp_store
-from attractor.store import hooks, identities, locks, signals
+from attractor.store import hooks, identities, locks, payloads, signals
 from attractor.store.checkpoint import Checkpoint
 from attractor.store.statedir import StateDir
 
@@ -109,7 +109,7 @@ class Guardian:
         self.stop_event = threading.Event()
         self.validations: set[str] = set()
         self.merges: set[str] = set()
-        self.merge_work: queue.Queue[tuple[str, dict[str, Any]] | None] = queue.Queue()
+        self.merge_work: queue.Queue[tuple[str, payloads.MergeReady] | None] = queue.Queue()
         self.pool = ThreadPoolExecutor(max_workers=max(1, self.cp.max_agents), thread_name_prefix="validate")
         self.runner_restarts: dict[str, int] = {}
         self.gate_pids: set[tuple[int, int | None]] = set()  # (pid, start time) of running gates
@@ -358,7 +358,7 @@ class Guardian:
             with contextlib.suppress(AttractorError):
                 gitops.remove_worktree(self.target_dir, path)
 
-    def start_merge(self, node: str, payload: dict[str, Any]) -> None:
+    def start_merge(self, node: str, payload: payloads.MergeReady) -> None:
         with self.lock:
             if node in self.merges:
                 return
@@ -409,7 +409,7 @@ class Guardian:
                 self.update_node(node, "merge_error", state=NodeState.RUNNING, reason=str(exc))
                 # the runner waits in merge_ready: tell it, so it retries or gives up
                 self.send_runner(node, SignalKind.MERGE_FAILED, {
-                    "entry_id": "", "branch": str(payload.get("branch", "")), "reason": "error",
+                    "entry_id": "", "branch": payload.branch, "reason": "error",
                     "target": self.cp.target_branch, "node": node, "detail": str(exc)[:2000]})
             finally:
                 with self.lock:
@@ -449,28 +449,25 @@ class Guardian:
 
     # -- signals -----------------------------------------------------------------------------
     def handle(self, sig: signals.Signal) -> str:
-        payload = sig.payload.to_json()
-        node = str(payload.get("node", ""))
         if sig.kind is SignalKind.SHUTDOWN:
             self.stop_event.set()
             return "stopping"
-        if node not in self.cp.nodes:
-            return f"ignored: unknown node {node!r}"
-        state = self.node_state(node)
-        if state.name in ("MERGED", "FAILED", "BLOCKED", "DONE"):
+        p = sig.payload
+        if not isinstance(p, (payloads.NodeImplComplete, payloads.MergeReady, payloads.OrchestratorStuck)):
+            return f"ignored: {sig.kind.value} is not for the guardian"
+        if p.node not in self.cp.nodes:
+            return f"ignored: unknown node {p.node!r}"
+        state = self.node_state(p.node)
+        if state in (NodeState.MERGED, NodeState.FAILED, NodeState.BLOCKED, NodeState.DONE):
             return f"ignored: node is {state.value}"
-        if sig.kind is SignalKind.NODE_IMPL_COMPLETE:
-            self.start_validation(node, str(payload.get("commit", "")))
+        if isinstance(p, payloads.NodeImplComplete):
+            self.start_validation(p.node, p.commit)
             return "validating"
-        if sig.kind is SignalKind.MERGE_READY:
-            self.start_merge(node, payload)
+        if isinstance(p, payloads.MergeReady):
+            self.start_merge(p.node, p)
             return "merging"
-        if sig.kind is SignalKind.ORCHESTRATOR_STUCK:
-            reason = str(payload.get("reason", ""))
-            blocked = reason.startswith("quarantined")
-            self.finish_codergen(node, NodeState.BLOCKED if blocked else NodeState.FAILED, reason=reason)
-            return "node blocked" if blocked else "node failed"
-        return f"ignored: {sig.kind.value} is not for the guardian"
+        self.finish_codergen(p.node, NodeState.BLOCKED if p.quarantined else NodeState.FAILED, reason=p.reason)
+        return "node blocked" if p.quarantined else "node failed"
 
     # -- scheduling and supervision --------------------------------------------------------------
     def start_codergen(self, name: str) -> None:
@@ -571,7 +568,7 @@ class Guardian:
                 hook = None  # the runner died between closing one attempt and opening the next
             if hook is not None and hook.phase is HookPhase.FAILED and (ident is None or not ident.may_be_alive):
                 note = str(hook.history[-1].get("note", "")) if hook.history else ""
-                self.finish_codergen(name, NodeState.BLOCKED if note.startswith("quarantined") else NodeState.FAILED,
+                self.finish_codergen(name, NodeState.BLOCKED if hook.quarantined else NodeState.FAILED,
                                      reason=note or "the runner gave up")
                 continue
             if self.watch.quarantined(agent):
@@ -588,7 +585,7 @@ class Guardian:
             elif ident is not None and ident.status is IdentityStatus.TERMINATED:
                 if hook is not None and hook.phase is HookPhase.FAILED and not self.between_attempts(name, hook):
                     note = hook.history[-1].get("note", "") if hook.history else ""
-                    state = NodeState.BLOCKED if str(note).startswith("quarantined") else NodeState.FAILED
+                    state = NodeState.BLOCKED if hook.quarantined else NodeState.FAILED
                     self.finish_codergen(name, state, reason=str(note))
                     continue
                 decision = self.watch.record_death(ident, "runner exited before its node finished")
@@ -650,9 +647,9 @@ class Guardian:
                 self.start_validation(name, hook.last_commit or "")
             elif hook.phase is HookPhase.MERGE_READY:
                 node = self.pipeline.nodes[name]
-                self.start_merge(name, {"node": name, "branch": self.layout.branch(name),
-                                        "commit": hook.last_commit or "", "owner": layout.runner_id(name),
-                                        "priority": node.priority})
+                self.start_merge(name, payloads.MergeReady(
+                    node=name, branch=self.layout.branch(name), commit=hook.last_commit or "",
+                    owner=layout.runner_id(name), priority=node.priority))
 
     def finished(self) -> bool:
         with self.lock:

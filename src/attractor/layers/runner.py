@@ -158,8 +158,10 @@ class Runner:
     def hook(self) -> hooks.Hook:
         return hooks.read_hook(self.state, "runner", self.cfg.node, run_id=self.cfg.run_id)
 
-    def set_phase(self, phase: HookPhase, note: str = "", commit: str | None = None) -> None:
-        hooks.update_phase(self.state, "runner", self.cfg.node, phase, note=note, commit=commit)
+    def set_phase(self, phase: HookPhase, note: str = "", commit: str | None = None, *,
+                  quarantined: bool = False) -> None:
+        hooks.update_phase(self.state, "runner", self.cfg.node, phase, note=note, commit=commit,
+                           quarantined=quarantined)
 
     def send_guardian(self, kind: SignalKind, payload: dict[str, object]) -> None:
         signals.send(self.state, kind, to=self.cfg.guardian_id, sender=self.cfg.agent_id, payload=payload)
@@ -370,11 +372,13 @@ class Runner:
                 f"Output:\n{detail[-3000:]}")
         self.start_attempt(note)
 
-    def fail(self, reason: str) -> None:
-        logger.warning("runner %s: node failed: %s", self.cfg.node, reason)
+    def fail(self, reason: str, *, quarantined: bool = False) -> None:
+        """The node is over without a merge: failed, or blocked when its agent is quarantined."""
+        logger.warning("runner %s: node %s: %s", self.cfg.node, "blocked" if quarantined else "failed", reason)
         if self.hook().phase not in (HookPhase.FAILED, HookPhase.MERGED):
-            self.set_phase(HookPhase.FAILED, note=reason[:300])
-        self.send_guardian(SignalKind.ORCHESTRATOR_STUCK, {"node": self.cfg.node, "reason": reason[:1000]})
+            self.set_phase(HookPhase.FAILED, note=reason[:300], quarantined=quarantined)
+        self.send_guardian(SignalKind.ORCHESTRATOR_STUCK, {"node": self.cfg.node, "reason": reason[:1000],
+                                                           "quarantined": quarantined})
         self.stop_orchestrator("node failed")
         self.exit_code = 1
         self.finished.set()
@@ -640,12 +644,12 @@ class Runner:
                     self.fail(f"quarantined: {verdict.decision.reason}"
                               + (f"; the agent's last words: {said}" if said else "")
                               + f"; after fixing the cause, clear it with: attractor agent clear orchestrator "
-                              f"{self.cfg.node}")
+                              f"{self.cfg.node}", quarantined=True)
                 return
         elif ident.status is IdentityStatus.QUARANTINED or self.watch.quarantined(agent):
             with self.lock:
                 self.fail(f"quarantined: {self.watch.supervisor.state_of(agent).quarantine_reason}; "
-                          f"clear it with: attractor agent clear orchestrator {self.cfg.node}")
+                          f"clear it with: attractor agent clear orchestrator {self.cfg.node}", quarantined=True)
             return
         if self.watch.may_respawn(agent):
             with self.lock:

@@ -91,6 +91,11 @@ class Hook:
     created_at: str
     run_id: str = ""
 
+    @property
+    def quarantined(self) -> bool:
+        """The hook's last move was to failed because the node's agent is quarantined."""
+        return bool(self.history and self.history[-1].get("quarantined") is True)
+
     def to_json(self) -> dict[str, Any]:
         data = {f: getattr(self, f) for f in _FIELD_NAMES}  # asdict deep-copies: 10x slower
         data["phase"] = self.phase.value
@@ -243,10 +248,12 @@ def update_phase(
     *,
     note: str = "",
     commit: str | None = None,
+    quarantined: bool = False,
 ) -> Hook:
     """Move the hook to `phase` (checked by states.PHASE_MOVES), recording the note and commit.
     Asking for the current phase again changes nothing (a retried report is harmless), except
-    that a new commit given with it is kept as `last_commit`."""
+    that a new commit given with it is kept as `last_commit`. `quarantined` marks a move to
+    failed made because the node's agent is quarantined (the node is blocked, not failed)."""
     path_for(state, role, name)  # validate the names before anything else
     target = phase if isinstance(phase, HookPhase) else HookPhase.from_text(phase)
     note = _check_text("note", note)
@@ -258,8 +265,10 @@ def update_phase(
                 return current
             return dataclasses.replace(current, last_commit=sha, updated_at=now)
         transition(f"hook {current.agent_id}", current.phase, target, PHASE_MOVES)
-        entry = {"at": now, "from": current.phase.value, "to": target.value, "note": note,
-                 "commit": sha}
+        entry: dict[str, Any] = {"at": now, "from": current.phase.value, "to": target.value, "note": note,
+                                 "commit": sha}
+        if quarantined:
+            entry["quarantined"] = True
         return dataclasses.replace(
             current,
             phase=target,

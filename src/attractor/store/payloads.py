@@ -21,6 +21,7 @@ _JSON_TYPES: dict[str, tuple[type, ...]] = {
     "int | None": (int, type(None)),
     "list[str]": (list,),
     "dict[str, Any]": (dict,),
+    "bool": (bool,),
 }
 
 
@@ -62,7 +63,7 @@ class Payload:
                 continue
             allowed = _JSON_TYPES.get(hints[name])
             value = data[name]
-            if allowed and (not isinstance(value, allowed) or isinstance(value, bool)):
+            if allowed and (not isinstance(value, allowed) or (isinstance(value, bool) and bool not in allowed)):
                 raise BadInputError(what, f"field {name!r} must be {hints[name]}, got {value!r}")
             if hints[name] == "list[str]" and not all(isinstance(v, str) for v in value):
                 raise BadInputError(what, f"field {name!r} must be a list of strings")
@@ -82,6 +83,7 @@ class OrchestratorStuck(Payload):
     kind = SignalKind.ORCHESTRATOR_STUCK
     node: str
     reason: str = ""
+    quarantined: bool = False  # the node is blocked (its agent is quarantined), not failed
 
 
 @dataclass(frozen=True)
