@@ -59,7 +59,10 @@ HOLDER = (
 
 # Waits for the lock, is interrupted by SIGINT (Ctrl-C) while waiting, then locks again.
 INTERRUPTED = (
-    "import sys\n"
+    "import signal, sys\n"
+    # Ctrl-C raises KeyboardInterrupt even when this process inherited SIGINT ignored (started
+    # from a background job of a shell without job control, as `nohup … &` does)
+    "signal.signal(signal.SIGINT, signal.default_int_handler)\n"
     f"sys.path.insert(0, {str(REPO_ROOT / 'src')!r})\n"
     "from pathlib import Path\n"
     "from attractor.store import locks\n"
