@@ -14,9 +14,9 @@ from typing import Any, NamedTuple
 import pytest
 
 from attractor.errors import CorruptStateError, NotFoundError, TransitionError
-from attractor.states import NodeState
+from attractor.states import NodeState, RunStatus
 from attractor.store import checkpoint as cp_store
-from attractor.store.checkpoint import Checkpoint, NodeProgress
+from attractor.store.checkpoint import Checkpoint, Event, NodeProgress
 from attractor.store.statedir import StateDir
 from tests.helpers import retry_until, run_cli
 
@@ -52,11 +52,38 @@ def test_missing_and_corrupt(state_dir: Path) -> None:
 
 def test_events_append_and_skip_a_torn_line(state_dir: Path) -> None:
     state = StateDir(state_dir)
-    cp_store.append_event(state, "r1", "one", node="a", state="running")
-    cp_store.append_event(state, "r1", "two")
+    cp_store.append_event(state, "r1", Event.RUNNER_SPAWNED, node="a", state="running")
+    cp_store.append_event(state, "r1", Event.RUN_STOPPED)
     with open(cp_store.run_dir(state, "r1") / "events.jsonl", "a") as fh:
         fh.write('{"at": "x", "ev')  # a writer killed mid-line
-    assert [e["event"] for e in cp_store.read_events(state, "r1")] == ["one", "two"]
+    assert [e["event"] for e in cp_store.read_events(state, "r1")] == ["runner_spawned", "run_stopped"]
+
+
+def test_an_event_has_a_listed_name_and_its_listed_fields(state_dir: Path, caplog: pytest.LogCaptureFixture) -> None:
+    state = StateDir(state_dir)
+    with pytest.raises(ValueError, match="'node_exploded' is not a valid Event"):
+        cp_store.append_event(state, "r1", "node_exploded")  # type: ignore[arg-type]
+    assert not cp_store.run_dir(state, "r1").exists()
+    # every field of a node's record may go with a node event; anything else is written, and logged
+    node_fields = {f: None for f in NodeProgress.__dataclass_fields__ if f != "name"}
+    cp_store.append_event(state, "r1", Event.MERGED, node="a", **node_fields)
+    assert not caplog.records
+    cp_store.append_event(state, "r1", Event.ALERT, alert="x", reason="y", colour="red")
+    assert "not listed in EVENT_FIELDS: colour" in caplog.text
+    assert cp_store.read_events(state, "r1")[-1]["colour"] == "red"
+
+
+def test_every_event_has_its_fields_listed() -> None:
+    assert set(cp_store.EVENT_FIELDS) == set(Event)
+
+
+def test_a_run_status_is_one_of_the_run_statuses(state_dir: Path) -> None:
+    state = StateDir(state_dir)
+    cp_store.write_checkpoint(state, sample().with_status(RunStatus.SUCCEEDED))
+    cp = cp_store.read_checkpoint(state, "r1")
+    assert cp.status is RunStatus.SUCCEEDED
+    data = json.loads(cp_store.checkpoint_path(state, "r1").read_text())
+    assert data["status"] == "succeeded"
 
 
 class CorruptCase(NamedTuple):

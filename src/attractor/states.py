@@ -22,6 +22,24 @@ class _Named(enum.Enum):
             raise UnknownValueError(kind, value, [m.value for m in cls]) from None
 
 
+class RunStatus(enum.StrEnum):
+    """A run's status in its checkpoint (`runs/<id>/checkpoint.json`). A StrEnum: its value is
+    the text written to the file and compared by the readers of `status --json`."""
+
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    STOPPED = "stopped"
+
+
+class Outcome(enum.StrEnum):
+    """How a finished node ended, as the conditional edges of a pipeline read it
+    (`condition="outcome=success"`)."""
+
+    SUCCESS = "success"
+    FAIL = "fail"
+
+
 class IdentityStatus(_Named):
     SPAWNING = "spawning"
     ACTIVE = "active"

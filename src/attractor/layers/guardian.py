@@ -33,10 +33,10 @@ from attractor.engines.space import DiskPatience
 from attractor.errors import AttractorError, IdentityTakenError, LockTimeoutError, NoSpaceError
 from attractor.layers import layout
 from attractor.layers.runner import RunnerConfig, spawn_runner
-from attractor.states import HookPhase, IdentityStatus, NodeState, SignalKind
+from attractor.states import HookPhase, IdentityStatus, NodeState, Outcome, RunStatus, SignalKind
 from attractor.store import checkpoint as cp_store
 from attractor.store import hooks, identities, locks, payloads, signals
-from attractor.store.checkpoint import Checkpoint
+from attractor.store.checkpoint import Checkpoint, Event
 from attractor.store.statedir import StateDir
 
 logger = logging.getLogger(__name__)
@@ -144,7 +144,7 @@ class Guardian:
 
     def alert(self, alert: str, reason: str, **fields: Any) -> None:
         logger.error("guardian: ALERT (%s): %s", alert, reason)
-        cp_store.append_event(self.state, self.cfg.run_id, "alert", alert=alert, reason=reason, **fields)
+        cp_store.append_event(self.state, self.cfg.run_id, Event.ALERT, alert=alert, reason=reason, **fields)
 
     def target_tip(self) -> str | None:
         from attractor import gitops
@@ -253,12 +253,12 @@ class Guardian:
             self.stop_event.wait(0.5)
 
     # -- checkpoint --------------------------------------------------------------------------
-    def update_node(self, name: str, event: str = "", **changes: Any) -> None:
+    def update_node(self, name: str, event: Event = Event.NODE, **changes: Any) -> None:
         with self.lock:
             self.cp = self.cp.with_node(name, **changes)
             cp_store.write_checkpoint(self.state, self.cp)
             fields = {k: (v.value if isinstance(v, NodeState) else v) for k, v in changes.items()}
-            cp_store.append_event(self.state, self.cfg.run_id, event or "node", node=name, **fields)
+            cp_store.append_event(self.state, self.cfg.run_id, event, node=name, **fields)
 
     def node_state(self, name: str) -> NodeState:
         with self.lock:
@@ -291,7 +291,7 @@ class Guardian:
     def _validate(self, node: str, commit: str) -> None:
         try:
             hook = hooks.read_hook(self.state, "runner", node, run_id=self.cfg.run_id)
-            self.update_node(node, "validating", state=NodeState.VALIDATING, attempts=max(hook.attempts, 1))
+            self.update_node(node, Event.VALIDATING, state=NodeState.VALIDATING, attempts=max(hook.attempts, 1))
             if hook.phase is HookPhase.IMPL_COMPLETE:
                 hooks.update_phase(self.state, "runner", node, HookPhase.VALIDATING, note="guardian validates")
             from attractor import gitops
@@ -324,10 +324,10 @@ class Guardian:
                 gitops.remove_worktree(self.target_dir, wt)
             for tool, command, ok, out in results:
                 outputs.append(f"$ {command}\n{out}")
-                cp_store.append_event(self.state, self.cfg.run_id, "validation", node=node, tool=tool, ok=ok)
+                cp_store.append_event(self.state, self.cfg.run_id, Event.VALIDATION, node=node, tool=tool, ok=ok)
                 if not ok:
                     attempt = hooks.read_hook(self.state, "runner", node, run_id=self.cfg.run_id).attempts
-                    self.update_node(node, "validation_failed", state=NodeState.RUNNING)
+                    self.update_node(node, Event.VALIDATION_FAILED, state=NodeState.RUNNING)
                     self.send_runner(node, SignalKind.VALIDATION_FAILED, {
                         "node": node, "commit": commit, "output": "\n".join(outputs)[-OUTPUT_TAIL:],
                         "attempt": attempt})
@@ -338,7 +338,7 @@ class Guardian:
             logger.exception("validation of %s", node)
             # the runner waits in impl_complete: tell it, so it retries or gives up
             with contextlib.suppress(AttractorError):
-                self.update_node(node, "validation_failed", state=NodeState.RUNNING, reason=str(exc))
+                self.update_node(node, Event.VALIDATION_FAILED, state=NodeState.RUNNING, reason=str(exc))
             with contextlib.suppress(AttractorError):
                 self.send_runner(node, SignalKind.VALIDATION_FAILED, {
                     "node": node, "commit": commit, "output": f"validation could not run: {exc}"})
@@ -383,7 +383,7 @@ class Guardian:
                 self.wait_while_held()
                 if self.stop_event.is_set():
                     continue
-                self.update_node(node, "merging", state=NodeState.MERGING)
+                self.update_node(node, Event.MERGING, state=NodeState.MERGING)
                 gates = tuple(merge_queue.Gate(command=c, timeout=t) for _, c, t in self.validator_commands(node))
                 config = merge_queue.load_config(self.target_dir, target=self.cp.target_branch, extra_gates=gates,
                                                  sender=self.cfg.agent_id)
@@ -403,10 +403,10 @@ class Guardian:
                 if outcome.merged:
                     self.finish_codergen(node, NodeState.MERGED, merged_sha=outcome.merged_sha)
                 else:
-                    self.update_node(node, "merge_failed", state=NodeState.RUNNING, reason=outcome.summary())
+                    self.update_node(node, Event.MERGE_FAILED, state=NodeState.RUNNING, reason=outcome.summary())
             except Exception as exc:
                 logger.exception("merge of %s", node)
-                self.update_node(node, "merge_error", state=NodeState.RUNNING, reason=str(exc))
+                self.update_node(node, Event.MERGE_ERROR, state=NodeState.RUNNING, reason=str(exc))
                 # the runner waits in merge_ready: tell it, so it retries or gives up
                 self.send_runner(node, SignalKind.MERGE_FAILED, {
                     "entry_id": "", "branch": payload.branch, "reason": "error",
@@ -421,14 +421,14 @@ class Guardian:
                 return
             if state is NodeState.MERGED:
                 self._settle_merged_hook(node, merged_sha)
-            outcome = "success" if state is NodeState.MERGED else "fail"
-            event = "failed" if state is NodeState.FAILED else state.value
+            outcome = Outcome.SUCCESS if state is NodeState.MERGED else Outcome.FAIL
+            event = Event(state.value)  # merged, failed or blocked
             self.update_node(node, event, state=state, outcome=outcome, reason=reason, merged_sha=merged_sha,
                              finished_at=_now())
             for tool in self.pipeline.validators_of(node):
                 if not self.cp.nodes[tool].finished:
-                    tool_state = NodeState.DONE if outcome == "success" else NodeState.FAILED
-                    self.update_node(tool, "validator", state=tool_state,
+                    tool_state = NodeState.DONE if outcome == Outcome.SUCCESS else NodeState.FAILED
+                    self.update_node(tool, Event.VALIDATOR, state=tool_state,
                                      outcome=outcome, finished_at=_now())
 
     def _settle_merged_hook(self, node: str, sha: str | None) -> None:
@@ -472,7 +472,7 @@ class Guardian:
     # -- scheduling and supervision --------------------------------------------------------------
     def start_codergen(self, name: str) -> None:
         attempts = self.cp.nodes[name].attempts + 1
-        self.update_node(name, "runner_spawned", state=NodeState.RUNNING, attempts=attempts,
+        self.update_node(name, Event.RUNNER_SPAWNED, state=NodeState.RUNNING, attempts=attempts,
                          started_at=self.cp.nodes[name].started_at or _now(),
                          branch=self.layout.branch(name))
         self.spawn_runner_or_fail(name)
@@ -517,17 +517,18 @@ class Guardian:
             kind = self.pipeline.nodes[name].kind
             if rule is Rule.DONE:
                 outcome = self._rule_outcome(name)
-                self.update_node(name, "done", state=NodeState.DONE, outcome=outcome, finished_at=_now())
+                self.update_node(name, Event.DONE, state=NodeState.DONE, outcome=outcome, finished_at=_now())
             elif rule is Rule.SKIPPED:
-                self.update_node(name, "skipped", state=NodeState.SKIPPED, reason="branch not taken",
+                self.update_node(name, Event.SKIPPED, state=NodeState.SKIPPED, reason="branch not taken",
                                  finished_at=_now())
             elif rule is Rule.BLOCKED:
-                failed = [p for p, n in self.cp.nodes.items() if n.outcome == "fail"]
-                self.update_node(name, "blocked", state=NodeState.BLOCKED, outcome="fail", finished_at=_now(),
+                failed = [p for p, n in self.cp.nodes.items() if n.outcome == Outcome.FAIL]
+                self.update_node(name, Event.BLOCKED, state=NodeState.BLOCKED, outcome=Outcome.FAIL, finished_at=_now(),
                                  reason=f"upstream failed: {', '.join(failed)}" if failed else "upstream failed")
             elif rule is Rule.READY:
                 if kind is NodeKind.EXIT:
-                    self.update_node(name, "done", state=NodeState.DONE, outcome="success", finished_at=_now())
+                    self.update_node(name, Event.DONE, state=NodeState.DONE, outcome=Outcome.SUCCESS,
+                                     finished_at=_now())
                 elif len(self.active_nodes()) < self.cp.max_agents \
                         and count_starting(self.state, "runner", self.active_nodes()) < pace:
                     self.start_codergen(name)
@@ -539,11 +540,11 @@ class Guardian:
 
         node = self.pipeline.nodes[name]
         if node.kind is NodeKind.TOOL:
-            return self.cp.nodes[self.pipeline.validated_node(name)].outcome or "success"
+            return self.cp.nodes[self.pipeline.validated_node(name)].outcome or Outcome.SUCCESS
         if node.kind is NodeKind.CONDITIONAL:
             preds = self.pipeline.predecessors(name)
-            return "fail" if any(self.cp.nodes[p].outcome == "fail" for p in preds) else "success"
-        return "success"
+            return Outcome.FAIL if any(self.cp.nodes[p].outcome == Outcome.FAIL for p in preds) else Outcome.SUCCESS
+        return Outcome.SUCCESS
 
     def supervise(self) -> None:
         """Liveness of every runner from one batched tmux query and the recorded pids; dead
@@ -580,7 +581,7 @@ class Guardian:
                 if verdict.report.health is not Health.DEAD:
                     continue
                 decision = verdict.decision
-                cp_store.append_event(self.state, self.cfg.run_id, "runner_died", node=name,
+                cp_store.append_event(self.state, self.cfg.run_id, Event.RUNNER_DIED, node=name,
                                       reason=verdict.report.reason)
             elif ident is not None and ident.status is IdentityStatus.TERMINATED:
                 if hook is not None and hook.phase is HookPhase.FAILED and not self.between_attempts(name, hook):
@@ -605,7 +606,7 @@ class Guardian:
             restarts = self.runner_restarts.get(name, 0) + 1
             self.runner_restarts[name] = restarts
             logger.warning("guardian: runner of %s is gone; respawning (restart %d)", name, restarts)
-            cp_store.append_event(self.state, self.cfg.run_id, "runner_respawn", node=name, restart=restarts)
+            cp_store.append_event(self.state, self.cfg.run_id, Event.RUNNER_RESPAWN, node=name, restart=restarts)
             if self.spawn_runner_or_fail(name):
                 self.watch.respawned(agent)
 
@@ -687,17 +688,17 @@ class Guardian:
             if not stopped:  # a stopped run keeps its pending nodes for --resume
                 for name, p in self.cp.nodes.items():
                     if p.state is NodeState.PENDING:
-                        self.update_node(name, "blocked", state=NodeState.BLOCKED, reason="not reached",
+                        self.update_node(name, Event.BLOCKED, state=NodeState.BLOCKED, reason="not reached",
                                          finished_at=_now())
             exit_nodes = [n for n, node in self.pipeline.nodes.items() if node.kind == "exit"]
             ok = all(self.cp.nodes[n].state is NodeState.DONE for n in exit_nodes)
             failed = [n for n, p in self.cp.nodes.items() if p.state in (NodeState.FAILED, NodeState.BLOCKED)]
-            status = "stopped" if stopped else ("succeeded" if ok else "failed")
+            status = RunStatus.STOPPED if stopped else (RunStatus.SUCCEEDED if ok else RunStatus.FAILED)
             reason = f"nodes that did not finish: {', '.join(failed)}" if failed else ""
             self.cp = self.cp.with_status(status, reason)
             cp_store.write_checkpoint(self.state, self.cp)
-            cp_store.append_event(self.state, self.cfg.run_id, "run_finished", status=status, reason=reason)
-        return 0 if status == "succeeded" else 1
+            cp_store.append_event(self.state, self.cfg.run_id, Event.RUN_FINISHED, status=status, reason=reason)
+        return 0 if status == RunStatus.SUCCEEDED else 1
 
     def shutdown_runners(self) -> None:
         for name in self.active_nodes():
@@ -753,10 +754,10 @@ class Guardian:
                                    tmux_session=self.layout.guardian_session)
         identities.update_liveness(self.state, "guardian", self.cfg.run_id, pid=os.getpid())
         with self.lock:
-            self.cp = self.cp.with_status("running")
+            self.cp = self.cp.with_status(RunStatus.RUNNING)
             self.cp = Checkpoint(**{**self.cp.__dict__, "guardian_starts": self.cp.guardian_starts + 1})
             cp_store.write_checkpoint(self.state, self.cp)
-        cp_store.append_event(self.state, self.cfg.run_id, "guardian_started", pid=os.getpid(),
+        cp_store.append_event(self.state, self.cfg.run_id, Event.GUARDIAN_STARTED, pid=os.getpid(),
                               start=self.cp.guardian_starts)
         beating = threading.Event()
 

@@ -31,10 +31,10 @@ from attractor.errors import (
 )
 from attractor.layers import layout
 from attractor.names import validate_name
-from attractor.states import IdentityStatus
+from attractor.states import IdentityStatus, RunStatus
 from attractor.store import checkpoint as cp_store
 from attractor.store import identities, locks
-from attractor.store.checkpoint import Checkpoint, NodeProgress
+from attractor.store.checkpoint import Checkpoint, Event, NodeProgress
 from attractor.store.statedir import StateDir
 
 logger = logging.getLogger(__name__)
@@ -129,7 +129,7 @@ def prepare(opts: LaunchOptions) -> tuple[StateDir, Checkpoint, str]:
     socket = tmux_mod.socket_name_for(target_dir, opts.tmux_socket)
     if opts.resume:
         cp = cp_store.read_checkpoint(state, validate_name(opts.resume, "run id"))
-        if cp.status == "succeeded":
+        if cp.status == RunStatus.SUCCEEDED:
             return state, cp, socket
         pipeline = load_pipeline(Path(cp.pipeline_path))
         check_agents(pipeline, cp.agent, cp.agent_cmd)
@@ -183,8 +183,8 @@ def _undo_launch(state: StateDir, cp: Checkpoint, previous: Checkpoint | None, e
         if previous is not None:
             cp_store.write_checkpoint(state, previous)
         else:
-            cp_store.write_checkpoint(state, cp.with_status("failed", f"the guardian did not start: {exc}"))
-        cp_store.append_event(state, cp.run_id, "launch_failed", reason=str(exc))
+            cp_store.write_checkpoint(state, cp.with_status(RunStatus.FAILED, f"the guardian did not start: {exc}"))
+        cp_store.append_event(state, cp.run_id, Event.LAUNCH_FAILED, reason=str(exc))
         identities.mark_terminated(state, "launcher", cp.run_id, reason="the guardian did not start")
     except AttractorError as undo:
         logger.warning("undoing the launch of %s: %s", cp.run_id, undo)
@@ -198,7 +198,7 @@ def reopen(cp: Checkpoint) -> Checkpoint:
     for name, node in cp.nodes.items():
         if node.state in (NodeState.FAILED, NodeState.BLOCKED):
             cp = cp.with_node(name, state=NodeState.PENDING, outcome=None, reason="", finished_at=None)
-    return cp.with_status("running")
+    return cp.with_status(RunStatus.RUNNING)
 
 
 def check_session_names(pipeline: object) -> None:
@@ -252,7 +252,7 @@ def launch(opts: LaunchOptions, out: TextIO = sys.stdout) -> int:
                                 "start a run with: attractor run PIPELINE --target-dir DIR")
         return attach(state, live, opts, out)
     state, cp, socket = prepare(opts)
-    if cp.status == "succeeded":
+    if cp.status == RunStatus.SUCCEEDED:
         print(f"run {cp.run_id} already succeeded; nothing to resume", file=out)
         return 0
     gcfg = GuardianConfig(state=state, run_id=cp.run_id, tmux_socket=socket, log_level=opts.log_level)
@@ -313,7 +313,7 @@ def _start(opts: LaunchOptions, state: StateDir, cp: Checkpoint, socket: str, gc
     # where the target was when this launch started: the guardian trusts no other tip it finds
     # later unless the merge queue put it there
     tip = gitops.rev_parse(Path(cp.target_dir), f"refs/heads/{cp.target_branch}")
-    cp_store.append_event(state, cp.run_id, "launched", resume=bool(opts.resume), pid=os.getpid(), target_tip=tip)
+    cp_store.append_event(state, cp.run_id, Event.LAUNCHED, resume=bool(opts.resume), pid=os.getpid(), target_tip=tip)
     identities.create_identity(state, "launcher", cp.run_id, pid=os.getpid(), session_id=cp.run_id,
                                worktree=cp.target_dir, tmux_socket=socket)
     identities.update_liveness(state, "launcher", cp.run_id, pid=os.getpid())
@@ -501,7 +501,7 @@ def follow(state: StateDir, run_id: str, gcfg: object, out: TextIO, timeout: flo
         time.sleep(FOLLOW_INTERVAL)
     show()
     print_summary(state, cp, out, time.monotonic() - start)
-    return 0 if cp.status == "succeeded" else 1
+    return 0 if cp.status == RunStatus.SUCCEEDED else 1
 
 
 def print_summary(state: StateDir, cp: Checkpoint, out: TextIO, wall: float | None = None) -> None:

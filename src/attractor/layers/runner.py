@@ -46,6 +46,7 @@ from attractor.layers.launch import (
 )
 from attractor.states import HookPhase, IdentityStatus, SignalKind
 from attractor.store import agent_sessions, hooks, identities, payloads, signals
+from attractor.store.checkpoint import Event
 from attractor.store.payloads import P
 from attractor.store.statedir import StateDir
 
@@ -256,7 +257,7 @@ class Runner:
         # an agent still at work would go on writing into whatever is there: it ends first
         self.stop_orchestrator("its worktree is broken")
         with contextlib.suppress(AttractorError):
-            cp_store.append_event(self.state, self.cfg.run_id, "alert", node=self.cfg.node,
+            cp_store.append_event(self.state, self.cfg.run_id, Event.ALERT, node=self.cfg.node,
                                   alert="worktree", reason=problem)
         try:
             here = self.worktree.resolve()
@@ -555,7 +556,7 @@ class Runner:
 
         logger.error("runner %s: ALERT: rejected %s from %s: %s", self.cfg.node, sig.kind.value, sig.sender, problem)
         try:
-            cp_store.append_event(self.state, self.cfg.run_id, "alert", node=self.cfg.node,
+            cp_store.append_event(self.state, self.cfg.run_id, Event.ALERT, node=self.cfg.node,
                                   alert="signal_rejected", kind=sig.kind.value, sender=sig.sender, reason=problem)
         except AttractorError as exc:
             logger.info("recording the alert: %s", exc)

@@ -21,9 +21,10 @@ from attractor import procs
 from attractor.errors import AttractorError, NotFoundError
 from attractor.layers import layout
 from attractor.names import validate_name
-from attractor.states import IdentityStatus, SignalKind
+from attractor.states import IdentityStatus, RunStatus, SignalKind
 from attractor.store import checkpoint as cp_store
 from attractor.store import identities, signals
+from attractor.store.checkpoint import Event
 from attractor.store.statedir import StateDir
 
 logger = logging.getLogger(__name__)
@@ -119,8 +120,8 @@ def stop_run(state: StateDir, run_id: str | None, *, tmux_socket: str | None = N
         except AttractorError as exc:
             lines.append(f"kept worktree {path}: {exc}")
     cp = cp_store.read_checkpoint(state, run_id)
-    if cp.status == "running":
-        cp_store.write_checkpoint(state, cp.with_status("stopped", "attractor stop"))
-        cp_store.append_event(state, run_id, "run_stopped")
+    if cp.status == RunStatus.RUNNING:
+        cp_store.write_checkpoint(state, cp.with_status(RunStatus.STOPPED, "attractor stop"))
+        cp_store.append_event(state, run_id, Event.RUN_STOPPED)
     lines.append(f"run {run_id} {cp_store.read_checkpoint(state, run_id).status}")
     return lines

@@ -22,6 +22,7 @@ events.jsonl (a writer killed mid-append) is skipped by readers.
 from __future__ import annotations
 
 import dataclasses
+import enum
 import json
 import logging
 import os
@@ -32,7 +33,7 @@ from typing import Any
 from attractor import clock
 from attractor.errors import BadInputError, NotFoundError, no_space
 from attractor.names import validate_name
-from attractor.states import NODE_MOVES, NodeState, transition
+from attractor.states import NODE_MOVES, NodeState, RunStatus, transition
 from attractor.store import locks, records
 from attractor.store.atomic import ensure_private_dir, write_json_atomic
 from attractor.store.statedir import StateDir
@@ -40,7 +41,6 @@ from attractor.store.statedir import StateDir
 logger = logging.getLogger(__name__)
 
 SCHEMA = 1
-RUN_STATUSES = ("running", "succeeded", "failed", "stopped")
 FINISHED_NODE_STATES = frozenset({NodeState.MERGED, NodeState.DONE, NodeState.FAILED, NodeState.BLOCKED,
                                   NodeState.SKIPPED})
 
@@ -86,7 +86,7 @@ class Checkpoint:
     agent_cmd: str | None
     max_agents: int
     nodes: dict[str, NodeProgress] = field(default_factory=dict)
-    status: str = "running"
+    status: RunStatus = RunStatus.RUNNING
     reason: str = ""
     started_at: str = field(default_factory=clock.iso)
     updated_at: str = field(default_factory=clock.iso)
@@ -105,8 +105,8 @@ class Checkpoint:
         what = "checkpoint"
         data = records.fields(what, data, _CP_FIELDS, SCHEMA, types=_CP_TYPES)
         validate_name(data["run_id"], "run id")
-        if data["status"] not in RUN_STATUSES:
-            raise BadInputError(what, f"status {data['status']!r} is not one of {', '.join(RUN_STATUSES)}")
+        if data["status"] not in tuple(RunStatus):
+            raise BadInputError(what, f"status {data['status']!r} is not one of {', '.join(RunStatus)}")
         if not isinstance(data["nodes"], dict):
             raise BadInputError(what, "field 'nodes' must be an object of node records")
         nodes = {}
@@ -114,7 +114,7 @@ class Checkpoint:
             nodes[name] = NodeProgress.from_json(node)
             if nodes[name].name != name:
                 raise BadInputError(what, f"node {name!r} is recorded as {nodes[name].name!r}")
-        return cls(**{**data, "nodes": nodes})
+        return cls(**{**data, "nodes": nodes, "status": RunStatus(data["status"])})
 
     def node(self, name: str) -> NodeProgress:
         return self.nodes[name]
@@ -128,9 +128,8 @@ class Checkpoint:
         nodes[name] = dataclasses.replace(current, **changes)
         return dataclasses.replace(self, nodes=nodes, updated_at=clock.iso())
 
-    def with_status(self, status: str, reason: str = "") -> Checkpoint:
-        assert status in RUN_STATUSES, status
-        finished = None if status == "running" else clock.iso()
+    def with_status(self, status: RunStatus, reason: str = "") -> Checkpoint:
+        finished = None if status is RunStatus.RUNNING else clock.iso()
         return dataclasses.replace(self, status=status, reason=reason, finished_at=finished, updated_at=clock.iso())
 
     def counts(self) -> dict[str, int]:
@@ -196,8 +195,60 @@ def latest_run(state: StateDir) -> str | None:
     return runs[-1] if runs else None
 
 
-def append_event(state: StateDir, run_id: str, event: str, /, **fields: Any) -> None:
-    """Append one line to events.jsonl with a single write (O_APPEND)."""
+class Event(enum.StrEnum):
+    """The events of `events.jsonl`: each line is `{"at", "event", …}` with the fields that
+    EVENT_FIELDS lists for its event (any of them may be left out)."""
+
+    LAUNCHED = "launched"                  # a launch or resume started the run's guardian
+    LAUNCH_FAILED = "launch_failed"        # ... and it did not start
+    GUARDIAN_STARTED = "guardian_started"  # the guardian took the run (again, after a restart)
+    RUN_FINISHED = "run_finished"
+    RUN_STOPPED = "run_stopped"            # by `attractor stop`
+    ALERT = "alert"                        # something did not hold against the ground truth
+    VALIDATION = "validation"              # one validator's verdict on a node's commit
+    RUNNER_DIED = "runner_died"
+    RUNNER_RESPAWN = "runner_respawn"
+    # a node's record changed: the node and the fields that changed
+    NODE = "node"
+    RUNNER_SPAWNED = "runner_spawned"
+    VALIDATING = "validating"
+    VALIDATION_FAILED = "validation_failed"
+    VALIDATOR = "validator"                # a validator node decided with the node it validates
+    MERGING = "merging"
+    MERGE_FAILED = "merge_failed"
+    MERGE_ERROR = "merge_error"
+    MERGED = "merged"
+    FAILED = "failed"
+    BLOCKED = "blocked"
+    DONE = "done"
+    SKIPPED = "skipped"
+
+
+NODE_EVENTS = frozenset({Event.NODE, Event.RUNNER_SPAWNED, Event.VALIDATING, Event.VALIDATION_FAILED, Event.VALIDATOR,
+                         Event.MERGING, Event.MERGE_FAILED, Event.MERGE_ERROR, Event.MERGED, Event.FAILED,
+                         Event.BLOCKED, Event.DONE, Event.SKIPPED})
+EVENT_FIELDS: dict[Event, frozenset[str]] = {
+    Event.LAUNCHED: frozenset({"resume", "pid", "target_tip"}),
+    Event.LAUNCH_FAILED: frozenset({"reason"}),
+    Event.GUARDIAN_STARTED: frozenset({"pid", "start"}),
+    Event.RUN_FINISHED: frozenset({"status", "reason"}),
+    Event.RUN_STOPPED: frozenset(),
+    Event.ALERT: frozenset({"alert", "reason", "node", "kind", "sender", "expected", "found"}),
+    Event.VALIDATION: frozenset({"node", "tool", "ok"}),
+    Event.RUNNER_DIED: frozenset({"node", "reason"}),
+    Event.RUNNER_RESPAWN: frozenset({"node", "restart"}),
+    **{event: frozenset({"node", *_NODE_FIELDS}) - {"name"} for event in NODE_EVENTS},
+}
+
+
+def append_event(state: StateDir, run_id: str, event: Event, /, **fields: Any) -> None:
+    """Append one line to events.jsonl with a single write (O_APPEND). A field EVENT_FIELDS
+    does not list for the event is written all the same (an event is never lost) and logged."""
+    event = Event(event)
+    unlisted = sorted(set(fields) - EVENT_FIELDS[event])
+    if unlisted:
+        logger.warning("event %s of run %s has field(s) not listed in EVENT_FIELDS: %s", event, run_id,
+                       ", ".join(unlisted))
     directory = run_dir(state, run_id)
     ensure_private_dir(directory)
     line = json.dumps({"at": clock.iso(), "event": event, **fields}, sort_keys=True) + "\n"

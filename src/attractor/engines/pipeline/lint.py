@@ -18,8 +18,6 @@ from typing import Any
 
 from attractor.engines.pipeline.dot import RawDot, read_dot
 from attractor.engines.pipeline.model import (
-    OUTCOME_FAIL,
-    OUTCOME_SUCCESS,
     SCHEMA,
     Edge,
     Node,
@@ -32,6 +30,7 @@ from attractor.engines.pipeline.model import (
 )
 from attractor.errors import UsageError
 from attractor.names import NAME_RULE, validate_name
+from attractor.states import Outcome
 
 # -- what a pipeline may say -----------------------------------------------------------------
 
@@ -64,7 +63,7 @@ EDGE_ATTRS = COSMETIC | {"condition"}
 GRAPH_ATTRS = frozenset(
     {"label", "goal", "max_agents", "target", "rankdir", "fontname", "fontsize"}
 )
-CONDITIONS = {f"outcome={c}": c for c in (OUTCOME_SUCCESS, OUTCOME_FAIL)}
+CONDITIONS = {f"outcome={c}": c for c in (Outcome.SUCCESS, Outcome.FAIL)}
 _BRANCH_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._/-]*")
 
 
@@ -287,7 +286,7 @@ class _Judge:
     def judge_conditionals(self) -> None:
         for name in self.of_kind(NodeKind.CONDITIONAL):
             conditions = {e.condition for e in self.edges if e.src == name}
-            lacking = [f"outcome={c}" for c in (OUTCOME_SUCCESS, OUTCOME_FAIL)
+            lacking = [f"outcome={c}" for c in (Outcome.SUCCESS, Outcome.FAIL)
                        if c not in conditions]
             if lacking:
                 self.report(node_where(name), "a conditional needs an edge for each outcome; "

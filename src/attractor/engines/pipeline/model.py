@@ -18,8 +18,6 @@ from typing import Any
 from attractor.errors import UsageError
 
 SCHEMA = 1
-OUTCOME_SUCCESS = "success"
-OUTCOME_FAIL = "fail"
 DEFAULT_MAX_RETRIES = 2
 
 

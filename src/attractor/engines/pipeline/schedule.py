@@ -21,14 +21,13 @@ from pathlib import Path
 
 from attractor.engines.pipeline.lint import NodeCheck, load_pipeline
 from attractor.engines.pipeline.model import (
-    OUTCOME_FAIL,
-    OUTCOME_SUCCESS,
     NodeKind,
     Pipeline,
     topological_order,
 )
 from attractor.errors import BadInputError, UsageError
 from attractor.names import validate_name
+from attractor.states import Outcome
 
 # -- scheduling ------------------------------------------------------------------------------
 
@@ -58,12 +57,12 @@ def node_states(
         if name in outcomes:
             return outcomes[name]
         if name in pipeline.validates:
-            return outcomes.get(pipeline.validates[name], OUTCOME_SUCCESS)
+            return outcomes.get(pipeline.validates[name], Outcome.SUCCESS)
         if pipeline.nodes[name].kind is NodeKind.CONDITIONAL:
             preds = pipeline.predecessors(name)
-            fails = any(outcome(p) == OUTCOME_FAIL for p in preds)
-            return OUTCOME_FAIL if fails else OUTCOME_SUCCESS
-        return OUTCOME_SUCCESS
+            fails = any(outcome(p) == Outcome.FAIL for p in preds)
+            return Outcome.FAIL if fails else Outcome.SUCCESS
+        return Outcome.SUCCESS
 
     states: dict[str, ScheduleState] = {}
     for name in topological_order(pipeline):
@@ -82,7 +81,7 @@ def node_states(
                 edge_states.append("pending")
             elif pipeline.nodes[edge.src].kind is NodeKind.CONDITIONAL:
                 edge_states.append("active" if edge.condition == outcome(edge.src) else "inactive")
-            elif outcome(edge.src) == OUTCOME_FAIL and node.kind is not NodeKind.CONDITIONAL:
+            elif outcome(edge.src) == Outcome.FAIL and node.kind is not NodeKind.CONDITIONAL:
                 edge_states.append("blocked")
             else:
                 edge_states.append("active")
