@@ -10,7 +10,6 @@ are removed only when clean; branches are always kept, so no work is lost.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import signal as signal_module
@@ -64,9 +63,7 @@ def stop_run(state: StateDir, run_id: str | None, *, tmux_socket: str | None = N
         raise NotFoundError("run", "(any)", f"no run in {state.root}")
     cp = cp_store.read_checkpoint(state, validate_name(run_id, "run id"))
     lines: list[str] = []
-    guardian = None
-    with contextlib.suppress(NotFoundError):
-        guardian = identities.get(state, "guardian", run_id)
+    guardian = identities.find(state, "guardian", run_id)
     if guardian is not None and guardian.process_alive:
         assert guardian.pid is not None and guardian.pid_start is not None
         signals.send(state, SignalKind.SHUTDOWN, to=layout.guardian_id(run_id), sender="user-cli",
