@@ -32,8 +32,6 @@ FOLDERS = frozenset(TIERS[2:])
 ALLOWED_FOR_NOW: dict[tuple[str, str], str] = {
     ("attractor.gitops", "attractor.store.locks"):
         "worktree_changes() takes a store lock inside the git door; the lock belongs to its callers or a leaf",
-    ("attractor.store.merge_entries", "attractor.engines.gates"):
-        "process_start is procs.start_time under another name; import it from procs (issue 12, item 7)",
 }
 
 

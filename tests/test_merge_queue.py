@@ -16,8 +16,9 @@ from typing import Any, NamedTuple
 import pytest
 
 from attractor.engines import merge_queue as mq
-from attractor.engines.gates import Gate, process_start
+from attractor.engines.gates import Gate
 from attractor.errors import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, CorruptStateError, UsageError
+from attractor.procs import start_time as process_start
 from attractor.states import MergeEntryState, SignalKind
 from attractor.store import locks, merge_entries, queue_hold
 from attractor.store.payloads import MergeReady

@@ -15,8 +15,8 @@ from typing import NamedTuple
 import pytest
 
 from attractor.engines import merge_queue as mq
-from attractor.engines.gates import process_start
 from attractor.errors import EXIT_OK
+from attractor.procs import start_time as process_start
 from attractor.states import MergeEntryState, SignalKind
 from attractor.store import locks
 from attractor.store.signals import Inbox

@@ -92,9 +92,6 @@ def check_gate(gate: Gate) -> None:
         raise GateCommandError(gate.command, f"program {program!r} not found on PATH")
 
 
-# Start time (clock ticks since boot) of a live, non-zombie process; None if it is gone.
-process_start = procs.start_time
-
 
 def kill_session(sid: int, start: int | None) -> int:
     """SIGKILL every process of session `sid` (a gate's), provided its leader is the recorded

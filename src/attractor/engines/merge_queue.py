@@ -53,7 +53,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from attractor import clock, gitops
+from attractor import clock, gitops, procs
 from attractor.engines.gates import (
     DEFAULT_GATE_TIMEOUT,
     OUTPUT_TAIL_CHARS,
@@ -61,7 +61,6 @@ from attractor.engines.gates import (
     GateCommandError,
     check_gate,
     kill_session,
-    process_start,
     run_gate,
 )
 from attractor.errors import AttractorError, BadInputError, NotFoundError, UsageError
@@ -379,7 +378,7 @@ class _Processor:
             worktree = spare if spare is not None and spare.exists() else _merge_worktree(
                 self.repo, entry.id)
             pid = os.getpid()
-            claim = Claim(pid=pid, pid_start=process_start(pid), host=socket.gethostname(),
+            claim = Claim(pid=pid, pid_start=procs.start_time(pid), host=socket.gethostname(),
                           started_at=clock.iso(), worktree=str(worktree))
             entry = entry.moved(M.PROCESSING, f"claimed by pid {pid}", claim=claim,
                                 attempts=entry.attempts + 1)
@@ -534,7 +533,7 @@ def _run_gates(
                ATTRACTOR_MERGE_COMMIT=tested, ATTRACTOR_REPO=str(repo.root))
 
     def started(pid: int) -> None:
-        _record_claim(state, entry.id, fsync=False, gate_pid=pid, gate_pid_start=process_start(pid))
+        _record_claim(state, entry.id, fsync=False, gate_pid=pid, gate_pid_start=procs.start_time(pid))
 
     for gate in config.gates:
         run = run_gate(gate, worktree, env, on_start=started)

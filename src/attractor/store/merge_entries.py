@@ -37,8 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from attractor import clock, gitops
-from attractor.engines.gates import process_start
+from attractor import clock, gitops, procs
 from attractor.errors import BadInputError, NotFoundError
 from attractor.names import validate_agent_id, validate_name
 from attractor.states import MERGE_ENTRY_MOVES, MergeEntryState, transition
@@ -140,7 +139,7 @@ class Claim:
 
     def alive(self) -> bool:
         """The claiming process still runs (same pid, same start time) on this host."""
-        return self.host == socket.gethostname() and process_start(self.pid) == self.pid_start
+        return self.host == socket.gethostname() and procs.start_time(self.pid) == self.pid_start
 
 
 @dataclass(frozen=True)
