@@ -28,12 +28,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
-from attractor import clock, names, procs
+from attractor import clock, gitops, names, procs
 from attractor.agents import REPORTS_BY_EXIT, LaunchContext, resolve_agent
 from attractor.engines.answers import deliver_by_paste, remembered_allow
 from attractor.engines.gates import summary_line
+from attractor.engines.pipeline import load_pipeline
+from attractor.engines.prompts import PROMPTS, PromptAction, PromptMatch, keys_to_choose, pane_tail
 from attractor.engines.space import DiskPatience
-from attractor.errors import AttractorError, NoSpaceError, NotFoundError
+from attractor.engines.supervision import Health
+from attractor.engines.watch import SUPERVISED, Watch
+from attractor.errors import AlreadyExistsError, AttractorError, NoSpaceError, NotFoundError
 from attractor.layers import layout
 from attractor.layers.launch import (
     agent_launch,
@@ -44,11 +48,13 @@ from attractor.layers.launch import (
     with_env_removed,
     write_launch_files,
 )
-from attractor.states import HookPhase, IdentityStatus, SignalKind
-from attractor.store import agent_sessions, hooks, identities, payloads, signals
+from attractor.states import HookPhase, IdentityStatus, MergeEntryState, SignalKind
+from attractor.store import agent_sessions, hooks, identities, merge_entries, payloads, queue_hold, signals
+from attractor.store import checkpoint as cp_store
 from attractor.store.checkpoint import Event
 from attractor.store.payloads import P
 from attractor.store.statedir import StateDir
+from attractor.tmux import PaneInfo, Tmux
 
 logger = logging.getLogger(__name__)
 
@@ -96,13 +102,9 @@ def spawn_runner(cfg: RunnerConfig, *, log_level: str = "INFO") -> identities.Id
     """Start a runner in its own tmux session: identity and hook first, then the process.
 
     Returns the runner's identity record (pid, tmux session, pane)."""
-    from attractor.tmux import Tmux
-
     name = layout.session_name(cfg.run_id, "runner", cfg.node)
     tmux = Tmux(cfg.tmux_socket)
     if tmux.has_session(name) and name not in tmux.list_owned_sessions():
-        from attractor.errors import AlreadyExistsError
-
         raise AlreadyExistsError("tmux session", name, f"on socket {cfg.tmux_socket} was not created by attractor "
                                  "(a session of yours?); close or rename it, then resume the run")
     identities.create_identity(cfg.state, "runner", cfg.node, session_id=cfg.run_id,
@@ -125,9 +127,6 @@ def spawn_runner(cfg: RunnerConfig, *, log_level: str = "INFO") -> identities.Id
 
 class Runner:
     def __init__(self, cfg: RunnerConfig) -> None:
-        from attractor.engines.pipeline import load_pipeline
-        from attractor.tmux import Tmux
-
         self.cfg = cfg
         self.state = cfg.state
         self.tmux = Tmux(cfg.tmux_socket)
@@ -142,8 +141,6 @@ class Runner:
         self.lock = threading.RLock()
         self.finished = threading.Event()
         self.exit_code = 0
-        from attractor.engines.prompts import PROMPTS
-        from attractor.engines.watch import Watch
 
         # the agent's own dialogs first: on a tie, the earlier rule wins
         self.watch = Watch(self.state, rules=(*self.agent.dialogs(), *PROMPTS))
@@ -229,9 +226,6 @@ class Runner:
         """Where a new node branch starts: the tip the guardian last saw the merge queue leave on
         the target (a commit that landed on the target outside the queue never gets into a node's
         branch), else the target branch."""
-        from attractor import gitops
-        from attractor.store import queue_hold
-
         tip = queue_hold.trusted_tip(self.state)
         if tip and gitops.rev_parse(self.cfg.target_dir, tip) and gitops.is_ancestor(
                 self.cfg.target_dir, tip, self.cfg.target_branch):
@@ -247,8 +241,6 @@ class Runner:
         else the reason the node cannot go on."""
         import shutil
 
-        from attractor import gitops
-        from attractor.store import checkpoint as cp_store
 
         problem = gitops.worktree_problem(self.cfg.target_dir, self.worktree, self.branch)
         if problem is None:
@@ -532,10 +524,6 @@ class Runner:
     def merge_claim_problem(self, entry_id: str, sha: str) -> str:
         """Why a MERGE_COMPLETE is not to be believed, or "": the queue's own entry must say it
         merged this branch at `sha`, and `sha` must be on the target branch."""
-        from attractor import gitops
-        from attractor.states import MergeEntryState
-        from attractor.store import merge_entries
-
         try:
             entry = merge_entries.get_entry(self.state, entry_id) if entry_id else None
         except AttractorError:
@@ -552,8 +540,6 @@ class Runner:
 
     def reject_signal(self, sig: signals.Signal, problem: str) -> None:
         """A signal that does not hold against the ground truth: recorded and raised as an alert."""
-        from attractor.store import checkpoint as cp_store
-
         logger.error("runner %s: ALERT: rejected %s from %s: %s", self.cfg.node, sig.kind.value, sig.sender, problem)
         try:
             cp_store.append_event(self.state, self.cfg.run_id, Event.ALERT, node=self.cfg.node,
@@ -563,8 +549,6 @@ class Runner:
 
     def on_report(self, summary: str) -> str:
         """The agent says its work is done: the branch must have a commit beyond the target."""
-        from attractor import gitops
-
         problem = self.ensure_own_worktree()
         if problem:
             self.fail(f"the worktree cannot be used: {problem}")
@@ -585,9 +569,6 @@ class Runner:
     # -- the loop ------------------------------------------------------------------------------
     def check_orchestrator(self) -> None:
         """Supervise the orchestrator: death, hang and known prompts (see `watch`)."""
-        from attractor.engines.supervision import Health
-        from attractor.engines.watch import SUPERVISED
-
         with self.lock:
             if self.finished.is_set() or self.hook().phase is not HookPhase.EXECUTING:
                 return
@@ -663,8 +644,6 @@ class Runner:
     def exited_with_commit(self, ident: identities.Identity, pane: object) -> bool:
         """For an agent that reports by exiting (Aider): exit 0 with a new commit on the branch is
         its report; exit 0 without one is a report without a commit. True when handled."""
-        from attractor.tmux import PaneInfo
-
         if self.agent.reports != REPORTS_BY_EXIT or not isinstance(pane, PaneInfo) or not pane.dead:
             return False
         if pane.dead_status not in (0, None):
@@ -686,8 +665,6 @@ class Runner:
         """An agent that reports by command and exited 0 without reporting ended its attempt on
         purpose: starting the same attempt again would do the same, so the next attempt starts,
         told why. True when handled."""
-        from attractor.tmux import PaneInfo
-
         if self.agent.reports == REPORTS_BY_EXIT or not isinstance(pane, PaneInfo) or not pane.dead:
             return False
         if pane.dead_status != 0:
@@ -710,9 +687,6 @@ class Runner:
     def record_pane_at_death(self, ident: identities.Identity, pane: object) -> str:
         """Keep the last lines of a dead agent's pane in the log and its session record; returns
         its last meaningful line (why it died, in its own words)."""
-        from attractor.engines.prompts import pane_tail
-        from attractor.tmux import PaneInfo
-
         if not isinstance(pane, PaneInfo):
             return ""
         try:
@@ -761,8 +735,6 @@ class Runner:
             agent_sessions.update(self.state, self.cfg.orchestrator_id, needs_input=None)
 
     def answer_prompt(self, ident: identities.Identity, prompt: object, text: str) -> None:
-        from attractor.engines.prompts import PromptAction, PromptMatch
-
         assert isinstance(prompt, PromptMatch)
         key = (prompt.rule, prompt.line)
         now = time.monotonic()
@@ -796,8 +768,6 @@ class Runner:
     def deny_after_timeout(self, ident: identities.Identity, prompt: object) -> None:
         """The node's `permission_timeout` (seconds): a permission question nobody answered in
         that time is answered "No"."""
-        from attractor.engines.prompts import PromptMatch, keys_to_choose
-
         assert isinstance(prompt, PromptMatch)
         limit = self.node.attrs.get("permission_timeout")
         session = agent_sessions.find(self.state, self.cfg.orchestrator_id)
@@ -820,8 +790,6 @@ class Runner:
                 self.heartbeat()
 
     def run(self) -> int:
-        from attractor import gitops
-
         try:
             identities.update_liveness(self.state, "runner", self.cfg.node, pid=os.getpid())
         except NotFoundError:
@@ -874,10 +842,8 @@ class Runner:
             set_up.set()
             self.consumer.stop()
         if self.hook().phase is HookPhase.MERGED:
-            from attractor import gitops as g
-
             try:
-                g.remove_worktree(self.cfg.target_dir, self.worktree)
+                gitops.remove_worktree(self.cfg.target_dir, self.worktree)
             except AttractorError as exc:
                 logger.warning("removing worktree %s: %s", self.worktree, exc)
         try:

@@ -15,7 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from attractor import procs
+from attractor import clock, procs
+from attractor.engines.pipeline import load_pipeline, topological_order
+from attractor.engines.watch import Watch
 from attractor.errors import AttractorError
 from attractor.layers import layout
 from attractor.layers.runner import RunnerConfig
@@ -24,6 +26,7 @@ from attractor.store import checkpoint as cp_store
 from attractor.store import identities, payloads, signals
 from attractor.store.checkpoint import Event
 from attractor.store.statedir import StateDir
+from attractor.tmux import Tmux
 
 logger = logging.getLogger(__name__)
 
@@ -53,8 +56,6 @@ def guardian_argv(cfg: GuardianConfig) -> list[str]:
 
 def spawn_guardian(cfg: GuardianConfig, target_dir: Path) -> identities.Identity:
     """Start the guardian in its own tmux session on the project's socket."""
-    from attractor.tmux import Tmux
-
     tmux = Tmux(cfg.tmux_socket)
     name = layout.guardian_session(cfg.run_id)
     if tmux.has_session(name):
@@ -83,9 +84,6 @@ class GuardianBase:
     """What every job of the guardian reads and writes; the jobs are the classes built on it."""
 
     def __init__(self, cfg: GuardianConfig) -> None:
-        from attractor.engines.pipeline import load_pipeline
-        from attractor.tmux import Tmux
-
         self.cfg = cfg
         self.state = cfg.state
         self.cp = cp_store.read_checkpoint(cfg.state, cfg.run_id)
@@ -101,8 +99,6 @@ class GuardianBase:
         self.pool = ThreadPoolExecutor(max_workers=max(1, self.cp.max_agents), thread_name_prefix="validate")
         self.runner_restarts: dict[str, int] = {}
         self.gate_pids: set[tuple[int, int | None]] = set()  # (pid, start time) of running gates
-        from attractor.engines.pipeline import topological_order
-        from attractor.engines.watch import Watch
 
         self.order = topological_order(self.pipeline)
         self.watch = Watch(cfg.state)
@@ -157,7 +153,5 @@ def runner_alive(state: StateDir, node: str) -> bool:
 
 
 def now_iso() -> str:
-    from attractor import clock
-
     return clock.iso()
 

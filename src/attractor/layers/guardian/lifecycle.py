@@ -10,6 +10,7 @@ import os
 import threading
 import time
 
+from attractor import gitops
 from attractor.engines.space import DiskPatience
 from attractor.errors import AttractorError, IdentityTakenError, LockTimeoutError, NoSpaceError
 from attractor.layers import layout
@@ -78,8 +79,6 @@ class Guardian(Supervision, Validation):
         waits a while for those runners, ends the sessions of any that linger and removes what
         is left itself (a merged node's commits are on its branch and on the target, and a clean
         worktree holds nothing else), so the outcome never depends on who got the CPU first."""
-        from attractor import gitops
-
         with self.lock:
             merged = [n for n, p in self.cp.nodes.items() if p.state is NodeState.MERGED]
         trees = [n for n in merged if self.layout.worktree(n).exists()]

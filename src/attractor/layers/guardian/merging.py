@@ -7,6 +7,8 @@ from __future__ import annotations
 import dataclasses
 import logging
 
+from attractor import gitops
+from attractor.engines import merge_queue
 from attractor.errors import AttractorError
 from attractor.layers.guardian.core import now_iso, runner_alive
 from attractor.layers.guardian.target import TargetWatch
@@ -28,8 +30,6 @@ class MergeWorker(TargetWatch):
         self.merge_work.put((node, payload))
 
     def merge_loop(self) -> None:
-        from attractor.engines import merge_queue
-
         while True:
             item = self.merge_work.get()
             if item is None:
@@ -101,8 +101,6 @@ class MergeWorker(TargetWatch):
             if hook.phase is HookPhase.MERGE_READY and sha:
                 hooks.mark_merged(self.state, "runner", node, sha)
             if not runner_alive(self.state, node):
-                from attractor import gitops
-
                 path = self.layout.worktree(node)
                 if path.exists() and gitops.is_clean(path):
                     gitops.remove_worktree(self.target_dir, path)
@@ -111,8 +109,6 @@ class MergeWorker(TargetWatch):
 
     def finish_merged_hook(self, name: str, hook: hooks.Hook) -> None:
         """A hook that says merged counts only when its commit is on the target branch."""
-        from attractor import gitops
-
         sha = hook.last_commit
         try:
             on_target = bool(sha) and gitops.is_ancestor(self.target_dir, str(sha), self.cp.target_branch)

@@ -6,6 +6,10 @@ from __future__ import annotations
 
 import logging
 
+from attractor.engines.pipeline import NodeKind, node_states
+from attractor.engines.pipeline import ScheduleState as Rule
+from attractor.engines.watch import count_starting
+from attractor.errors import AlreadyExistsError
 from attractor.layers.guardian.core import now_iso
 from attractor.layers.guardian.merging import MergeWorker
 from attractor.layers.runner import spawn_runner
@@ -29,8 +33,6 @@ class Scheduling(MergeWorker):
     def spawn_runner_or_fail(self, name: str) -> bool:
         """Start the node's runner; a runner session name taken by a session attractor did not
         create fails the node with that reason (the real one), instead of a respawn loop."""
-        from attractor.errors import AlreadyExistsError
-
         try:
             spawn_runner(self.runner_config(name), log_level=self.cfg.log_level)
         except AlreadyExistsError as exc:
@@ -42,10 +44,6 @@ class Scheduling(MergeWorker):
         """Bring the checkpoint in line with the pipeline's rules and start ready nodes. Spawns
         are paced: while `max_starting` runners have not sent their first heartbeat no other one
         starts (a burst of nodes on a busy machine would otherwise starve itself)."""
-        from attractor.engines.pipeline import NodeKind, node_states
-        from attractor.engines.pipeline import ScheduleState as Rule
-        from attractor.engines.watch import count_starting
-
         pace = max(1, self.watch.supervisor.config.max_starting)
 
         with self.lock:
@@ -81,8 +79,6 @@ class Scheduling(MergeWorker):
     def _rule_outcome(self, name: str) -> str:
         """Outcome of a node the rules finished: a tool follows its codergen node, a conditional
         fails when a predecessor failed."""
-        from attractor.engines.pipeline import NodeKind
-
         node = self.pipeline.nodes[name]
         if node.kind is NodeKind.TOOL:
             return self.cp.nodes[self.pipeline.validated_node(name)].outcome or Outcome.SUCCESS

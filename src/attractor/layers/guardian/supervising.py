@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import logging
 
+from attractor.engines.supervision import Action, Health
+from attractor.engines.watch import SUPERVISED, count_starting
 from attractor.layers import layout
 from attractor.layers.guardian.scheduling import Scheduling
 from attractor.states import HookPhase, IdentityStatus, NodeState
@@ -24,9 +26,6 @@ class Supervision(Scheduling):
         runners are respawned by the policy (backoff, quarantine, escalation pause), paced like
         first starts. A runner that is still starting is judged by its start-up (see `watch`), and
         each death is recorded once, however many ticks see it."""
-        from attractor.engines.supervision import Action, Health
-        from attractor.engines.watch import SUPERVISED, count_starting
-
         active = self.active_nodes()
         if not active:
             return

@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import logging
 
+from attractor import gitops
 from attractor.errors import AttractorError
 from attractor.layers.guardian.core import GuardianBase
 from attractor.store import checkpoint as cp_store
+from attractor.store import merge_entries, queue_hold
 
 logger = logging.getLogger(__name__)
 
@@ -25,8 +27,6 @@ class TargetWatch(GuardianBase):
     def expected_tip(self, tip: str | None) -> None:
         """Where the queue last left the target; published for runners, which start new node
         branches from it (never from a target that a commit outside the queue polluted)."""
-        from attractor.store import queue_hold
-
         if tip != self._expected_tip and tip is not None:
             try:
                 queue_hold.write_trusted_tip(self.state, tip)
@@ -35,13 +35,9 @@ class TargetWatch(GuardianBase):
         self._expected_tip = tip
 
     def target_tip(self) -> str | None:
-        from attractor import gitops
-
         return gitops.rev_parse(self.target_dir, f"refs/heads/{self.cp.target_branch}")
 
     def hold_queue(self, reason: str, found: str | None, *, again: bool = False) -> None:
-        from attractor.store import queue_hold
-
         if found is not None and found in self.alerted_tips and not again:
             return
         if found is not None:
@@ -54,8 +50,6 @@ class TargetWatch(GuardianBase):
     def check_target_tip(self, *, after_merge: str | None = None) -> None:
         """The target must be where the queue put it. After a merge: exactly the merged commit.
         Between merges: unchanged since the queue last moved it."""
-        from attractor.store import queue_hold
-
         tip = self.target_tip()
         if self.expected_tip is None and after_merge is None:
             self.expected_tip = self.known_tip(tip)
@@ -79,9 +73,6 @@ class TargetWatch(GuardianBase):
     def check_target_clean(self) -> None:
         """A checked-out target with uncommitted changes would fail every merge (and burn the
         node's attempts): hold the queue with one alert until a human has cleaned it up."""
-        from attractor import gitops
-        from attractor.store import queue_hold
-
         dirty = gitops.dirty_checkout_of(self.target_dir, self.cp.target_branch)
         if dirty is None or queue_hold.read(self.state) is not None:
             return
@@ -95,8 +86,6 @@ class TargetWatch(GuardianBase):
     def known_tip(self, tip: str | None) -> str | None:
         """At start (a restarted guardian too): the tip is one the queue put there, or the tip
         of a launch of this run; else the last of those, so the check below raises the alert."""
-        from attractor.store import merge_entries
-
         if tip is None:
             return None
         launched = [str(e.get("target_tip")) for e in cp_store.read_events(self.state, self.cfg.run_id)
@@ -108,7 +97,6 @@ class TargetWatch(GuardianBase):
             landed = set()
         if tip in landed or tip in launched or not launched:
             return tip
-        from attractor import gitops
 
         # the newest known tip the found one descends from: where the queue last left it
         best: str | None = None
@@ -122,8 +110,6 @@ class TargetWatch(GuardianBase):
 
     def wait_while_held(self) -> None:
         """Block the merge worker while the queue is held (checked twice a second)."""
-        from attractor.store import queue_hold
-
         announced = False
         while not self.stop_event.is_set():
             held = queue_hold.read(self.state)

@@ -9,7 +9,7 @@ import logging
 import signal as signal_module
 from pathlib import Path
 
-from attractor import procs
+from attractor import gitops, procs
 from attractor.engines.gates import Gate, run_gate
 from attractor.errors import AttractorError
 from attractor.layers import layout
@@ -38,7 +38,6 @@ class Validation(GuardianBase):
             self.update_node(node, Event.VALIDATING, state=NodeState.VALIDATING, attempts=max(hook.attempts, 1))
             if hook.phase is HookPhase.IMPL_COMPLETE:
                 hooks.update_phase(self.state, "runner", node, HookPhase.VALIDATING, note="guardian validates")
-            from attractor import gitops
 
             # validate exactly what was committed, in a checkout of its own: whatever the agent
             # left uncommitted in its worktree neither helps nor hurts
@@ -95,8 +94,6 @@ class Validation(GuardianBase):
 
     def sweep_validation_trees(self) -> None:
         """Checkouts a killed guardian left behind while validating."""
-        from attractor import gitops
-
         directory = layout.worktrees_dir(self.target_dir)
         for path in directory.glob(f"{layout.VALIDATION_PREFIX}*") if directory.is_dir() else []:
             with contextlib.suppress(AttractorError):
