@@ -15,6 +15,7 @@ from typing import NamedTuple
 
 import pytest
 
+from attractor import procs
 from attractor.cli import main
 from attractor.errors import (
     BadInputError,
@@ -110,12 +111,12 @@ def test_the_same_holder_may_register_again(
 def test_pid_alive_sees_zombies_as_dead() -> None:
     proc = subprocess.Popen([sys.executable, "-c", "pass"])
     # not reaped yet: a zombie still answers kill -0
-    retry_until(lambda: not identities.pid_alive(proc.pid), 10, what="child to exit")
+    retry_until(lambda: not procs.pid_alive(proc.pid), 10, what="child to exit")
     os.kill(proc.pid, 0)
     proc.wait()
-    assert not identities.pid_alive(proc.pid)
-    assert identities.pid_alive(os.getpid())
-    assert not identities.pid_alive(None) and not identities.pid_alive(0)
+    assert not procs.pid_alive(proc.pid)
+    assert procs.pid_alive(os.getpid())
+    assert not procs.pid_alive(None) and not procs.pid_alive(0)
 
 
 def test_recreate_carries_epoch_and_crashes_forward(state: StateDir) -> None:

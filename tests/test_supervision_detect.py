@@ -30,8 +30,8 @@ from attractor.engines.supervision import (
     Health,
     PolicyConfig,
     classify,
-    pid_alive,
 )
+from attractor.procs import pid_alive
 from tests.helpers import retry_until
 
 NOW = 1_800_000_000.0

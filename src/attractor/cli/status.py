@@ -30,9 +30,9 @@ def _age(stamp: str | None, now: float) -> str:
 def collect(args: argparse.Namespace) -> dict[str, Any]:
     from attractor import clock
     from attractor.errors import NotFoundError
+    from attractor.procs import pid_alive
     from attractor.store import checkpoint as cp_store
     from attractor.store import hooks, identities
-    from attractor.store.identities import pid_alive
 
     state = state_from(args)
     run_id = args.run or cp_store.latest_run(state)

@@ -58,7 +58,6 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
-from attractor import procs
 from attractor.clock import SYSTEM_CLOCK, Clock, iso, parse_iso
 from attractor.engines.prompts import PROMPTS, PromptMatch, PromptRule, match_prompt
 from attractor.errors import AttractorError, CorruptStateError, InvalidNameError, NotFoundError
@@ -866,8 +865,3 @@ def _classify_startup(agent: AgentObservation, now: float, cfg: PolicyConfig) ->
     return HealthReport(Health.STARTING, f"starting for {age:.1f}s, past the {grace:.3g}s grace but "
                                          f"making progress ({now - since:.1f}s ago)")
 
-
-def pid_alive(pid: int) -> bool:
-    """Whether process `pid` exists and has not finished (an exited child that is not reaped yet
-    is not alive, and is left for its owner to reap): the one /proc reader in `procs`."""
-    return procs.pid_alive(pid)

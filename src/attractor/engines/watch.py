@@ -76,7 +76,7 @@ def observe(ident: identities.Identity, panes: Mapping[str, PaneInfo] | None,
     has_pane = panes is not None and bool(ident.pane_id)
     return AgentObservation(
         agent_id=ident.agent_id, role=ident.role, spawned_at=clock.parse_iso(ident.created_at),
-        pid=ident.pid, pid_alive=identities.pid_alive(ident.pid),
+        pid=ident.pid, pid_alive=procs.pid_alive(ident.pid),
         pane_present=(pane is not None) if has_pane else True,
         pane_dead=bool(pane and pane.dead),
         last_heartbeat=clock.parse_iso(ident.last_heartbeat) if ident.last_heartbeat else None,

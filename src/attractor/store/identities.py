@@ -79,7 +79,6 @@ _SESSION_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}")
 
 # Kept for callers that only report whether some process has the pid; anything that acts on a
 # recorded process uses `Identity.process_alive` / `procs.same_process` instead.
-pid_alive = procs.pid_alive
 
 
 def _check_pid(value: Any) -> int | None:
