@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TextIO
 
 from attractor import clock
+from attractor.engines.pipeline import Pipeline
 from attractor.engines.space import DiskPatience
 from attractor.errors import (
     AlreadyExistsError,
@@ -30,6 +31,7 @@ from attractor.errors import (
     UsageError,
 )
 from attractor.layers import layout
+from attractor.layers.guardian import GuardianConfig, spawn_guardian
 from attractor.names import validate_name
 from attractor.states import IdentityStatus, RunStatus
 from attractor.store import checkpoint as cp_store
@@ -87,12 +89,12 @@ def check_target(target_dir: Path, branch: str) -> None:
                             f"({shown}); the merge queue could never land on it: commit or stash them first")
 
 
-def check_agents(pipeline: object, agent: str | None, agent_cmd: str | None) -> str:
+def check_agents(pipeline: Pipeline, agent: str | None, agent_cmd: str | None) -> str:
     from attractor.agents import resolve_agent
 
     name = agent or "scripted"
     resolve_agent(name, agent_cmd).check()
-    for node in pipeline.nodes.values():  # type: ignore[attr-defined]
+    for node in pipeline.nodes.values():
         if node.kind == "codergen":
             own = node.agent
             if own and not agent_cmd:
@@ -103,12 +105,12 @@ def check_agents(pipeline: object, agent: str | None, agent_cmd: str | None) -> 
     return name
 
 
-def check_commands(pipeline: object) -> None:
+def check_commands(pipeline: Pipeline) -> None:
     """A validation command whose program does not exist is bad input, found before anything
     starts (the merge queue runs the same commands as its gates)."""
     from attractor.engines.gates import Gate, check_gate
 
-    for node in pipeline.nodes.values():  # type: ignore[attr-defined]
+    for node in pipeline.nodes.values():
         if node.kind == "tool" and node.command:
             try:
                 check_gate(Gate(node.command, node.timeout or 600.0))
@@ -201,10 +203,10 @@ def reopen(cp: Checkpoint) -> Checkpoint:
     return cp.with_status(RunStatus.RUNNING)
 
 
-def check_session_names(pipeline: object) -> None:
+def check_session_names(pipeline: Pipeline) -> None:
     """Node names that tmux would turn into the same session name (`a.b` and `a_b`)."""
     seen: dict[str, str] = {}
-    for name in pipeline.nodes:  # type: ignore[attr-defined]
+    for name in pipeline.nodes:
         key = layout.session_name("r", "runner", name)
         if key in seen:
             raise BadInputError(f"nodes '{seen[key]}' and '{name}'",
@@ -242,7 +244,6 @@ def _missing_tmux() -> bool:
 
 
 def launch(opts: LaunchOptions, out: TextIO = sys.stdout) -> int:
-    from attractor.layers.guardian import GuardianConfig
 
     if opts.attach and opts.pipeline is None and not opts.resume:
         state = StateDir.resolve(opts.state_dir, opts.target_dir.expanduser().resolve())
@@ -290,12 +291,12 @@ def launch(opts: LaunchOptions, out: TextIO = sys.stdout) -> int:
             logger.info("%s", exc)
 
 
-def _start(opts: LaunchOptions, state: StateDir, cp: Checkpoint, socket: str, gcfg: object) -> identities.Identity:
+def _start(opts: LaunchOptions, state: StateDir, cp: Checkpoint, socket: str,
+           gcfg: GuardianConfig) -> identities.Identity:
     """Write the run's state and start its guardian (under the launch lock). Every refusal
     comes before the first write, so a refused launch changes no state; a guardian that does
     not start leaves the checkpoint as it was (a resume) or `failed` (a new run)."""
     from attractor.gitops import exclude_path
-    from attractor.layers.guardian import spawn_guardian
 
     check_guardian_session(socket, cp.run_id)
     if not opts.resume:
@@ -321,7 +322,7 @@ def _start(opts: LaunchOptions, state: StateDir, cp: Checkpoint, socket: str, gc
     if guardian is not None:
         return guardian
     try:
-        return spawn_guardian(gcfg, Path(cp.target_dir))  # type: ignore[arg-type]
+        return spawn_guardian(gcfg, Path(cp.target_dir))
     except BaseException as exc:
         _undo_launch(state, cp, previous, exc)
         raise
@@ -329,7 +330,6 @@ def _start(opts: LaunchOptions, state: StateDir, cp: Checkpoint, socket: str, gc
 
 def attach(state: StateDir, live: identities.Identity, opts: LaunchOptions, out: TextIO) -> int:
     """Follow the run of a live guardian (and supervise it) instead of starting one."""
-    from attractor.layers.guardian import GuardianConfig
     from attractor.tmux import socket_name_for
 
     socket = live.tmux_socket or socket_name_for(opts.target_dir.expanduser().resolve(), opts.tmux_socket)
@@ -419,17 +419,16 @@ class EventTail:
         return events
 
 
-def follow(state: StateDir, run_id: str, gcfg: object, out: TextIO, timeout: float | None = None,
+def follow(state: StateDir, run_id: str, gcfg: GuardianConfig, out: TextIO, timeout: float | None = None,
            heartbeat: bool = True) -> int:
     from attractor.engines.supervision import Health, Supervisor
     from attractor.engines.watch import SUPERVISED, Watch, policy_from_env
-    from attractor.layers.guardian import spawn_guardian
     from attractor.tmux import Tmux
 
     # the guardian is never quarantined: it is what resolves everything else; the launcher gives
     # up after MAX_GUARDIAN_RESTARTS instead
     watch = Watch(state, Supervisor(state, policy_from_env(quarantine_deaths=1_000_000)))
-    tmux = Tmux(gcfg.tmux_socket)  # type: ignore[attr-defined]
+    tmux = Tmux(gcfg.tmux_socket)
     start = time.monotonic()
     tail = EventTail(cp_store.run_dir(state, run_id) / "events.jsonl")
     tail.new_events()  # what happened before this launcher started is in `attractor status`
@@ -491,7 +490,7 @@ def follow(state: StateDir, run_id: str, gcfg: object, out: TextIO, timeout: flo
                 return 1
             print(f"[{time.monotonic() - start:7.1f}s] starting the guardian again (restart {restarts})",
                   file=out, flush=True)
-            spawn_guardian(gcfg, Path(cp.target_dir))  # type: ignore[arg-type]
+            spawn_guardian(gcfg, Path(cp.target_dir))
             watch.respawned(ident.agent_id)
             continue
         if timeout is not None and now - start > timeout:
