@@ -326,7 +326,7 @@ class CorruptEntry(NamedTuple):
     problem: str
 
 
-CLAIM = merge_entries.Claim(pid=1, pid_start=None, host="h", started_at="2026-01-01T00:00:00Z",
+CLAIM = merge_entries.EntryClaim(pid=1, pid_start=None, host="h", started_at="2026-01-01T00:00:00Z",
                             worktree="/w").to_json()
 OUTCOME = merge_entries.Outcome("e", "feature", merge_entries.Result.MERGED, "main").to_json()
 CORRUPT_ENTRIES = [

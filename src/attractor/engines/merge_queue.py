@@ -68,8 +68,8 @@ from attractor.names import validate_agent_id
 from attractor.states import MergeEntryState, SignalKind
 from attractor.store import locks
 from attractor.store.merge_entries import (
-    Claim,
     Entry,
+    EntryClaim,
     Outcome,
     Result,
     UnknownBranchError,
@@ -378,7 +378,7 @@ class _Processor:
             worktree = spare if spare is not None and spare.exists() else _merge_worktree(
                 self.repo, entry.id)
             pid = os.getpid()
-            claim = Claim(pid=pid, pid_start=procs.start_time(pid), host=socket.gethostname(),
+            claim = EntryClaim(pid=pid, pid_start=procs.start_time(pid), host=socket.gethostname(),
                           started_at=clock.iso(), worktree=str(worktree))
             entry = entry.moved(M.PROCESSING, f"claimed by pid {pid}", claim=claim,
                                 attempts=entry.attempts + 1)

@@ -117,7 +117,9 @@ class Outcome:
 
 
 @dataclass(frozen=True)
-class Claim:
+class EntryClaim:
+    """The processor that took an entry: the queue's claim on it (not a signal's claim, signals.Claim)."""
+
     pid: int
     pid_start: int | None
     host: str
@@ -133,7 +135,7 @@ class Claim:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_json(cls, data: Any) -> Claim:
+    def from_json(cls, data: Any) -> EntryClaim:
         """Strict: a missing, unknown or mistyped field is a BadInputError naming it."""
         return cls(**records.fields("merge queue entry claim", data, _CLAIM_FIELDS, None, types=_CLAIM_TYPES))
 
@@ -155,7 +157,7 @@ class Entry:
     validated_sha: str | None = None
     attempts: int = 0
     retries: int = 0
-    claim: Claim | None = None
+    claim: EntryClaim | None = None
     outcome: Outcome | None = None
     notified: bool = False
     history: tuple[str, ...] = ()
@@ -181,7 +183,7 @@ class Entry:
         return cls(**{
             **values,
             "state": MergeEntryState.from_text(values["state"]),
-            "claim": None if values["claim"] is None else Claim.from_json(values["claim"]),
+            "claim": None if values["claim"] is None else EntryClaim.from_json(values["claim"]),
             "outcome": None if values["outcome"] is None else Outcome.from_json(values["outcome"]),
             "history": tuple(values["history"]),
         })
@@ -204,7 +206,7 @@ _OUTCOME_TYPES: dict[str, tuple[type, ...]] = {
     "merged_sha": _OPT_TEXT, "target_sha": _OPT_TEXT, "node": _OPT_TEXT, "files": (list,),
     "gate_output": _TEXT, "detail": _TEXT, "decided_at": _TEXT, "timings": (dict,),
 }
-_CLAIM_FIELDS = tuple(f.name for f in dataclasses.fields(Claim))
+_CLAIM_FIELDS = tuple(f.name for f in dataclasses.fields(EntryClaim))
 _CLAIM_TYPES: dict[str, tuple[type, ...]] = {
     "pid": (int,), "pid_start": _OPT_INT, "host": _TEXT, "started_at": _TEXT, "worktree": _TEXT,
     "source_sha": _OPT_TEXT, "target_old": _OPT_TEXT, "tested_sha": _OPT_TEXT, "gate_pid": _OPT_INT,
