@@ -17,27 +17,35 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
-from attractor import clock
-from attractor.engines.pipeline import Pipeline
+from attractor import clock, gitops
+from attractor import tmux as tmux_mod
+from attractor.agents import resolve_agent
+from attractor.engines.gates import Gate, check_gate
+from attractor.engines.pipeline import Pipeline, load_pipeline
 from attractor.engines.space import DiskPatience
+from attractor.engines.supervision import Health, Supervisor
+from attractor.engines.watch import SUPERVISED, Watch, policy_from_env
 from attractor.errors import (
     AlreadyExistsError,
     AttractorError,
     BadInputError,
     CorruptStateError,
     IdentityTakenError,
+    MissingBinaryError,
     NoSpaceError,
     NotFoundError,
     UsageError,
 )
+from attractor.gitops import exclude_path
 from attractor.layers import layout
 from attractor.layers.guardian import GuardianConfig, spawn_guardian
 from attractor.names import validate_name
-from attractor.states import IdentityStatus, RunStatus
+from attractor.states import IdentityStatus, NodeState, RunStatus
 from attractor.store import checkpoint as cp_store
 from attractor.store import identities, locks
 from attractor.store.checkpoint import Checkpoint, Event, NodeProgress
 from attractor.store.statedir import StateDir
+from attractor.tmux import Tmux, socket_name_for
 
 logger = logging.getLogger(__name__)
 
@@ -70,8 +78,6 @@ def make_run_id(pipeline_name: str) -> str:
 
 
 def check_target(target_dir: Path, branch: str) -> None:
-    from attractor import gitops
-
     if not target_dir.is_dir():
         raise BadInputError("--target-dir", f"{target_dir} is not a directory")
     try:
@@ -90,8 +96,6 @@ def check_target(target_dir: Path, branch: str) -> None:
 
 
 def check_agents(pipeline: Pipeline, agent: str | None, agent_cmd: str | None) -> str:
-    from attractor.agents import resolve_agent
-
     name = agent or "scripted"
     resolve_agent(name, agent_cmd).check()
     for node in pipeline.nodes.values():
@@ -108,8 +112,6 @@ def check_agents(pipeline: Pipeline, agent: str | None, agent_cmd: str | None) -
 def check_commands(pipeline: Pipeline) -> None:
     """A validation command whose program does not exist is bad input, found before anything
     starts (the merge queue runs the same commands as its gates)."""
-    from attractor.engines.gates import Gate, check_gate
-
     for node in pipeline.nodes.values():
         if node.kind == "tool" and node.command:
             try:
@@ -120,10 +122,6 @@ def check_commands(pipeline: Pipeline) -> None:
 
 def prepare(opts: LaunchOptions) -> tuple[StateDir, Checkpoint, str]:
     """Everything that can fail on bad input, before anything starts."""
-    from attractor import tmux as tmux_mod
-    from attractor.engines.pipeline import load_pipeline
-    from attractor.engines.watch import policy_from_env
-
     shutil.which("tmux") or _missing_tmux()
     policy_from_env()  # a bad $ATTRACTOR_POLICY is bad input, before anything starts
     target_dir = opts.target_dir.expanduser().resolve()
@@ -158,8 +156,6 @@ def prepare(opts: LaunchOptions) -> tuple[StateDir, Checkpoint, str]:
 def check_guardian_session(socket: str, run_id: str) -> None:
     """The guardian's tmux session name is free, or a session attractor made (then the
     guardian's start replaces it); a session of someone else's by that name is refused."""
-    from attractor.tmux import Tmux
-
     name = layout.guardian_session(run_id)
     owned = Tmux(socket)._sessions().get(name)  # name -> carries our tag
     if owned is False:
@@ -169,8 +165,6 @@ def check_guardian_session(socket: str, run_id: str) -> None:
 
 def check_node_worktrees(cp: Checkpoint) -> None:
     """Worktrees an earlier run left at this run's node paths must be clean (they are removed)."""
-    from attractor import gitops
-
     for name, node in cp.nodes.items():
         tree = layout.worktree_path(Path(cp.target_dir), name)
         if node.kind == "codergen" and tree.exists() and not gitops.is_clean(tree):
@@ -195,8 +189,6 @@ def _undo_launch(state: StateDir, cp: Checkpoint, previous: Checkpoint | None, e
 def reopen(cp: Checkpoint) -> Checkpoint:
     """A resumed run: merged and done nodes stay; failed and blocked ones (a quarantine since
     cleared, a stop, a red gate since fixed) are pending again."""
-    from attractor.states import NodeState
-
     for name, node in cp.nodes.items():
         if node.state in (NodeState.FAILED, NodeState.BLOCKED):
             cp = cp.with_node(name, state=NodeState.PENDING, outcome=None, reason="", finished_at=None)
@@ -218,8 +210,6 @@ def retire_node_records(state: StateDir, cp: Checkpoint) -> None:
     """Before a new run: the hooks and supervision records of its node names belong to earlier
     runs; they are kept beside the data as `*.json.retired-<stamp>`. Clean worktrees they left
     are removed; a worktree with uncommitted changes stops the launch."""
-    from attractor import gitops
-
     stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
     for name, node in cp.nodes.items():
         if node.kind != "codergen":
@@ -238,8 +228,6 @@ def retire_node_records(state: StateDir, cp: Checkpoint) -> None:
 
 
 def _missing_tmux() -> bool:
-    from attractor.errors import MissingBinaryError
-
     raise MissingBinaryError("tmux", "install it with: apt-get install tmux")
 
 
@@ -296,8 +284,6 @@ def _start(opts: LaunchOptions, state: StateDir, cp: Checkpoint, socket: str,
     """Write the run's state and start its guardian (under the launch lock). Every refusal
     comes before the first write, so a refused launch changes no state; a guardian that does
     not start leaves the checkpoint as it was (a resume) or `failed` (a new run)."""
-    from attractor.gitops import exclude_path
-
     check_guardian_session(socket, cp.run_id)
     if not opts.resume:
         check_node_worktrees(cp)
@@ -309,7 +295,6 @@ def _start(opts: LaunchOptions, state: StateDir, cp: Checkpoint, socket: str,
         Path(cp.pipeline_path).write_text(opts.pipeline.read_text())
         retire_node_records(state, cp)
     cp_store.write_checkpoint(state, cp)
-    from attractor import gitops
 
     # where the target was when this launch started: the guardian trusts no other tip it finds
     # later unless the merge queue put it there
@@ -330,8 +315,6 @@ def _start(opts: LaunchOptions, state: StateDir, cp: Checkpoint, socket: str,
 
 def attach(state: StateDir, live: identities.Identity, opts: LaunchOptions, out: TextIO) -> int:
     """Follow the run of a live guardian (and supervise it) instead of starting one."""
-    from attractor.tmux import socket_name_for
-
     socket = live.tmux_socket or socket_name_for(opts.target_dir.expanduser().resolve(), opts.tmux_socket)
     print(f"attaching to run {live.name}: guardian pid {live.pid} in tmux session {live.tmux_session}",
           file=out, flush=True)
@@ -421,10 +404,6 @@ class EventTail:
 
 def follow(state: StateDir, run_id: str, gcfg: GuardianConfig, out: TextIO, timeout: float | None = None,
            heartbeat: bool = True) -> int:
-    from attractor.engines.supervision import Health, Supervisor
-    from attractor.engines.watch import SUPERVISED, Watch, policy_from_env
-    from attractor.tmux import Tmux
-
     # the guardian is never quarantined: it is what resolves everything else; the launcher gives
     # up after MAX_GUARDIAN_RESTARTS instead
     watch = Watch(state, Supervisor(state, policy_from_env(quarantine_deaths=1_000_000)))
