@@ -88,7 +88,7 @@ def _sent_to_guardian(r: Runner) -> list[signals.Signal]:
     return list(signals.Inbox(r.state, GUARDIAN).pending())
 
 
-PAYLOADS = {
+PAYLOADS: dict[SignalKind, dict[str, object]] = {
     SignalKind.ORCHESTRATOR_DONE: {"node": NODE, "summary": "done"},
     SignalKind.ORCHESTRATOR_STUCK: {"node": NODE, "reason": "lost"},
     SignalKind.VALIDATION_PASSED: {"node": NODE, "commit": "a" * 40},
@@ -97,7 +97,10 @@ PAYLOADS = {
 }
 
 
-@pytest.mark.parametrize("kind", sorted(PAYLOADS, key=lambda k: k.value), ids=lambda k: k.value)
+KINDS: list[SignalKind] = sorted(PAYLOADS, key=lambda k: k.value)
+
+
+@pytest.mark.parametrize("kind", KINDS, ids=[k.value for k in KINDS])
 def test_a_signal_outside_the_phases_it_means_something_in_is_ignored(runner: Runner, kind: SignalKind) -> None:
     phases = Runner.HANDLED_IN[kind]
     assert phases is not None and HookPhase.SPAWNED not in phases
@@ -178,3 +181,23 @@ def test_the_quarantined_field_is_a_boolean(runner: Runner) -> None:
     with pytest.raises(BadInputError, match="'quarantined' must be bool"):
         signals.send(runner.state, SignalKind.ORCHESTRATOR_STUCK, to=runner.cfg.agent_id, sender=GUARDIAN,
                      payload={"node": NODE, "reason": "r", "quarantined": "yes"})
+
+
+def test_the_agents_pane_is_asked_of_tmux_again_only_when_due_or_when_its_process_died(
+        runner: Runner, tmp_path: Path) -> None:
+    import os
+    import signal as sig
+
+    from attractor.store import identities
+    from tests.helpers import retry_until
+
+    pane = runner.tmux.new_session("att-r1-orch-late", ["sleep", "60"], cwd=tmp_path, keep_dead_panes=True)
+    identities.create_identity(runner.state, "orchestrator", NODE, session_id=RUN)
+    ident = identities.update_fields(runner.state, "orchestrator", NODE, pid=pane.pane_pid, pane_id=pane.pane_id)
+    first = runner.agent_pane(ident)
+    assert first is not None and not first.dead
+    assert runner.agent_pane(ident) is first  # alive and not due: no tmux client started
+    os.kill(pane.pane_pid, sig.SIGKILL)
+    retry_until(lambda: not ident.process_alive, 10, what="the agent's process gone")
+    after = runner.agent_pane(ident)
+    assert after is not first and (after is None or after.dead)  # asked again at once

@@ -61,6 +61,9 @@ logger = logging.getLogger(__name__)
 HEARTBEAT_INTERVAL = 2.0
 CHECK_INTERVAL = 0.25
 PROMPT_CHECK_INTERVAL = 2.0
+# While the agent's process lives (a /proc read each tick), its pane is asked of tmux (a client
+# process per question) at most this often; at once when the process is gone.
+PANE_CHECK_INTERVAL = 1.0
 USAGE_INTERVAL = 15.0
 MESSAGE_INTERVAL = 1.0
 DEATH_TAIL_LINES = 50
@@ -145,6 +148,9 @@ class Runner:
         # the agent's own dialogs first: on a tie, the earlier rule wins
         self.watch = Watch(self.state, rules=(*self.agent.dialogs(), *PROMPTS))
         self.last_capture = 0.0
+        self.last_pane: PaneInfo | None = None
+        self.last_pane_at = 0.0
+        self.last_pane_of = (0, "")  # (epoch, pane id) the cached pane belongs to
         self.answered: dict[tuple[str, str], float] = {}
         self.launch_ctx: LaunchContext | None = None
         self.resumed_start: str | None = None  # ISO time of a start that resumed a session
@@ -567,6 +573,16 @@ class Runner:
         return "impl_complete"
 
     # -- the loop ------------------------------------------------------------------------------
+    def agent_pane(self, ident: identities.Identity) -> PaneInfo | None:
+        """The agent's pane as tmux last told it: asked again when the agent's process is gone,
+        when the agent was replaced, or PANE_CHECK_INTERVAL after the last question."""
+        now = time.monotonic()
+        of = (ident.epoch, ident.pane_id or "")
+        if not ident.process_alive or of != self.last_pane_of or now - self.last_pane_at >= PANE_CHECK_INTERVAL:
+            self.last_pane = self.tmux.pane(ident.pane_id) if ident.pane_id else None
+            self.last_pane_at, self.last_pane_of = now, of
+        return self.last_pane
+
     def check_orchestrator(self) -> None:
         """Supervise the orchestrator: death, hang and known prompts (see `watch`)."""
         with self.lock:
@@ -577,7 +593,7 @@ class Runner:
             return
         agent = ident.agent_id
         if ident.status in SUPERVISED:
-            pane = self.tmux.pane(ident.pane_id) if ident.pane_id else None
+            pane = self.agent_pane(ident)
             gone = not ident.process_alive or pane is None or pane.dead
             if gone:
                 # handle whatever it sent just before it exited, then look again
