@@ -45,11 +45,14 @@ from attractor.store import checkpoint as cp_store
 from attractor.store import identities, locks
 from attractor.store.checkpoint import Checkpoint, Event, NodeProgress
 from attractor.store.statedir import StateDir
-from attractor.tmux import Tmux, socket_name_for
+from attractor.tmux import PaneInfo, Tmux, socket_name_for
 
 logger = logging.getLogger(__name__)
 
 FOLLOW_INTERVAL = 0.2
+# While the guardian's process lives, the follower asks tmux for the panes at most this often
+# (a tmux client per question); at once when the process is gone.
+PANES_INTERVAL = 1.0
 # a launch waits this long for another one in the same state directory to register its guardian
 LAUNCH_LOCK_TIMEOUT = 60.0
 MAX_GUARDIAN_RESTARTS = 10
@@ -414,13 +417,25 @@ def follow(state: StateDir, run_id: str, gcfg: GuardianConfig, out: TextIO, time
     restarts = 0
     last_beat = 0.0
     known: Checkpoint | None = None
+    known_file: tuple[int, int, int] | None = None
+    panes: dict[str, PaneInfo] = {}
+    panes_at = 0.0
 
     def read() -> Checkpoint:
         """The checkpoint; while it is corrupt (moved aside, the guardian rewrites it on its
-        next change) or missing after that, the last good version: the follower goes on."""
-        nonlocal known
+        next change) or missing after that, the last good version: the follower goes on. It is
+        parsed again only when the file changed (every write replaces it: a new inode)."""
+        nonlocal known, known_file
+        try:
+            st = cp_store.checkpoint_path(state, run_id).stat()
+            file = (st.st_ino, st.st_mtime_ns, st.st_size)
+        except OSError:
+            file = None
+        if known is not None and file is not None and file == known_file:
+            return known
         try:
             known = cp_store.read_checkpoint(state, run_id)
+            known_file = file
         except CorruptStateError as exc:
             if known is None:
                 raise
@@ -452,7 +467,9 @@ def follow(state: StateDir, run_id: str, gcfg: GuardianConfig, out: TextIO, time
             last_beat = now
         ident = identities.find(state, "guardian", run_id)
         if ident is not None and ident.status in SUPERVISED:
-            verdict = watch.check(ident, {p.pane_id: p for p in tmux.list_panes()})
+            if not ident.process_alive or ident.pane_id not in panes or now - panes_at >= PANES_INTERVAL:
+                panes, panes_at = {p.pane_id: p for p in tmux.list_panes()}, now
+            verdict = watch.check(ident, panes)
             if verdict.report.health is Health.DEAD:
                 cp = read()
                 if cp.status != "running":
