@@ -26,7 +26,7 @@ from attractor.store import checkpoint as cp_store
 from attractor.store import identities, payloads, signals
 from attractor.store.checkpoint import Event
 from attractor.store.statedir import StateDir
-from attractor.tmux import Tmux
+from attractor.tmux import PaneInfo, Tmux
 
 logger = logging.getLogger(__name__)
 
@@ -35,6 +35,9 @@ HEARTBEAT_INTERVAL = 2.0
 OUTPUT_TAIL = 4000
 TIP_CHECK_INTERVAL = 2.0
 START_CEILING = 120.0  # seconds a live guardian process may take to become active
+# While every runner's process lives, the panes are asked of tmux (one batched query, one tmux
+# client) at most this often.
+PANES_INTERVAL = 1.0
 
 
 @dataclass(frozen=True)
@@ -107,6 +110,8 @@ class GuardianBase:
         self.tip_lock = threading.Lock()  # held while the queue may move the target
         self.alerted_tips: set[str] = set()
         self.last_tip_check = 0.0
+        self.panes: dict[str, PaneInfo] = {}  # the last batched answer of tmux, and when
+        self.panes_at = 0.0
 
     # -- checkpoint --------------------------------------------------------------------------
     def update_node(self, name: str, event: Event = Event.NODE, **changes: Any) -> None:

@@ -5,21 +5,34 @@ quarantined, or its node decided from what its hook says.
 from __future__ import annotations
 
 import logging
+import time
 
 from attractor.engines.supervision import Action, Health
 from attractor.engines.watch import SUPERVISED, count_starting
 from attractor.layers import layout
+from attractor.layers.guardian.core import PANES_INTERVAL
 from attractor.layers.guardian.scheduling import Scheduling
 from attractor.states import HookPhase, IdentityStatus, NodeState
 from attractor.store import checkpoint as cp_store
 from attractor.store import hooks, identities
 from attractor.store.checkpoint import Event
+from attractor.tmux import PaneInfo
 
 logger = logging.getLogger(__name__)
 
 
 class Supervision(Scheduling):
     """Watches the runners of the run."""
+
+    def panes_for(self, ident: identities.Identity) -> dict[str, PaneInfo]:
+        """Every pane of the socket, from one batched tmux query that is made again only when
+        PANES_INTERVAL has passed, or when this runner's process is gone or its pane is not
+        among those last seen (a new incarnation): an idle run asks tmux once a second."""
+        now = time.monotonic()
+        if not ident.process_alive or ident.pane_id not in self.panes or now - self.panes_at >= PANES_INTERVAL:
+            self.panes = {p.pane_id: p for p in self.tmux.list_panes()}
+            self.panes_at = now
+        return self.panes
 
     def supervise(self) -> None:
         """Liveness of every runner from one batched tmux query and the recorded pids; dead
@@ -29,7 +42,6 @@ class Supervision(Scheduling):
         active = self.active_nodes()
         if not active:
             return
-        panes = {p.pane_id: p for p in self.tmux.list_panes()}
         for name in active:
             hook = hooks.find_hook(self.state, "runner", name, run_id=self.cfg.run_id)
             if hook is not None and hook.phase is HookPhase.MERGED:
@@ -49,7 +61,7 @@ class Supervision(Scheduling):
                                      f"{self.watch.supervisor.state_of(agent).quarantine_reason}")
                 continue
             if ident is not None and ident.status in SUPERVISED:
-                verdict = self.watch.check(ident, panes)
+                verdict = self.watch.check(ident, self.panes_for(ident))
                 if verdict.report.health is not Health.DEAD:
                     continue
                 decision = verdict.decision
