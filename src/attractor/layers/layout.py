@@ -135,8 +135,5 @@ class RunLayout:
     def validation_tree(self, node: str) -> Path:
         return validation_tree(self.target_dir, node)
 
-    def session(self, role: str, node: str) -> str:
-        return session_name(self.run_id, role, node)
-
     def session_prefix(self, role: str) -> str:
         return session_prefix(self.run_id, role)

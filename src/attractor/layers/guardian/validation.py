@@ -95,7 +95,7 @@ class Validation(GuardianBase):
     def sweep_validation_trees(self) -> None:
         """Checkouts a killed guardian left behind while validating."""
         directory = layout.worktrees_dir(self.target_dir)
-        for path in directory.glob(f"{layout.VALIDATION_PREFIX}*") if directory.is_dir() else []:
+        for path in filter(layout.is_validation_tree, directory.iterdir() if directory.is_dir() else []):
             with contextlib.suppress(AttractorError):
                 gitops.remove_worktree(self.target_dir, path)
 
