@@ -233,3 +233,48 @@ def test_stop_ends_the_recorded_process(tmp_path: Path, state_dir: Path, process
     assert stopped.returncode == 0, stopped.stderr
     assert holder.wait(timeout=10) == -signal.SIGTERM
     assert f"ended runner-x (pid {holder.pid})" in stopped.stdout
+
+
+# --------------------------------------------------------------------------- DeathWatch
+
+
+def test_death_watch_wakes_when_the_watched_process_is_killed(processes: Procs) -> None:
+    proc = processes.start()
+    other = processes.start()
+    with procs.DeathWatch() as deaths:
+        assert deaths.watch("a", proc.pid, procs.start_time(proc.pid))
+        assert deaths.watch("b", other.pid, procs.start_time(other.pid))
+        assert deaths.wait(0.05) == frozenset()  # both alive: the timeout ends the wait
+        proc.send_signal(signal.SIGKILL)
+        # a long timeout: the pidfd, not the timeout, ends this wait
+        assert deaths.wait(60) == {"a"}
+        assert not deaths.watching("a") and deaths.watching("b")
+
+
+def test_death_watch_refuses_a_pid_that_is_not_the_recorded_process(processes: Procs) -> None:
+    proc = processes.start()
+    start = procs.start_time(proc.pid)
+    assert start is not None
+    with procs.DeathWatch() as deaths:
+        assert not deaths.watch("a", proc.pid, start + 1)  # another start time: another process
+        assert not deaths.watch("a", proc.pid, None)
+        assert not deaths.watch("a", None, start)
+        assert not deaths.watching("a")
+
+
+def test_death_watch_wake_ends_a_wait_from_another_thread(processes: Procs) -> None:
+    import threading
+
+    proc = processes.start()
+    with procs.DeathWatch() as deaths:
+        assert deaths.watch("a", proc.pid, procs.start_time(proc.pid))
+        threading.Timer(0.1, deaths.wake).start()
+        began = time.monotonic()
+        assert deaths.wait(60) == frozenset()  # woken: nobody died
+        deaths.wake()
+        deaths.wake()  # wake-ups before a wait are kept, however many
+        assert deaths.wait(60) == frozenset()
+        # woken, not timed out (the timeout is far longer than any loaded machine's delay)
+        assert time.monotonic() - began < 30
+        assert deaths.watching("a")
+        assert deaths.wait(0) == frozenset()  # the wake-ups were used up: this one times out

@@ -24,7 +24,10 @@ from __future__ import annotations
 
 import contextlib
 import os
+import select
 import signal
+import threading
+from collections.abc import Hashable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -182,3 +185,99 @@ def session_members(sid: int) -> list[ProcStat]:
             members.append(stat)
     return members
 
+
+
+class DeathWatch:
+    """Sleep until a watched process ends, someone calls `wake`, or a timeout passes.
+
+    Each watched process is held by a pidfd (opened first, its start time checked after, so a
+    reused pid is never watched in its place); the kernel makes a pidfd readable the moment its
+    process exits, whoever its parent is. `wake` (any thread) ends the current or next `wait`
+    through a pipe. Where pidfds do not exist (not Linux, an old kernel) `watch` answers False and
+    the caller's timeout is the only way to notice a death: every wait has one."""
+
+    def __init__(self) -> None:
+        self._read, self._write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._poll = select.poll()
+        self._poll.register(self._read, select.POLLIN)
+        self._fds: dict[Hashable, tuple[int, int, int | None]] = {}  # key -> (pidfd, pid, start)
+        self._lock = threading.Lock()
+
+    def watch(self, key: Hashable, pid: int | None, start: int | None) -> bool:
+        """Watch the recorded process (`pid` with start time `start`) under `key`, replacing what
+        `key` watched before. False if it is not alive (or not that process) or pidfds are
+        unavailable: the caller then finds the death on its timeout."""
+        with self._lock:
+            held = self._fds.get(key)
+            if held is not None and held[1:] == (pid, start):
+                return True
+            self._drop(key)
+            if pid is None or start is None or isinstance(pid, bool) or pid <= 0:
+                return False
+            try:
+                pidfd = os.pidfd_open(pid)
+            except (AttributeError, OSError):
+                return False
+            if not same_process(pid, start):
+                os.close(pidfd)
+                return False
+            self._fds[key] = (pidfd, pid, start)
+            self._poll.register(pidfd, select.POLLIN)
+            return True
+
+    def unwatch(self, key: Hashable) -> None:
+        with self._lock:
+            self._drop(key)
+
+    def _drop(self, key: Hashable) -> None:
+        held = self._fds.pop(key, None)
+        if held is not None:
+            self._poll.unregister(held[0])
+            os.close(held[0])
+
+    def watching(self, key: Hashable) -> bool:
+        with self._lock:
+            return key in self._fds
+
+    def wake(self) -> None:
+        """End the current (or the next) `wait` at once; safe from any thread."""
+        with contextlib.suppress(BlockingIOError, OSError):
+            os.write(self._write, b"!")
+
+    def set(self) -> None:
+        """`wake`, under the name of `threading.Event.set`: a file-system watch rings it."""
+        self.wake()
+
+    def wait(self, timeout: float) -> frozenset[Hashable]:
+        """Sleep up to `timeout` seconds; returns the keys whose process ended (each is then
+        no longer watched). An empty set: woken, or the timeout passed."""
+        try:
+            ready = self._poll.poll(max(0.0, timeout) * 1000.0)
+        except InterruptedError:
+            ready = []
+        ended: set[Hashable] = set()
+        with self._lock:
+            fds = {fd for fd, _ in ready}
+            if self._read in fds:
+                with contextlib.suppress(BlockingIOError, OSError):
+                    while os.read(self._read, 4096):
+                        pass
+            for key, (pidfd, _pid, _start) in list(self._fds.items()):
+                if pidfd in fds:
+                    ended.add(key)
+                    self._drop(key)
+        return frozenset(ended)
+
+    def close(self) -> None:
+        with self._lock:
+            for key in list(self._fds):
+                self._drop(key)
+            for fd in (self._read, self._write):
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+
+    def __enter__(self) -> DeathWatch:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
