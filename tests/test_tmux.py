@@ -296,3 +296,52 @@ def test_list_panes_is_one_tmux_call(tmp_path: Path, tmux_socket: str,
 def test_pane_info_json_round_trip() -> None:
     info = PaneInfo("%3", 42, "s", "@1", True, "sleep", 1.5, True, dead_status=2)
     assert PaneInfo.from_json(info.to_json()) == info
+
+
+# -- the control-mode client ---------------------------------------------------------------------
+
+
+def _clients(socket: str) -> list[str]:
+    return _raw(socket, "list-clients", "-F", "#{client_control_mode} #{session_name}").stdout.split("\n")[:-1]
+
+
+def test_control_client_answers_like_a_process_per_command(tmux: Tmux, tmux_socket: str, tmp_path: Path) -> None:
+    marker = tmp_path / "go"
+    info = tmux.new_session("ctl", ["sh", "-c", f"echo first; while [ ! -e {marker} ]; do sleep 0.05; done; "
+                                    "echo second; exec sleep 60"], cwd=tmp_path)
+    retry_until(lambda: "first" in tmux.capture_pane(info.pane_id, 10), what="the first line")
+    plain_pane, plain_text = tmux.pane(info.pane_id), tmux.capture_pane(info.pane_id, 10)
+    client = tmux.attach_control("ctl")
+    assert client is not None and tmux.control is client
+    assert _clients(tmux_socket) == ["1 ctl"]  # one control client, attached to the session
+    assert _raw(tmux_socket, "display-message", "-p", "-t", "=ctl:", "#{window_width}x#{window_height}"
+                ).stdout.strip() == "200x50"  # it does not resize the window
+    assert tmux.pane(info.pane_id) == plain_pane
+    assert tmux.capture_pane(info.pane_id, 10) == plain_text
+    assert tmux.pane("%999") is None
+    with pytest.raises(TmuxError, match="tmux capture-pane: can't find pane"):
+        tmux.capture_pane("%999")
+    # it says which pane printed, and nothing for a pane that did not
+    assert info.pane_id not in client.last_output
+    marker.write_text("")
+    retry_until(lambda: info.pane_id in client.last_output, what="tmux to report the pane's output")
+    assert "second" in tmux.capture_pane(info.pane_id, 10)
+    # text that needs quoting goes by a process of its own, and still arrives
+    tmux.send_keys(info.pane_id, "it's; #{a} done", enter=False)
+    tmux.detach_control()
+    assert tmux.control is None and _clients(tmux_socket) == []
+
+
+def test_a_control_client_whose_session_ends_hands_back_to_a_process_per_command(
+        tmux: Tmux, tmux_socket: str, tmp_path: Path) -> None:
+    first = tmux.new_session("gone", ["sleep", "60"], cwd=tmp_path)
+    kept = tmux.new_session("kept", ["sleep", "60"], cwd=tmp_path)
+    client = tmux.attach_control("gone")
+    assert client is not None
+    tmux.kill_session("gone")
+    retry_until(lambda: client.closed.is_set(), what="the control client to end with its session")
+    assert tmux.control is None
+    assert tmux.pane(first.pane_id) is None
+    again = tmux.pane(kept.pane_id)
+    assert again is not None and again.pane_pid == kept.pane_pid
+    assert tmux.attach_control("no-such-session") is None
