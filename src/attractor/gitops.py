@@ -195,6 +195,25 @@ def _ref_arg(ref: str) -> str:
 # --- reading -------------------------------------------------------------------------------------
 
 
+RefStamp = tuple[tuple[int, int, int] | None, ...]
+
+
+def ref_stamp(common_dir: Path, ref: str) -> RefStamp:
+    """How the files that can hold `ref` look now (inode, size and change time of the loose ref,
+    `packed-refs` and a reftable's table list), read without running git. git replaces these
+    files (a lock file renamed into place) whenever a ref moves, so an equal stamp means `ref`
+    has not moved since the stamp was taken; take the stamp before reading the ref."""
+    stamps: list[tuple[int, int, int] | None] = []
+    for path in (common_dir / ref, common_dir / "packed-refs", common_dir / "reftable" / "tables.list"):
+        try:
+            st = os.stat(path)
+        except OSError:
+            stamps.append(None)
+        else:
+            stamps.append((st.st_ino, st.st_size, st.st_ctime_ns))
+    return tuple(stamps)
+
+
 def rev_parse(repo: RepoLike, ref: str, *, cwd: Path | None = None) -> str | None:
     """The commit `ref` names, or None when it names none."""
     status, out, _ = _run(

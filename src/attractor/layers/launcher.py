@@ -13,11 +13,12 @@ import os
 import shutil
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
-from attractor import clock, gitops
+from attractor import clock, gitops, procs
 from attractor import tmux as tmux_mod
 from attractor.agents import resolve_agent
 from attractor.engines.gates import Gate, check_gate
@@ -42,17 +43,22 @@ from attractor.layers.guardian import GuardianConfig, spawn_guardian
 from attractor.names import validate_name
 from attractor.states import IdentityStatus, NodeState, RunStatus
 from attractor.store import checkpoint as cp_store
-from attractor.store import identities, locks
+from attractor.store import identities, locks, wakeup
 from attractor.store.checkpoint import Checkpoint, Event, NodeProgress
 from attractor.store.statedir import StateDir
 from attractor.tmux import PaneInfo, Tmux, socket_name_for
 
 logger = logging.getLogger(__name__)
 
+# The follower sleeps on events: the run directory written (events, checkpoint), the guardian's
+# death (a pidfd). It looks round every FOLLOW_INTERVAL while the guardian is starting, dying or
+# not watched, every IDLE_FOLLOW_INTERVAL while it is up and watched.
 FOLLOW_INTERVAL = 0.2
+IDLE_FOLLOW_INTERVAL = 2.0
 # While the guardian's process lives, the follower asks tmux for the panes at most this often
 # (a tmux client per question); at once when the process is gone.
 PANES_INTERVAL = 1.0
+PANES_QUIET_INTERVAL = 10.0
 # a launch waits this long for another one in the same state directory to register its guardian
 LAUNCH_LOCK_TIMEOUT = 60.0
 MAX_GUARDIAN_RESTARTS = 10
@@ -414,12 +420,8 @@ def follow(state: StateDir, run_id: str, gcfg: GuardianConfig, out: TextIO, time
     start = time.monotonic()
     tail = EventTail(cp_store.run_dir(state, run_id) / "events.jsonl")
     tail.new_events()  # what happened before this launcher started is in `attractor status`
-    restarts = 0
-    last_beat = 0.0
     known: Checkpoint | None = None
     known_file: tuple[int, int, int] | None = None
-    panes: dict[str, PaneInfo] = {}
-    panes_at = 0.0
 
     def read() -> Checkpoint:
         """The checkpoint; while it is corrupt (moved aside, the guardian rewrites it on its
@@ -451,6 +453,26 @@ def follow(state: StateDir, run_id: str, gcfg: GuardianConfig, out: TextIO, time
             if line:
                 print(f"[{time.monotonic() - start:7.1f}s] {line}", file=out, flush=True)
 
+    deaths = procs.DeathWatch()
+    run_dir = cp_store.run_dir(state, run_id)
+    unwatch = wakeup.watch_directory(run_dir, deaths, modified=True) if run_dir.is_dir() else None
+    try:
+        return _follow_loop(state, run_id, gcfg, out, timeout, heartbeat, start, watch, tmux, tail, read, show,
+                            deaths, events=unwatch is not None)
+    finally:
+        wakeup.unwatch(unwatch)
+        deaths.close()
+
+
+def _follow_loop(state: StateDir, run_id: str, gcfg: GuardianConfig, out: TextIO, timeout: float | None,
+                 heartbeat: bool, start: float, watch: Watch, tmux: Tmux, tail: EventTail,
+                 read: Callable[[], Checkpoint], show: Callable[[], None], deaths: procs.DeathWatch,
+                 *, events: bool) -> int:
+    restarts = 0
+    last_beat = 0.0
+    panes: dict[str, PaneInfo] = {}
+    panes_at = 0.0
+    settled = False
     patience = DiskPatience(f"launcher-{run_id}")
     while True:
         cp = read()
@@ -466,10 +488,14 @@ def follow(state: StateDir, run_id: str, gcfg: GuardianConfig, out: TextIO, time
                 time.sleep(patience.hit(exc))
             last_beat = now
         ident = identities.find(state, "guardian", run_id)
+        settled = False
         if ident is not None and ident.status in SUPERVISED:
-            if not ident.process_alive or ident.pane_id not in panes or now - panes_at >= PANES_INTERVAL:
+            watched = ident.status is IdentityStatus.ACTIVE and deaths.watch("guardian", ident.pid, ident.pid_start)
+            quiet = PANES_QUIET_INTERVAL if watched else PANES_INTERVAL
+            if not ident.process_alive or ident.pane_id not in panes or now - panes_at >= quiet:
                 panes, panes_at = {p.pane_id: p for p in tmux.list_panes()}, now
             verdict = watch.check(ident, panes)
+            settled = watched and events and verdict.report.health is Health.ALIVE
             if verdict.report.health is Health.DEAD:
                 cp = read()
                 if cp.status != "running":
@@ -493,7 +519,10 @@ def follow(state: StateDir, run_id: str, gcfg: GuardianConfig, out: TextIO, time
             print(f"error: run {run_id} still running after {timeout:g}s; it goes on (attractor stop {run_id})",
                   file=sys.stderr)
             return 1
-        time.sleep(FOLLOW_INTERVAL)
+        interval = IDLE_FOLLOW_INTERVAL if settled else FOLLOW_INTERVAL
+        if heartbeat:
+            interval = min(interval, max(0.0, last_beat + 2 - time.monotonic()))
+        deaths.wait(interval)
     show()
     print_summary(state, cp, out, time.monotonic() - start)
     return 0 if cp.status == RunStatus.SUCCEEDED else 1

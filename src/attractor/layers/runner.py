@@ -59,11 +59,19 @@ from attractor.tmux import PaneInfo, Tmux
 logger = logging.getLogger(__name__)
 
 HEARTBEAT_INTERVAL = 2.0
+# The loop sleeps on events: the agent's death (a pidfd), a signal handled, the heartbeat. With
+# nothing pending it looks at its agent every IDLE_CHECK_INTERVAL; while something may soon need
+# it (an agent starting or dying, a respawn waiting out its backoff, no pidfd) every
+# CHECK_INTERVAL.
 CHECK_INTERVAL = 0.25
+IDLE_CHECK_INTERVAL = 2.0
 PROMPT_CHECK_INTERVAL = 2.0
-# While the agent's process lives (a /proc read each tick), its pane is asked of tmux (a client
-# process per question) at most this often; at once when the process is gone.
+# Without a control-mode client the agent's pane is asked of tmux (a client process per
+# question) at most this often while its process lives; at once when the process is gone.
 PANE_CHECK_INTERVAL = 1.0
+# With a control-mode client the pane is read only after it printed something (or while a
+# dialog shows), and at least this often for what printing does not show.
+QUIET_CAPTURE_INTERVAL = 30.0
 USAGE_INTERVAL = 15.0
 MESSAGE_INTERVAL = 1.0
 DEATH_TAIL_LINES = 50
@@ -151,6 +159,9 @@ class Runner:
         self.last_pane: PaneInfo | None = None
         self.last_pane_at = 0.0
         self.last_pane_of = (0, "")  # (epoch, pane id) the cached pane belongs to
+        self.deaths = procs.DeathWatch()  # the agent's process, by pidfd; wakes the loop
+        self.settled = False  # the last check found nothing that may need it soon
+        self.dialog_showing = False  # the last capture showed a known dialog
         self.answered: dict[tuple[str, str], float] = {}
         self.launch_ctx: LaunchContext | None = None
         self.resumed_start: str | None = None  # ISO time of a start that resumed a session
@@ -431,8 +442,11 @@ class Runner:
 
     # -- signals -------------------------------------------------------------------------------
     def handle(self, sig: signals.Signal) -> str:
-        with self.lock:
-            return self._handle(sig)
+        try:
+            with self.lock:
+                return self._handle(sig)
+        finally:
+            self.deaths.wake()  # the loop looks again at once
 
     # The signals a runner acts on, and the hook phases in which each one means something; in
     # any other phase the signal is recorded as ignored. None: every phase.
@@ -578,21 +592,39 @@ class Runner:
         when the agent was replaced, or PANE_CHECK_INTERVAL after the last question."""
         now = time.monotonic()
         of = (ident.epoch, ident.pane_id or "")
-        if not ident.process_alive or of != self.last_pane_of or now - self.last_pane_at >= PANE_CHECK_INTERVAL:
+        if ident.tmux_session and ident.tmux_socket == self.cfg.tmux_socket:
+            # questions about the agent's pane go over one control-mode client (no process each)
+            self.tmux.attach_control(ident.tmux_session)
+        due = now - self.last_pane_at >= PANE_CHECK_INTERVAL or self.tmux.control is not None
+        if due or not ident.process_alive or of != self.last_pane_of:
             self.last_pane = self.tmux.pane(ident.pane_id) if ident.pane_id else None
             self.last_pane_at, self.last_pane_of = now, of
         return self.last_pane
 
+    def capture_due(self, pane: PaneInfo, now: float) -> bool:
+        """Read the agent's screen now? Every PROMPT_CHECK_INTERVAL without a control-mode client;
+        with one, only after the pane printed, while a dialog shows (an answer must be seen to
+        work), or QUIET_CAPTURE_INTERVAL after the last read."""
+        if now - self.last_capture < PROMPT_CHECK_INTERVAL:
+            return False
+        control = self.tmux.control
+        if control is None or self.dialog_showing or now - self.last_capture >= QUIET_CAPTURE_INTERVAL:
+            return True
+        return control.last_output.get(pane.pane_id, 0.0) >= self.last_capture
+
     def check_orchestrator(self) -> None:
         """Supervise the orchestrator: death, hang and known prompts (see `watch`)."""
+        self.settled = False
         with self.lock:
             if self.finished.is_set() or self.hook().phase is not HookPhase.EXECUTING:
+                self.settled = True  # the agent's part is over: signals wake the loop
                 return
             ident = self.orchestrator()
         if ident is None:
             return
         agent = ident.agent_id
         if ident.status in SUPERVISED:
+            watched = self.deaths.watch("agent", ident.pid, ident.pid_start)
             pane = self.agent_pane(ident)
             gone = not ident.process_alive or pane is None or pane.dead
             if gone:
@@ -605,7 +637,7 @@ class Runner:
                     return
             text = None
             now = time.monotonic()
-            if pane is not None and not pane.dead and now - self.last_capture >= PROMPT_CHECK_INTERVAL:
+            if pane is not None and not pane.dead and self.capture_due(pane, now):
                 self.last_capture = now
                 try:
                     text = self.tmux.capture_pane(pane.pane_id, 40)
@@ -629,10 +661,13 @@ class Runner:
                 verdict = self.watch.check(ident, panes, text, exit_code=pane.dead_status if pane else None)
             health = verdict.report.health
             if health is Health.BLOCKED and verdict.report.prompt is not None:
+                self.dialog_showing = True
                 self.answer_prompt(ident, verdict.report.prompt, text or "")
             elif text is not None:
+                self.dialog_showing = False
                 self.clear_prompt_needs_input()
             if health is not Health.DEAD:
+                self.settled = watched and health is Health.ALIVE
                 return
             said = self.record_pane_at_death(ident, pane)
             logger.warning("runner %s: orchestrator dead: %s%s", self.cfg.node, verdict.report.reason,
@@ -836,7 +871,7 @@ class Runner:
         self.consumer = signals.Consumer(
             self.state, self.cfg.agent_id, self.handle,
             current_epoch=lambda: identities.current_epoch(self.state, self.cfg.agent_id),
-            rescan_interval=1.0)
+            rescan_interval=5.0)
         self.consumer.start()
         try:
             with self.lock:
@@ -844,7 +879,7 @@ class Runner:
             set_up.set()  # from here the loop beats
             last_beat = 0.0
             patience = DiskPatience(self.cfg.agent_id)
-            while not self.finished.wait(CHECK_INTERVAL):
+            while not self.finished.is_set():
                 now = time.monotonic()
                 try:
                     if now - last_beat >= HEARTBEAT_INTERVAL:
@@ -854,9 +889,15 @@ class Runner:
                     patience.ok()
                 except NoSpaceError as exc:
                     self.finished.wait(patience.hit(exc))
+                interval = IDLE_CHECK_INTERVAL if self.settled else CHECK_INTERVAL
+                if self.finished.is_set():
+                    break
+                self.deaths.wait(min(interval, last_beat + HEARTBEAT_INTERVAL - time.monotonic()))
         finally:
             set_up.set()
             self.consumer.stop()
+            self.tmux.detach_control()
+            self.deaths.close()
         if self.hook().phase is HookPhase.MERGED:
             try:
                 gitops.remove_worktree(self.cfg.target_dir, self.worktree)

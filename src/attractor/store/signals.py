@@ -62,6 +62,7 @@ logger = logging.getLogger(__name__)
 SCHEMA = 1
 BOXES = ("new", "cur", "done")
 DEFAULT_RESCAN_INTERVAL = 2.0
+NO_EVENTS_RESCAN_INTERVAL = 1.0  # seconds between rescans where no file-system events come
 # A temp file older than this is an orphan even if its sender's pid is alive again (reused).
 ORPHAN_TMP_AGE = 600.0
 # How often a waiting loop looks at an outside stop event between wake-ups.
@@ -632,6 +633,9 @@ class Consumer:
         ensure_inbox(self.inbox.state, self.inbox.agent_id)
         self._running_stop = stop
         unwatch = wakeup.watch_directory(self.inbox.root / "new", self._wake) if self.use_events else None
+        # the rescan is a safety net behind the file-system events; without them it is the way
+        interval = self.rescan_interval if unwatch is not None or not self.use_events else min(
+            self.rescan_interval, NO_EVENTS_RESCAN_INTERVAL)
         try:
             with contextlib.suppress(Exception):
                 sweep_dead_claims(self.inbox.state, self.inbox.agent_id)
@@ -641,7 +645,9 @@ class Consumer:
                     self.poll_once()
                 except Exception:
                     logger.exception("signal consumer of %s: poll failed", self.inbox.agent_id)
-                wakeup.sleep(self._wake, stop, self.rescan_interval)
+                # `stop()` sets the wake-up too, so only a stop event of the caller's own needs
+                # looking at while asleep
+                wakeup.sleep(self._wake, None if stop is self._stop else stop, interval)
         finally:
             wakeup.unwatch(unwatch)
             self._running_stop = None

@@ -16,16 +16,21 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Protocol
 
 logger = logging.getLogger(__name__)
 
 STOP_CHECK = 0.1  # seconds between checks of the stop event while sleeping
 
 
-def watch_directory(directory: Path, wake: threading.Event) -> Callable[[], None] | None:
-    """Set `wake` whenever a file appears in `directory`; returns the function that stops
-    watching, or None when no file-system events are available (callers then rely on their
-    rescan timer).
+class Wakeable(Protocol):
+    def set(self) -> None: ...
+
+
+def watch_directory(directory: Path, wake: Wakeable, *, modified: bool = False) -> Callable[[], None] | None:
+    """Set `wake` whenever a file appears in `directory` (and, with `modified`, whenever a file
+    in it is written to); returns the function that stops watching, or None when no file-system
+    events are available (callers then rely on their rescan timer).
 
     On Linux this registers a callback for IN_CREATE/IN_MOVED_TO on watchdog's shared inotify
     reader. watchdog's Observer is not used there: it holds every IN_MOVED_FROM back for 0.5 s
@@ -34,10 +39,11 @@ def watch_directory(directory: Path, wake: threading.Event) -> Callable[[], None
     try:
         from watchdog.observers.inotify_c import InotifyConstants, InotifyFD
     except Exception:  # not Linux, or another watchdog layout
-        return watch_with_observer(directory, wake)
+        return watch_with_observer(directory, wake, modified=modified)
     from watchdog.observers.inotify_c import CallbackId, InotifyEvent, Mask, WatchDescriptor
 
-    mask = Mask(InotifyConstants.IN_CREATE | InotifyConstants.IN_MOVED_TO)
+    mask = Mask(InotifyConstants.IN_CREATE | InotifyConstants.IN_MOVED_TO
+                | (InotifyConstants.IN_MODIFY if modified else 0))
 
     class _Doorbell:
         def on_event(self, event: InotifyEvent) -> None:
@@ -63,9 +69,10 @@ def watch_directory(directory: Path, wake: threading.Event) -> Callable[[], None
     return lambda: reader.remove_callbacks([(wd, key)])
 
 
-def watch_with_observer(directory: Path, wake: threading.Event) -> Callable[[], None] | None:
+def watch_with_observer(directory: Path, wake: Wakeable, *, modified: bool = False) -> Callable[[], None] | None:
     from watchdog.events import (
         FileCreatedEvent,
+        FileModifiedEvent,
         FileMovedEvent,
         FileSystemEvent,
         FileSystemEventHandler,
@@ -80,7 +87,7 @@ def watch_with_observer(directory: Path, wake: threading.Event) -> Callable[[], 
     try:
         observer.schedule(
             _Waker(), str(directory), recursive=False,
-            event_filter=[FileCreatedEvent, FileMovedEvent],
+            event_filter=[FileCreatedEvent, FileMovedEvent, *([FileModifiedEvent] if modified else [])],
         )
         observer.start()
     except OSError as exc:

@@ -30,14 +30,22 @@ from attractor.tmux import PaneInfo, Tmux
 
 logger = logging.getLogger(__name__)
 
+# The loop sleeps on events (a runner's death by its pidfd, a signal handled, a node's state
+# changed) and looks round every TICK while something is starting, dying or waiting out a
+# backoff, every IDLE_TICK while every runner is up and watched.
 TICK = 0.2
+IDLE_TICK = 2.0
 HEARTBEAT_INTERVAL = 2.0
 OUTPUT_TAIL = 4000
 TIP_CHECK_INTERVAL = 2.0
+# The target's tip is read from git again when the files that hold the ref changed, and at least
+# this often.
+TIP_REFRESH_INTERVAL = 30.0
 START_CEILING = 120.0  # seconds a live guardian process may take to become active
-# While every runner's process lives, the panes are asked of tmux (one batched query, one tmux
-# client) at most this often.
+# The panes are asked of tmux (one batched query, one tmux client) at most this often while
+# something is starting or dying, PANES_QUIET_INTERVAL while every runner is up and watched.
 PANES_INTERVAL = 1.0
+PANES_QUIET_INTERVAL = 10.0
 
 
 @dataclass(frozen=True)
@@ -112,6 +120,8 @@ class GuardianBase:
         self.last_tip_check = 0.0
         self.panes: dict[str, PaneInfo] = {}  # the last batched answer of tmux, and when
         self.panes_at = 0.0
+        self.deaths = procs.DeathWatch()  # the runners' processes, by pidfd; wakes the loop
+        self.settled = False  # the last look found every runner up and watched
 
     # -- checkpoint --------------------------------------------------------------------------
     def update_node(self, name: str, event: Event = Event.NODE, **changes: Any) -> None:
@@ -120,6 +130,7 @@ class GuardianBase:
             cp_store.write_checkpoint(self.state, self.cp)
             fields = {k: (v.value if isinstance(v, NodeState) else v) for k, v in changes.items()}
             cp_store.append_event(self.state, self.cfg.run_id, event, node=name, **fields)
+        self.deaths.wake()  # what changed may let the schedule move
 
     def node_state(self, name: str) -> NodeState:
         with self.lock:

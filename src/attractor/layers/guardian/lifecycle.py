@@ -14,7 +14,14 @@ from attractor import gitops
 from attractor.engines.space import DiskPatience
 from attractor.errors import AttractorError, IdentityTakenError, LockTimeoutError, NoSpaceError
 from attractor.layers import layout
-from attractor.layers.guardian.core import HEARTBEAT_INTERVAL, TICK, TIP_CHECK_INTERVAL, now_iso, runner_alive
+from attractor.layers.guardian.core import (
+    HEARTBEAT_INTERVAL,
+    IDLE_TICK,
+    TICK,
+    TIP_CHECK_INTERVAL,
+    now_iso,
+    runner_alive,
+)
 from attractor.layers.guardian.supervising import Supervision
 from attractor.layers.guardian.validation import Validation
 from attractor.states import HookPhase, IdentityStatus, NodeState, RunStatus, SignalKind
@@ -30,6 +37,12 @@ class Guardian(Supervision, Validation):
 
     # -- signals -----------------------------------------------------------------------------
     def handle(self, sig: signals.Signal) -> str:
+        try:
+            return self._handle_signal(sig)
+        finally:
+            self.deaths.wake()  # the loop looks again at once
+
+    def _handle_signal(self, sig: signals.Signal) -> str:
         if sig.kind is SignalKind.SHUTDOWN:
             self.stop_event.set()
             return "stopping"
@@ -183,7 +196,7 @@ class Guardian(Supervision, Validation):
         heart.start()
         consumer = signals.Consumer(self.state, self.cfg.agent_id, self.handle,
                                     current_epoch=lambda: identities.current_epoch(self.state, self.cfg.agent_id),
-                                    rescan_interval=1.0)
+                                    rescan_interval=5.0)
         merger = threading.Thread(target=self.merge_loop, name="merge", daemon=True)
         merger.start()
         consumer.start()
@@ -213,10 +226,12 @@ class Guardian(Supervision, Validation):
                         self.tip_lock.release()
                 if self.finished():
                     break
-                self.stop_event.wait(TICK)
+                if not self.stop_event.is_set():
+                    self.deaths.wait(IDLE_TICK if self.settled else TICK)
         finally:
             consumer.stop()
             self.merge_work.put(None)
+            self.deaths.close()
         if stopped:
             self.kill_gates()
         merger.join(timeout=30)

@@ -5,10 +5,12 @@ the hold that stops merging when anything else moved it or dirtied its checkout.
 from __future__ import annotations
 
 import logging
+import time
+from pathlib import Path
 
 from attractor import gitops
 from attractor.errors import AttractorError
-from attractor.layers.guardian.core import GuardianBase
+from attractor.layers.guardian.core import TIP_REFRESH_INTERVAL, GuardianBase
 from attractor.store import checkpoint as cp_store
 from attractor.store import merge_entries, queue_hold
 
@@ -17,6 +19,9 @@ logger = logging.getLogger(__name__)
 
 class TargetWatch(GuardianBase):
     """Checks the target branch against the tip the queue last left there."""
+
+    _common_dir: Path | None = None
+    _tip_cache: tuple[gitops.RefStamp, float, str | None] | None = None  # (stamp, when, tip)
 
     # -- the target branch: moved only by the queue -------------------------------------------
     @property
@@ -35,7 +40,19 @@ class TargetWatch(GuardianBase):
         self._expected_tip = tip
 
     def target_tip(self) -> str | None:
-        return gitops.rev_parse(self.target_dir, f"refs/heads/{self.cp.target_branch}")
+        """The target's tip; asked of git only when the files holding the ref changed (see
+        `gitops.ref_stamp`) or TIP_REFRESH_INTERVAL after the last question."""
+        ref = f"refs/heads/{self.cp.target_branch}"
+        if self._common_dir is None:
+            self._common_dir = gitops.open_repo(self.target_dir).common_dir
+        stamp = gitops.ref_stamp(self._common_dir, ref)
+        now = time.monotonic()
+        cached = self._tip_cache
+        if cached is not None and cached[0] == stamp and now - cached[1] < TIP_REFRESH_INTERVAL:
+            return cached[2]
+        tip = gitops.rev_parse(self.target_dir, ref)
+        self._tip_cache = (stamp, now, tip)
+        return tip
 
     def hold_queue(self, reason: str, found: str | None, *, again: bool = False) -> None:
         if found is not None and found in self.alerted_tips and not again:
