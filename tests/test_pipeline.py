@@ -477,3 +477,44 @@ def test_run_id_for(case: RunIdCase) -> None:
     from attractor.engines.pipeline import run_id_for
 
     assert run_id_for(case.given) == case.expected
+
+
+# -- the parsed snapshot that runners read ------------------------------------------------------
+
+_LOADS = """
+import sys
+from pathlib import Path
+from attractor.engines.pipeline import load_pipeline
+p = load_pipeline(Path(sys.argv[1]))
+print(sorted(p.nodes), "pydot" in sys.modules)
+"""
+
+
+def _load_elsewhere(path: Path) -> str:
+    return subprocess.run([sys.executable, "-c", _LOADS, str(path)], capture_output=True, text=True,
+                          check=True).stdout.strip()
+
+
+def test_a_snapshot_is_read_instead_of_parsing_and_only_for_the_same_bytes(tmp_path: Path) -> None:
+    from attractor.engines.pipeline import load_pipeline, read_snapshot, save_snapshot, snapshot_path
+
+    path = tmp_path / "pipeline.dot"
+    path.write_bytes((REPO_ROOT / "pipelines" / "demo.dot").read_bytes())
+    parsed = load_pipeline(path)
+    assert read_snapshot(path) is None and _load_elsewhere(path).endswith("True")  # no snapshot: parsed
+    save_snapshot(parsed, path)
+    again = read_snapshot(path)
+    assert again == parsed and list(again.nodes) == list(parsed.nodes)  # the same model, in order
+    assert _load_elsewhere(path) == f"{sorted(parsed.nodes)} False"  # the DOT parser never loaded
+    # an edited file is parsed again (its snapshot is for other bytes)
+    text = path.read_text().rstrip()
+    assert text.endswith("}")
+    path.write_text(text[:-1] + '  extra [shape=box, prompt="x"]\n  start -> extra -> exit\n}\n')
+    assert read_snapshot(path) is None
+    assert "extra" in load_pipeline(path).nodes
+    # a snapshot that does not read back is ignored, never trusted
+    save_snapshot(load_pipeline(path), path)
+    snapshot_path(path).write_text(json.dumps({**json.loads(snapshot_path(path).read_text()), "nodes": [{}]}))
+    assert read_snapshot(path) is None and "extra" in load_pipeline(path).nodes
+    snapshot_path(path).write_text("{not json")
+    assert read_snapshot(path) is None and "extra" in load_pipeline(path).nodes

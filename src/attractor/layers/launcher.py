@@ -22,7 +22,7 @@ from attractor import clock, gitops, procs
 from attractor import tmux as tmux_mod
 from attractor.agents import resolve_agent
 from attractor.engines.gates import Gate, check_gate
-from attractor.engines.pipeline import Pipeline, load_pipeline
+from attractor.engines.pipeline import Pipeline, load_pipeline, read_snapshot, save_snapshot
 from attractor.engines.space import DiskPatience
 from attractor.engines.supervision import Health, Supervisor
 from attractor.engines.watch import SUPERVISED, Watch, policy_from_env
@@ -303,6 +303,9 @@ def _start(opts: LaunchOptions, state: StateDir, cp: Checkpoint, socket: str,
         state.ensure("runs", cp.run_id)
         Path(cp.pipeline_path).write_text(opts.pipeline.read_text())
         retire_node_records(state, cp)
+    if read_snapshot(Path(cp.pipeline_path)) is None:
+        # the guardian and every runner read the parsed form: none of them loads the DOT parser
+        save_snapshot(load_pipeline(Path(cp.pipeline_path)), Path(cp.pipeline_path))
     cp_store.write_checkpoint(state, cp)
 
     # where the target was when this launch started: the guardian trusts no other tip it finds

@@ -32,7 +32,16 @@ The names below are the package's interface; import them from here.
 
 from __future__ import annotations
 
-from attractor.engines.pipeline.lint import LintResult, NodeCheck, check, lint, load_pipeline
+from attractor.engines.pipeline.lint import (
+    LintResult,
+    NodeCheck,
+    check,
+    lint,
+    load_pipeline,
+    read_snapshot,
+    save_snapshot,
+    snapshot_path,
+)
 from attractor.engines.pipeline.model import (
     Edge,
     Node,
@@ -65,7 +74,10 @@ __all__ = [
     "lint",
     "load_pipeline",
     "node_states",
+    "read_snapshot",
     "ready_nodes",
     "run_id_for",
+    "save_snapshot",
+    "snapshot_path",
     "topological_order",
 ]

@@ -8,6 +8,8 @@ Checks of layers above this package join through `node_checks` (the scripted age
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import re
 from collections import deque
@@ -31,6 +33,7 @@ from attractor.engines.pipeline.model import (
 from attractor.errors import UsageError
 from attractor.names import NAME_RULE, validate_name
 from attractor.states import Outcome
+from attractor.store import atomic
 
 # -- what a pipeline may say -----------------------------------------------------------------
 
@@ -387,8 +390,60 @@ def lint(path: Path, node_checks: Iterable[NodeCheck] = ()) -> list[Problem]:
 
 
 def load_pipeline(path: Path, node_checks: Iterable[NodeCheck] = ()) -> Pipeline:
-    """The pipeline at `path`, or `PipelineError` listing every problem."""
-    result = check(path, node_checks)
+    """The pipeline at `path`, or `PipelineError` listing every problem.
+
+    Without `node_checks`, a snapshot written by `save_snapshot` for exactly these bytes is
+    taken instead of parsing the DOT again: a runner then never loads the DOT parser (about
+    20 MB of memory per process)."""
+    checks = tuple(node_checks)
+    if not checks:
+        cached = read_snapshot(Path(path))
+        if cached is not None:
+            return cached
+    result = check(path, checks)
     if result.pipeline is None:
         raise PipelineError(Path(path), result.problems)
     return result.pipeline
+
+
+SNAPSHOT_SCHEMA = "attractor.pipeline-snapshot/1"
+
+
+def snapshot_path(path: Path) -> Path:
+    return path.with_name(path.name + ".parsed.json")
+
+
+def save_snapshot(pipeline: Pipeline, path: Path) -> None:
+    """Keep the parsed form of the pipeline file at `path` (which `pipeline` was read from)
+    beside it, tied to the file's bytes by their SHA-256."""
+    data = {
+        "schema": SNAPSHOT_SCHEMA,
+        "source_sha256": hashlib.sha256(Path(path).read_bytes()).hexdigest(),
+        "name": pipeline.name,
+        "attrs": dict(pipeline.attrs),
+        "nodes": [{"name": n.name, "kind": n.kind.value, "attrs": dict(n.attrs)} for n in pipeline.nodes.values()],
+        "edges": [e.to_json() for e in pipeline.edges],
+        "validates": dict(pipeline.validates),
+    }
+    atomic.write_json_atomic(snapshot_path(Path(path)), data, fsync=False)
+
+
+def read_snapshot(path: Path) -> Pipeline | None:
+    """The pipeline kept by `save_snapshot` for the file's current bytes; None when there is
+    none, it is for other bytes, or it does not read back (the caller parses the file)."""
+    try:
+        source = path.read_bytes()
+        data = json.loads(snapshot_path(path).read_bytes())
+        if not isinstance(data, dict) or data.get("schema") != SNAPSHOT_SCHEMA \
+                or data.get("source_sha256") != hashlib.sha256(source).hexdigest():
+            return None
+        nodes = {str(n["name"]): Node(str(n["name"]), NodeKind(n["kind"]),
+                                      {str(k): str(v) for k, v in n["attrs"].items()})
+                 for n in data["nodes"]}
+        edges = tuple(Edge(str(e["src"]), str(e["dst"]), None if e["condition"] is None else str(e["condition"]))
+                      for e in data["edges"])
+        return Pipeline(name=str(data["name"]), path=path, nodes=nodes, edges=edges,
+                        attrs={str(k): str(v) for k, v in data["attrs"].items()},
+                        validates={str(k): str(v) for k, v in data["validates"].items()})
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
