@@ -14,6 +14,8 @@ Figures, per N:
     control_cpu_s_per_min      launcher + guardian + runners, CPU seconds per minute of wall time
     per_agent_cpu_s_per_min    the same divided by N
     tmux_server_cpu_s_per_min  the tmux server of the run's socket
+    cpu_s_per_min_by_role      launcher, guardian and runner (all runners together): their own CPU
+                               and that of the helper processes (tmux clients, git) they reaped
     rss_mb                     launcher, guardian, runners (median, max, total)
     processes_started_per_min  new pids seen on the machine per minute while idle (tmux clients
                                and other helpers started by the control loops; other work on the
@@ -65,6 +67,16 @@ def cpu_seconds(pid: int) -> float | None:
         return None
     fields = stat[stat.rfind(")") + 2:].split()
     return sum(int(f) for f in fields[11:15]) / TICK
+
+
+def cpu_split(pid: int) -> tuple[float, float] | None:
+    """(own utime + stime, reaped children's cutime + cstime) of `pid`, in seconds."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = [int(f) for f in stat[stat.rfind(")") + 2:].split()[11:15]]
+    return (fields[0] + fields[1]) / TICK, (fields[2] + fields[3]) / TICK
 
 
 def rss_mb(pid: int) -> float | None:
@@ -142,22 +154,34 @@ def measure(work: Path, nodes: int, seconds: float, settle: float) -> dict[str, 
         control["launcher"] = launcher.pid
         server = tmux_server_pid(socket_name)
         before = {name: cpu_seconds(pid) for name, pid in control.items()}
+        split_before = {name: cpu_split(pid) for name, pid in control.items()}
         server_before = cpu_seconds(server) if server else None
         pid_before, t0 = last_pid(), time.monotonic()
         time.sleep(seconds)
         elapsed = time.monotonic() - t0
         pid_after = last_pid()
         after = {name: cpu_seconds(pid) for name, pid in control.items()}
+        split_after = {name: cpu_split(pid) for name, pid in control.items()}
         server_after = cpu_seconds(server) if server else None
         per_min = 60.0 / elapsed
         used = sum((after[n] or 0.0) - (before[n] or 0.0) for n in control if before[n] is not None)
         runners = [rss_mb(pid) for name, pid in control.items() if name.startswith("runner-")]
         runner_rss = [r for r in runners if r is not None]
+        by_role: dict[str, list[float]] = {}
+        for name in control:
+            b, a = split_before[name], split_after[name]
+            if b is None or a is None:
+                continue
+            role = name.split("-")[0]
+            own, kids = by_role.setdefault(role, [0.0, 0.0])
+            by_role[role] = [own + (a[0] - b[0]) * per_min, kids + (a[1] - b[1]) * per_min]
         guardian = next((pid for name, pid in control.items() if name.startswith("guardian-")), None)
         result: dict[str, Any] = {
             "nodes": nodes, "chain_up_s": up_s, "measured_s": round(elapsed, 1),
             "control_cpu_s_per_min": round(used * per_min, 2),
             "per_agent_cpu_s_per_min": round(used * per_min / nodes, 3),
+            "cpu_s_per_min_by_role": {role: {"own": round(own, 2), "children": round(kids, 2)}
+                                      for role, (own, kids) in sorted(by_role.items())},
             "tmux_server_cpu_s_per_min": (round((server_after - server_before) * per_min, 2)
                                           if server_before is not None and server_after is not None else None),
             "processes_started_per_min": round(((pid_after - pid_before) % PID_MAX) * per_min),
