@@ -20,20 +20,15 @@ then `env` on top. Requires tmux >= 3.2 (`-e`).
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import hashlib
 import logging
 import os
-import queue
 import re
 import shlex
 import shutil
-import subprocess
-import threading
-import time
 import unicodedata
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -205,117 +200,6 @@ class PaneInfo:
             return None
 
 
-# Commands a control-mode client may carry for `Tmux`: questions, and key names typed into a pane.
-# Anything else (sessions made or ended, literal text) takes its own tmux process as before.
-_CONTROL_COMMANDS = frozenset({"display-message", "capture-pane", "send-keys"})
-_CONTROL_SAFE_ARG = re.compile(r"[^\n\r';]*")
-CONTROL_REPLY_TIMEOUT = 10.0
-
-
-class ControlClient:
-    """A tmux control-mode client (`tmux -C attach-session`) attached to one session: commands
-    travel over its stdin and come back as `%begin`…`%end` blocks, so a question costs no new
-    process, and tmux reports every pane of the session that prints (`%output`), so an idle pane
-    costs nothing to watch.
-
-    It attaches with `ignore-size` (the windows keep their size) and ends when its stdin closes,
-    so it dies with the process that holds it. Not to be used after `closed` is set: `Tmux`
-    then goes back to a process per command."""
-
-    def __init__(self, socket_name: str, session: str, binary: str,
-                 on_output: Callable[[str], None] | None = None) -> None:
-        self.session = validate_session_name(session)
-        self.on_output = on_output
-        self.last_output: dict[str, float] = {}  # pane id -> time.monotonic() of its last output
-        self.closed = threading.Event()
-        self._replies: queue.Queue[tuple[bool, list[str]] | None] = queue.Queue()
-        self._send = threading.Lock()
-        env = {k: v for k, v in os.environ.items() if k not in ("TMUX", "TMUX_PANE")}
-        self._proc = subprocess.Popen(
-            [binary, "-L", socket_name, "-C", "attach-session", "-t", f"={session}", "-f", "ignore-size"],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env, close_fds=True)
-        self._reader = threading.Thread(target=self._read, name=f"tmux-control-{session}", daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        assert self._proc.stdout is not None
-        block: tuple[bytes, bytes] | None = None  # (time, number) of the open %begin
-        lines: list[str] = []
-        try:
-            for raw in self._proc.stdout:
-                line = raw.rstrip(b"\n")
-                if block is not None:
-                    words = line.split(b" ")
-                    if len(words) == 4 and words[0] in (b"%end", b"%error") and (words[1], words[2]) == block:
-                        ours = int(words[3] or b"0") & 1
-                        if ours:
-                            self._replies.put((words[0] == b"%end", lines))
-                        block, lines = None, []
-                    else:
-                        lines.append(line.decode("utf-8", "backslashreplace"))
-                elif line.startswith(b"%begin "):
-                    words = line.split(b" ")
-                    block, lines = ((words[1], words[2]) if len(words) == 4 else (b"", b"")), []
-                elif line.startswith((b"%output ", b"%extended-output ")):
-                    pane = line.split(b" ", 2)[1].decode("ascii", "replace")
-                    self.last_output[pane] = time.monotonic()
-                    if self.on_output is not None:
-                        self.on_output(pane)
-                elif line.startswith(b"%exit"):
-                    break
-        except (OSError, ValueError):
-            pass
-        finally:
-            self.closed.set()
-            self._replies.put(None)
-
-    def command(self, args: Sequence[str], timeout: float = CONTROL_REPLY_TIMEOUT) -> tuple[bool, list[str]]:
-        """Run one command; (succeeded, its output lines). TmuxError if the client is gone or
-        does not answer within `timeout` (it is then closed)."""
-        line = " ".join(_control_quote(a) for a in args) + "\n"
-        with self._send:
-            if self.closed.is_set():
-                raise TmuxError(f"tmux {args[0]}", f"the control client of session {self.session} has ended")
-            try:
-                assert self._proc.stdin is not None
-                self._proc.stdin.write(line.encode())
-                self._proc.stdin.flush()
-                reply = self._replies.get(timeout=timeout)
-            except (OSError, ValueError, queue.Empty):
-                reply = None
-            if reply is None:
-                self.close()
-                raise TmuxError(f"tmux {args[0]}", f"the control client of session {self.session} did not answer")
-            ok, out = reply
-            while out and out[-1] == "":
-                out.pop()
-            return ok, out
-
-    def close(self) -> None:
-        self.closed.set()
-        with contextlib.suppress(OSError, ValueError):
-            if self._proc.stdin is not None:
-                self._proc.stdin.close()
-        try:
-            self._proc.wait(timeout=2)
-        except subprocess.TimeoutExpired:
-            self._proc.kill()
-            self._proc.wait()
-        if self._proc.stdout is not None:
-            with contextlib.suppress(OSError, ValueError):
-                self._proc.stdout.close()
-
-
-def _control_routable(args: Sequence[str]) -> bool:
-    return bool(args) and args[0] in _CONTROL_COMMANDS and all(_CONTROL_SAFE_ARG.fullmatch(a) for a in args)
-
-
-def _control_quote(arg: str) -> str:
-    """One argument of a control-mode command line: single quotes keep it literal (tmux expands
-    nothing in them); `_control_routable` keeps quotes and newlines out."""
-    return f"'{arg}'"
-
-
 class NotOwnedError(TmuxError):
     """A session or pane attractor did not create: refused, never killed."""
 
@@ -336,59 +220,16 @@ class Tmux:
         binary = shutil.which("tmux")
         if binary is None:
             raise MissingBinaryError("tmux", INSTALL_HINT)
-        self._binary = binary
         self._server = libtmux.Server(socket_name=self.socket_name, tmux_bin=binary)
-        self._control: ControlClient | None = None
 
     def __repr__(self) -> str:
         return f"Tmux(socket_name={self.socket_name!r})"
 
     # -- the one place tmux is called ------------------------------------------------------
 
-    def attach_control(self, session: str, on_output: Callable[[str], None] | None = None) -> ControlClient | None:
-        """Carry this door's questions about `session`'s panes over one control-mode client
-        (see `ControlClient`), replacing any other; None (and a process per command, as before)
-        when it cannot attach. `on_output(pane_id)` is called from the client's thread."""
-        current = self._control
-        if current is not None and current.session == session and not current.closed.is_set():
-            return current
-        self.detach_control()
-        try:
-            client = ControlClient(self.socket_name, session, self._binary, on_output)
-            ok, _out = client.command(["display-message", "-p", "ok"], timeout=5.0)
-        except (OSError, TmuxError) as exc:
-            logger.info("tmux control client for %s: %s", session, exc)
-            return None
-        if not ok:
-            client.close()
-            return None
-        self._control = client
-        return client
-
-    def detach_control(self) -> None:
-        client, self._control = self._control, None
-        if client is not None:
-            client.close()
-
-    @property
-    def control(self) -> ControlClient | None:
-        """The attached control-mode client, while it lives."""
-        client = self._control
-        return client if client is not None and not client.closed.is_set() else None
-
     def _cmd(self, *args: str) -> tuple[int, list[str], list[str]]:
         """Run one tmux command line on our socket; returns (returncode, stdout, stderr)."""
         from libtmux import exc
-
-        client = self.control
-        if client is not None and _control_routable(args):
-            try:
-                ok, out = client.command(args)
-            except TmuxError as error:
-                logger.info("%s; going back to a tmux process per command", error)
-                self.detach_control()
-            else:
-                return (0, out, []) if ok else (1, [], out or [f"{args[0]} failed"])
 
         try:
             result = self._server.cmd(*args)
