@@ -1,10 +1,13 @@
 """Signal delivery latency: from the moment a sender calls `signals.send` to the moment the
 consumer's handler runs, with the consumer in a separate process.
 
-Two modes: `events` (inotify through watchdog, the rescan timer set long enough never to fire
-first) and `rescan` (events off, delivery by the rescan timer alone). Prints one JSON object:
+Three modes: `events` (inotify through watchdog, the rescan timer set long enough never to fire
+first), `rescan` (events off, delivery by the rescan timer alone), and `cli`: as `events`, but each
+signal is sent the way agents send it, by an `attractor signal send` process, and timed from just
+before that process starts (so it includes the process's start-up). Prints one JSON object:
 
     python bench/signals.py [--samples 300] [--rescan-interval 0.05] [--spacing 0.01]
+                            [--mode events|rescan|cli|all] [--cli-samples 60]
 
 Target (issue 3): p95 <= 5 ms with events on a 2-core machine.
 """
@@ -73,7 +76,7 @@ def measure(mode: str, samples: int, rescan_interval: float, spacing: float) -> 
 
     with tempfile.TemporaryDirectory(prefix="attractor-bench-") as tmp:
         state = StateDir(Path(tmp) / "state")
-        use_events = mode == "events"
+        use_events = mode in ("events", "cli")
         interval = 60.0 if use_events else rescan_interval
         proc = subprocess.Popen(
             [sys.executable, __file__, "--consumer", "--state-dir", str(state.root),
@@ -87,10 +90,18 @@ def measure(mode: str, samples: int, rescan_interval: float, spacing: float) -> 
         time.sleep(0.2)  # let its watch settle before the first sample
         send_costs = []
         rng = random.Random(7)
+        env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")
+               + (os.pathsep + os.environ["PYTHONPATH"] if os.environ.get("PYTHONPATH") else "")}
         for _ in range(samples):
             start = time.time()
-            signals.send(state, "RESPAWN", to=AGENT, sender="guardian-bench",
-                         payload={"reason": repr(start)})
+            if mode == "cli":
+                subprocess.run([sys.executable, "-m", "attractor", "signal", "send", "RESPAWN", "--to", AGENT,
+                                "--from", "guardian-bench", "--state-dir", str(state.root),
+                                "--payload", json.dumps({"reason": repr(start)})],
+                               check=True, stdout=subprocess.DEVNULL, env=env)
+            else:
+                signals.send(state, "RESPAWN", to=AGENT, sender="guardian-bench",
+                             payload={"reason": repr(start)})
             send_costs.append(time.time() - start)
             time.sleep(rng.uniform(spacing / 2, spacing * 1.5))
         out, _ = proc.communicate(timeout=120)
@@ -100,7 +111,7 @@ def measure(mode: str, samples: int, rescan_interval: float, spacing: float) -> 
     result: dict[str, Any] = {"samples": len(latencies), **percentiles(latencies)}
     if not use_events:
         result["rescan_interval_s"] = rescan_interval
-    result["send_call"] = percentiles(send_costs)
+    result["send_process" if mode == "cli" else "send_call"] = percentiles(send_costs)
     return result
 
 
@@ -111,7 +122,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="rescan period in seconds for the rescan-only mode (default 0.05)")
     parser.add_argument("--spacing", type=float, default=0.01,
                         help="mean pause between sends in seconds (default 0.01)")
-    parser.add_argument("--mode", choices=["events", "rescan", "both"], default="both")
+    parser.add_argument("--mode", choices=["events", "rescan", "cli", "both", "all"], default="all",
+                        help="both: events and rescan; all: the three (default)")
+    parser.add_argument("--cli-samples", type=int, default=60,
+                        help="signals sent by `attractor signal send` processes in the cli mode (default 60)")
     parser.add_argument("--consumer", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--use-events", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--state-dir", help=argparse.SUPPRESS)
@@ -123,10 +137,11 @@ def main(argv: list[str] | None = None) -> int:
         "cpus": os.cpu_count(),
         "target": "events p95 <= 5 ms",
     }
-    modes = ["events", "rescan"] if args.mode == "both" else [args.mode]
+    modes = {"both": ["events", "rescan"], "all": ["events", "rescan", "cli"]}.get(args.mode, [args.mode])
     for mode in modes:
-        key = "events" if mode == "events" else "rescan_only"
-        report[key] = measure(mode, args.samples, args.rescan_interval, args.spacing)
+        key = {"events": "events", "rescan": "rescan_only", "cli": "cli_process"}[mode]
+        report[key] = measure(mode, args.cli_samples if mode == "cli" else args.samples, args.rescan_interval,
+                              args.spacing)
     if "events" in report:
         report["target_met"] = report["events"]["p95_ms"] <= 5.0
     print(json.dumps(report, indent=2))

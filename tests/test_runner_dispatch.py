@@ -4,12 +4,15 @@ phase under test by the store's own API)."""
 
 from __future__ import annotations
 
+import dataclasses
+import time
 from pathlib import Path
 
 import pytest
 
 from attractor import gitops
 from attractor.engines import merge_queue
+from attractor.layers import runner as runner_module
 from attractor.layers.layout import branch_name, worktree_path
 from attractor.layers.runner import Runner, RunnerConfig
 from attractor.states import HookPhase, SignalKind
@@ -194,10 +197,21 @@ def test_the_agents_pane_is_asked_of_tmux_again_only_when_due_or_when_its_proces
     pane = runner.tmux.new_session("att-r1-orch-late", ["sleep", "60"], cwd=tmp_path, keep_dead_panes=True)
     identities.create_identity(runner.state, "orchestrator", NODE, session_id=RUN)
     ident = identities.update_fields(runner.state, "orchestrator", NODE, pid=pane.pane_pid, pane_id=pane.pane_id)
-    first = runner.agent_pane(ident)
+    first = runner.agent_pane(ident, watched=True)
     assert first is not None and not first.dead
-    assert runner.agent_pane(ident) is first  # alive and not due: no tmux client started
+    assert runner.agent_pane(ident, watched=True) is first  # alive and not due: no tmux client started
+    assert runner.pty is not None and runner.pty_stamp is not None  # the agent's terminal, watched
+    # quiet for longer than ACTIVE_WINDOW and asked PANE_CHECK_INTERVAL ago: while nothing was
+    # written to its terminal, tmux is not asked; once something was, at once
+    quiet = dataclasses.replace(first, last_activity=time.time() - runner_module.ACTIVE_WINDOW - 5)
+    runner.last_pane, runner.last_pane_at = quiet, time.monotonic() - runner_module.PANE_CHECK_INTERVAL - 1
+    assert runner.agent_pane(ident, watched=True) is quiet
+    assert runner.agent_pane(ident, watched=False) is not quiet  # its death would not wake the loop: asked
+    runner.last_pane, runner.last_pane_at = quiet, time.monotonic() - runner_module.PANE_CHECK_INTERVAL - 1
+    runner.pty_stamp = (runner.pty_stamp or 0) - 1  # written to since tmux was last asked
+    asked = runner.agent_pane(ident, watched=True)
+    assert asked is not quiet and asked is not None and asked.pane_id == first.pane_id
     os.kill(pane.pane_pid, sig.SIGKILL)
     retry_until(lambda: not ident.process_alive, 10, what="the agent's process gone")
-    after = runner.agent_pane(ident)
-    assert after is not first and (after is None or after.dead)  # asked again at once
+    after = runner.agent_pane(ident, watched=True)
+    assert after is not asked and (after is None or after.dead)  # asked again at once

@@ -3,6 +3,7 @@ socket. Each test SIGKILLs one layer mid-run and checks the run still ends right
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
 import signal
@@ -206,6 +207,28 @@ def test_agent_blocked_at_a_trust_prompt_is_answered(chain: tuple[Path, Path]) -
     assert code == 0, out
     assert git_show(target, "main", "app/trusted.py") == "VALUE = 5\n"
     assert "answering prompt claude-trust" in (state / "logs" / "runner-trusted.log").read_text()
+
+
+def test_a_dialog_after_a_quiet_spell_is_answered(chain: tuple[Path, Path]) -> None:
+    # quiet for longer than the runner's ACTIVE_WINDOW: it asks tmux about the pane only when the
+    # agent's terminal is written to again, and must still see the dialog and answer it
+    target, state = chain
+    script = ("sleep 14\nask Do you trust the files in this folder?\\n> 1. Yes, proceed\\n  2. No, exit\n"
+              + module_steps("quiet", 8) + "commit quiet\nreport")
+    pipe = pipeline_file(target.parent, codergen("quiet", script) + tool("check_quiet"),
+                         "  start -> quiet -> check_quiet -> exit\n")
+    code, out = finish(launch(pipe, target, state), 90)
+    assert code == 0, out
+    assert git_show(target, "main", "app/quiet.py") == "VALUE = 8\n"
+    log = (state / "logs" / "runner-quiet.log").read_text().splitlines()
+
+    def stamp(marker: str) -> datetime.datetime:
+        line = next(line for line in log if marker in line)
+        return datetime.datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f")
+
+    shown = stamp("tmux session att-") + datetime.timedelta(seconds=14)  # the agent's pane, then its sleep
+    # seen through the terminal's stamp, not at the next 30 s safety read (16 s after the dialog)
+    assert (stamp("answering prompt claude-trust") - shown).total_seconds() < 10
 
 
 def test_trust_menu_with_no_first_is_answered_by_choosing_yes(chain: tuple[Path, Path]) -> None:

@@ -6,6 +6,7 @@ import os
 import shutil
 import signal
 import subprocess
+import time
 from pathlib import Path
 from typing import NamedTuple
 
@@ -296,3 +297,32 @@ def test_list_panes_is_one_tmux_call(tmp_path: Path, tmux_socket: str,
 def test_pane_info_json_round_trip() -> None:
     info = PaneInfo("%3", 42, "s", "@1", True, "sleep", 1.5, True, dead_status=2)
     assert PaneInfo.from_json(info.to_json()) == info
+
+
+# -- the agent's terminal: written to or not, without asking tmux ------------------------------
+
+
+def test_a_panes_terminal_stamp_moves_on_a_write_after_quiet(tmux: Tmux, tmp_path: Path) -> None:
+    """What the runner relies on to ask tmux only after an idle agent printed: the pane's pty
+    stamp stays while nothing is written, and the first write 8 s or more after the stamp moves
+    it (Linux keeps 8-second slots)."""
+    from attractor import procs
+
+    info = tmux.new_session("pty", ["sh", "-c", "sleep 9; echo woke; exec sleep 60"], cwd=tmp_path)
+    terminal = procs.terminal_of(info.pane_pid)
+    assert terminal is not None and str(terminal).startswith("/dev/pts/")
+    before = procs.written_stamp(terminal)
+    assert before is not None
+    time.sleep(4)
+    assert procs.written_stamp(terminal) == before  # quiet: the stamp stays
+    retry_until(lambda: "woke" in tmux.capture_pane(info.pane_id, 5), seconds=30, what="the pane to print")
+    assert procs.written_stamp(terminal) != before
+    # a process without a terminal has none
+    plain = subprocess.Popen(["sleep", "30"], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                             stderr=subprocess.DEVNULL)
+    try:
+        assert procs.terminal_of(plain.pid) is None
+    finally:
+        plain.kill()
+        plain.wait()
+    assert procs.terminal_of(None) is None

@@ -170,6 +170,32 @@ def signal_group_if_same(pgid: int | None, start: int | None, sig: int) -> bool:
     return True
 
 
+def terminal_of(pid: int | None) -> Path | None:
+    """The terminal (a pty's `/dev/pts/N`) on the standard input, output or error of `pid`;
+    None when none of them is one, the process is gone, or there is no /proc."""
+    if pid is None or pid <= 0:
+        return None
+    for fd in (1, 2, 0):
+        try:
+            target = os.readlink(PROC / str(pid) / "fd" / str(fd))
+        except OSError:
+            continue
+        if target.startswith("/dev/pts/"):
+            return Path(target)
+    return None
+
+
+def written_stamp(terminal: Path) -> int | None:
+    """When the terminal was last written to, as Linux keeps it (the device's mtime in ns), or
+    None if it cannot be read. Linux moves this stamp only when a write lands in another
+    8-second slot than the stamp's (so that it does not leak keystroke timing): a write at
+    least 8 s after the stamp always moves it, closer ones may not."""
+    try:
+        return os.stat(terminal).st_mtime_ns
+    except OSError:
+        return None
+
+
 def session_members(sid: int) -> list[ProcStat]:
     """Every live process of session `sid` (its leader may be gone: the others keep the id)."""
     members = []

@@ -59,18 +59,27 @@ from attractor.tmux import PaneInfo, Tmux
 logger = logging.getLogger(__name__)
 
 HEARTBEAT_INTERVAL = 2.0
-# The loop sleeps on events: the agent's death (a pidfd), a signal handled, the heartbeat. With
-# nothing pending it looks at its agent every IDLE_CHECK_INTERVAL; while something may soon need
-# it (an agent starting or dying, a respawn waiting out its backoff, no pidfd) every
-# CHECK_INTERVAL.
+# The loop sleeps on events: the agent's death (a pidfd), a signal handled, the heartbeat. While
+# the agent is up and its pidfd watched it looks round every IDLE_CHECK_INTERVAL (records and
+# /proc only); while something may soon need it (an agent starting or dying, a respawn waiting
+# out its backoff, no pidfd) every CHECK_INTERVAL.
 CHECK_INTERVAL = 0.25
 IDLE_CHECK_INTERVAL = 2.0
 PROMPT_CHECK_INTERVAL = 2.0
-# Without a control-mode client the agent's pane is asked of tmux (a client process per
-# question) at most this often while its process lives; at once when the process is gone.
+# The agent's pane is asked of tmux (a client process per question) at most every
+# PANE_CHECK_INTERVAL while its window showed activity in the last ACTIVE_WINDOW seconds or its
+# death would not wake the loop; at once when its process is gone. While it is quiet and
+# watched, tmux is asked again as soon as the agent's terminal was written to (the pty's stamp,
+# read without a process: after ACTIVE_WINDOW > 8 s of quiet the kernel moves it on the next
+# write, see `procs.written_stamp`), else every QUIET_PANE_CHECK_INTERVAL (every
+# NO_PTY_PANE_CHECK_INTERVAL when the agent has no pty to watch).
 PANE_CHECK_INTERVAL = 1.0
-# With a control-mode client the pane is read only after it printed something (or while a
-# dialog shows), and at least this often for what printing does not show.
+QUIET_PANE_CHECK_INTERVAL = 30.0
+NO_PTY_PANE_CHECK_INTERVAL = 5.0
+ACTIVE_WINDOW = 10.0
+# The screen is read only when the window showed activity since the last read (tmux's
+# window_activity, whole seconds), while a dialog shows (an answer must be seen to work), and at
+# least every QUIET_CAPTURE_INTERVAL for what activity does not show.
 QUIET_CAPTURE_INTERVAL = 30.0
 USAGE_INTERVAL = 15.0
 MESSAGE_INTERVAL = 1.0
@@ -156,6 +165,9 @@ class Runner:
         # the agent's own dialogs first: on a tie, the earlier rule wins
         self.watch = Watch(self.state, rules=(*self.agent.dialogs(), *PROMPTS))
         self.last_capture = 0.0
+        self.last_capture_wall = 0.0  # time.time() of the last read, against tmux's activity
+        self.pty: Path | None = None  # the agent's terminal, whose stamp says it was written to
+        self.pty_stamp: int | None = None  # that stamp when tmux was last asked about the pane
         self.last_pane: PaneInfo | None = None
         self.last_pane_at = 0.0
         self.last_pane_of = (0, "")  # (epoch, pane id) the cached pane belongs to
@@ -587,30 +599,36 @@ class Runner:
         return "impl_complete"
 
     # -- the loop ------------------------------------------------------------------------------
-    def agent_pane(self, ident: identities.Identity) -> PaneInfo | None:
+    def agent_pane(self, ident: identities.Identity, watched: bool) -> PaneInfo | None:
         """The agent's pane as tmux last told it: asked again when the agent's process is gone,
-        when the agent was replaced, or PANE_CHECK_INTERVAL after the last question."""
+        when the agent was replaced, or when its interval passed (see PANE_CHECK_INTERVAL)."""
         now = time.monotonic()
         of = (ident.epoch, ident.pane_id or "")
-        if ident.tmux_session and ident.tmux_socket == self.cfg.tmux_socket:
-            # questions about the agent's pane go over one control-mode client (no process each)
-            self.tmux.attach_control(ident.tmux_session)
-        due = now - self.last_pane_at >= PANE_CHECK_INTERVAL or self.tmux.control is not None
-        if due or not ident.process_alive or of != self.last_pane_of:
+        last = self.last_pane
+        if of != self.last_pane_of or self.pty is None:
+            self.pty = procs.terminal_of(ident.pid)
+        stamp = procs.written_stamp(self.pty) if self.pty is not None else None
+        interval = PANE_CHECK_INTERVAL
+        if watched and last is not None and time.time() - last.last_activity > ACTIVE_WINDOW:
+            if stamp is None:
+                interval = NO_PTY_PANE_CHECK_INTERVAL
+            elif stamp == self.pty_stamp:
+                interval = QUIET_PANE_CHECK_INTERVAL  # nothing written since tmux was last asked
+        if not ident.process_alive or of != self.last_pane_of or now - self.last_pane_at >= interval:
             self.last_pane = self.tmux.pane(ident.pane_id) if ident.pane_id else None
-            self.last_pane_at, self.last_pane_of = now, of
+            self.last_pane_at, self.last_pane_of, self.pty_stamp = now, of, stamp
         return self.last_pane
 
     def capture_due(self, pane: PaneInfo, now: float) -> bool:
-        """Read the agent's screen now? Every PROMPT_CHECK_INTERVAL without a control-mode client;
-        with one, only after the pane printed, while a dialog shows (an answer must be seen to
-        work), or QUIET_CAPTURE_INTERVAL after the last read."""
+        """Read the agent's screen now? At most every PROMPT_CHECK_INTERVAL: after the window
+        showed activity since the last read, while a dialog shows, or QUIET_CAPTURE_INTERVAL
+        after the last read."""
         if now - self.last_capture < PROMPT_CHECK_INTERVAL:
             return False
-        control = self.tmux.control
-        if control is None or self.dialog_showing or now - self.last_capture >= QUIET_CAPTURE_INTERVAL:
+        if self.dialog_showing or now - self.last_capture >= QUIET_CAPTURE_INTERVAL:
             return True
-        return control.last_output.get(pane.pane_id, 0.0) >= self.last_capture
+        # activity is in whole seconds: the second of the last read counts as after it
+        return pane.last_activity >= int(self.last_capture_wall)
 
     def check_orchestrator(self) -> None:
         """Supervise the orchestrator: death, hang and known prompts (see `watch`)."""
@@ -625,7 +643,7 @@ class Runner:
         agent = ident.agent_id
         if ident.status in SUPERVISED:
             watched = self.deaths.watch("agent", ident.pid, ident.pid_start)
-            pane = self.agent_pane(ident)
+            pane = self.agent_pane(ident, watched)
             gone = not ident.process_alive or pane is None or pane.dead
             if gone:
                 # handle whatever it sent just before it exited, then look again
@@ -638,7 +656,7 @@ class Runner:
             text = None
             now = time.monotonic()
             if pane is not None and not pane.dead and self.capture_due(pane, now):
-                self.last_capture = now
+                self.last_capture, self.last_capture_wall = now, time.time()
                 try:
                     text = self.tmux.capture_pane(pane.pane_id, 40)
                 except AttractorError:
@@ -896,7 +914,6 @@ class Runner:
         finally:
             set_up.set()
             self.consumer.stop()
-            self.tmux.detach_control()
             self.deaths.close()
         if self.hook().phase is HookPhase.MERGED:
             try:
