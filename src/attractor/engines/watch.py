@@ -3,9 +3,11 @@ observations, classify them (`supervision.classify`) and apply the respawn polic
 (`supervision.Supervisor`). Used by the guardian (for runners), the runner (for its
 orchestrator) and the launcher (for the guardian), so all three follow one rule.
 
-Timing: at the loops' tick (0.2-0.25 s) a death is seen well within 1 s; a control process
-whose heartbeat is older than 3 intervals (6 s) is stale and is ended so that it is respawned;
-an agent whose pane has been quiet for `hung_after` (10 min) is hung and is ended likewise.
+Timing: the loops sleep on the pidfds of the processes they supervise (`procs.DeathWatch`), so a
+death is seen when it happens, and look round every 0.2-0.25 s while something is starting or
+dying, every 2 s while all is up; a control process whose heartbeat is older than 3 intervals
+(6 s) is stale and is ended so that it is respawned; an agent whose pane has been quiet for
+`hung_after` (10 min) is hung and is ended likewise.
 
 Start-up: a control process whose identity is still `spawning` has not sent a heartbeat yet and
 is judged by its start-up instead (`supervision.classify`): the grace is measured from the
