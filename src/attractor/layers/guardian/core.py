@@ -130,7 +130,9 @@ class GuardianBase:
             cp_store.write_checkpoint(self.state, self.cp)
             fields = {k: (v.value if isinstance(v, NodeState) else v) for k, v in changes.items()}
             cp_store.append_event(self.state, self.cfg.run_id, event, node=name, **fields)
-        self.deaths.wake()  # what changed may let the schedule move
+            finished = self.cp.nodes[name].finished
+        if finished:
+            self.deaths.wake()  # a node that finished may let the schedule move: look at once
 
     def node_state(self, name: str) -> NodeState:
         with self.lock:

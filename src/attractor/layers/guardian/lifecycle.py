@@ -37,14 +37,9 @@ class Guardian(Supervision, Validation):
 
     # -- signals -----------------------------------------------------------------------------
     def handle(self, sig: signals.Signal) -> str:
-        try:
-            return self._handle_signal(sig)
-        finally:
-            self.deaths.wake()  # the loop looks again at once
-
-    def _handle_signal(self, sig: signals.Signal) -> str:
         if sig.kind is SignalKind.SHUTDOWN:
             self.stop_event.set()
+            self.deaths.wake()  # the loop sees the stop at once
             return "stopping"
         p = sig.payload
         if not isinstance(p, (payloads.NodeImplComplete, payloads.MergeReady, payloads.OrchestratorStuck)):
