@@ -30,6 +30,14 @@ between:
 validation gate and the merge queue's `gates` timing). Target (issue 5): median <= 500 ms
 excluding gate time.
 
+With `--gate-seconds S` the tool nodes run `sleep S` instead (the validation, in parallel, and
+the merge queue's run of it, serial): with `--layout parallel` and more nodes than the queue can
+keep up with, `queue` reports the merge queue's throughput through the guardian's real path
+(MERGE_READY signals, checkpoint, events, one entry handed over at a time) against the serial
+limit 60/S merges per minute: merges per minute from the first merge decided to the last, and
+the queue's idle time between one entry decided and the next one claimed (what that path adds
+over `bench/merge_queue.py`, which queues every branch before it starts).
+
 Part 2 (`--skip-demo` leaves it out) runs `attractor demo --dir <tmp>` `--demo-repeat` times
 as a subprocess and reports median and min wall time. The machine is shared: the load average
 is reported beside every figure.
@@ -134,13 +142,14 @@ def node_name(i: int) -> str:
     return f"n{i:02d}"
 
 
-def pipeline_text(nodes: int, layout: str, max_agents: int) -> str:
+def pipeline_text(nodes: int, layout: str, max_agents: int, gate_seconds: float = 0.0) -> str:
     lines = [f"digraph bench {{\n  graph [max_agents={max_agents}]\n  start [shape=Mdiamond]\n  exit [shape=Msquare]\n"]
     for i in range(1, nodes + 1):
         name = node_name(i)
         script = f"write out/{name}.txt node {name}\\n\ncommit {name}: one file\nreport {name} ready"
         lines.append(f'  {name} [shape=box, prompt="write out/{name}.txt", script="{script}"]\n')
-        lines.append(f'  check_{name} [shape=parallelogram, command="true", timeout=60]\n')
+        command = f"sleep {gate_seconds:g}" if gate_seconds > 0 else "true"
+        lines.append(f'  check_{name} [shape=parallelogram, command="{command}", timeout=60]\n')
         lines.append(f"  {name} -> check_{name}\n")
     if layout == "chain":
         previous = "start"
@@ -275,7 +284,7 @@ def run_chain(work: Path, index: int, args: argparse.Namespace) -> tuple[list[di
     state = work / f"state-{index}"
     make_target(target)
     pipe = work / f"bench-{index}.dot"
-    pipe.write_text(pipeline_text(args.nodes, args.layout, args.max_agents))
+    pipe.write_text(pipeline_text(args.nodes, args.layout, args.max_agents, args.gate_seconds))
     socket_name = f"bench-{secrets.token_hex(4)}"
     argv = [sys.executable, "-m", "attractor", "run", str(pipe), "--target-dir", str(target),
             "--state-dir", str(state), "--agent", "scripted", "--tmux-socket", socket_name,
@@ -292,6 +301,17 @@ def run_chain(work: Path, index: int, args: argparse.Namespace) -> tuple[list[di
     finally:
         cleanup(state, socket_name, work)
     info = {"wall_s": round(wall, 2), "samples": len(samples), "load_before": load_before, "load_after": load()}
+    spans = sorted((s["claimed"], s["decided"]) for s in samples if s.get("claimed") and s.get("decided"))
+    if len(spans) >= 2:
+        decided = [d for _, d in spans]
+        gaps = [1000 * (spans[i + 1][0] - spans[i][1]) for i in range(len(spans) - 1)]
+        per_min = 60 * (len(spans) - 1) / (decided[-1] - decided[0])
+        info["queue"] = {"merges": len(spans), "merges_per_min": round(per_min, 2),
+                         "idle_between_ms": stats_ms([g for g in gaps if g >= 0]),
+                         "overlapping": sum(1 for g in gaps if g < 0)}
+        if args.gate_seconds > 0:
+            info["queue"]["limit_per_min"] = round(60 / args.gate_seconds, 2)
+            info["queue"]["vs_limit"] = round(info["queue"]["merges_per_min"] * args.gate_seconds / 60, 4)
     return samples, info
 
 
@@ -351,6 +371,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--demo-repeat", type=int, default=3)
     parser.add_argument("--skip-demo", action="store_true", help="leave out the demo's wall time")
     parser.add_argument("--timeout", type=float, default=120.0, help="seconds one pipeline run may take")
+    parser.add_argument("--gate-seconds", type=float, default=0.0,
+                        help="the tool nodes run `sleep S` (default 0: `true`)")
     args = parser.parse_args(argv)
     if args.nodes < 1 or args.repeat < 1 or args.demo_repeat < 1:
         parser.error("--nodes, --repeat and --demo-repeat must be at least 1")
@@ -360,7 +382,8 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="bench-chain-"))
     result: dict[str, Any] = {"schema": 1, "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]},
                               "params": {"nodes": args.nodes, "repeat": args.repeat, "layout": args.layout,
-                                         "max_agents": args.max_agents, "gate": "true"}}
+                                         "max_agents": args.max_agents,
+                                         "gate": f"sleep {args.gate_seconds:g}" if args.gate_seconds > 0 else "true"}}
     try:
         samples: list[dict[str, Any]] = []
         runs = []
