@@ -81,3 +81,34 @@ def test_shutdown_stops_the_loop_and_other_kinds_are_not_for_the_guardian(guardi
     assert guardian.stop_event.is_set()
     out = guardian.handle(_to_guardian(guardian, SignalKind.VALIDATION_PASSED, {"node": "a", "commit": "a" * 40}))
     assert out == "ignored: VALIDATION_PASSED is not for the guardian"
+
+
+def test_the_loop_sleeps_on_a_runners_pidfd_and_wakes_when_a_node_finishes(guardian: Guardian) -> None:
+    import subprocess
+    import time
+
+    from attractor.store import hooks, identities
+
+    runner = subprocess.Popen(["sleep", "120"])
+    try:
+        guardian.update_node("a", state=NodeState.RUNNING)
+        identities.create_identity(guardian.state, "runner", "a", session_id=RUN, pid=runner.pid)
+        identities.update_liveness(guardian.state, "runner", "a", pid=runner.pid)
+        hooks.create_hook(guardian.state, "runner", "a", node="a", run_id=RUN)
+        guardian.deaths.wait(0)  # use up the wake-up of the node's change above
+        guardian.supervise()
+        assert guardian.deaths.watching("a")  # the live runner is held by its pidfd
+        runner.kill()
+        began = time.monotonic()
+        assert guardian.deaths.wait(60) == {"a"}  # its death ends the sleep, not the timeout
+        assert time.monotonic() - began < 30
+    finally:
+        runner.kill()
+        runner.wait()
+    # a node that finished wakes the loop (the schedule may move); shutdown does too
+    began = time.monotonic()
+    guardian.update_node("b", state=NodeState.FAILED)
+    assert guardian.deaths.wait(60) == frozenset() and time.monotonic() - began < 30
+    guardian.handle(_to_guardian(guardian, SignalKind.SHUTDOWN, {"reason": "stop"}))
+    began = time.monotonic()
+    assert guardian.deaths.wait(60) == frozenset() and time.monotonic() - began < 30
