@@ -166,6 +166,16 @@ def test_killed_agent_is_respawned_and_resumes_its_session(cli: str, tmp_path: P
     retry_until(entered.is_set, 120, what="the agent to wait for the model")
     first = session(state_dir, "slow")
     assert first is not None and first["session_id"]
+    if cli == "claude":
+        # Claude Code writes its transcript a moment after the turn: a kill before that leaves
+        # nothing to resume (it then says "No conversation found" and the runner starts afresh)
+        def conversation_written() -> bool:
+            found = session(state_dir, "slow") or {}
+            path = Path(str(found.get("transcript_path") or ""))
+            return path.is_file() and any('"type":"assistant"' in line or '"type": "assistant"' in line
+                                          for line in path.read_text(errors="replace").splitlines())
+
+        retry_until(conversation_written, 60, what="Claude Code to write the first turn to its transcript")
     ident = identity(state_dir, "orchestrator-slow")
     assert ident is not None
     os.kill(int(ident["pid"]), signal.SIGKILL)
