@@ -191,12 +191,14 @@ def test_the_agents_pane_is_asked_of_tmux_again_only_when_due_or_when_its_proces
     import os
     import signal as sig
 
+    from attractor import procs
     from attractor.store import identities
     from tests.helpers import retry_until
 
     pane = runner.tmux.new_session("att-r1-orch-late", ["sleep", "60"], cwd=tmp_path, keep_dead_panes=True)
     identities.create_identity(runner.state, "orchestrator", NODE, session_id=RUN)
     ident = identities.update_fields(runner.state, "orchestrator", NODE, pid=pane.pane_pid, pane_id=pane.pane_id)
+    retry_until(lambda: procs.terminal_of(pane.pane_pid), what="the pane's process on its pty")
     first = runner.agent_pane(ident, watched=True)
     assert first is not None and not first.dead
     assert runner.agent_pane(ident, watched=True) is first  # alive and not due: no tmux client started

@@ -309,8 +309,9 @@ def test_a_panes_terminal_stamp_moves_on_a_write_after_quiet(tmux: Tmux, tmp_pat
     from attractor import procs
 
     info = tmux.new_session("pty", ["sh", "-c", "sleep 9; echo woke; exec sleep 60"], cwd=tmp_path)
-    terminal = procs.terminal_of(info.pane_pid)
-    assert terminal is not None and str(terminal).startswith("/dev/pts/")
+    # the pane's process has the pty on its standard streams once tmux's child set them up
+    terminal = retry_until(lambda: procs.terminal_of(info.pane_pid), what="the pane's terminal")
+    assert str(terminal).startswith("/dev/pts/")
     before = procs.written_stamp(terminal)
     assert before is not None
     time.sleep(4)
