@@ -61,12 +61,8 @@ def child_env() -> dict[str, str]:
 
 def cpu_seconds(pid: int) -> float | None:
     """utime + stime + cutime + cstime of `pid`, in seconds; None if it is gone."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = stat[stat.rfind(")") + 2:].split()
-    return sum(int(f) for f in fields[11:15]) / TICK
+    split = cpu_split(pid)
+    return None if split is None else sum(split)
 
 
 def cpu_split(pid: int) -> tuple[float, float] | None:
@@ -153,23 +149,21 @@ def measure(work: Path, nodes: int, seconds: float, settle: float) -> dict[str, 
                    if i.get("role") in ("launcher", "guardian", "runner") and isinstance(i.get("pid"), int)}
         control["launcher"] = launcher.pid
         server = tmux_server_pid(socket_name)
-        before = {name: cpu_seconds(pid) for name, pid in control.items()}
-        split_before = {name: cpu_split(pid) for name, pid in control.items()}
+        before = {name: cpu_split(pid) for name, pid in control.items()}
         server_before = cpu_seconds(server) if server else None
         pid_before, t0 = last_pid(), time.monotonic()
         time.sleep(seconds)
         elapsed = time.monotonic() - t0
         pid_after = last_pid()
-        after = {name: cpu_seconds(pid) for name, pid in control.items()}
-        split_after = {name: cpu_split(pid) for name, pid in control.items()}
+        after = {name: cpu_split(pid) for name, pid in control.items()}
         server_after = cpu_seconds(server) if server else None
         per_min = 60.0 / elapsed
-        used = sum((after[n] or 0.0) - (before[n] or 0.0) for n in control if before[n] is not None)
+        used = sum(sum(a) - sum(b) for n in control if (b := before[n]) is not None and (a := after[n]) is not None)
         runners = [rss_mb(pid) for name, pid in control.items() if name.startswith("runner-")]
         runner_rss = [r for r in runners if r is not None]
         by_role: dict[str, list[float]] = {}
         for name in control:
-            b, a = split_before[name], split_after[name]
+            b, a = before[name], after[name]
             if b is None or a is None:
                 continue
             role = name.split("-")[0]

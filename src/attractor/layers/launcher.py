@@ -13,7 +13,6 @@ import os
 import shutil
 import sys
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
@@ -459,77 +458,68 @@ def follow(state: StateDir, run_id: str, gcfg: GuardianConfig, out: TextIO, time
     deaths = procs.DeathWatch()
     run_dir = cp_store.run_dir(state, run_id)
     unwatch = wakeup.watch_directory(run_dir, deaths, modified=True) if run_dir.is_dir() else None
+    events = unwatch is not None
     try:
-        return _follow_loop(state, run_id, gcfg, out, timeout, heartbeat, start, watch, tmux, tail, read, show,
-                            deaths, events=unwatch is not None)
+        restarts = 0
+        last_beat = 0.0
+        panes: dict[str, PaneInfo] = {}
+        panes_at = 0.0
+        patience = DiskPatience(f"launcher-{run_id}")
+        while True:
+            cp = read()
+            show()
+            if cp.status != "running":
+                break
+            now = time.monotonic()
+            if heartbeat and now - last_beat > 2:
+                try:
+                    identities.update_liveness(state, "launcher", run_id, pid=os.getpid())
+                    patience.ok()
+                except NoSpaceError as exc:  # the follower keeps following; the run goes on
+                    time.sleep(patience.hit(exc))
+                last_beat = now
+            ident = identities.find(state, "guardian", run_id)
+            settled = False
+            if ident is not None and ident.status in SUPERVISED:
+                watched = ident.status is IdentityStatus.ACTIVE and deaths.watch("guardian", ident.pid, ident.pid_start)
+                quiet = PANES_QUIET_INTERVAL if watched else PANES_INTERVAL
+                if not ident.process_alive or ident.pane_id not in panes or now - panes_at >= quiet:
+                    panes, panes_at = {p.pane_id: p for p in tmux.list_panes()}, now
+                verdict = watch.check(ident, panes)
+                settled = watched and events and verdict.report.health is Health.ALIVE
+                if verdict.report.health is Health.DEAD:
+                    cp = read()
+                    if cp.status != "running":
+                        break
+                    print(f"[{time.monotonic() - start:7.1f}s] guardian is gone ({verdict.report.reason})",
+                          file=out, flush=True)
+                    ident = identities.find(state, "guardian", run_id)
+            if ident is not None and ident.status in (IdentityStatus.CRASHED, IdentityStatus.RESPAWNING) \
+                    and watch.may_respawn(ident.agent_id):
+                restarts += 1
+                if restarts > MAX_GUARDIAN_RESTARTS:
+                    print(f"error: guardian died {restarts - 1} times; giving up (resume later with: "
+                          f"attractor run --resume {run_id})", file=sys.stderr)
+                    return 1
+                print(f"[{time.monotonic() - start:7.1f}s] starting the guardian again (restart {restarts})",
+                      file=out, flush=True)
+                spawn_guardian(gcfg, Path(cp.target_dir))
+                watch.respawned(ident.agent_id)
+                continue
+            if timeout is not None and now - start > timeout:
+                print(f"error: run {run_id} still running after {timeout:g}s; it goes on (attractor stop {run_id})",
+                      file=sys.stderr)
+                return 1
+            interval = IDLE_FOLLOW_INTERVAL if settled else FOLLOW_INTERVAL
+            if heartbeat:
+                interval = min(interval, max(0.0, last_beat + 2 - time.monotonic()))
+            deaths.wait(interval)
+        show()
+        print_summary(state, cp, out, time.monotonic() - start)
+        return 0 if cp.status == RunStatus.SUCCEEDED else 1
     finally:
         wakeup.unwatch(unwatch)
         deaths.close()
-
-
-def _follow_loop(state: StateDir, run_id: str, gcfg: GuardianConfig, out: TextIO, timeout: float | None,
-                 heartbeat: bool, start: float, watch: Watch, tmux: Tmux, tail: EventTail,
-                 read: Callable[[], Checkpoint], show: Callable[[], None], deaths: procs.DeathWatch,
-                 *, events: bool) -> int:
-    restarts = 0
-    last_beat = 0.0
-    panes: dict[str, PaneInfo] = {}
-    panes_at = 0.0
-    settled = False
-    patience = DiskPatience(f"launcher-{run_id}")
-    while True:
-        cp = read()
-        show()
-        if cp.status != "running":
-            break
-        now = time.monotonic()
-        if heartbeat and now - last_beat > 2:
-            try:
-                identities.update_liveness(state, "launcher", run_id, pid=os.getpid())
-                patience.ok()
-            except NoSpaceError as exc:  # the follower keeps following; the run goes on
-                time.sleep(patience.hit(exc))
-            last_beat = now
-        ident = identities.find(state, "guardian", run_id)
-        settled = False
-        if ident is not None and ident.status in SUPERVISED:
-            watched = ident.status is IdentityStatus.ACTIVE and deaths.watch("guardian", ident.pid, ident.pid_start)
-            quiet = PANES_QUIET_INTERVAL if watched else PANES_INTERVAL
-            if not ident.process_alive or ident.pane_id not in panes or now - panes_at >= quiet:
-                panes, panes_at = {p.pane_id: p for p in tmux.list_panes()}, now
-            verdict = watch.check(ident, panes)
-            settled = watched and events and verdict.report.health is Health.ALIVE
-            if verdict.report.health is Health.DEAD:
-                cp = read()
-                if cp.status != "running":
-                    break
-                print(f"[{time.monotonic() - start:7.1f}s] guardian is gone ({verdict.report.reason})",
-                      file=out, flush=True)
-                ident = identities.find(state, "guardian", run_id)
-        if ident is not None and ident.status in (IdentityStatus.CRASHED, IdentityStatus.RESPAWNING) \
-                and watch.may_respawn(ident.agent_id):
-            restarts += 1
-            if restarts > MAX_GUARDIAN_RESTARTS:
-                print(f"error: guardian died {restarts - 1} times; giving up (resume later with: "
-                      f"attractor run --resume {run_id})", file=sys.stderr)
-                return 1
-            print(f"[{time.monotonic() - start:7.1f}s] starting the guardian again (restart {restarts})",
-                  file=out, flush=True)
-            spawn_guardian(gcfg, Path(cp.target_dir))
-            watch.respawned(ident.agent_id)
-            continue
-        if timeout is not None and now - start > timeout:
-            print(f"error: run {run_id} still running after {timeout:g}s; it goes on (attractor stop {run_id})",
-                  file=sys.stderr)
-            return 1
-        interval = IDLE_FOLLOW_INTERVAL if settled else FOLLOW_INTERVAL
-        if heartbeat:
-            interval = min(interval, max(0.0, last_beat + 2 - time.monotonic()))
-        deaths.wait(interval)
-    show()
-    print_summary(state, cp, out, time.monotonic() - start)
-    return 0 if cp.status == RunStatus.SUCCEEDED else 1
-
 
 def print_summary(state: StateDir, cp: Checkpoint, out: TextIO, wall: float | None = None) -> None:
     merged = [n for n in cp.nodes.values() if n.merged_sha]

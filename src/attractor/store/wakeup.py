@@ -32,7 +32,7 @@ def watch_directory(directory: Path, wake: Wakeable, *, modified: bool = False) 
     in it is written to); returns the function that stops watching, or None when no file-system
     events are available (callers then rely on their rescan timer).
 
-    On Linux this registers a callback for IN_CREATE/IN_MOVED_TO on watchdog's shared inotify
+    On Linux this registers a callback for IN_CREATE/IN_MOVED_TO (and IN_MODIFY) on watchdog's shared inotify
     reader. watchdog's Observer is not used there: it holds every IN_MOVED_FROM back for 0.5 s
     to pair it with a move target, and events queued behind it wait too, so each claim (a
     rename out of `new/`) would delay the next wake-up by up to half a second."""

@@ -30,9 +30,9 @@ from attractor.tmux import PaneInfo, Tmux
 
 logger = logging.getLogger(__name__)
 
-# The loop sleeps on events (a runner's death by its pidfd, a signal handled, a node's state
-# changed) and looks round every TICK while something is starting, dying or waiting out a
-# backoff, every IDLE_TICK while every runner is up and watched.
+# The loop sleeps on events (a runner's death by its pidfd, a node finished, a stop) and looks
+# round every TICK while something is starting, dying or waiting out a backoff, every IDLE_TICK
+# while every runner is up and watched.
 TICK = 0.2
 IDLE_TICK = 2.0
 HEARTBEAT_INTERVAL = 2.0
