@@ -266,3 +266,28 @@ def test_worktree_changes_of_many_processes_never_trip_over_each_other(tmp_path:
     failures = [err for out, err, code in results if code != 0 or out.strip() != "ok"]
     assert not failures, failures[0][-2000:]
     assert gitops.list_worktrees(repo)[0].path == repo and len(gitops.list_worktrees(repo)) == 1
+
+
+_HOLD_WORKTREE_LOCK = """
+import sys, time
+from attractor import gitops
+with gitops.worktree_changes(sys.argv[1]):
+    print("held", flush=True)
+    time.sleep(600)
+"""
+
+
+def test_a_held_worktree_lock_times_out_by_name_and_a_killed_holder_lets_go(repo: Path) -> None:
+    holder = subprocess.Popen([sys.executable, "-c", _HOLD_WORKTREE_LOCK, str(repo)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        with pytest.raises(GitError, match=gitops.WORKTREE_LOCK), gitops.worktree_changes(repo, timeout=0.3):
+            pass
+        holder.kill()
+        holder.wait(timeout=30)
+        with gitops.worktree_changes(repo, timeout=30):
+            pass
+        gitops.remove_worktree(repo, gitops.add_detached_worktree(repo, repo.parent / "check", "main"))
+    finally:
+        holder.kill()
+        holder.wait(timeout=30)

@@ -30,8 +30,6 @@ FOLDERS = frozenset(TIERS[2:])
 
 # (importer, imported) -> why it is still there; each is a separate piece of work.
 ALLOWED_FOR_NOW: dict[tuple[str, str], str] = {
-    ("attractor.gitops", "attractor.store.locks"):
-        "worktree_changes() takes a store lock inside the git door; the lock belongs to its callers or a leaf",
 }
 
 

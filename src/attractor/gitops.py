@@ -14,6 +14,7 @@ out of `git status` through `.git/info/exclude`. Branches are `attractor/<run>/<
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import logging
 import os
 import re
@@ -404,18 +405,36 @@ def exclude_attractor_dirs(repo: RepoLike) -> None:
 
 WORKTREE_LOCK = "attractor-worktrees.lock"
 WORKTREE_RETRIES = 3
+WORKTREE_LOCK_TIMEOUT = 60.0
 
 
 @contextlib.contextmanager
-def worktree_changes(repo: RepoLike) -> Iterator[None]:
-    """Serialise changes to the repository's worktree list across processes (a lock beside it,
-    in the common git dir): a `worktree prune` or `remove` never runs while another process is
-    half-way through `worktree add`, which git would see as a broken entry."""
-    from attractor.store import locks
+def worktree_changes(repo: RepoLike, timeout: float = WORKTREE_LOCK_TIMEOUT) -> Iterator[None]:
+    """Serialise changes to the repository's worktree list across processes: a `worktree prune`
+    or `remove` never runs while another process is half-way through `worktree add`, which git
+    would see as a broken entry.
 
-    r = as_repo(repo)
-    with locks.file_lock(r.root / ".git" / WORKTREE_LOCK):
+    The lock is git's business, so it lives in the git door: an flock on
+    `.git/attractor-worktrees.lock` (never removed; the kernel lets go when its holder dies).
+    Holders run one git command or two, so waiters retry every few milliseconds rather than
+    queue; one that waits `timeout` seconds raises GitError naming the lock file."""
+    lock_path = as_repo(repo).root / ".git" / WORKTREE_LOCK
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        deadline = time.monotonic() + timeout
+        pause = 0.002
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise GitError("git worktree", f"{lock_path} held by another process for {timeout:g} s") from None
+                time.sleep(pause)
+                pause = min(pause * 2, 0.05)
         yield
+    finally:
+        os.close(fd)
 
 
 def _transient(exc: GitError) -> bool:
