@@ -12,7 +12,8 @@ PYTHONDONTWRITEBYTECODE=1, as some sandboxes do, so every run compiles attractor
 (the standard library keeps its installed bytecode).
 
 It also runs each hot command once and records which modules it imported (from sys.modules at
-exit): libtmux, git (GitPython), pydot and watchdog must not be among them, or the run fails.
+exit): the tmux and git doors (attractor.tmux, attractor.gitops), pydot and watchdog must not
+be among them, or the run fails.
 
 Usage: python bench/hot_commands.py [--runs N] > result.json
 """
@@ -31,8 +32,8 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
-HEAVY = ("libtmux", "git", "pydot", "watchdog", "yaml")
-FORBIDDEN = ("libtmux", "git", "pydot", "watchdog")
+HEAVY = ("attractor.tmux", "attractor.gitops", "pydot", "watchdog", "yaml")
+FORBIDDEN = ("attractor.tmux", "attractor.gitops", "pydot", "watchdog")
 
 
 def _percentile(values: list[float], pct: float) -> float:
@@ -86,7 +87,7 @@ def _imported(argv: list[str], env: dict[str, str], out: Path) -> dict[str, Any]
     modules = json.loads(out.read_text())
     return {
         "modules": len(modules),
-        "heavy_imported": sorted({name.split(".")[0] for name in modules} & set(HEAVY)),
+        "heavy_imported": sorted(h for h in HEAVY if any(m == h or m.startswith(h + ".") for m in modules)),
         "attractor_modules": [name for name in modules if name.startswith("attractor")],
     }
 

@@ -132,4 +132,4 @@ def test_shims_under_a_bare_python_name_the_missing_package(tmp_path: Path, stat
     assert result.returncode == 2, result.stderr
     line = result.stderr.strip()
     assert len(line.splitlines()) == 1 and line.startswith("error: ") and "pip install" in line, line
-    assert any(package in line for package in ("GitPython", "pydot", "libtmux")), line
+    assert any(package in line for package in ("PyYAML", "pydot", "watchdog")), line

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import ast
 import functools
+import subprocess
+import sys
 from pathlib import Path
 from typing import NamedTuple
 
@@ -226,3 +228,15 @@ def test_graph_sees_function_local_and_dynamic_imports(tmp_path: Path) -> None:
     assert pairs == {("attractor.errors", "attractor.store.hooks"), ("attractor.store.hooks", "attractor.errors"),
                      ("attractor.store.hooks", "attractor.names")}
     assert find_cycles(modules, pairs) == [["attractor.errors", "attractor.store.hooks", "attractor.errors"]]
+
+
+# Libraries a long-lived layer must not load: the DOT parser (the launcher parses once), OpenSSL
+# (3.6 MB for a digest now and then) and the git and tmux libraries the doors no longer use.
+LAYER_FORBIDDEN = ("pydot", "pyparsing", "_hashlib", "git", "libtmux")
+
+
+def test_the_long_lived_layers_load_only_what_they_use() -> None:
+    code = ("import sys, attractor.layers.runner, attractor.layers.guardian\n"
+            f"print(sorted({{m.split('.')[0] for m in sys.modules}} & set({LAYER_FORBIDDEN!r})))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout

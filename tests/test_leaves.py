@@ -157,3 +157,14 @@ def test_payload_strict_parse() -> None:
     for bad in ({"node": "a"}, {**good, "extra": 1}, {**good, "priority": "x"}, [1]):
         with pytest.raises(BadInputError):
             payloads.payload_from_json(kind, bad)
+
+
+@pytest.mark.parametrize("data", [b"", b"abc", bytes(range(256)) * 300], ids=["empty", "short", "long"])
+def test_sha256_hex_is_sha256_whichever_implementation_answers(data: bytes, monkeypatch: pytest.MonkeyPatch) -> None:
+    import hashlib
+
+    expected = hashlib.sha256(data).hexdigest()
+    modules = names._SHA256_MODULES
+    for first in range(len(modules)):
+        monkeypatch.setattr(names, "_SHA256_MODULES", modules[first:])
+        assert names.sha256_hex(data) == expected

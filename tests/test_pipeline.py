@@ -395,7 +395,7 @@ def test_cli_lint_subprocess(tmp_path: Path) -> None:
 
 def test_cli_module_does_not_import_pydot() -> None:
     code = ("import sys, attractor.cli.pipeline; "
-            "sys.exit(1 if {'pydot', 'pyparsing', 'libtmux'} & set(sys.modules) else 0)")
+            "sys.exit(1 if {'pydot', 'pyparsing', 'attractor.tmux'} & set(sys.modules) else 0)")
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
 
 

@@ -593,8 +593,8 @@ def test_cli_send_does_not_import_heavy_libraries(state_dir: Path) -> None:
     code = (
         "import sys\nfrom attractor.cli import main\n"
         f"assert main(['signal', 'send', 'SHUTDOWN', '--to', {AGENT!r}]) == 0\n"
-        "heavy = sorted({m.split('.')[0] for m in sys.modules} & {'watchdog', 'libtmux', 'git', "
-        "'pydot'})\nprint(heavy)\n"
+        "heavy = sorted(({m.split('.')[0] for m in sys.modules} | set(sys.modules)) & {'watchdog', "
+        "'attractor.tmux', 'attractor.gitops', 'pydot'})\nprint(heavy)\n"
     )
     env = os.environ | {"ATTRACTOR_STATE_DIR": str(state_dir)}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,

@@ -174,7 +174,7 @@ class MissingPackageError(UsageError):
 
 # modules of the dependencies in pyproject.toml, and the package that provides each
 DEPENDENCY_PACKAGES = {
-    "libtmux": "libtmux", "yaml": "PyYAML", "git": "GitPython",
+    "yaml": "PyYAML",
     "watchdog": "watchdog", "pydot": "pydot",
 }
 

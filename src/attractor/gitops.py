@@ -1,10 +1,12 @@
-"""The one door to git: every git operation of attractor goes through this module, and only this
-module imports GitPython.
+"""The one door to git: every git operation of attractor goes through this module.
 
-GitPython has no native operation for most of what we do (worktrees, rebase, compare-and-swap of
-refs), so those calls shell to git through `Repo.git.<command>`; their failures become
-`errors.GitError` tagged with the operation (`git rebase: CONFLICT …`). A path that is not a git
-repository is a `NotAGitRepositoryError` (bad input, exit code 2).
+Everything attractor does with git (worktrees, rebase, compare-and-swap of refs, finding the
+repository) is a git command, so this module runs the `git` binary itself: stdin closed,
+messages in the C locale (callers read git's English), output decoded as UTF-8 with undecodable
+bytes kept (surrogateescape). A failure becomes `errors.GitError` tagged with the operation
+(`git rebase: CONFLICT …`); a path that is not a git repository is a `NotAGitRepositoryError`
+(bad input, exit code 2). No git library is loaded: GitPython, used here before, only ever
+wrapped these same commands and cost every runner 13 MB and 60 ms of imports.
 
 Layout owned here: agent worktrees live in `<repo>/.claude/worktrees/<node>` and merge worktrees
 in `<repo>/.claude/worktrees/_merge-<entry>`; both directories, like `.claude/state/`, are kept
@@ -19,12 +21,12 @@ import logging
 import os
 import re
 import shutil
+import signal
+import subprocess
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-
-import git
 
 from attractor.errors import AlreadyExistsError, GitError, MissingBinaryError, UsageError
 from attractor.names import validate_name
@@ -75,11 +77,6 @@ class GitRepo:
     path: Path
     root: Path
     common_dir: Path
-    handle: git.Repo
-
-    @property
-    def git(self) -> git.Git:
-        return self.handle.git
 
 
 @dataclass(frozen=True)
@@ -102,20 +99,52 @@ def open_repo(path: str | os.PathLike[str]) -> GitRepo:
     where = Path(path).expanduser().absolute()
     if not where.is_dir():
         raise NotAGitRepositoryError(where, "no such directory")
-    try:
-        handle = git.Repo(where, search_parent_directories=True)
-    except (git.InvalidGitRepositoryError, git.NoSuchPathError):
-        raise NotAGitRepositoryError(where) from None
-    if handle.bare or handle.working_tree_dir is None:
+    status, out, err = _git(where, ("rev-parse", "--is-bare-repository", "--is-inside-work-tree",
+                                    "--path-format=absolute", "--git-common-dir", "--show-toplevel"))
+    lines = out.splitlines()
+    if status != 0 and "not a git repository" in err:
+        raise NotAGitRepositoryError(where)
+    if lines[:1] == ["true"]:
         raise NotAGitRepositoryError(where, "is a bare repository; attractor needs a checkout")
-    opened = Path(handle.working_tree_dir)
-    common = Path(handle.common_dir).resolve()
+    if lines[1:2] == ["false"]:
+        raise NotAGitRepositoryError(where, "is inside a git directory, not a checkout")
+    if status != 0 or len(lines) != 4:
+        raise GitError("git rev-parse", err.strip() or f"unexpected output {out!r}")
+    opened = Path(lines[3])
+    common = Path(lines[2]).resolve()
     root = common.parent if common.name == ".git" else opened
-    return GitRepo(path=opened, root=root, common_dir=common, handle=handle)
+    return GitRepo(path=opened, root=root, common_dir=common)
 
 
 def as_repo(repo: RepoLike) -> GitRepo:
     return repo if isinstance(repo, GitRepo) else open_repo(repo)
+
+
+def _git(cwd: Path, argv: Sequence[str], env: Mapping[str, str] | None = None,
+         timeout: float | None = None) -> tuple[int, str, str]:
+    """Run `git argv…` in `cwd`: (status, stdout, stderr), one trailing newline cut from each.
+
+    A `cwd` that does not exist gives status 128 and git's own words for it (never a run in
+    some other directory); `timeout` kills git and whatever it started (its process group)."""
+    full_env = {**os.environ, "LANGUAGE": "C", "LC_ALL": "C", **(env or {})}
+    try:
+        proc = subprocess.Popen(["git", *argv], cwd=cwd, env=full_env, stdin=subprocess.DEVNULL,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                process_group=0 if timeout is not None else None)
+    except FileNotFoundError:
+        if not cwd.is_dir():
+            return 128, "", f"fatal: cannot change to '{cwd}': No such file or directory"
+        raise MissingBinaryError("git") from None
+    try:
+        raw_out, raw_err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        raise GitError(f"git {argv[0]}", f"did not finish in {timeout:g} s and was killed") from None
+    out = raw_out.decode("utf-8", "surrogateescape")
+    err = raw_err.decode("utf-8", "surrogateescape")
+    return proc.returncode, out[:-1] if out.endswith("\n") else out, err[:-1] if err.endswith("\n") else err
 
 
 def _run(
@@ -128,31 +157,16 @@ def _run(
     env: Mapping[str, str] | None = None,
     timeout: float | None = None,
 ) -> tuple[int, str, str]:
-    """Run `git <op> args…` through GitPython; returns (status, stdout, stderr).
+    """Run `git <op> args…`; returns (status, stdout, stderr).
 
     `cwd` runs it in another checkout of the same repository (a worktree); `config` adds
     `-c key=value` options; a non-zero status raises `GitError("git <op>: …")` when `check`."""
-    if cwd is not None or config:
-        runner = git.Git(str(cwd if cwd is not None else as_repo(repo).path))
-        if config:
-            runner = runner(c=list(config))
-    else:
-        runner = as_repo(repo).git
-    try:
-        status, out, err = getattr(runner, op.replace("-", "_"))(
-            *args,
-            with_extended_output=True,
-            with_exceptions=False,
-            env=dict(env or {}),
-            kill_after_timeout=timeout,
-        )
-    except git.GitCommandNotFound:
-        raise MissingBinaryError("git") from None
-    except git.GitCommandError as exc:  # raised for a timeout even without with_exceptions
-        raise GitError(f"git {op}", str(exc.stderr or exc)) from exc
+    where = Path(cwd) if cwd is not None else as_repo(repo).path
+    options = [part for item in config for part in ("-c", item)]
+    status, out, err = _git(where, (*options, op, *args), env, timeout)
     if check and status != 0:
         raise GitError(f"git {op}", err or out or f"exit status {status}")
-    return int(status), str(out), str(err)
+    return status, out, err
 
 
 # --- names ---------------------------------------------------------------------------------------

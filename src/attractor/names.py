@@ -6,6 +6,7 @@ shell or tmux metacharacter. Agent ids are `<role>-<name>`.
 
 from __future__ import annotations
 
+import importlib
 import re
 
 from attractor.errors import InvalidNameError, UnknownValueError
@@ -66,3 +67,19 @@ def split_agent_id(value: str) -> tuple[str, str]:
         if value.startswith(prefix) and len(value) > len(prefix):
             return role, validate_name(value[len(prefix):])
     raise InvalidNameError("agent id", value, f"expected <role>-<name> with role in {ROLES}")
+
+
+# CPython's own SHA-256 first: hashlib (and hmac, and so secrets) load OpenSSL, 3.6 MB of every
+# long-lived process that only needs a digest now and then. The first module found is kept.
+_SHA256_MODULES = ("_sha256", "_sha2", "hashlib")  # CPython 3.11, CPython 3.12+, anything else
+
+
+def sha256_hex(data: bytes) -> str:
+    """The SHA-256 of `data`, in hex (the same digest whichever implementation computes it)."""
+    for module in _SHA256_MODULES:
+        try:
+            sha256 = importlib.import_module(module).sha256
+        except (ImportError, AttributeError):
+            continue
+        return str(sha256(data).hexdigest())
+    raise ImportError("no SHA-256 implementation (_sha256, _sha2 or hashlib)")

@@ -1,9 +1,11 @@
 """The one door to tmux: the project's own socket, sessions and panes attractor created, sanitised
 `send-keys`, `capture-pane`, and one batched `list-panes -a` query for liveness.
 
-Only this module imports libtmux. Every call goes to the project's socket (`tmux -L NAME`), never
-the user's default server. libtmux failures become `TmuxError("tmux <command>: <tmux's words>")`
-here; a missing `tmux` binary becomes `MissingBinaryError`.
+Only this module runs tmux. Every call is one `tmux -L NAME <command>` process on the project's
+socket, never the user's default server (no library: libtmux, used here before, ran the same
+single command lines and cost each runner 6 MB). A failure becomes `TmuxError("tmux <command>:
+<tmux's words>")`; a missing `tmux` binary becomes `MissingBinaryError`; a server that does not
+answer within COMMAND_TIMEOUT seconds is a TmuxError too, never a hung control loop.
 
 Ownership: a session created by `Tmux.new_session` carries the session option
 `@attractor-owned 1`, and its first pane the pane option `@attractor-pane 1`. `kill_session`,
@@ -21,12 +23,12 @@ then `env` on top. Requires tmux >= 3.2 (`-e`).
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import logging
 import os
 import re
 import shlex
 import shutil
+import subprocess
 import unicodedata
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -77,13 +79,14 @@ _PANE_FIELDS = (
 PANE_FORMAT = _SEP.join(f"#{{{field}}}" for field in _PANE_FIELDS)
 # One argument of a tmux command line is kept well under the client's 16 KiB message limit.
 SEND_CHUNK_BYTES = 4096
+COMMAND_TIMEOUT = 30.0
 
 
 def socket_name_for(project_dir: Path, explicit: str | None = None) -> str:
     """explicit > $ATTRACTOR_TMUX_SOCKET > `attractor-<10 hex of sha256(resolved project path)>`."""
     name = explicit or os.environ.get(ENV_TMUX_SOCKET)
     if not name:
-        digest = hashlib.sha256(str(Path(project_dir).resolve()).encode()).hexdigest()
+        digest = names.sha256_hex(str(Path(project_dir).resolve()).encode())
         name = f"attractor-{digest[:10]}"
     return validate_socket_name(name)
 
@@ -214,13 +217,11 @@ class Tmux:
     """The project's tmux server, addressed by socket name. Creating it starts nothing."""
 
     def __init__(self, socket_name: str) -> None:
-        import libtmux
-
         self.socket_name = validate_socket_name(socket_name)
         binary = shutil.which("tmux")
         if binary is None:
             raise MissingBinaryError("tmux", INSTALL_HINT)
-        self._server = libtmux.Server(socket_name=self.socket_name, tmux_bin=binary)
+        self._argv = [binary, f"-L{self.socket_name}"]
 
     def __repr__(self) -> str:
         return f"Tmux(socket_name={self.socket_name!r})"
@@ -228,20 +229,24 @@ class Tmux:
     # -- the one place tmux is called ------------------------------------------------------
 
     def _cmd(self, *args: str) -> tuple[int, list[str], list[str]]:
-        """Run one tmux command line on our socket; returns (returncode, stdout, stderr)."""
-        from libtmux import exc
-
+        """Run one tmux command line on our socket; returns (returncode, stdout lines without the
+        trailing empty ones, non-empty stderr lines)."""
         try:
-            result = self._server.cmd(*args)
-        except exc.TmuxCommandNotFound:
+            result = subprocess.run([*self._argv, *args], stdin=subprocess.DEVNULL, capture_output=True,
+                                    encoding="utf-8", errors="backslashreplace", timeout=COMMAND_TIMEOUT)
+        except FileNotFoundError:
             raise MissingBinaryError("tmux", INSTALL_HINT) from None
-        except exc.LibTmuxException as error:
-            raise TmuxError(f"tmux {args[0]}", str(error)) from error
+        except subprocess.TimeoutExpired:
+            raise TmuxError(f"tmux {args[0]}", f"no answer from the server on socket {self.socket_name!r} "
+                            f"within {COMMAND_TIMEOUT:g} s") from None
         logger.debug(
             "tmux %s -> %s", args[0], result.returncode,
             extra={"att_tmux_socket": self.socket_name, "att_tmux_args": args},
         )
-        return int(result.returncode or 0), list(result.stdout), list(result.stderr)
+        out = result.stdout.split("\n")
+        while out and out[-1] == "":
+            out.pop()
+        return result.returncode, out, [line for line in result.stderr.split("\n") if line]
 
     def _run(self, *args: str) -> list[str]:
         """Like `_cmd` but a failure raises `TmuxError('tmux <command>: <stderr>')`."""

@@ -22,9 +22,9 @@ prints the top-level help and exits 2. Shared options come from `_flags`; tables
 help from `_output`.
 
 The modules keep their top-level imports light: agents call `attractor signal send`,
-`identity update-liveness` and `hook update-phase` many times an hour, so heavy libraries
-(libtmux, GitPython, pydot, watchdog) are imported inside the functions that need them, never at
-module import.
+`identity update-liveness` and `hook update-phase` many times an hour, so heavy modules
+(pydot, watchdog, and the tmux and git doors) are imported inside the functions that need them,
+never at module import.
 """
 
 from __future__ import annotations

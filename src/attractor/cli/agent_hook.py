@@ -17,7 +17,7 @@ ATTRACTOR_AGENT_ID, ATTRACTOR_RUNNER_ID, ATTRACTOR_NODE, ATTRACTOR_RUN_ID). What
     session-end         record the reason
 
 A hook must never break the agent: any failure is logged to `logs/agent-hook.log` and the command
-exits 0 with no output. It is a hot command: no libtmux, GitPython, pydot or watchdog.
+exits 0 with no output. It is a hot command: no tmux or git door, pydot or watchdog.
 """
 
 from __future__ import annotations

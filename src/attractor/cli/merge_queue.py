@@ -2,7 +2,7 @@
 
 Exit codes: 0 done (or nothing to do), 1 an entry failed (conflict, red gate, dirty target …),
 2 bad input (unknown branch or entry, a gate whose program does not exist, not a git repo).
-The queue and GitPython are imported inside the commands, never when the CLI is built.
+The queue and the git door are imported inside the commands, never when the CLI is built.
 """
 
 from __future__ import annotations

@@ -42,7 +42,6 @@ import dataclasses
 import functools
 import logging
 import os
-import secrets
 import shlex
 import socket
 import threading
@@ -420,7 +419,7 @@ class _Processor:
         if not self.use_spare or not self.more_queued or self.spare or self.preparing:
             return
         spare = self.repo.root / gitops.WORKTREES_DIR / (
-            f"{MERGE_WORKTREE_PREFIX}spare-{secrets.token_hex(4)}")
+            f"{MERGE_WORKTREE_PREFIX}spare-{os.urandom(4).hex()}")
 
         def prepare() -> None:
             try:

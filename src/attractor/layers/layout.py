@@ -41,7 +41,7 @@ def orchestrator_id(node: str) -> str:
     return names.agent_id("orchestrator", node)
 
 
-# gitops (and with it GitPython) is imported only when a branch or a worktree is named: the hot
+# gitops (and with it subprocess) is imported only when a branch or a worktree is named: the hot
 # commands an agent calls read the ids and the environment names and must stay light.
 def branch_name(run_id: str, node: str) -> str:
     from attractor import gitops

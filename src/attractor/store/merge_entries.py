@@ -30,7 +30,7 @@ import contextlib
 import dataclasses
 import enum
 import logging
-import secrets
+import os
 import socket
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -272,7 +272,7 @@ def update_entry(
 
 def new_entry_id(state: StateDir) -> str:
     while True:
-        entry_id = secrets.token_hex(4)
+        entry_id = os.urandom(4).hex()
         if not _entry_path(state, entry_id).exists():
             return entry_id
 

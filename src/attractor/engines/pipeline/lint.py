@@ -8,7 +8,6 @@ Checks of layers above this package join through `node_checks` (the scripted age
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import re
@@ -31,7 +30,7 @@ from attractor.engines.pipeline.model import (
     node_where,
 )
 from attractor.errors import UsageError
-from attractor.names import NAME_RULE, validate_name
+from attractor.names import NAME_RULE, sha256_hex, validate_name
 from attractor.states import Outcome
 from attractor.store import atomic
 
@@ -418,7 +417,7 @@ def save_snapshot(pipeline: Pipeline, path: Path) -> None:
     beside it, tied to the file's bytes by their SHA-256."""
     data = {
         "schema": SNAPSHOT_SCHEMA,
-        "source_sha256": hashlib.sha256(Path(path).read_bytes()).hexdigest(),
+        "source_sha256": sha256_hex(Path(path).read_bytes()),
         "name": pipeline.name,
         "attrs": dict(pipeline.attrs),
         "nodes": [{"name": n.name, "kind": n.kind.value, "attrs": dict(n.attrs)} for n in pipeline.nodes.values()],
@@ -435,7 +434,7 @@ def read_snapshot(path: Path) -> Pipeline | None:
         source = path.read_bytes()
         data = json.loads(snapshot_path(path).read_bytes())
         if not isinstance(data, dict) or data.get("schema") != SNAPSHOT_SCHEMA \
-                or data.get("source_sha256") != hashlib.sha256(source).hexdigest():
+                or data.get("source_sha256") != sha256_hex(source):
             return None
         nodes = {str(n["name"]): Node(str(n["name"]), NodeKind(n["kind"]),
                                       {str(k): str(v) for k, v in n["attrs"].items()})
