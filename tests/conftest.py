@@ -25,6 +25,8 @@ def _isolated_env(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.
     monkeypatch.setenv("SHELL", "/bin/sh")
     monkeypatch.delenv("TMUX", raising=False)
     monkeypatch.delenv("TMUX_PANE", raising=False)
+    for key in ("XDG_RUNTIME_DIR", "XDG_CONFIG_HOME", "XDG_STATE_HOME"):  # the daemon's files: under HOME
+        monkeypatch.delenv(key, raising=False)
     for key, value in (
         ("GIT_AUTHOR_NAME", "Test Author"), ("GIT_AUTHOR_EMAIL", "test@example.invalid"),
         ("GIT_COMMITTER_NAME", "Test Author"), ("GIT_COMMITTER_EMAIL", "test@example.invalid"),

@@ -56,6 +56,7 @@ GROUPS: dict[str, tuple[str, ...]] = {
     "agent_hook": ("agent-hook",),
     "layers": ("guardian", "runner", "spawn-runner", "spawn-orchestrator"),
     "demo": ("demo",),
+    "daemon": ("daemon", "rpc"),
 }
 _OPTIONS_WITH_VALUE = frozenset({"--log-level"})
 

@@ -30,6 +30,7 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
 
 
 def options_from(args: argparse.Namespace) -> Any:
+    from attractor.control.daemon import hand_over
     from attractor.layers.launcher import LaunchOptions
 
     return LaunchOptions(
@@ -37,7 +38,8 @@ def options_from(args: argparse.Namespace) -> Any:
         max_agents=args.max_agents, detach=args.detach, attach=args.attach, resume=args.resume,
         state_dir=args.state_dir,
         tmux_socket=args.tmux_socket, target_branch=args.target_branch,
-        log_level=args.log_level if args.log_level != "WARNING" else "INFO", timeout=args.timeout)
+        log_level=args.log_level if args.log_level != "WARNING" else "INFO", timeout=args.timeout,
+        on_detach=hand_over)
 
 
 def run_run(args: argparse.Namespace) -> int:

@@ -12,7 +12,9 @@ import logging
 import os
 import shutil
 import sys
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
@@ -78,6 +80,9 @@ class LaunchOptions:
     target_branch: str | None = None
     log_level: str = "INFO"
     timeout: float | None = None
+    # called with (state directory, run id, output) once a detached run is up: the command
+    # line hands the run to the user's daemon through it, when one runs
+    on_detach: Callable[[Path, str, TextIO], object] | None = None
 
 
 def make_run_id(pipeline_name: str) -> str:
@@ -272,6 +277,8 @@ def launch(opts: LaunchOptions, out: TextIO = sys.stdout) -> int:
     if opts.detach:
         print(f"detached; follow with: attractor status --run {cp.run_id} --state-dir {state.root}", file=out)
         identities.mark_terminated(state, "launcher", cp.run_id, reason="detached")
+        if opts.on_detach is not None:
+            opts.on_detach(state.root, cp.run_id, out)
         return 0
     try:
         return follow(state, cp.run_id, gcfg, out, timeout=opts.timeout)
@@ -414,7 +421,9 @@ class EventTail:
 
 
 def follow(state: StateDir, run_id: str, gcfg: GuardianConfig, out: TextIO, timeout: float | None = None,
-           heartbeat: bool = True) -> int:
+           heartbeat: bool = True, stop: threading.Event | None = None) -> int:
+    """Follow the run until it ends, restarting a dead guardian; `stop` (the daemon's) ends the
+    following early, with 0, and leaves the run as it is."""
     # the guardian is never quarantined: it is what resolves everything else; the launcher gives
     # up after MAX_GUARDIAN_RESTARTS instead
     watch = Watch(state, Supervisor(state, policy_from_env(quarantine_deaths=1_000_000)))
@@ -470,6 +479,8 @@ def follow(state: StateDir, run_id: str, gcfg: GuardianConfig, out: TextIO, time
             show()
             if cp.status != "running":
                 break
+            if stop is not None and stop.is_set():
+                return 0
             now = time.monotonic()
             if heartbeat and now - last_beat > 2:
                 try:

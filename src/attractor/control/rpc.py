@@ -1,0 +1,320 @@
+"""JSON-RPC 2.0 over newline-delimited JSON on a Unix socket: the daemon's wire format.
+
+One request per line (a batch, a JSON array of requests, is one line too), answers in the order
+the requests came, each on one line. A request is `{"jsonrpc": "2.0", "method": M, "params":
+{…} or […], "id": N}`; without `id` it is a notification and gets no answer. Errors:
+
+    -32700 parse error       the line is not JSON (or not UTF-8)
+    -32600 invalid request   not a request object, or a line over MAX_REQUEST_BYTES
+    -32601 method not found  (the message names the method)
+    -32602 invalid params    bad input to the method: attractor's exit code 2 errors
+    -32603 internal error    a bug; the message is the error's one line, the traceback is logged
+    -32000 operation failed  attractor's exit code 1 errors (a lock timeout, a conflict);
+                             `data.exit_code` carries the code the CLI would exit with
+
+The server gives every connection its own thread, so a slow method, a client that sends half a
+line and waits, or one that stops reading stalls only itself: a partial line is dropped after
+PARTIAL_LINE_TIMEOUT seconds, an answer that cannot be written within SEND_TIMEOUT seconds closes
+the connection, and past MAX_CLIENTS connections a new one is answered with an error and closed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import socket
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from attractor.errors import EXIT_USAGE, AttractorError, UsageError
+
+logger = logging.getLogger(__name__)
+
+PARSE_ERROR = -32700
+INVALID_REQUEST = -32600
+METHOD_NOT_FOUND = -32601
+INVALID_PARAMS = -32602
+INTERNAL_ERROR = -32603
+OPERATION_FAILED = -32000
+
+MAX_REQUEST_BYTES = 1 << 20
+MAX_CLIENTS = 512
+SEND_TIMEOUT = 5.0
+PARTIAL_LINE_TIMEOUT = 30.0
+RECV_CHUNK = 65536
+DRAIN_TIMEOUT = 2.0
+
+Params = dict[str, Any] | list[Any]
+
+
+class RpcError(AttractorError):
+    """An error answer: raised by a method to answer with `code`, and by `call` on receiving one."""
+
+    def __init__(self, code: int, message: str, data: Any = None) -> None:
+        self.code = code
+        self.data = data
+        super().__init__(message)
+        if code in (INVALID_PARAMS, INVALID_REQUEST, PARSE_ERROR, METHOD_NOT_FOUND):
+            self.exit_code = EXIT_USAGE
+        elif isinstance(data, dict) and isinstance(data.get("exit_code"), int):
+            self.exit_code = data["exit_code"]
+
+    def to_json(self) -> dict[str, Any]:
+        error: dict[str, Any] = {"code": self.code, "message": self.message}
+        if self.data is not None:
+            error["data"] = self.data
+        return error
+
+
+class DaemonNotRunningError(AttractorError):
+    def __init__(self, path: Path, problem: str) -> None:
+        self.path = path
+        self.problem = problem
+        super().__init__(f"no daemon answers on {path} ({problem}); start one with: attractor daemon start")
+
+
+Method = Callable[[dict[str, Any]], Any]
+
+
+@dataclass
+class Methods:
+    """The methods a server answers: name -> function of the params object. Positional params
+    (a JSON array) are refused with -32602: every method here takes named ones."""
+
+    table: dict[str, Method] = field(default_factory=dict)
+
+    def add(self, name: str, method: Method) -> None:
+        self.table[name] = method
+
+    def names(self) -> list[str]:
+        return sorted(self.table)
+
+
+def _error(request_id: Any, code: int, message: str, data: Any = None) -> dict[str, Any]:
+    return {"jsonrpc": "2.0", "error": RpcError(code, message, data).to_json(), "id": request_id}
+
+
+def _valid_id(value: Any) -> bool:
+    return value is None or (isinstance(value, (str, int)) and not isinstance(value, bool))
+
+
+def answer_one(methods: Methods, request: Any) -> dict[str, Any] | None:
+    """The answer to one decoded request (None for a notification)."""
+    if not isinstance(request, dict):
+        return _error(None, INVALID_REQUEST, "a request is a JSON object")
+    request_id = request.get("id")
+    notification = "id" not in request
+    if not _valid_id(request_id):
+        return _error(None, INVALID_REQUEST, "id must be a string, an integer or null")
+    if request.get("jsonrpc") != "2.0":
+        return _error(request_id, INVALID_REQUEST, 'jsonrpc must be "2.0"')
+    name = request.get("method")
+    if not isinstance(name, str) or not name:
+        return _error(request_id, INVALID_REQUEST, "method must be a non-empty string")
+    unknown = sorted(set(request) - {"jsonrpc", "method", "params", "id"})
+    if unknown:
+        return _error(request_id, INVALID_REQUEST, f"unknown member(s): {', '.join(unknown)}")
+    params = request.get("params", {})
+    method = methods.table.get(name)
+    try:
+        if method is None:
+            raise RpcError(METHOD_NOT_FOUND, f"unknown method {name!r}; known: {', '.join(methods.names())}")
+        if isinstance(params, list):
+            raise RpcError(INVALID_PARAMS, f"{name}: give params as an object of named values, not a list")
+        if not isinstance(params, dict):
+            raise RpcError(INVALID_PARAMS, f"{name}: params must be an object")
+        result = method(params)
+    except RpcError as exc:
+        response = _error(request_id, exc.code, exc.message, exc.data)
+    except UsageError as exc:
+        response = _error(request_id, INVALID_PARAMS, str(exc), {"exit_code": exc.exit_code})
+    except AttractorError as exc:
+        response = _error(request_id, OPERATION_FAILED, str(exc), {"exit_code": exc.exit_code})
+    except Exception as exc:  # a bug in a method: one line to the client, the traceback to the log
+        logger.exception("rpc method %s failed", name)
+        first = (str(exc).splitlines() or [""])[0]
+        response = _error(request_id, INTERNAL_ERROR, f"{type(exc).__name__}: {first}"[:500])
+    else:
+        response = {"jsonrpc": "2.0", "result": result, "id": request_id}
+    return None if notification else response
+
+
+def answer_line(methods: Methods, line: bytes) -> bytes | None:
+    """The answer line (with its newline) to one request line; None when nothing is owed."""
+    try:
+        decoded = json.loads(line.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        answer: Any = _error(None, PARSE_ERROR, f"not JSON: {exc}")
+    else:
+        if isinstance(decoded, list):
+            if not decoded:
+                answer = _error(None, INVALID_REQUEST, "an empty batch")
+            else:
+                answers = [a for a in (answer_one(methods, r) for r in decoded) if a is not None]
+                answer = answers or None
+        else:
+            answer = answer_one(methods, decoded)
+    if answer is None:
+        return None
+    return (json.dumps(answer, separators=(",", ":"), default=str) + "\n").encode()
+
+
+class Connection:
+    """One client: lines in, answers out, on a thread of its own."""
+
+    def __init__(self, sock: socket.socket, methods: Methods, done: Callable[[Connection], None]) -> None:
+        self.sock = sock
+        self.methods = methods
+        self.done = done
+
+    def send(self, data: bytes) -> None:
+        self.sock.settimeout(SEND_TIMEOUT)
+        self.sock.sendall(data)
+
+    def lines(self) -> Iterator[bytes]:
+        """Complete lines as they arrive; a line over the limit is answered and ends the stream."""
+        buffer = b""
+        while True:
+            self.sock.settimeout(PARTIAL_LINE_TIMEOUT if buffer else None)
+            try:
+                chunk = self.sock.recv(RECV_CHUNK)
+            except TimeoutError:
+                logger.info("rpc client sent half a line and went quiet; closing")
+                return
+            if not chunk:
+                return
+            buffer += chunk
+            while b"\n" in buffer:
+                line, buffer = buffer.split(b"\n", 1)
+                if len(line) > MAX_REQUEST_BYTES:
+                    self.refuse_too_long()
+                    return
+                if line.strip():
+                    yield line
+            if len(buffer) > MAX_REQUEST_BYTES:
+                self.refuse_too_long()
+                return
+
+    def refuse_too_long(self) -> None:
+        """Answer -32600 and close; the rest of what the client sends is read and dropped for
+        a moment first, so the answer is not lost to a reset."""
+        error = _error(None, INVALID_REQUEST, f"request over {MAX_REQUEST_BYTES} bytes; refused")
+        self.send((json.dumps(error) + "\n").encode())
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_WR)
+            self.sock.settimeout(DRAIN_TIMEOUT)
+            while self.sock.recv(RECV_CHUNK):
+                pass
+
+    def serve(self) -> None:
+        try:
+            for line in self.lines():
+                out = answer_line(self.methods, line)
+                if out is not None:
+                    self.send(out)
+        except OSError as exc:  # the client went away or stopped reading
+            logger.info("rpc client dropped: %s", exc)
+        finally:
+            with contextlib.suppress(OSError):
+                self.sock.close()
+            self.done(self)
+
+
+class Server:
+    """A listening Unix socket answering `methods`, one thread per client, until `stop()`."""
+
+    def __init__(self, listener: socket.socket, methods: Methods, max_clients: int = MAX_CLIENTS) -> None:
+        self.listener = listener
+        self.methods = methods
+        self.max_clients = max_clients
+        self._clients: set[Connection] = set()
+        self._lock = threading.Lock()
+        self._stopping = threading.Event()
+
+    @property
+    def client_count(self) -> int:
+        with self._lock:
+            return len(self._clients)
+
+    def _done(self, conn: Connection) -> None:
+        with self._lock:
+            self._clients.discard(conn)
+
+    def serve_forever(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                sock, _ = self.listener.accept()
+            except OSError:
+                if self._stopping.is_set():
+                    return
+                raise
+            conn = Connection(sock, self.methods, self._done)
+            with self._lock:
+                full = len(self._clients) >= self.max_clients
+                if not full:
+                    self._clients.add(conn)
+            if full:
+                with contextlib.suppress(OSError):
+                    conn.send((json.dumps(_error(None, INTERNAL_ERROR, "too many clients; try again")) + "\n").encode())
+                sock.close()
+                continue
+            threading.Thread(target=conn.serve, name="rpc-client", daemon=True).start()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        with contextlib.suppress(OSError):
+            self.listener.shutdown(socket.SHUT_RDWR)
+        with contextlib.suppress(OSError):
+            self.listener.close()
+        with self._lock:
+            clients = list(self._clients)
+        for conn in clients:
+            with contextlib.suppress(OSError):
+                conn.sock.shutdown(socket.SHUT_RDWR)
+
+
+def call(path: Path, method: str, params: dict[str, Any] | None = None, timeout: float = 30.0) -> Any:
+    """Send one request to the daemon at `path` and return its result; an error answer raises
+    RpcError, no daemon there raises DaemonNotRunningError."""
+    request = {"jsonrpc": "2.0", "method": method, "params": params or {}, "id": 1}
+    with connect(path, timeout) as sock:
+        sock.sendall((json.dumps(request) + "\n").encode())
+        answer = read_answer(sock, path)
+    if "error" in answer:
+        error = answer["error"]
+        raise RpcError(int(error.get("code", INTERNAL_ERROR)), str(error.get("message", "")), error.get("data"))
+    return answer.get("result")
+
+
+def connect(path: Path, timeout: float) -> socket.socket:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(timeout)
+    try:
+        sock.connect(str(path))
+    except (FileNotFoundError, ConnectionRefusedError, NotADirectoryError) as exc:
+        sock.close()
+        raise DaemonNotRunningError(path, exc.strerror or type(exc).__name__) from None
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def read_answer(sock: socket.socket, path: Path) -> dict[str, Any]:
+    buffer = b""
+    while b"\n" not in buffer:
+        try:
+            chunk = sock.recv(RECV_CHUNK)
+        except TimeoutError:
+            raise DaemonNotRunningError(path, "no answer in time") from None
+        if not chunk:
+            raise DaemonNotRunningError(path, "the daemon closed the connection")
+        buffer += chunk
+    answer = json.loads(buffer.split(b"\n", 1)[0])
+    if not isinstance(answer, dict):
+        raise RpcError(INTERNAL_ERROR, f"unexpected answer {answer!r}"[:200])
+    return answer

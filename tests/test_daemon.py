@@ -1,0 +1,205 @@
+"""The user's daemon as a user meets it: `attractor daemon …` and `attractor rpc …` as real
+processes, its real socket and lock under the test's HOME, real runs in tmux that it supervises,
+and real SIGKILLs of the guardian and of the daemon itself."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import stat
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from attractor import procs
+from attractor.control import daemon
+from attractor.store import checkpoint as cp_store
+from attractor.store import identities
+from attractor.store.statedir import StateDir
+from tests.helpers import make_repo, retry_until, run_cli
+
+
+def _rpc(method: str, params: dict[str, Any] | None = None) -> Any:
+    result = run_cli(["rpc", method, json.dumps(params or {})])
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def _holder_pid() -> int | None:
+    holder = daemon.lock_holder()
+    return holder.get("pid") if holder else None
+
+
+@pytest.fixture
+def running_daemon() -> Iterator[int]:
+    started = run_cli(["daemon", "start"])
+    assert started.returncode == 0, started.stderr
+    pid = _holder_pid()
+    assert pid is not None
+    yield pid
+    _stop_everything()
+
+
+def _stop_everything() -> None:
+    run_cli(["daemon", "stop", "--runs"], timeout=60)
+    holder = daemon.lock_holder()
+    if holder:
+        procs.signal_if_same(holder.get("pid"), holder.get("pid_start"), signal.SIGKILL)
+
+
+def test_status_without_a_daemon_says_so_and_succeeds() -> None:
+    result = run_cli(["daemon", "status", "--json"])
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == {"running": False, "socket": str(daemon.socket_path())}
+    human = run_cli(["daemon", "status"])
+    assert human.returncode == 0 and "no daemon is running" in human.stdout
+
+
+def test_one_daemon_per_user_on_a_private_socket(running_daemon: int) -> None:
+    again = run_cli(["daemon", "start"])
+    assert again.returncode == 1
+    assert again.stderr.count("\n") == 1 and f"pid {running_daemon}" in again.stderr
+    sock = daemon.socket_path()
+    assert stat.S_IMODE(sock.stat().st_mode) == 0o600 and stat.S_ISSOCK(sock.stat().st_mode)
+    assert stat.S_IMODE(sock.parent.stat().st_mode) == 0o700
+    status = json.loads(run_cli(["daemon", "status", "--json"]).stdout)
+    assert status["running"] is True and status["pid"] == running_daemon and status["socket"] == str(sock)
+    stopped = run_cli(["daemon", "stop"])
+    assert stopped.returncode == 0 and f"pid {running_daemon} stopped" in stopped.stdout
+    retry_until(lambda: not procs.pid_alive(running_daemon), 10, what="the daemon to exit")
+    assert not sock.exists() and daemon.lock_holder() is None
+
+
+def test_a_killed_daemon_leaves_nothing_that_stops_the_next(running_daemon: int) -> None:
+    os.kill(running_daemon, signal.SIGKILL)
+    retry_until(lambda: daemon.lock_holder() is None, 10, what="the kernel to release the daemon's lock")
+    assert daemon.socket_path().exists()  # left behind by the killed daemon: accepts nothing now
+    assert json.loads(run_cli(["daemon", "status", "--json"]).stdout)["running"] is False
+    again = run_cli(["daemon", "start"])
+    assert again.returncode == 0, again.stderr
+    assert _rpc("status")["pid"] != running_daemon
+
+
+def test_a_stale_socket_file_is_removed_and_a_live_one_refused(tmp_path: Path) -> None:
+    path = daemon.socket_path()
+    daemon.ensure_private(path.parent)
+    stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    stale.bind(str(path))
+    stale.close()  # a socket file nobody listens on
+    try:
+        started = run_cli(["daemon", "start"])
+        assert started.returncode == 0, started.stderr
+        assert _rpc("status")["running"] is True
+    finally:
+        _stop_everything()
+    squatter = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    squatter.bind(str(path))
+    squatter.listen(1)  # something answers there: never removed
+    try:
+        refused = run_cli(["daemon", "start", "--foreground"])
+        assert refused.returncode == 1 and "already running" in refused.stderr, refused.stderr
+        assert path.exists()
+    finally:
+        squatter.close()
+        path.unlink()
+
+
+def test_a_runtime_directory_others_may_write_is_refused() -> None:
+    directory = daemon.runtime_dir()
+    directory.mkdir(parents=True)
+    directory.chmod(0o777)
+    result = run_cli(["daemon", "start", "--foreground"])
+    assert result.returncode == 2
+    line = result.stderr.strip()
+    assert len(line.splitlines()) == 1 and str(directory) in line and "chmod 700" in line, line
+    assert not daemon.socket_path().exists()
+
+
+def test_projects_are_files_the_user_can_read(running_daemon: int, tmp_path: Path) -> None:
+    repo = make_repo(tmp_path / "app")
+    added = _rpc("projects.add", {"name": "app", "path": str(repo / "."), "agent": "scripted"})
+    assert added["path"] == str(repo) and added["agent"] == "scripted"
+    assert [p["name"] for p in _rpc("projects.list")] == ["app"]
+    again = run_cli(["rpc", "projects.add", json.dumps({"name": "app", "path": str(repo)})])
+    assert again.returncode == 1 and "already exists" in again.stderr
+    bad = run_cli(["rpc", "projects.add", json.dumps({"name": "../x", "path": str(repo)})])
+    assert bad.returncode == 2 and "project name" in bad.stderr
+    not_repo = run_cli(["rpc", "projects.add", json.dumps({"name": "y", "path": str(tmp_path)})])
+    assert not_repo.returncode == 2 and "git checkout" in not_repo.stderr
+    broken = daemon.projects.projects_dir() / "broken.yaml"
+    broken.write_text("name: [unclosed\n")
+    assert [p["name"] for p in _rpc("projects.list")] == ["app"]  # a bad file is skipped, not fatal
+    assert broken.exists()  # and left for the user to fix
+    assert _rpc("projects.remove", {"name": "app"})["name"] == "app"
+    assert _rpc("projects.list") == []
+    not_json = run_cli(["rpc", "projects.list", "{nope"])
+    assert not_json.returncode == 2 and "not JSON" in not_json.stderr
+
+
+_SLOW = """digraph slow {{
+  start [shape=Mdiamond]
+  a [shape=box, prompt="a", script="sleep {secs}
+write a.txt a
+commit add a
+report a done"]
+  b [shape=box, prompt="b", script="sleep {secs}
+write b.txt b
+commit add b
+report b done"]
+  exit [shape=Msquare]
+  start -> a -> exit
+  start -> b -> exit
+}}
+"""
+
+
+def _guardian(state: StateDir, run_id: str) -> identities.Identity | None:
+    ident = identities.find(state, "guardian", run_id)
+    return ident if ident is not None and ident.process_alive else None
+
+
+def _kill_guardian_and_see_it_back(state: StateDir, run_id: str) -> int:
+    """SIGKILL the live guardian; the pid of the one the daemon starts in its place."""
+    before = retry_until(lambda: _guardian(state, run_id), 30, what="a live guardian")
+    assert before.pid is not None
+    os.kill(before.pid, signal.SIGKILL)
+    after = retry_until(lambda: (g := _guardian(state, run_id)) is not None and g.pid != before.pid and g, 60,
+                        what="the daemon to start the guardian again")
+    assert after and after.pid is not None
+    return after.pid
+
+
+def test_the_daemon_keeps_a_detached_run_alive_through_guardian_and_daemon_kills(
+        running_daemon: int, tmp_path: Path, state_dir: Path) -> None:
+    repo = make_repo(tmp_path / "app")
+    pipeline = tmp_path / "slow.dot"
+    pipeline.write_text(_SLOW.format(secs=14))
+    launched = run_cli(["run", str(pipeline), "--target-dir", str(repo), "--agent", "scripted", "--detach",
+                        "--state-dir", str(state_dir)], timeout=120)
+    assert launched.returncode == 0, launched.stderr
+    assert "the daemon supervises it (project app)" in launched.stdout
+    state = StateDir(state_dir)
+    run_id = cp_store.latest_run(state)
+    assert run_id is not None
+    pids = {_kill_guardian_and_see_it_back(state, run_id) for _ in range(3)}
+    # the daemon itself dies; a new one adopts the live guardian as it is, then supervises it
+    os.kill(running_daemon, signal.SIGKILL)
+    guardian = retry_until(lambda: _guardian(state, run_id), 30)
+    assert run_cli(["daemon", "start"]).returncode == 0
+    runs = retry_until(lambda: [r for r in _rpc("runs.list") if r["supervision"] == "supervising"], 30,
+                       what="the new daemon to adopt the run")
+    assert runs[0]["run_id"] == run_id and runs[0]["guardian_pid"] == guardian.pid
+    pids.add(_kill_guardian_and_see_it_back(state, run_id))
+    assert len(pids) == 4  # four guardians started by the daemons, each a new process
+    retry_until(lambda: cp_store.read_checkpoint(state, run_id).status != "running", 120, interval=0.2,
+                what="the run to finish")
+    cp = cp_store.read_checkpoint(state, run_id)
+    assert cp.status == "succeeded", cp.reason
+    subjects = subprocess.run(["git", "-C", str(repo), "log", "--format=%s", "main"], capture_output=True,
+                              text=True, check=True).stdout.splitlines()
+    assert subjects.count("add a") == 1 and subjects.count("add b") == 1, subjects
