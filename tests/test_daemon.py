@@ -18,6 +18,7 @@ import pytest
 
 from attractor import procs
 from attractor.control import daemon
+from attractor.states import NodeState
 from attractor.store import checkpoint as cp_store
 from attractor.store import identities
 from attractor.store.statedir import StateDir
@@ -203,3 +204,106 @@ def test_the_daemon_keeps_a_detached_run_alive_through_guardian_and_daemon_kills
     subjects = subprocess.run(["git", "-C", str(repo), "log", "--format=%s", "main"], capture_output=True,
                               text=True, check=True).stdout.splitlines()
     assert subjects.count("add a") == 1 and subjects.count("add b") == 1, subjects
+
+
+_CHAIN = """digraph chain {{
+  start [shape=Mdiamond]
+  a [shape=box, prompt="a", script="sleep {secs}
+write a.txt a
+commit add a
+report a done"]
+  b [shape=box, prompt="b", script="write b.txt b
+commit add b
+report b done"]
+  exit [shape=Msquare]
+  start -> a -> b -> exit
+}}
+"""
+
+
+def _stays(predicate: Any, seconds: float) -> bool:
+    """Whether `predicate` holds at every look for `seconds` (the window a property must hold)."""
+    import time
+
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if not predicate():
+            return False
+        time.sleep(0.1)
+    return True
+
+
+def test_a_paused_run_starts_no_new_agent_until_unpaused(running_daemon: int, tmp_path: Path,
+                                                         state_dir: Path) -> None:
+    repo = make_repo(tmp_path / "app")
+    (repo / "chain.dot").write_text(_CHAIN.format(secs=3))
+    _rpc("projects.add", {"name": "app", "path": str(repo), "state_dir": str(state_dir),
+                          "pipeline": "chain.dot", "agent": "scripted"})
+    started = _rpc("run.start", {"project": "app"})
+    run_id = started["run_id"]
+    assert started["exit_code"] == 0 and run_id, started
+    state = StateDir(state_dir)
+    paused = run_cli(["pause", run_id, "--state-dir", str(state_dir), "--reason", "lunch"])
+    assert paused.returncode == 0 and "paused" in paused.stdout, paused.stderr
+    status = run_cli(["status", "--run", run_id, "--state-dir", str(state_dir)])
+    assert "PAUSED by" in status.stdout and "lunch" in status.stdout
+    retry_until(lambda: cp_store.read_checkpoint(state, run_id).nodes["a"].state is NodeState.MERGED, 60, interval=0.1,
+                what="node a, already running when paused, to go on and merge")
+    # the guardian schedules after every change and at least every 2 s: b would have started
+    assert _stays(lambda: cp_store.read_checkpoint(state, run_id).nodes["b"].state is NodeState.PENDING
+                  and identities.find(state, "runner", "b") is None, 5)
+    unpaused = _rpc("run.unpause", {"project": "app", "run_id": run_id, "by": "tester"})
+    assert unpaused["changed"] is True
+    retry_until(lambda: cp_store.read_checkpoint(state, run_id).status != "running", 60, interval=0.2)
+    assert cp_store.read_checkpoint(state, run_id).status == "succeeded"
+    kinds = [(e["event"], e.get("by")) for e in cp_store.read_events(state, run_id)
+             if e["event"] in ("run_paused", "run_unpaused")]
+    assert kinds == [("run_paused", os.environ.get("USER") or "user"), ("run_unpaused", "tester")]
+
+
+def _subscribe(after: int, run_id: str, until_event: str | None, count: int | None = None) -> list[dict[str, Any]]:
+    """The events the daemon streams from `after` on, until one of kind `until_event` (or `count`)."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(60)
+    sock.connect(str(daemon.socket_path()))
+    request = {"jsonrpc": "2.0", "method": "events.subscribe", "params": {"project": "app", "run_id": run_id,
+                                                                          "after": after}, "id": 1}
+    sock.sendall(json.dumps(request).encode() + b"\n")
+    got: list[dict[str, Any]] = []
+    buffer = b""
+    answered = False
+    with sock:
+        while True:
+            while b"\n" not in buffer:
+                chunk = sock.recv(65536)
+                assert chunk, "the daemon closed the stream"
+                buffer += chunk
+            line, buffer = buffer.split(b"\n", 1)
+            message = json.loads(line)
+            if not answered:
+                assert message["result"]["run_id"] == run_id, message
+                answered = True
+                continue
+            assert message["method"] == "event"
+            got.append(message["params"])
+            if message["params"]["event"]["event"] == until_event or (count is not None and len(got) == count):
+                return got
+
+
+def test_events_stream_live_and_a_reconnect_resumes_after_its_last_id(running_daemon: int, tmp_path: Path,
+                                                                      state_dir: Path) -> None:
+    repo = make_repo(tmp_path / "app")
+    (repo / "chain.dot").write_text(_CHAIN.format(secs=1))
+    _rpc("projects.add", {"name": "app", "path": str(repo), "state_dir": str(state_dir),
+                          "pipeline": "chain.dot", "agent": "scripted"})
+    run_id = _rpc("run.start", {"project": "app"})["run_id"]
+    first = _subscribe(0, run_id, "run_finished")
+    ids = [e["id"] for e in first]
+    assert ids == list(range(1, len(ids) + 1)) and len(ids) > 5
+    assert [e["event"] for e in first] == cp_store.read_events(StateDir(state_dir), run_id)[: len(first)]
+    middle = ids[len(ids) // 2]
+    again = _subscribe(middle, run_id, "run_finished")
+    assert [e["id"] for e in again] == ids[middle:]  # no gap, no repeat
+    assert [e["event"] for e in again] == [e["event"] for e in first[middle:]]
+    bad = run_cli(["rpc", "events.subscribe", json.dumps({"project": "app", "after": -1})])
+    assert bad.returncode == 2 and "after" in bad.stderr

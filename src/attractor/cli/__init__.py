@@ -51,7 +51,7 @@ GROUPS: dict[str, tuple[str, ...]] = {
     "merge_queue": ("merge-queue", "queue"),
     "pipeline": ("pipeline",),
     "run": ("run",),
-    "status": ("status", "stop"),
+    "status": ("status", "stop", "pause", "unpause"),
     "agent": ("agent",),
     "agent_hook": ("agent-hook",),
     "layers": ("guardian", "runner", "spawn-runner", "spawn-orchestrator"),

@@ -22,7 +22,7 @@ def run_start(args: argparse.Namespace) -> int:
     level = args.log_level if args.log_level != "WARNING" else "INFO"
     if not args.foreground:
         return daemon.start_background(level, sys.stdout)
-    daemon.setup_logging(level)
+    daemon.setup_logging(level, quiet_stderr=args.quiet_stderr)
     return daemon.Daemon(log_level=level).run()
 
 
@@ -104,6 +104,8 @@ def add_parser(subparsers: Any) -> None:
     p = subparser(actions, "start", "start the daemon (in the background unless --foreground)",
                   "attractor daemon start --foreground")
     p.add_argument("--foreground", action="store_true", help="run in this process (for systemd and launchd)")
+    p.add_argument("--quiet-stderr", action="store_true",
+                   help="only warnings and errors on stderr (the log file has everything)")
     p.set_defaults(func=run_start)
 
     p = subparser(actions, "stop", "stop the daemon; its runs go on unless --runs",

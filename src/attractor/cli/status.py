@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -94,18 +95,14 @@ def collect(args: argparse.Namespace) -> dict[str, Any]:
         hook = hook_by_node.get(name)
         nodes.append({**node.to_json(), "phase": hook.phase.value if hook else None,
                       "usage": usage_by_node.get(name)})
-    entries: list[dict[str, Any]] = []
-    try:
-        from attractor.engines import merge_queue
+    from attractor.store import merge_entries, queue_hold
 
-        entries = [e.to_json() for e in merge_queue.list_entries(state)]
-    except (ImportError, AttributeError):
-        pass
-    from attractor.store import queue_hold
+    entries = [e.to_json() for e in merge_entries.list_entries(state)]
 
     held = queue_hold.read(state)
     run = {k: v for k, v in cp.to_json().items() if k != "nodes"}
     run["usage"] = _sum_usage(list(usage_by_node.values()))
+    run["paused"] = cp_store.paused(state, run_id)
     return {"schema": 1, "run": run, "nodes": nodes, "queue_hold": held.to_json() if held else None,
             "agents": agents, "merge_queue": entries, "problems": [str(p) for p in problems],
             "state_dir": str(state.root)}
@@ -154,6 +151,11 @@ def run_status(args: argparse.Namespace) -> int:
           f"started {run['started_at']}")
     if run.get("reason"):
         print(f"  reason: {run['reason']}")
+    if run.get("paused") and run["status"] == "running":
+        pause = run["paused"]
+        why = f": {pause['reason']}" if pause.get("reason") else ""
+        print(f"  PAUSED by {pause.get('by')} at {pause.get('at')}{why}; no new agents start "
+              f"(unpause with: attractor unpause {run['run_id']})")
     print(f"\n{'NODE':<20} {'KIND':<12} {'STATE':<11} {'PHASE':<14} {'ATTEMPTS':>8}  {'MERGED':<10}  USAGE")
     for n in data["nodes"]:
         print(f"{n['name']:<20} {n['kind']:<12} {n['state']:<11} {(n['phase'] or '-'):<14} {n['attempts']:>8}  "
@@ -193,6 +195,32 @@ def run_stop(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_pause(args: argparse.Namespace) -> int:
+    from attractor.store import checkpoint as cp_store
+
+    state = state_from(args)
+    run_id = _run_id(state, args.run_id)
+    if args.command == "pause":
+        changed = cp_store.pause_run(state, run_id, by=args.by, reason=args.reason)
+        print(f"run {run_id} paused: no new agents start; running ones go on" if changed
+              else f"run {run_id} was already paused")
+    else:
+        changed = cp_store.unpause_run(state, run_id, by=args.by)
+        print(f"run {run_id} unpaused: ready nodes start again" if changed else f"run {run_id} was not paused")
+    return 0
+
+
+def _run_id(state: Any, given: str | None) -> str:
+    from attractor.errors import NotFoundError
+    from attractor.names import validate_name
+    from attractor.store import checkpoint as cp_store
+
+    run_id = given or cp_store.latest_run(state)
+    if run_id is None:
+        raise NotFoundError("run", "(any)", f"no run in {state.root}")
+    return validate_name(run_id, "run id")
+
+
 def add_parser(subparsers: Any) -> None:
     p = subparser(subparsers, "status", "show a run: nodes, agents (with the tmux pane to attach to), the queue",
                   "attractor status --json")
@@ -212,3 +240,16 @@ def add_parser(subparsers: Any) -> None:
     add_state_dir_option(s)
     add_tmux_socket_option(s)
     s.set_defaults(func=run_stop)
+
+    for name, text, example in (
+            ("pause", "start no new agents in a run (the running ones go on)",
+             "attractor pause demo-20261124-010203-001 --reason 'lunch'"),
+            ("unpause", "let a paused run start agents again", "attractor unpause")):
+        c = subparser(subparsers, name, text, example)
+        c.add_argument("run_id", nargs="?", help="run id (default: the latest run)")
+        if name == "pause":
+            c.add_argument("--reason", default="", help="why (kept in the run's events)")
+        c.add_argument("--by", default=os.environ.get("USER") or "user", help="who (default: $USER)")
+        add_target_dir_option(c)
+        add_state_dir_option(c)
+        c.set_defaults(func=run_pause)

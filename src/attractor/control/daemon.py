@@ -32,13 +32,15 @@ import signal
 import socket
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
 from attractor import clock, procs
 from attractor.control import rpc
-from attractor.errors import AttractorError, BadInputError, StateDirError, UsageError
+from attractor.errors import AttractorError, BadInputError, NotFoundError, StateDirError, UsageError
+from attractor.names import agent_id, validate_name
 from attractor.states import IdentityStatus, NodeState, RunStatus
 from attractor.store import atomic, identities, projects
 from attractor.store import checkpoint as cp_store
@@ -49,6 +51,8 @@ logger = logging.getLogger(__name__)
 SCAN_INTERVAL = 5.0
 FOLLOWED_CHECK_INTERVAL = 2.0
 RETRY_AFTER_ERROR = 5.0
+STREAM_CHECK_INTERVAL = 1.0  # a stream with inotify looks at its client this often while quiet
+STREAM_POLL_INTERVAL = 0.2  # without inotify, how often it reads the event log
 MAX_SOCKET_PATH = 107  # sun_path is 108 bytes on Linux, with its terminating NUL
 FINISHED_NODE_STATES = frozenset({NodeState.MERGED, NodeState.DONE, NodeState.SKIPPED})
 
@@ -374,6 +378,13 @@ class Daemon:
         m.add("run.stop", self.rpc_run_stop)
         m.add("run.resume", self.rpc_run_resume)
         m.add("queue.list", self.rpc_queue_list)
+        m.add("run.start", self.rpc_run_start)
+        m.add("run.pause", self.rpc_run_pause)
+        m.add("run.unpause", self.rpc_run_unpause)
+        m.add("agent.send", self.rpc_agent_send)
+        m.add("agent.answer", self.rpc_agent_answer)
+        m.add("agent.clear", self.rpc_agent_clear)
+        m.add("events.subscribe", self.rpc_events_subscribe)
         return m
 
     def status(self) -> dict[str, Any]:
@@ -476,6 +487,126 @@ class Daemon:
         self.wake.set()
         return {"project": name, "run_id": run_id, "resumed": True}
 
+    def _run_of(self, params: dict[str, Any], state: StateDir) -> str:
+        given = _opt_text(params, "run_id")
+        run_id = given or cp_store.latest_run(state)
+        if run_id is None:
+            raise NotFoundError("run", "(any)", f"no run in {state.root}")
+        return validate_name(run_id, "run id")
+
+    def rpc_run_start(self, params: dict[str, Any]) -> dict[str, Any]:
+        """Start a run of a project, detached; the daemon supervises it from the start."""
+        from attractor.layers.launcher import LaunchOptions, launch
+
+        _only(params, "project", "pipeline", "agent", "agent_cmd", "max_agents", "target_branch")
+        project = projects.get_project(_text(params, "project"))
+        pipeline = _opt_text(params, "pipeline") or project.pipeline
+        if pipeline is None:
+            raise BadInputError("run.start", f"project {project.name!r} has no default pipeline; give one in "
+                                "params.pipeline")
+        path = Path(pipeline) if Path(pipeline).is_absolute() else Path(project.path) / pipeline
+        max_agents = params.get("max_agents")
+        if max_agents is not None and (not isinstance(max_agents, int) or isinstance(max_agents, bool)
+                                       or max_agents < 1):
+            raise rpc.RpcError(rpc.INVALID_PARAMS, "param 'max_agents' must be a positive integer")
+        started: list[str] = []
+        out = io.StringIO()
+        agent = _opt_text(params, "agent") or project.agent
+        opts = LaunchOptions(pipeline=path, target_dir=Path(project.path), agent=agent,
+                             agent_cmd=_opt_text(params, "agent_cmd"), max_agents=max_agents, detach=True,
+                             state_dir=project.state_dir, target_branch=_opt_text(params, "target_branch"),
+                             log_level=self.log_level, on_detach=lambda root, run_id, _out: started.append(run_id))
+        code = launch(opts, out)
+        self.wake.set()
+        return {"project": project.name, "run_id": started[0] if started else None, "exit_code": code,
+                "output": out.getvalue().splitlines()}
+
+    def rpc_run_pause(self, params: dict[str, Any]) -> dict[str, Any]:
+        """No new agents in the run; the running ones go on."""
+        _only(params, "project", "state_dir", "run_id", "by", "reason")
+        name, state = self._state_of(params)
+        run_id = self._run_of(params, state)
+        changed = cp_store.pause_run(state, run_id, by=_opt_text(params, "by") or "rpc",
+                                     reason=_opt_text(params, "reason") or "")
+        return {"project": name, "run_id": run_id, "paused": True, "changed": changed}
+
+    def rpc_run_unpause(self, params: dict[str, Any]) -> dict[str, Any]:
+        _only(params, "project", "state_dir", "run_id", "by")
+        name, state = self._state_of(params)
+        run_id = self._run_of(params, state)
+        changed = cp_store.unpause_run(state, run_id, by=_opt_text(params, "by") or "rpc")
+        return {"project": name, "run_id": run_id, "paused": False, "changed": changed}
+
+    def rpc_agent_send(self, params: dict[str, Any]) -> dict[str, Any]:
+        """Queue a message for a node's live agent (the same delivery as `attractor agent send`)."""
+        from attractor.engines.answers import queue_message
+
+        _only(params, "project", "state_dir", "node", "text", "author")
+        _, state = self._state_of(params)
+        sent = queue_message(state, validate_name(_text(params, "node"), "node"), _text(params, "text"),
+                             author=_opt_text(params, "author") or "rpc")
+        return {"signal_id": sent.id, "to": sent.recipient}
+
+    def rpc_agent_answer(self, params: dict[str, Any]) -> dict[str, Any]:
+        """Answer the dialog a node's agent waits at: yes, no or always."""
+        from attractor.engines.answers import answer
+
+        _only(params, "project", "state_dir", "node", "reply")
+        _, state = self._state_of(params)
+        reply = _text(params, "reply")
+        if reply not in ("yes", "no", "always"):
+            raise rpc.RpcError(rpc.INVALID_PARAMS, f"param 'reply' must be yes, no or always, not {reply!r}")
+        result = answer(state, validate_name(_text(params, "node"), "node"), reply)
+        return {"agent_id": result.agent_id, "chosen": result.chosen, "keys": list(result.keys),
+                "question": result.question, "remembered": result.remembered}
+
+    def rpc_agent_clear(self, params: dict[str, Any]) -> dict[str, Any]:
+        """Lift an agent's quarantine (`role` and `name`), or end the escalation (`escalation`)."""
+        from attractor.engines.supervision import clear_agent, clear_escalation
+
+        _only(params, "project", "state_dir", "role", "name", "escalation")
+        _, state = self._state_of(params)
+        lines = []
+        if params.get("role") is not None or params.get("name") is not None:
+            lines.append(clear_agent(state.root, agent_id(_text(params, "role"), _text(params, "name"))))
+        if _flag(params, "escalation"):
+            lines.append(clear_escalation(state.root))
+        if not lines:
+            raise rpc.RpcError(rpc.INVALID_PARAMS, "give role and name, or escalation: true")
+        return {"lines": lines}
+
+    def rpc_events_subscribe(self, params: dict[str, Any]) -> rpc.Stream:
+        """A stream of the run's events, each `{"project", "run_id", "id", "event"}` with `id` the
+        event's line number: `after` (the last id a client saw) resumes without a gap or a repeat."""
+        from attractor.store import wakeup
+
+        _only(params, "project", "state_dir", "run_id", "after")
+        name, state = self._state_of(params)
+        run_id = self._run_of(params, state)
+        after = params.get("after", 0)
+        if not isinstance(after, int) or isinstance(after, bool) or after < 0:
+            raise rpc.RpcError(rpc.INVALID_PARAMS, "param 'after' must be an event id (an integer >= 0)")
+        cp_store.read_checkpoint(state, run_id)
+        directory = cp_store.run_dir(state, run_id)
+        tail = cp_store.EventTail(directory / "events.jsonl", after=after)
+
+        def items() -> Iterator[dict[str, Any] | None]:
+            wake = threading.Event()
+            unwatch = wakeup.watch_directory(directory, wake, modified=True)
+            try:
+                while not self.stopping.is_set():
+                    batch = tail.new_numbered()
+                    for number, event in batch:
+                        yield {"project": name, "run_id": run_id, "id": number, "event": event}
+                    if not batch:
+                        yield None
+                        wake.wait(STREAM_CHECK_INTERVAL if unwatch is not None else STREAM_POLL_INTERVAL)
+                        wake.clear()
+            finally:
+                wakeup.unwatch(unwatch)
+
+        return rpc.Stream({"project": name, "run_id": run_id, "after": after}, "event", items())
+
     def rpc_queue_list(self, params: dict[str, Any]) -> list[dict[str, Any]]:
         from attractor.store import merge_entries
 
@@ -528,8 +659,12 @@ def _flag(params: dict[str, Any], key: str) -> bool:
 # -- starting and stopping from the command line ----------------------------------------------
 
 
-def setup_logging(level: str) -> None:
-    """The daemon's log file, beside whatever stderr the command line set up."""
+def setup_logging(level: str, quiet_stderr: bool = False) -> None:
+    """The daemon's log file, beside whatever stderr the command line set up; `quiet_stderr`
+    (a daemon whose stderr is daemon.err) leaves only warnings and errors to stderr."""
+    if quiet_stderr:
+        for existing in logging.getLogger().handlers:
+            existing.setLevel(logging.WARNING)
     directory = ensure_private(log_dir())
     handler = logging.FileHandler(directory / "daemon.log")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
@@ -549,8 +684,9 @@ def start_background(log_level: str, out: TextIO, timeout: float = 20.0) -> int:
         raise DaemonRunningError(holder.get("pid"), str(holder.get("socket", socket_path())))
     directory = ensure_private(log_dir())
     with open(directory / "daemon.err", "ab") as err, open(os.devnull, "rb") as devnull:
-        child = subprocess.Popen([sys.executable, "-m", "attractor", "--log-level", log_level, "daemon", "start",
-                                  "--foreground"], stdin=devnull, stdout=err, stderr=err, start_new_session=True)
+        argv = [sys.executable, "-m", "attractor", "--log-level", log_level, "daemon", "start", "--foreground",
+                "--quiet-stderr"]
+        child = subprocess.Popen(argv, stdin=devnull, stdout=err, stderr=err, start_new_session=True)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if child.poll() is not None:

@@ -12,6 +12,12 @@ the requests came, each on one line. A request is `{"jsonrpc": "2.0", "method": 
     -32000 operation failed  attractor's exit code 1 errors (a lock timeout, a conflict);
                              `data.exit_code` carries the code the CLI would exit with
 
+A method may answer with a `Stream` (`events.subscribe`): its result is answered as usual, then
+each item is sent as a notification `{"jsonrpc": "2.0", "method": <stream's method>, "params":
+item}` until the stream ends or the client closes the connection. A connection carrying a stream
+carries nothing else: what the client sends on it is read and dropped, and closing it ends the
+subscription.
+
 The server gives every connection its own thread, so a slow method, a client that sends half a
 line and waits, or one that stops reading stalls only itself: a partial line is dropped after
 PARTIAL_LINE_TIMEOUT seconds, an answer that cannot be written within SEND_TIMEOUT seconds closes
@@ -81,6 +87,22 @@ Method = Callable[[dict[str, Any]], Any]
 
 
 @dataclass
+class Stream:
+    """A method's answer that goes on: `result` now, then one notification per item of
+    `items`. An item None sends nothing: it lets the connection check that the client is still
+    there, so a stream with nothing to say should yield None every second or so."""
+
+    result: Any
+    method: str
+    items: Iterator[Any]
+
+    def close(self) -> None:
+        close = getattr(self.items, "close", None)
+        if close is not None:
+            close()
+
+
+@dataclass
 class Methods:
     """The methods a server answers: name -> function of the params object. Positional params
     (a JSON array) are refused with -32602: every method here takes named ones."""
@@ -102,8 +124,9 @@ def _valid_id(value: Any) -> bool:
     return value is None or (isinstance(value, (str, int)) and not isinstance(value, bool))
 
 
-def answer_one(methods: Methods, request: Any) -> dict[str, Any] | None:
-    """The answer to one decoded request (None for a notification)."""
+def answer_one(methods: Methods, request: Any, streams: list[Stream] | None = None) -> dict[str, Any] | None:
+    """The answer to one decoded request (None for a notification). A Stream result is
+    answered with its `result` and appended to `streams` (closed at once when that is None)."""
     if not isinstance(request, dict):
         return _error(None, INVALID_REQUEST, "a request is a JSON object")
     request_id = request.get("id")
@@ -139,12 +162,19 @@ def answer_one(methods: Methods, request: Any) -> dict[str, Any] | None:
         first = (str(exc).splitlines() or [""])[0]
         response = _error(request_id, INTERNAL_ERROR, f"{type(exc).__name__}: {first}"[:500])
     else:
+        if isinstance(result, Stream):
+            if streams is None or notification:
+                result.close()
+            else:
+                streams.append(result)
+            result = result.result
         response = {"jsonrpc": "2.0", "result": result, "id": request_id}
     return None if notification else response
 
 
-def answer_line(methods: Methods, line: bytes) -> bytes | None:
-    """The answer line (with its newline) to one request line; None when nothing is owed."""
+def answer_line(methods: Methods, line: bytes, streams: list[Stream] | None = None) -> bytes | None:
+    """The answer line (with its newline) to one request line; None when nothing is owed. A
+    stream a method opened is appended to `streams` (not in a batch: there it is closed)."""
     try:
         decoded = json.loads(line.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -157,7 +187,7 @@ def answer_line(methods: Methods, line: bytes) -> bytes | None:
                 answers = [a for a in (answer_one(methods, r) for r in decoded) if a is not None]
                 answer = answers or None
         else:
-            answer = answer_one(methods, decoded)
+            answer = answer_one(methods, decoded, streams)
     if answer is None:
         return None
     return (json.dumps(answer, separators=(",", ":"), default=str) + "\n").encode()
@@ -199,6 +229,31 @@ class Connection:
                 self.refuse_too_long()
                 return
 
+    def stream(self, stream: Stream) -> None:
+        """Send the stream's items until it ends or the client is gone."""
+        try:
+            for item in stream.items:
+                if item is None:
+                    if self.client_gone():
+                        return
+                    continue
+                note = {"jsonrpc": "2.0", "method": stream.method, "params": item}
+                self.send((json.dumps(note, separators=(",", ":"), default=str) + "\n").encode())
+        finally:
+            stream.close()
+
+    def client_gone(self) -> bool:
+        """Whether the client closed its end (what it sent meanwhile is dropped)."""
+        self.sock.setblocking(False)  # a socket timeout would make the check wait that long
+        try:
+            while True:
+                if not self.sock.recv(RECV_CHUNK):
+                    return True
+        except BlockingIOError:
+            return False
+        except OSError:
+            return True
+
     def refuse_too_long(self) -> None:
         """Answer -32600 and close; the rest of what the client sends is read and dropped for
         a moment first, so the answer is not lost to a reset."""
@@ -213,9 +268,13 @@ class Connection:
     def serve(self) -> None:
         try:
             for line in self.lines():
-                out = answer_line(self.methods, line)
+                streams: list[Stream] = []
+                out = answer_line(self.methods, line, streams)
                 if out is not None:
                     self.send(out)
+                if streams:
+                    self.stream(streams[0])
+                    return
         except OSError as exc:  # the client went away or stopped reading
             logger.info("rpc client dropped: %s", exc)
         finally:

@@ -752,6 +752,28 @@ def release_identity(state_root: Path, agent_id: str) -> bool:
     return True
 
 
+def clear_agent(state_root: Path, agent_id: str) -> str:
+    """Lift `agent_id`'s quarantine, or reset its death counters; what was done, in one line.
+    The one implementation behind `attractor agent clear` and the daemon's `agent.clear`."""
+    sup = Supervisor(state_root)
+    if not sup.path_of(agent_id).exists():
+        if release_identity(state_root, agent_id):
+            return f"cleared {agent_id}: identity released from quarantine"
+        raise NotFoundError("supervised agent", agent_id, "see 'attractor agent list'")
+    before = sup.state_of(agent_id)
+    sup.clear(agent_id)
+    if before.quarantined:
+        return (f"cleared {agent_id}: quarantine lifted ({before.quarantine_reason}); "
+                "it is respawned on the guardian's next tick")
+    return f"cleared {agent_id}: not quarantined; death counters reset"
+
+
+def clear_escalation(state_root: Path) -> str:
+    """End the escalation that pauses every respawn; what was done, in one line."""
+    ended = Supervisor(state_root).clear_escalation()
+    return "escalation cleared; respawns resume" if ended else "no active escalation"
+
+
 # --- detection ------------------------------------------------------------------------------
 
 

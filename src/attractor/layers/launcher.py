@@ -389,37 +389,6 @@ def describe_event(event: dict[str, object]) -> str | None:
     return f"{node:<20} {text}"
 
 
-class EventTail:
-    """Reads the new complete lines of events.jsonl on each call."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.offset = 0
-
-    def new_events(self) -> list[dict[str, object]]:
-        import json
-
-        try:
-            with open(self.path, "rb") as fh:
-                fh.seek(self.offset)
-                data = fh.read()
-        except FileNotFoundError:
-            return []
-        end = data.rfind(b"\n")
-        if end < 0:
-            return []
-        self.offset += end + 1
-        events = []
-        for line in data[: end + 1].splitlines():
-            try:
-                item = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(item, dict):
-                events.append(item)
-        return events
-
-
 def follow(state: StateDir, run_id: str, gcfg: GuardianConfig, out: TextIO, timeout: float | None = None,
            heartbeat: bool = True, stop: threading.Event | None = None) -> int:
     """Follow the run until it ends, restarting a dead guardian; `stop` (the daemon's) ends the
@@ -429,7 +398,7 @@ def follow(state: StateDir, run_id: str, gcfg: GuardianConfig, out: TextIO, time
     watch = Watch(state, Supervisor(state, policy_from_env(quarantine_deaths=1_000_000)))
     tmux = Tmux(gcfg.tmux_socket)
     start = time.monotonic()
-    tail = EventTail(cp_store.run_dir(state, run_id) / "events.jsonl")
+    tail = cp_store.EventTail(cp_store.run_dir(state, run_id) / "events.jsonl")
     tail.new_events()  # what happened before this launcher started is in `attractor status`
     known: Checkpoint | None = None
     known_file: tuple[int, int, int] | None = None

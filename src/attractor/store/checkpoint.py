@@ -2,7 +2,10 @@
 
 Files (under the state directory):
     runs/<run-id>/checkpoint.json   rewritten atomically (fsync) after every node change
-    runs/<run-id>/events.jsonl      append-only, one JSON object per line: {"at", "event", ...}
+    runs/<run-id>/events.jsonl      append-only, one JSON object per line: {"at", "event", ...};
+                                    a line's number (from 1) is the event's id
+    runs/<run-id>/paused.json       present while the run is paused: {"schema", "by", "reason",
+                                    "at"}; its existence is the flag (no new agent starts)
 
 checkpoint.json fields: schema (1), run_id, pipeline_name, pipeline_path, target_dir,
 target_branch, agent, agent_cmd, max_agents, status (running | succeeded | failed | stopped),
@@ -204,6 +207,8 @@ class Event(enum.StrEnum):
     GUARDIAN_STARTED = "guardian_started"  # the guardian took the run (again, after a restart)
     RUN_FINISHED = "run_finished"
     RUN_STOPPED = "run_stopped"            # by `attractor stop`
+    RUN_PAUSED = "run_paused"              # by `attractor pause`: no new agent starts
+    RUN_UNPAUSED = "run_unpaused"
     ALERT = "alert"                        # something did not hold against the ground truth
     VALIDATION = "validation"              # one validator's verdict on a node's commit
     RUNNER_DIED = "runner_died"
@@ -233,6 +238,8 @@ EVENT_FIELDS: dict[Event, frozenset[str]] = {
     Event.GUARDIAN_STARTED: frozenset({"pid", "start"}),
     Event.RUN_FINISHED: frozenset({"status", "reason"}),
     Event.RUN_STOPPED: frozenset(),
+    Event.RUN_PAUSED: frozenset({"by", "reason"}),
+    Event.RUN_UNPAUSED: frozenset({"by"}),
     Event.ALERT: frozenset({"alert", "reason", "node", "kind", "sender", "expected", "found"}),
     Event.VALIDATION: frozenset({"node", "tool", "ok"}),
     Event.RUNNER_DIED: frozenset({"node", "reason"}),
@@ -282,3 +289,87 @@ def read_events(state: StateDir, run_id: str) -> list[dict[str, Any]]:
         if isinstance(item, dict):
             events.append(item)
     return events
+
+
+class EventTail:
+    """The complete lines added to a run's events.jsonl since the last call, with their ids
+    (line numbers from 1). `after` skips the events a reader has seen already, so one that
+    comes back with the last id it got misses none and sees none twice. A line still being
+    written (no newline yet) waits for the next call; an unreadable one keeps its number."""
+
+    def __init__(self, path: Path, after: int = 0) -> None:
+        self.path = path
+        self.after = after
+        self.offset = 0
+        self.count = 0
+
+    def new_numbered(self) -> list[tuple[int, dict[str, Any]]]:
+        try:
+            with open(self.path, "rb") as fh:
+                fh.seek(self.offset)
+                data = fh.read()
+        except FileNotFoundError:
+            return []
+        end = data.rfind(b"\n")
+        if end < 0:
+            return []
+        self.offset += end + 1
+        found = []
+        for line in data[: end + 1].splitlines():
+            self.count += 1
+            if self.count <= self.after:
+                continue
+            try:
+                item = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(item, dict):
+                found.append((self.count, item))
+        return found
+
+    def new_events(self) -> list[dict[str, Any]]:
+        return [item for _, item in self.new_numbered()]
+
+
+# -- pausing --------------------------------------------------------------------------------------
+
+
+def pause_path(state: StateDir, run_id: str) -> Path:
+    return run_dir(state, run_id) / "paused.json"
+
+
+def pause_run(state: StateDir, run_id: str, by: str, reason: str = "") -> bool:
+    """Pause a running run: no new agent starts (running ones go on). False if it already was."""
+    cp = read_checkpoint(state, run_id)
+    if cp.status != RunStatus.RUNNING:
+        raise BadInputError(f"run {run_id}", f"is {cp.status}; only a running run can be paused")
+    path = pause_path(state, run_id)
+    if path.exists():
+        return False
+    write_json_atomic(path, {"schema": SCHEMA, "by": by, "reason": reason, "at": clock.iso()})
+    append_event(state, run_id, Event.RUN_PAUSED, by=by, reason=reason)
+    return True
+
+
+def unpause_run(state: StateDir, run_id: str, by: str) -> bool:
+    """Let the run start agents again. False if it was not paused."""
+    read_checkpoint(state, run_id)
+    try:
+        pause_path(state, run_id).unlink()
+    except FileNotFoundError:
+        return False
+    append_event(state, run_id, Event.RUN_UNPAUSED, by=by)
+    return True
+
+
+def paused(state: StateDir, run_id: str) -> dict[str, Any] | None:
+    """Who paused the run, why and when; None when it is not paused. A pause file that does not
+    read keeps the run paused (the flag is the file) and says so."""
+    path = pause_path(state, run_id)
+    try:
+        data = json.loads(path.read_bytes())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        return {"by": "?", "reason": f"unreadable {path.name}: {exc}; remove it to unpause", "at": None}
+    return data if isinstance(data, dict) else {"by": "?", "reason": f"{path.name} is not an object", "at": None}

@@ -76,8 +76,13 @@ class Guardian(Supervision, Validation):
                     owner=layout.runner_id(name), priority=node.priority))
 
     def finished(self) -> bool:
+        """Nothing runs and nothing more can start. A paused run with pending nodes is not
+        finished: they start when it is unpaused."""
         with self.lock:
             if self.active_nodes() or self.validations or self.merges:
+                return False
+            pending = any(p.state is NodeState.PENDING for p in self.cp.nodes.values())
+            if pending and self._pause_seen is not None:
                 return False
             return all(p.finished or p.state is NodeState.PENDING for p in self.cp.nodes.values())
 

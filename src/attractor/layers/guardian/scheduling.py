@@ -14,13 +14,17 @@ from attractor.layers.guardian.core import now_iso
 from attractor.layers.guardian.merging import MergeWorker
 from attractor.layers.runner import spawn_runner
 from attractor.states import NodeState, Outcome
+from attractor.store import checkpoint as cp_store
 from attractor.store.checkpoint import Event
 
 logger = logging.getLogger(__name__)
 
 
 class Scheduling(MergeWorker):
-    """Starts a runner for each ready node, up to max_agents, a few at a time."""
+    """Starts a runner for each ready node, up to max_agents, a few at a time, none while the
+    run is paused."""
+
+    _pause_seen: dict[str, object] | None = None
 
     # -- scheduling and supervision --------------------------------------------------------------
     def start_codergen(self, name: str) -> None:
@@ -45,6 +49,7 @@ class Scheduling(MergeWorker):
         are paced: while `max_starting` runners have not sent their first heartbeat no other one
         starts (a burst of nodes on a busy machine would otherwise starve itself)."""
         pace = max(1, self.watch.supervisor.config.max_starting)
+        pause = self.pause_state()
 
         with self.lock:
             done = {n for n, p in self.cp.nodes.items() if p.finished}
@@ -72,9 +77,23 @@ class Scheduling(MergeWorker):
                 if kind is NodeKind.EXIT:
                     self.update_node(name, Event.DONE, state=NodeState.DONE, outcome=Outcome.SUCCESS,
                                      finished_at=now_iso())
+                elif pause is not None:
+                    continue  # paused: no new agent; the ones running go on
                 elif len(self.active_nodes()) < self.cp.max_agents \
                         and count_starting(self.state, "runner", self.active_nodes()) < pace:
                     self.start_codergen(name)
+
+    def pause_state(self) -> dict[str, object] | None:
+        """The run's pause (a stat while there is none), logged once when it begins and ends."""
+        pause = cp_store.paused(self.state, self.cfg.run_id)
+        if (pause is None) != (self._pause_seen is None):
+            if pause is None:
+                logger.info("run %s unpaused: starting ready nodes again", self.cfg.run_id)
+            else:
+                logger.info("run %s paused by %s (%s): no new agents", self.cfg.run_id, pause.get("by"),
+                            pause.get("reason") or "no reason given")
+            self._pause_seen = pause
+        return pause
 
     def _rule_outcome(self, name: str) -> str:
         """Outcome of a node the rules finished: a tool follows its codergen node, a conditional
