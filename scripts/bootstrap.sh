@@ -16,6 +16,7 @@ need_apt=()
 command -v tmux >/dev/null 2>&1 || need_apt+=(tmux)
 command -v git >/dev/null 2>&1 || need_apt+=(git)
 "$python" -c 'import venv, ensurepip' >/dev/null 2>&1 || need_apt+=(python3-venv)
+[ "${1:-demo}" != test ] || command -v systemd-analyze >/dev/null 2>&1 || need_apt+=(systemd)
 if [ ${#need_apt[@]} -gt 0 ]; then
   sudo=""
   [ "$(id -u)" -eq 0 ] || sudo="sudo"

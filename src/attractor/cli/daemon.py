@@ -78,6 +78,34 @@ def run_logs(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_install(args: argparse.Namespace) -> int:
+    import shlex
+
+    from attractor.control import service_files
+
+    service = service_files.service_for(service_files.manager_for())
+    if args.dry_run:
+        sys.stdout.write(service.text)
+        then = " && ".join(shlex.join(argv) for argv in service.install_commands)
+        print(f"dry run: nothing changed; install would write this {service.kind} to {service.path}, then run: "
+              f"{then}", file=sys.stderr)
+        return 0
+    try:
+        lines = service_files.install(service)
+    except service_files.NoServiceManagerError:
+        sys.stdout.write(service.text)  # to install by hand; the one-line reason goes to stderr
+        raise
+    print("\n".join(lines))
+    return 0
+
+
+def run_uninstall(args: argparse.Namespace) -> int:
+    from attractor.control import service_files
+
+    print("\n".join(service_files.uninstall(service_files.manager_for())))
+    return 0
+
+
 def run_rpc(args: argparse.Namespace) -> int:
     import json
 
@@ -124,6 +152,17 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--stderr-only", action="store_true", help="its stderr only (crashes, warnings)")
     p.add_argument("--follow", action="store_true", help="go on printing new lines")
     p.set_defaults(func=run_logs)
+
+    p = subparser(actions, "install", "install the daemon as a service: a systemd user unit (Linux) or a launchd "
+                  "agent (macOS) that starts it at login and restarts it when it fails",
+                  "attractor daemon install --dry-run > attractor.service")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print the file on stdout and where it would go on stderr; change nothing")
+    p.set_defaults(func=run_install)
+
+    p = subparser(actions, "uninstall", "stop the daemon's service and remove its file (nothing installed: exit 0)",
+                  "attractor daemon uninstall")
+    p.set_defaults(func=run_uninstall)
 
     p = subparser(subparsers, "rpc", "send one JSON-RPC request to the daemon and print the result",
                   "attractor rpc runs.list '{\"project\": \"app\"}'")
