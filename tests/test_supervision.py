@@ -375,7 +375,8 @@ def test_records_hold_iso_times_and_schema(state_dir: Path) -> None:
 def test_agent_list_on_a_missing_state_dir_creates_nothing(state_dir: Path) -> None:
     result = run_cli(["agent", "list", "--json"])
     assert result.returncode == 0, result.stderr
-    assert json.loads(result.stdout) == {"schema": 1, "escalation": None, "agents": []}
+    assert json.loads(result.stdout) == {"schema": 1, "escalation": None, "agents": [],
+                                         "evicted_hidden": 0, "problems": []}
     assert not state_dir.exists()
 
 
@@ -394,7 +395,10 @@ def test_agent_list_and_clear(state_dir: Path) -> None:
         "quarantine_reason": "", "quarantined_at": None, "deaths_in_window": 1,
         "consecutive_deaths": 1, "restarts": 1, "awaiting_respawn": False,
         "next_restart_at": rows["runner-impl_db"]["next_restart_at"], "healthy_since": None,
-        "last_death": None}
+        "last_death": None,
+        # the registry's fields: no identity record (the role and name come from the agent id)
+        "role": "runner", "name": "impl_db", "status": None, "stored_status": None, "status_reason": None,
+        "epoch": None, "pid": None, "last_heartbeat": None, "heartbeat_age": None, "heartbeat_interval": None}
     table = run_cli(["agent", "list"])
     assert table.stdout.splitlines()[0].split()[:3] == ["AGENT", "STATE", "DEATHS/10m"]
     assert "quarantined" in table.stdout

@@ -65,6 +65,7 @@ from attractor.names import split_agent_id, validate_agent_id
 from attractor.states import IdentityStatus
 from attractor.store import records
 from attractor.store.atomic import ensure_private_dir, write_json_atomic
+from attractor.store.identities import CONTROL_HEARTBEAT_INTERVAL
 from attractor.store.locks import file_lock
 from attractor.store.statedir import StateDir
 
@@ -99,7 +100,7 @@ class PolicyConfig:
     # Inside the grace period an agent is DEAD only if its pid and its pane are both gone and at
     # least this long has passed since the spawn (earlier, tmux may not list the pane yet).
     grace_min_dead: float = 1.0
-    heartbeat_interval: float = 2.0
+    heartbeat_interval: float = CONTROL_HEARTBEAT_INTERVAL
     stale_after_intervals: int = 3
     # A control process (launcher, guardian, runner) that has not yet sent its first heartbeat
     # is judged by its start-up, never by that heartbeat: alive and inside the start-up grace

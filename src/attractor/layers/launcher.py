@@ -56,6 +56,7 @@ logger = logging.getLogger(__name__)
 # not watched, every IDLE_FOLLOW_INTERVAL while it is up and watched.
 FOLLOW_INTERVAL = 0.2
 IDLE_FOLLOW_INTERVAL = 2.0
+HEARTBEAT_INTERVAL = identities.LAUNCHER_HEARTBEAT_INTERVAL
 # While the guardian's process lives, the follower asks tmux for the panes at most this often
 # (a tmux client per question); at once when the process is gone.
 PANES_INTERVAL = 1.0
@@ -451,7 +452,7 @@ def follow(state: StateDir, run_id: str, gcfg: GuardianConfig, out: TextIO, time
             if stop is not None and stop.is_set():
                 return 0
             now = time.monotonic()
-            if heartbeat and now - last_beat > 2:
+            if heartbeat and now - last_beat > HEARTBEAT_INTERVAL:
                 try:
                     identities.update_liveness(state, "launcher", run_id, pid=os.getpid())
                     patience.ok()
@@ -492,7 +493,7 @@ def follow(state: StateDir, run_id: str, gcfg: GuardianConfig, out: TextIO, time
                 return 1
             interval = IDLE_FOLLOW_INTERVAL if settled else FOLLOW_INTERVAL
             if heartbeat:
-                interval = min(interval, max(0.0, last_beat + 2 - time.monotonic()))
+                interval = min(interval, max(0.0, last_beat + HEARTBEAT_INTERVAL - time.monotonic()))
             deaths.wait(interval)
         show()
         print_summary(state, cp, out, time.monotonic() - start)

@@ -58,7 +58,7 @@ from attractor.tmux import PaneInfo, Tmux
 
 logger = logging.getLogger(__name__)
 
-HEARTBEAT_INTERVAL = 2.0
+HEARTBEAT_INTERVAL = identities.RUNNER_HEARTBEAT_INTERVAL
 # The loop sleeps on events: the agent's death (a pidfd), a signal handled, the heartbeat. While
 # the agent is up and its pidfd watched it looks round every IDLE_CHECK_INTERVAL (records and
 # /proc only); while something may soon need it (an agent starting or dying, a respawn waiting

@@ -27,6 +27,23 @@ crashed/respawning records belong to the supervisor already. A record in spawnin
 stale whose process is alive (same pid and start time) holds its identity: `create_identity`
 refuses to take it over.
 
+Heartbeat intervals: how often each role stamps `last_heartbeat` is written down here once
+(`HEARTBEAT_INTERVALS`), and the writers beat by these values: the launcher, guardian and runner
+every 2 s on a timer; an agent (orchestrator) from its CLI's hooks or its own steps, with no
+timer, and is asked in its prompt to beat every few minutes: 300 s. merge-queue and user have no
+heartbeat (no process of theirs registers), so their records are never judged by age.
+
+Registry view (`judge`, `registry_view`): what a listing of live services shows for a record,
+judged at read time from the record and the clock, never written, so it holds whether or not a
+supervisor runs. Only a record whose stored status says its process should be beating
+(spawning, active, stale: `BEATING_STATUSES`) can be judged; crashed and respawning ones are
+already known not to run (the supervisor has them), terminated and quarantined ones are ended on
+purpose, and all of these are shown as stored. Such a record is `down` once its heartbeat is more
+than `DOWN_AFTER_INTERVALS` (2) of its role's intervals old, or at once when its recorded process
+is gone (a pid recorded and not alive with its start time, `process_gone`), and `evicted` once
+the heartbeat is more than `EVICTED_AFTER_INTERVALS` (3) intervals old: left out of default
+listings, kept on disk for the audit trail. `find_stale` keeps its own caller-given timeout.
+
 Epochs: `create_identity` starts a new incarnation (epoch + 1), except over a record in
 `respawning`, whose epoch `mark_respawning` already advanced; so a respawn costs exactly one
 epoch whether the new process registers itself with `create_identity` or just heartbeats.
@@ -38,13 +55,15 @@ replaced atomically with fsync, except plain heartbeats (cheap to recreate, writ
 from __future__ import annotations
 
 import dataclasses
+import enum
 import logging
 import os
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 from attractor import clock, names, procs
@@ -53,6 +72,7 @@ from attractor.errors import (
     CorruptStateError,
     IdentityTakenError,
     NotFoundError,
+    UnknownValueError,
 )
 from attractor.states import IDENTITY_MOVES, IdentityStatus, transition
 from attractor.store import atomic, locks, records
@@ -67,7 +87,36 @@ S = IdentityStatus
 LIVE_STATUSES = frozenset({S.SPAWNING, S.ACTIVE, S.STALE})
 # Statuses `find_stale` looks at.
 WATCHED_STATUSES = LIVE_STATUSES
+# Statuses whose process should be beating: only these can be shown down or evicted.
+BEATING_STATUSES = LIVE_STATUSES
 UPDATABLE_FIELDS = ("pid", "pane_id", "tmux_session", "tmux_socket", "worktree", "session_id")
+
+# How often each role stamps `last_heartbeat`, in seconds. The writers beat by these and the
+# registry view measures ages in them. The control layers beat on a timer: the launcher from
+# its follow loop, the guardian from a heartbeat thread, the runner from its loop (and a thread
+# while it sets up).
+LAUNCHER_HEARTBEAT_INTERVAL = 2.0
+GUARDIAN_HEARTBEAT_INTERVAL = 2.0
+RUNNER_HEARTBEAT_INTERVAL = 2.0
+# An agent beats from its CLI's hooks (session start, each prompt and tool use) or its own steps
+# (scripted), with no timer, and its prompt asks it to beat every few minutes. Two intervals are
+# ten minutes: the supervisor's `hung_after` for an agent whose pane is quiet.
+ORCHESTRATOR_HEARTBEAT_INTERVAL = 300.0
+# The one interval the supervisor's staleness rule for control processes is measured in
+# (`supervision.PolicyConfig.heartbeat_interval`): the slowest control layer's.
+CONTROL_HEARTBEAT_INTERVAL = max(LAUNCHER_HEARTBEAT_INTERVAL, GUARDIAN_HEARTBEAT_INTERVAL,
+                                 RUNNER_HEARTBEAT_INTERVAL)
+# Per role (every role of names.ROLES); None: the role has no heartbeat, never down by age.
+HEARTBEAT_INTERVALS: Mapping[str, float | None] = MappingProxyType({
+    "launcher": LAUNCHER_HEARTBEAT_INTERVAL,
+    "guardian": GUARDIAN_HEARTBEAT_INTERVAL,
+    "runner": RUNNER_HEARTBEAT_INTERVAL,
+    "orchestrator": ORCHESTRATOR_HEARTBEAT_INTERVAL,
+    "merge-queue": None,
+    "user": None,
+})
+DOWN_AFTER_INTERVALS = 2
+EVICTED_AFTER_INTERVALS = 3
 
 _TMUX_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,254}")
 _PANE_ID_RE = re.compile(r"%[0-9]{1,9}")
@@ -303,6 +352,98 @@ def find_stale(
         record
         for record in list_identities(state, problems)
         if record.status in WATCHED_STATUSES and record.heartbeat_age(moment) > timeout
+    ]
+
+
+# --------------------------------------------------------------------------- registry view
+
+
+class ShownStatus(enum.Enum):
+    """What the registry view shows for a record: its stored status, or DOWN / EVICTED judged
+    at read time (never stored)."""
+
+    SPAWNING = "spawning"
+    ACTIVE = "active"
+    STALE = "stale"
+    CRASHED = "crashed"
+    RESPAWNING = "respawning"
+    TERMINATED = "terminated"
+    QUARANTINED = "quarantined"
+    DOWN = "down"
+    EVICTED = "evicted"
+
+    @classmethod
+    def from_text(cls, value: str) -> ShownStatus:
+        try:
+            return cls(value)
+        except ValueError:
+            raise UnknownValueError("status", value, [m.value for m in cls]) from None
+
+    @classmethod
+    def stored(cls, status: IdentityStatus) -> ShownStatus:
+        return cls(status.value)
+
+
+@dataclass(frozen=True)
+class RegistryEntry:
+    """A record as the registry view shows it at one moment."""
+
+    record: Identity
+    status: ShownStatus
+    reason: str  # why it is down or evicted; "" when shown as stored
+    heartbeat_age: float  # seconds, at the moment it was judged
+    interval: float | None  # its role's heartbeat interval; None: the role has none
+
+    def to_json(self) -> dict[str, Any]:
+        record = self.record
+        return {
+            "agent_id": record.agent_id, "role": record.role, "name": record.name,
+            "status": self.status.value, "stored_status": record.status.value,
+            "status_reason": self.reason, "epoch": record.epoch, "pid": record.pid,
+            "last_heartbeat": record.last_heartbeat, "heartbeat_age": round(self.heartbeat_age, 3),
+            "heartbeat_interval": self.interval,
+        }
+
+
+def process_gone(record: Identity) -> bool:
+    """The record names a process and it is certainly not running: the pid is not alive with
+    its recorded start time (a reused pid is gone too). With no start time a live pid is taken
+    for the process (`Identity.may_be_alive`); with no pid nothing is known."""
+    return record.pid is not None and not record.may_be_alive
+
+
+def judge(record: Identity, now: float, *, gone: bool = False) -> RegistryEntry:
+    """How the registry view shows `record` at `now` (POSIX seconds); `gone`: its process is
+    known to be gone (`process_gone`, which the caller checks: this function reads nothing).
+    The rules are the module docstring's "Registry view"."""
+    interval = HEARTBEAT_INTERVALS.get(record.role)
+    age = record.heartbeat_age(now)
+    shown = ShownStatus.stored(record.status)
+    if record.status not in BEATING_STATUSES:
+        return RegistryEntry(record, shown, "", age, interval)
+    reasons = []
+    if interval is not None and age > DOWN_AFTER_INTERVALS * interval:
+        evicted = age > EVICTED_AFTER_INTERVALS * interval
+        limit = EVICTED_AFTER_INTERVALS if evicted else DOWN_AFTER_INTERVALS
+        shown = ShownStatus.EVICTED if evicted else ShownStatus.DOWN
+        reasons.append(f"no heartbeat for {age:.1f}s (more than {limit} x {interval:g}s)")
+    if gone:
+        reasons.append(f"pid {record.pid} is gone")
+        if shown is not ShownStatus.EVICTED:
+            shown = ShownStatus.DOWN
+    return RegistryEntry(record, shown, "; ".join(reasons), age, interval)
+
+
+def registry_view(
+    state: StateDir, now: float | None = None, problems: list[CorruptStateError] | None = None
+) -> list[RegistryEntry]:
+    """Every readable record as the registry view shows it at `now` (default: the clock), by
+    agent id; evicted ones included (a listing leaves them out). Checks the processes of the
+    records in a beating status; writes nothing but what `list_identities` moves aside."""
+    moment = time.time() if now is None else now
+    return [
+        judge(record, moment, gone=record.status in BEATING_STATUSES and process_gone(record))
+        for record in list_identities(state, problems)
     ]
 
 

@@ -35,7 +35,7 @@ logger = logging.getLogger(__name__)
 # while every runner is up and watched.
 TICK = 0.2
 IDLE_TICK = 2.0
-HEARTBEAT_INTERVAL = 2.0
+HEARTBEAT_INTERVAL = identities.GUARDIAN_HEARTBEAT_INTERVAL
 OUTPUT_TAIL = 4000
 TIP_CHECK_INTERVAL = 2.0
 # The target's tip is read from git again when the files that hold the ref changed, and at least
