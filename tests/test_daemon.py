@@ -307,3 +307,34 @@ def test_events_stream_live_and_a_reconnect_resumes_after_its_last_id(running_da
     assert [e["event"] for e in again] == [e["event"] for e in first[middle:]]
     bad = run_cli(["rpc", "events.subscribe", json.dumps({"project": "app", "after": -1})])
     assert bad.returncode == 2 and "after" in bad.stderr
+
+
+def _without_clocks(report: dict[str, Any]) -> dict[str, Any]:
+    for agent in report["agents"]:
+        agent.pop("heartbeat_age")
+    return report
+
+
+def test_status_comes_from_the_daemon_when_it_runs_and_says_the_same(tmp_path: Path, state_dir: Path) -> None:
+    repo = make_repo(tmp_path / "app")
+    pipeline = tmp_path / "chain.dot"
+    pipeline.write_text(_CHAIN.format(secs=0))
+    ran = run_cli(["run", str(pipeline), "--target-dir", str(repo), "--agent", "scripted", "--state-dir",
+                   str(state_dir)], timeout=120)
+    assert ran.returncode == 0, ran.stderr
+    local = run_cli(["status", "--json", "--state-dir", str(state_dir)])
+    assert local.returncode == 0, local.stderr
+    started = run_cli(["--log-level", "DEBUG", "daemon", "start"])
+    assert started.returncode == 0, started.stderr
+    try:
+        served = run_cli(["status", "--json", "--state-dir", str(state_dir)])
+        assert served.returncode == 0, served.stderr
+        assert _without_clocks(json.loads(served.stdout)) == _without_clocks(json.loads(local.stdout))
+        assert "rpc run.status" in (daemon.log_dir() / "daemon.log").read_text()
+        missing = run_cli(["status", "--run", "nope", "--state-dir", str(state_dir)])
+        alone = run_cli(["status", "--run", "nope", "--state-dir", str(state_dir), "--no-daemon"])
+        assert (missing.returncode, missing.stderr) == (alone.returncode, alone.stderr) and missing.returncode == 2
+        human = run_cli(["status", "--state-dir", str(state_dir)])
+        assert human.returncode == 0 and "succeeded" in human.stdout
+    finally:
+        _stop_everything()

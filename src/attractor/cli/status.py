@@ -5,8 +5,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
-from pathlib import Path
 from typing import Any
 
 from attractor.cli import subparser
@@ -28,99 +26,6 @@ def _age(stamp: str | None, now: float) -> str:
     return f"{now - clock.parse_iso(stamp):.1f}s"
 
 
-def collect(args: argparse.Namespace) -> dict[str, Any]:
-    from attractor import clock
-    from attractor.errors import NotFoundError
-    from attractor.procs import pid_alive
-    from attractor.store import checkpoint as cp_store
-    from attractor.store import hooks, identities
-
-    state = state_from(args)
-    run_id = args.run or cp_store.latest_run(state)
-    if run_id is None:
-        raise NotFoundError("run", "(any)", f"no run in {state.root}; start one with: attractor run PIPELINE")
-    cp = cp_store.read_checkpoint(state, run_id)
-    now = time.time()
-    problems: list[Any] = []
-    hook_by_node = {h.name: h for h in hooks.list_hooks(state, problems)}
-    from attractor.engines.supervision import Supervisor
-    from attractor.engines.watch import SUPERVISED, health_of
-
-    supervisor = Supervisor(state)
-    records = identities.list_identities(state, problems)
-    recorded = next((i.tmux_socket for i in records if i.role == "guardian" and i.name == run_id and i.tmux_socket),
-                    None)
-    panes = _panes(getattr(args, "tmux_socket", None) or recorded, cp)
-    from attractor.store import agent_sessions
-
-    agents = []
-    usage_by_node: dict[str, dict[str, Any]] = {}
-    for ident in records:
-        if ident.session_id != run_id and not getattr(args, "all_agents", False):
-            continue  # another run's
-        alive = pid_alive(ident.pid)
-        socket = ident.tmux_socket
-        sup = supervisor.state_of(ident.agent_id)
-        if sup.quarantined or ident.status.value == "quarantined":
-            health = "quarantined"
-        elif ident.status in SUPERVISED:
-            health = health_of(ident, panes).health.value
-        else:
-            health = ident.status.value
-        session = agent_sessions.find(state, ident.agent_id) if ident.role == "orchestrator" else None
-        if session is not None and session.run_id != run_id:
-            session = None  # another run's record of this node name
-        if session is not None and session.needs_input and health not in ("dead", "quarantined"):
-            health = "needs-input"
-        if session is not None and session.usage:
-            usage_by_node[ident.name] = session.usage
-        agents.append({
-            "agent_id": ident.agent_id, "role": ident.role, "name": ident.name, "status": ident.status.value,
-            "health": health, "restarts": sup.restarts,
-            "next_restart": clock.iso(sup.next_restart_at) if sup.awaiting_respawn and sup.next_restart_at else None,
-            "quarantine_reason": sup.quarantine_reason or None,
-            "alive": alive, "pid": ident.pid, "epoch": ident.epoch, "crash_count": ident.crash_count,
-            "heartbeat_age": round(now - clock.parse_iso(ident.last_heartbeat), 3) if ident.last_heartbeat else None,
-            "tmux_session": ident.tmux_session, "pane_id": ident.pane_id,
-            "attach": (f"tmux -L {socket} attach -t {ident.tmux_session}"
-                       if socket and ident.tmux_session and alive else None),
-            "cli": session.cli if session else None,
-            "session_id": (session.session_id or None) if session else None,
-            "needs_input": session.needs_input if session else None,
-            "usage": session.usage if session else None,
-            "last_words": (session.death or {}).get("last_line") if session and session.death else None,
-        })
-    nodes = []
-    for name, node in cp.nodes.items():
-        hook = hook_by_node.get(name)
-        nodes.append({**node.to_json(), "phase": hook.phase.value if hook else None,
-                      "usage": usage_by_node.get(name)})
-    from attractor.store import merge_entries, queue_hold
-
-    entries = [e.to_json() for e in merge_entries.list_entries(state)]
-
-    held = queue_hold.read(state)
-    run = {k: v for k, v in cp.to_json().items() if k != "nodes"}
-    run["usage"] = _sum_usage(list(usage_by_node.values()))
-    run["paused"] = cp_store.paused(state, run_id)
-    return {"schema": 1, "run": run, "nodes": nodes, "queue_hold": held.to_json() if held else None,
-            "agents": agents, "merge_queue": entries, "problems": [str(p) for p in problems],
-            "state_dir": str(state.root)}
-
-
-def _sum_usage(items: list[dict[str, Any]]) -> dict[str, Any] | None:
-    if not items:
-        return None
-    from attractor.agents import Usage
-
-    total = Usage()
-    for item in items:
-        total = total + Usage.from_json(item)
-    data = total.to_json()
-    data["source"] = "sum of the nodes"
-    return data
-
-
 def _usage_text(usage: dict[str, Any] | None) -> str:
     if not usage:
         return "-"
@@ -130,15 +35,27 @@ def _usage_text(usage: dict[str, Any] | None) -> str:
     return f"{tokens:,} tok" + (f" ${cost:.4f}" if isinstance(cost, (int, float)) else "")
 
 
-def _panes(socket: str | None, cp: Any) -> dict[str, Any] | None:
-    """One batched pane query on the run's tmux socket; None when tmux cannot be asked."""
-    from attractor.errors import AttractorError
-    from attractor.tmux import Tmux, socket_name_for
+def collect(args: argparse.Namespace) -> dict[str, Any]:
+    """The run's report (`layers.status.run_report`), from the daemon when one runs (the same
+    code, in a warm process), else from the files here."""
+    from attractor.layers.status import run_report
+    from attractor.names import ENV_TMUX_SOCKET
 
-    try:
-        return {p.pane_id: p for p in Tmux(socket_name_for(Path(cp.target_dir), socket)).list_panes()}
-    except AttractorError:
-        return None
+    state = state_from(args)
+    socket = getattr(args, "tmux_socket", None) or os.environ.get(ENV_TMUX_SOCKET) or None
+    all_agents = bool(getattr(args, "all_agents", False))
+    if not getattr(args, "no_daemon", False):
+        from attractor.control import daemon, rpc
+
+        try:
+            report = rpc.call(daemon.socket_path(), "run.status", {
+                "state_dir": str(state.root), "run_id": args.run, "tmux_socket": socket, "all_agents": all_agents},
+                timeout=30.0)
+            assert isinstance(report, dict)
+            return report
+        except rpc.DaemonNotRunningError:
+            pass
+    return run_report(state, args.run, tmux_socket=socket, all_agents=all_agents)
 
 
 def run_status(args: argparse.Namespace) -> int:
@@ -229,6 +146,7 @@ def add_parser(subparsers: Any) -> None:
     add_state_dir_option(p)
     add_tmux_socket_option(p)
     p.add_argument("--all-agents", action="store_true", help="also list agents of other runs")
+    p.add_argument("--no-daemon", action="store_true", help="read the files even when a daemon runs")
     add_json_option(p)
     p.set_defaults(func=run_status)
 

@@ -56,6 +56,7 @@ class DaemonMethods(DaemonState):
         m.add("agent.answer", self.rpc_agent_answer)
         m.add("agent.clear", self.rpc_agent_clear)
         m.add("events.subscribe", self.rpc_events_subscribe)
+        m.add("run.status", self.rpc_run_status)
         return m
 
     def status(self) -> dict[str, Any]:
@@ -277,6 +278,15 @@ class DaemonMethods(DaemonState):
                 wakeup.unwatch(unwatch)
 
         return rpc.Stream({"project": name, "run_id": run_id, "after": after}, "event", items())
+
+    def rpc_run_status(self, params: dict[str, Any]) -> dict[str, Any]:
+        """What `attractor status --json` prints, by the same code (`layers.status.run_report`)."""
+        from attractor.layers.status import run_report
+
+        _only(params, "project", "state_dir", "run_id", "tmux_socket", "all_agents")
+        _, state = self._state_of(params)
+        return run_report(state, _opt_text(params, "run_id"), tmux_socket=_opt_text(params, "tmux_socket"),
+                          all_agents=_flag(params, "all_agents"))
 
     def rpc_queue_list(self, params: dict[str, Any]) -> list[dict[str, Any]]:
         from attractor.store import merge_entries

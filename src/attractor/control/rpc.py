@@ -150,6 +150,7 @@ def answer_one(methods: Methods, request: Any, streams: list[Stream] | None = No
             raise RpcError(INVALID_PARAMS, f"{name}: give params as an object of named values, not a list")
         if not isinstance(params, dict):
             raise RpcError(INVALID_PARAMS, f"{name}: params must be an object")
+        logger.debug("rpc %s", name)
         result = method(params)
     except RpcError as exc:
         response = _error(request_id, exc.code, exc.message, exc.data)
