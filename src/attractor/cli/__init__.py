@@ -52,6 +52,7 @@ GROUPS: dict[str, tuple[str, ...]] = {
     "pipeline": ("pipeline",),
     "run": ("run",),
     "status": ("status", "stop", "pause", "unpause"),
+    "logs": ("logs",),
     "agent": ("agent",),
     "agent_hook": ("agent-hook",),
     "layers": ("guardian", "runner", "spawn-runner", "spawn-orchestrator"),
