@@ -82,6 +82,7 @@ class SignalKind(_Named):
     RESPAWN = "RESPAWN"
     SHUTDOWN = "SHUTDOWN"
     MESSAGE = "MESSAGE"  # text for a live agent, delivered through its hooks or typed into its pane
+    PIPELINE_RELOAD = "PIPELINE_RELOAD"  # to a guardian: apply the edited pipeline staged in the run
 
     @classmethod
     def from_text(cls, value: str) -> SignalKind:

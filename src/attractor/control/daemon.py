@@ -34,6 +34,7 @@ from typing import Any, TextIO
 from attractor import clock, procs
 from attractor.control import rpc
 from attractor.control.methods import DaemonMethods
+from attractor.control.reload import ReloadWatcher
 from attractor.control.watchers import Supervision, Watcher
 from attractor.errors import AttractorError, StateDirError, UsageError
 from attractor.store import atomic, projects
@@ -156,6 +157,7 @@ class Daemon(Supervision, DaemonMethods):
         self.lock_fd = -1
         self.socket_file = socket_path()
         self.stop_runs_on_exit = False
+        self.reloads = ReloadWatcher(self.stopping)
 
     # -- life ---------------------------------------------------------------------------------
 
@@ -186,6 +188,7 @@ class Daemon(Supervision, DaemonMethods):
         logger.info("daemon pid %s listening on %s", os.getpid(), self.socket_file)
         scanner = threading.Thread(target=self.scan_loop, name="scan", daemon=True)
         scanner.start()
+        self.reloads.start()
         try:
             self.server.serve_forever()
         finally:

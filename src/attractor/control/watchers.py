@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from attractor import clock
+from attractor.control.reload import ReloadWatcher
 from attractor.errors import AttractorError, BadInputError
 from attractor.states import IdentityStatus, RunStatus
 from attractor.store import checkpoint as cp_store
@@ -97,6 +98,7 @@ class DaemonState:
     given_up: set[tuple[str, str]]
     lock: threading.Lock
     socket_file: Path
+    reloads: ReloadWatcher
 
     def stop(self, runs: bool = False) -> None:
         raise NotImplementedError
@@ -136,6 +138,7 @@ class Supervision(DaemonState):
     def scan(self) -> None:
         for project, state, cp in self.live_runs():
             key = (str(state.root), cp.run_id)
+            self.reloads.track(state, cp)
             with self.lock:
                 current = self.watchers.get(key)
                 if key in self.given_up or (current is not None and current.thread is not None
@@ -159,6 +162,7 @@ class Supervision(DaemonState):
                 cp = cp_store.read_checkpoint(state, watcher.run_id)
                 if cp.status != RunStatus.RUNNING:
                     watcher.mode = "finished"
+                    self.reloads.forget(state, watcher.run_id)
                     logger.info("%s run %s", prefix, cp.status)
                     return
                 if live_launcher(state, watcher.run_id) is not None:

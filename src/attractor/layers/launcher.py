@@ -162,6 +162,7 @@ def prepare(opts: LaunchOptions) -> tuple[StateDir, Checkpoint, str]:
     copy = cp_store.run_dir(state, run_id) / "pipeline.dot"
     nodes = {name: NodeProgress(name=name, kind=node.kind) for name, node in pipeline.nodes.items()}
     cp = Checkpoint(run_id=run_id, pipeline_name=pipeline.name, pipeline_path=str(copy), target_dir=str(target_dir),
+                    pipeline_source=str(opts.pipeline.expanduser().resolve()),
                     target_branch=branch, agent=agent, agent_cmd=opts.agent_cmd,
                     max_agents=opts.max_agents or pipeline.max_agents or 4, nodes=nodes)
     return state, cp, socket

@@ -9,8 +9,9 @@ Files (under the state directory):
 
 checkpoint.json fields: schema (1), run_id, pipeline_name, pipeline_path, target_dir,
 target_branch, agent, agent_cmd, max_agents, status (running | succeeded | failed | stopped),
-reason, started_at, updated_at, finished_at, guardian_starts, nodes: {name: {name, kind, state,
-attempts, outcome, reason, branch, merged_sha, started_at, finished_at}}.
+reason, started_at, updated_at, finished_at, guardian_starts, pipeline_source (the user's file,
+or null), nodes: {name: {name, kind, state, attempts, outcome, reason, branch, merged_sha,
+started_at, finished_at}}.
 
 Reading is strict, like every record: a file that does not parse, has another schema, misses a
 field or has one of the wrong type is corrupt (CorruptStateError naming the field) and is moved
@@ -96,6 +97,9 @@ class Checkpoint:
     finished_at: str | None = None
     guardian_starts: int = 0
     schema: int = SCHEMA
+    # the file the user gave (absolute), which the daemon watches for edits; None before
+    # checkpoints recorded it
+    pipeline_source: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
@@ -106,7 +110,7 @@ class Checkpoint:
     def from_json(cls, data: Any) -> Checkpoint:
         """Strict: every field present, none unknown, each of its type (BadInputError names it)."""
         what = "checkpoint"
-        data = records.fields(what, data, _CP_FIELDS, SCHEMA, types=_CP_TYPES)
+        data = records.fields(what, data, _CP_FIELDS, SCHEMA, types=_CP_TYPES, older={"pipeline_source": None})
         validate_name(data["run_id"], "run id")
         if data["status"] not in tuple(RunStatus):
             raise BadInputError(what, f"status {data['status']!r} is not one of {', '.join(RunStatus)}")
@@ -131,6 +135,18 @@ class Checkpoint:
         nodes[name] = dataclasses.replace(current, **changes)
         return dataclasses.replace(self, nodes=nodes, updated_at=clock.iso())
 
+    def with_nodes(self, added: list[NodeProgress], dropped: list[str]) -> Checkpoint:
+        """A pipeline reload: `added` nodes join as they are, `dropped` pending ones leave."""
+        for name in dropped:
+            if self.nodes[name].state is not NodeState.PENDING:
+                raise BadInputError(f"node {name}", f"is {self.nodes[name].state.value}; only a pending node can go")
+        nodes = {n: p for n, p in self.nodes.items() if n not in dropped}
+        for progress in added:
+            if progress.name in nodes:
+                raise BadInputError(f"node {progress.name}", "is in the run already")
+            nodes[progress.name] = progress
+        return dataclasses.replace(self, nodes=nodes, updated_at=clock.iso())
+
     def with_status(self, status: RunStatus, reason: str = "") -> Checkpoint:
         finished = None if status is RunStatus.RUNNING else clock.iso()
         return dataclasses.replace(self, status=status, reason=reason, finished_at=finished, updated_at=clock.iso())
@@ -153,7 +169,7 @@ _CP_TYPES: dict[str, tuple[type, ...]] = {
     "run_id": (str,), "pipeline_name": (str,), "pipeline_path": (str,), "target_dir": (str,),
     "target_branch": (str,), "agent": (str,), "agent_cmd": _OPT_STR, "max_agents": (int,),
     "status": (str,), "reason": (str,), "started_at": (str,), "updated_at": (str,),
-    "finished_at": _OPT_STR, "guardian_starts": (int,), "schema": (int,),
+    "finished_at": _OPT_STR, "guardian_starts": (int,), "schema": (int,), "pipeline_source": _OPT_STR,
 }
 
 
@@ -209,6 +225,9 @@ class Event(enum.StrEnum):
     RUN_STOPPED = "run_stopped"            # by `attractor stop`
     RUN_PAUSED = "run_paused"              # by `attractor pause`: no new agent starts
     RUN_UNPAUSED = "run_unpaused"
+    PIPELINE_RELOADED = "pipeline_reloaded"  # an edit of the pipeline file, applied to the live run
+    PIPELINE_RELOAD_FAILED = "pipeline_reload_failed"  # ... refused: nothing changed
+    ROLE_CHANGED = "role_changed"          # a role definition was edited: the next agent uses it
     ALERT = "alert"                        # something did not hold against the ground truth
     VALIDATION = "validation"              # one validator's verdict on a node's commit
     RUNNER_DIED = "runner_died"
@@ -240,6 +259,9 @@ EVENT_FIELDS: dict[Event, frozenset[str]] = {
     Event.RUN_STOPPED: frozenset(),
     Event.RUN_PAUSED: frozenset({"by", "reason"}),
     Event.RUN_UNPAUSED: frozenset({"by"}),
+    Event.PIPELINE_RELOADED: frozenset({"added", "dropped", "changed", "kept", "by", "source"}),
+    Event.PIPELINE_RELOAD_FAILED: frozenset({"problems", "by", "source"}),
+    Event.ROLE_CHANGED: frozenset({"role", "path", "ok", "problem"}),
     Event.ALERT: frozenset({"alert", "reason", "node", "kind", "sender", "expected", "found"}),
     Event.VALIDATION: frozenset({"node", "tool", "ok"}),
     Event.RUNNER_DIED: frozenset({"node", "reason"}),

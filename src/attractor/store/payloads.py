@@ -167,11 +167,23 @@ class AgentMessage(Payload):
     author: str = ""
 
 
+@dataclass(frozen=True)
+class PipelineReload(Payload):
+    """An edited pipeline, linted and staged in the run's directory with its parsed form
+    (`staged`, whose bytes have SHA-256 `sha256`), for the guardian to apply."""
+
+    kind = SignalKind.PIPELINE_RELOAD
+    staged: str
+    sha256: str
+    source: str = ""
+
+
 PAYLOAD_TYPES: dict[SignalKind, type[Payload]] = {
     cls.kind: cls
     for cls in (
         OrchestratorDone, OrchestratorStuck, NodeImplComplete, ValidationPassed,
         ValidationFailed, MergeReady, MergeComplete, MergeFailed, Respawn, Shutdown, AgentMessage,
+        PipelineReload,
     )
 }
 

@@ -42,6 +42,8 @@ class Guardian(Supervision, Validation):
             self.deaths.wake()  # the loop sees the stop at once
             return "stopping"
         p = sig.payload
+        if isinstance(p, payloads.PipelineReload):
+            return self.reload_pipeline(p, sig.sender)
         if not isinstance(p, (payloads.NodeImplComplete, payloads.MergeReady, payloads.OrchestratorStuck)):
             return f"ignored: {sig.kind.value} is not for the guardian"
         if p.node not in self.cp.nodes:

@@ -5,17 +5,24 @@ for each ready node, paced so that a burst of nodes does not starve itself.
 from __future__ import annotations
 
 import logging
+import os
+from dataclasses import replace
+from pathlib import Path
 
-from attractor.engines.pipeline import NodeKind, node_states
+from attractor.engines.pipeline import NodeKind, PipelineError, node_states, read_snapshot, save_snapshot, snapshot_path
 from attractor.engines.pipeline import ScheduleState as Rule
+from attractor.engines.pipeline.model import topological_order
+from attractor.engines.pipeline.reload import STAGED_PREFIX, plan_reload
 from attractor.engines.watch import count_starting
 from attractor.errors import AlreadyExistsError
 from attractor.layers.guardian.core import now_iso
 from attractor.layers.guardian.merging import MergeWorker
 from attractor.layers.runner import spawn_runner
+from attractor.names import sha256_hex
 from attractor.states import NodeState, Outcome
 from attractor.store import checkpoint as cp_store
-from attractor.store.checkpoint import Event
+from attractor.store import payloads
+from attractor.store.checkpoint import Event, NodeProgress
 
 logger = logging.getLogger(__name__)
 
@@ -94,6 +101,51 @@ class Scheduling(MergeWorker):
                             pause.get("reason") or "no reason given")
             self._pause_seen = pause
         return pause
+
+    def reload_pipeline(self, p: payloads.PipelineReload, sender: str) -> str:
+        """Apply an edited pipeline (linted and staged by the daemon) to the live run: new nodes
+        join, removed pending ones leave, changed pending ones start with their new attributes;
+        nodes that started are never touched (`engines.pipeline.reload`). Refused with an event
+        when the staged file is not what was linted or the result cannot run."""
+        run_dir = cp_store.run_dir(self.state, self.cfg.run_id)
+        staged = Path(p.staged)
+
+        def refuse(problem: str) -> str:
+            cp_store.append_event(self.state, self.cfg.run_id, Event.PIPELINE_RELOAD_FAILED, problems=[problem],
+                                  by=sender, source=p.source)
+            logger.warning("pipeline reload refused: %s", problem)
+            return f"refused: {problem}"
+
+        if staged.parent != run_dir or not staged.name.startswith(STAGED_PREFIX):
+            return refuse(f"staged file {staged} is not a staged pipeline of this run")
+        try:
+            if sha256_hex(staged.read_bytes()) != p.sha256:
+                return refuse(f"{staged} changed after it was checked")
+        except OSError as exc:
+            return refuse(f"{staged}: {exc.strerror}")
+        edited = read_snapshot(staged)
+        if edited is None:
+            return refuse(f"{staged} has no parsed form beside it")
+        with self.lock:
+            states = {name: progress.state for name, progress in self.cp.nodes.items()}
+            try:
+                plan = plan_reload(self.pipeline, edited, states)
+            except PipelineError as exc:
+                return refuse("; ".join(str(problem) for problem in exc.problems))
+            copy = Path(self.cp.pipeline_path)
+            save_snapshot(plan.pipeline, staged)  # the run's parse, tied to the edited bytes
+            os.replace(snapshot_path(staged), snapshot_path(copy))
+            os.replace(staged, copy)
+            self.pipeline = replace(plan.pipeline, path=copy)
+            self.order = topological_order(self.pipeline)
+            added = [NodeProgress(name=name, kind=self.pipeline.nodes[name].kind) for name in plan.added]
+            self.cp = self.cp.with_nodes(added, list(plan.dropped))
+            cp_store.write_checkpoint(self.state, self.cp)
+            cp_store.append_event(self.state, self.cfg.run_id, Event.PIPELINE_RELOADED, **plan.to_json(), by=sender,
+                                  source=p.source)
+        logger.info("pipeline reloaded: %s", plan.to_json())
+        self.deaths.wake()
+        return "reloaded" if not plan.empty else "reloaded: nothing the run had not started changed"
 
     def _rule_outcome(self, name: str) -> str:
         """Outcome of a node the rules finished: a tool follows its codergen node, a conditional
