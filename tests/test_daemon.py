@@ -68,6 +68,8 @@ def test_one_daemon_per_user_on_a_private_socket(running_daemon: int) -> None:
     sock = daemon.socket_path()
     assert stat.S_IMODE(sock.stat().st_mode) == 0o600 and stat.S_ISSOCK(sock.stat().st_mode)
     assert stat.S_IMODE(sock.parent.stat().st_mode) == 0o700
+    for log in ("daemon.log", "daemon.err"):
+        assert stat.S_IMODE((daemon.log_dir() / log).stat().st_mode) == 0o600, log
     status = json.loads(run_cli(["daemon", "status", "--json"]).stdout)
     assert status["running"] is True and status["pid"] == running_daemon and status["socket"] == str(sock)
     stopped = run_cli(["daemon", "stop"])
@@ -324,6 +326,8 @@ def test_status_comes_from_the_daemon_when_it_runs_and_says_the_same(tmp_path: P
     assert ran.returncode == 0, ran.stderr
     local = run_cli(["status", "--json", "--state-dir", str(state_dir)])
     assert local.returncode == 0, local.stderr
+    logs = sorted((state_dir / "logs").glob("*.log"))
+    assert logs and all(stat.S_IMODE(p.stat().st_mode) == 0o600 for p in logs), logs  # private, like all state
     started = run_cli(["--log-level", "DEBUG", "daemon", "start"])
     assert started.returncode == 0, started.stderr
     try:
@@ -336,5 +340,26 @@ def test_status_comes_from_the_daemon_when_it_runs_and_says_the_same(tmp_path: P
         assert (missing.returncode, missing.stderr) == (alone.returncode, alone.stderr) and missing.returncode == 2
         human = run_cli(["status", "--state-dir", str(state_dir)])
         assert human.returncode == 0 and "succeeded" in human.stdout
+    finally:
+        _stop_everything()
+
+
+def test_run_with_daemon_starts_one_and_hands_it_the_run(tmp_path: Path, state_dir: Path) -> None:
+    repo = make_repo(tmp_path / "app")
+    pipeline = tmp_path / "chain.dot"
+    pipeline.write_text(_CHAIN.format(secs=1))
+    try:
+        ran = run_cli(["run", str(pipeline), "--target-dir", str(repo), "--agent", "scripted", "--daemon",
+                       "--state-dir", str(state_dir)], timeout=120)
+        assert ran.returncode == 0, ran.stderr
+        assert "daemon pid" in ran.stdout and "the daemon supervises it (project app)" in ran.stdout, ran.stdout
+        state = StateDir(state_dir)
+        run_id = cp_store.latest_run(state)
+        assert run_id is not None
+        retry_until(lambda: cp_store.read_checkpoint(state, run_id).status != "running", 60, interval=0.2)
+        assert cp_store.read_checkpoint(state, run_id).status == "succeeded"
+        again = run_cli(["run", str(pipeline), "--target-dir", str(repo), "--agent", "scripted", "--daemon",
+                         "--state-dir", str(state_dir)], timeout=120)
+        assert again.returncode == 0 and "daemon pid" not in again.stdout, again.stdout  # one was running
     finally:
         _stop_everything()

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,10 @@ def _file_logging(state_root: Path, agent_id: str) -> None:
     from attractor.store.atomic import ensure_private_dir
 
     logs = ensure_private_dir(state_root / "logs")
-    handler = logging.FileHandler(logs / f"{agent_id}.log")
+    path = logs / f"{agent_id}.log"
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600))  # private, like all state
+    os.chmod(path, 0o600)  # one made before logs were private
+    handler = logging.FileHandler(path)
     handler.setFormatter(logging.Formatter("%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s"))
     logging.getLogger().addHandler(handler)
     logging.getLogger().setLevel(min(logging.getLogger().level, logging.INFO))

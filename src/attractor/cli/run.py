@@ -20,7 +20,10 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-agents", type=int,
                         help="nodes running at once (default: the pipeline's max_agents, else 4)")
     parser.add_argument("--target", dest="target_branch", metavar="BRANCH", help="branch to merge onto (default: main)")
-    parser.add_argument("--detach", action="store_true", help="start the run and return at once")
+    parser.add_argument("--detach", action="store_true",
+                        help="start the run and return at once (a running daemon takes it over)")
+    parser.add_argument("--daemon", action="store_true",
+                        help="hand the run to the user's daemon, starting one if none runs (implies --detach)")
     parser.add_argument("--attach", action="store_true",
                         help="if a guardian is already running in this state directory, follow its run")
     parser.add_argument("--resume", metavar="RUN_ID", help="continue a run; merged nodes are not redone")
@@ -44,6 +47,13 @@ def options_from(args: argparse.Namespace) -> Any:
 
 def run_run(args: argparse.Namespace) -> int:
     import sys
+
+    if getattr(args, "daemon", False):
+        from attractor.control import daemon
+
+        if daemon.lock_holder() is None:
+            daemon.start_background(args.log_level if args.log_level != "WARNING" else "INFO", sys.stdout)
+        args.detach = True
 
     from attractor.engines.pipeline import PipelineError
     from attractor.layers.launcher import launch

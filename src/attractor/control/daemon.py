@@ -220,7 +220,9 @@ def setup_logging(level: str, quiet_stderr: bool = False) -> None:
         for existing in logging.getLogger().handlers:
             existing.setLevel(logging.WARNING)
     directory = ensure_private(log_dir())
-    handler = logging.FileHandler(directory / "daemon.log")
+    path = directory / "daemon.log"
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600))
+    handler = logging.FileHandler(path)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger()
     root.addHandler(handler)
@@ -237,7 +239,8 @@ def start_background(log_level: str, out: TextIO, timeout: float = 20.0) -> int:
     if holder is not None:
         raise DaemonRunningError(holder.get("pid"), str(holder.get("socket", socket_path())))
     directory = ensure_private(log_dir())
-    with open(directory / "daemon.err", "ab") as err, open(os.devnull, "rb") as devnull:
+    err_fd = os.open(directory / "daemon.err", os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+    with os.fdopen(err_fd, "ab") as err, open(os.devnull, "rb") as devnull:
         argv = [sys.executable, "-m", "attractor", "--log-level", log_level, "daemon", "start", "--foreground",
                 "--quiet-stderr"]
         child = subprocess.Popen(argv, stdin=devnull, stdout=err, stderr=err, start_new_session=True)
