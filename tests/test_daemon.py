@@ -17,10 +17,10 @@ from typing import Any
 import pytest
 
 from attractor import procs
-from attractor.control import daemon
+from attractor.control import client, daemon
 from attractor.states import NodeState
 from attractor.store import checkpoint as cp_store
-from attractor.store import identities
+from attractor.store import identities, projects
 from attractor.store.statedir import StateDir
 from tests.helpers import make_repo, retry_until, run_cli
 
@@ -32,7 +32,7 @@ def _rpc(method: str, params: dict[str, Any] | None = None) -> Any:
 
 
 def _holder_pid() -> int | None:
-    holder = daemon.lock_holder()
+    holder = client.lock_holder()
     return holder.get("pid") if holder else None
 
 
@@ -48,7 +48,7 @@ def running_daemon() -> Iterator[int]:
 
 def _stop_everything() -> None:
     run_cli(["daemon", "stop", "--runs"], timeout=60)
-    holder = daemon.lock_holder()
+    holder = client.lock_holder()
     if holder:
         procs.signal_if_same(holder.get("pid"), holder.get("pid_start"), signal.SIGKILL)
 
@@ -56,7 +56,7 @@ def _stop_everything() -> None:
 def test_status_without_a_daemon_says_so_and_succeeds() -> None:
     result = run_cli(["daemon", "status", "--json"])
     assert result.returncode == 0, result.stderr
-    assert json.loads(result.stdout) == {"running": False, "socket": str(daemon.socket_path())}
+    assert json.loads(result.stdout) == {"running": False, "socket": str(client.socket_path())}
     human = run_cli(["daemon", "status"])
     assert human.returncode == 0 and "no daemon is running" in human.stdout
 
@@ -65,23 +65,23 @@ def test_one_daemon_per_user_on_a_private_socket(running_daemon: int) -> None:
     again = run_cli(["daemon", "start"])
     assert again.returncode == 1
     assert again.stderr.count("\n") == 1 and f"pid {running_daemon}" in again.stderr
-    sock = daemon.socket_path()
+    sock = client.socket_path()
     assert stat.S_IMODE(sock.stat().st_mode) == 0o600 and stat.S_ISSOCK(sock.stat().st_mode)
     assert stat.S_IMODE(sock.parent.stat().st_mode) == 0o700
     for log in ("daemon.log", "daemon.err"):
-        assert stat.S_IMODE((daemon.log_dir() / log).stat().st_mode) == 0o600, log
+        assert stat.S_IMODE((client.log_dir() / log).stat().st_mode) == 0o600, log
     status = json.loads(run_cli(["daemon", "status", "--json"]).stdout)
     assert status["running"] is True and status["pid"] == running_daemon and status["socket"] == str(sock)
     stopped = run_cli(["daemon", "stop"])
     assert stopped.returncode == 0 and f"pid {running_daemon} stopped" in stopped.stdout
     retry_until(lambda: not procs.pid_alive(running_daemon), 10, what="the daemon to exit")
-    assert not sock.exists() and daemon.lock_holder() is None
+    assert not sock.exists() and client.lock_holder() is None
 
 
 def test_a_killed_daemon_leaves_nothing_that_stops_the_next(running_daemon: int) -> None:
     os.kill(running_daemon, signal.SIGKILL)
-    retry_until(lambda: daemon.lock_holder() is None, 10, what="the kernel to release the daemon's lock")
-    assert daemon.socket_path().exists()  # left behind by the killed daemon: accepts nothing now
+    retry_until(lambda: client.lock_holder() is None, 10, what="the kernel to release the daemon's lock")
+    assert client.socket_path().exists()  # left behind by the killed daemon: accepts nothing now
     assert json.loads(run_cli(["daemon", "status", "--json"]).stdout)["running"] is False
     again = run_cli(["daemon", "start"])
     assert again.returncode == 0, again.stderr
@@ -89,7 +89,7 @@ def test_a_killed_daemon_leaves_nothing_that_stops_the_next(running_daemon: int)
 
 
 def test_a_stale_socket_file_is_removed_and_a_live_one_refused(tmp_path: Path) -> None:
-    path = daemon.socket_path()
+    path = client.socket_path()
     daemon.ensure_private(path.parent)
     stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     stale.bind(str(path))
@@ -113,14 +113,14 @@ def test_a_stale_socket_file_is_removed_and_a_live_one_refused(tmp_path: Path) -
 
 
 def test_a_runtime_directory_others_may_write_is_refused() -> None:
-    directory = daemon.runtime_dir()
+    directory = client.runtime_dir()
     directory.mkdir(parents=True)
     directory.chmod(0o777)
     result = run_cli(["daemon", "start", "--foreground"])
     assert result.returncode == 2
     line = result.stderr.strip()
     assert len(line.splitlines()) == 1 and str(directory) in line and "chmod 700" in line, line
-    assert not daemon.socket_path().exists()
+    assert not client.socket_path().exists()
 
 
 def test_projects_are_files_the_user_can_read(running_daemon: int, tmp_path: Path) -> None:
@@ -134,7 +134,7 @@ def test_projects_are_files_the_user_can_read(running_daemon: int, tmp_path: Pat
     assert bad.returncode == 2 and "project name" in bad.stderr
     not_repo = run_cli(["rpc", "projects.add", json.dumps({"name": "y", "path": str(tmp_path)})])
     assert not_repo.returncode == 2 and "git checkout" in not_repo.stderr
-    broken = daemon.projects.projects_dir() / "broken.yaml"
+    broken = projects.projects_dir() / "broken.yaml"
     broken.write_text("name: [unclosed\n")
     assert [p["name"] for p in _rpc("projects.list")] == ["app"]  # a bad file is skipped, not fatal
     assert broken.exists()  # and left for the user to fix
@@ -267,7 +267,7 @@ def _subscribe(after: int, run_id: str, until_event: str | None, count: int | No
     """The events the daemon streams from `after` on, until one of kind `until_event` (or `count`)."""
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.settimeout(60)
-    sock.connect(str(daemon.socket_path()))
+    sock.connect(str(client.socket_path()))
     request = {"jsonrpc": "2.0", "method": "events.subscribe", "params": {"project": "app", "run_id": run_id,
                                                                           "after": after}, "id": 1}
     sock.sendall(json.dumps(request).encode() + b"\n")
@@ -334,7 +334,7 @@ def test_status_comes_from_the_daemon_when_it_runs_and_says_the_same(tmp_path: P
         served = run_cli(["status", "--json", "--state-dir", str(state_dir)])
         assert served.returncode == 0, served.stderr
         assert _without_clocks(json.loads(served.stdout)) == _without_clocks(json.loads(local.stdout))
-        assert "rpc run.status" in (daemon.log_dir() / "daemon.log").read_text()
+        assert "rpc run.status" in (client.log_dir() / "daemon.log").read_text()
         missing = run_cli(["status", "--run", "nope", "--state-dir", str(state_dir)])
         alone = run_cli(["status", "--run", "nope", "--state-dir", str(state_dir), "--no-daemon"])
         assert (missing.returncode, missing.stderr) == (alone.returncode, alone.stderr) and missing.returncode == 2

@@ -10,7 +10,7 @@ from typing import NamedTuple
 
 import pytest
 
-from attractor.control import daemon
+from attractor.control import client
 from attractor.engines.pipeline import PipelineError, load_pipeline
 from attractor.engines.pipeline.reload import plan_reload
 from attractor.states import NodeState
@@ -150,5 +150,5 @@ def test_an_edit_of_a_live_run_is_linted_then_applied_by_the_daemon(tmp_path: Pa
         assert [n["name"] for n in status["nodes"] if n["name"] == "b"] == []
     finally:
         run_cli(["daemon", "stop", "--runs"], timeout=60)
-        holder = daemon.lock_holder()
+        holder = client.lock_holder()
         assert holder is None, holder

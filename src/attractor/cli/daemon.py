@@ -33,12 +33,12 @@ def run_stop(args: argparse.Namespace) -> int:
 
 
 def run_status(args: argparse.Namespace) -> int:
-    from attractor.control import daemon, rpc
+    from attractor.control import client
 
     try:
-        status: dict[str, Any] = rpc.call(daemon.socket_path(), "status", timeout=10.0)
-    except rpc.DaemonNotRunningError:
-        status = daemon.status_without_daemon()
+        status: dict[str, Any] = client.call(client.socket_path(), "status", timeout=10.0)
+    except client.DaemonNotRunningError:
+        status = client.status_without_daemon()
     if args.json:
         print_json(status)
         return 0
@@ -58,9 +58,9 @@ def run_status(args: argparse.Namespace) -> int:
 def run_logs(args: argparse.Namespace) -> int:
     import time
 
-    from attractor.control import daemon
+    from attractor.control import client
 
-    path = daemon.log_dir() / ("daemon.err" if args.stderr_only else "daemon.log")
+    path = client.log_dir() / ("daemon.err" if args.stderr_only else "daemon.log")
     if not path.exists():
         print(f"no log yet at {path}", file=sys.stderr)
         return 0
@@ -109,7 +109,7 @@ def run_uninstall(args: argparse.Namespace) -> int:
 def run_rpc(args: argparse.Namespace) -> int:
     import json
 
-    from attractor.control import daemon, rpc
+    from attractor.control import client
     from attractor.errors import BadInputError
 
     try:
@@ -119,7 +119,7 @@ def run_rpc(args: argparse.Namespace) -> int:
                             "e.g. '{\"project\": \"app\"}'") from None
     if not isinstance(params, dict):
         raise BadInputError("rpc params", "must be a JSON object of named values")
-    print_json(rpc.call(daemon.socket_path(), args.method, params, timeout=args.timeout))
+    print_json(client.call(client.socket_path(), args.method, params, timeout=args.timeout))
     return 0
 
 

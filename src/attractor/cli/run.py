@@ -33,7 +33,7 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
 
 
 def options_from(args: argparse.Namespace) -> Any:
-    from attractor.control.daemon import hand_over
+    from attractor.control.client import hand_over
     from attractor.layers.launcher import LaunchOptions
 
     return LaunchOptions(
@@ -49,9 +49,9 @@ def run_run(args: argparse.Namespace) -> int:
     import sys
 
     if getattr(args, "daemon", False):
-        from attractor.control import daemon
+        from attractor.control import client, daemon
 
-        if daemon.lock_holder() is None:
+        if client.lock_holder() is None:
             daemon.start_background(args.log_level if args.log_level != "WARNING" else "INFO", sys.stdout)
         args.detach = True
 

@@ -45,15 +45,15 @@ def collect(args: argparse.Namespace) -> dict[str, Any]:
     socket = getattr(args, "tmux_socket", None) or os.environ.get(ENV_TMUX_SOCKET) or None
     all_agents = bool(getattr(args, "all_agents", False))
     if not getattr(args, "no_daemon", False):
-        from attractor.control import daemon, rpc
+        from attractor.control import client
 
         try:
-            report = rpc.call(daemon.socket_path(), "run.status", {
+            report = client.call(client.socket_path(), "run.status", {
                 "state_dir": str(state.root), "run_id": args.run, "tmux_socket": socket, "all_agents": all_agents},
                 timeout=30.0)
             assert isinstance(report, dict)
             return report
-        except rpc.DaemonNotRunningError:
+        except client.DaemonNotRunningError:
             pass
     return run_report(state, args.run, tmux_socket=socket, all_agents=all_agents)
 

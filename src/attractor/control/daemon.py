@@ -29,15 +29,22 @@ import socket
 import threading
 import time
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TextIO
 
 from attractor import clock, procs
 from attractor.control import rpc
+from attractor.control.client import (
+    lock_holder,
+    lock_path,
+    log_dir,
+    runtime_dir,
+    socket_path,
+)
 from attractor.control.methods import DaemonMethods
 from attractor.control.reload import ReloadWatcher
 from attractor.control.watchers import Supervision, Watcher
 from attractor.errors import AttractorError, StateDirError, UsageError
-from attractor.store import atomic, projects
+from attractor.store import atomic
 
 logger = logging.getLogger(__name__)
 
@@ -45,24 +52,6 @@ MAX_SOCKET_PATH = 107  # sun_path is 108 bytes on Linux, with its terminating NU
 
 
 # -- where things are -------------------------------------------------------------------------
-
-
-def runtime_dir() -> Path:
-    base = os.environ.get("XDG_RUNTIME_DIR")
-    return Path(base) / "attractor" if base else projects.config_dir() / "run"
-
-
-def socket_path() -> Path:
-    return runtime_dir() / "daemon.sock"
-
-
-def lock_path() -> Path:
-    return runtime_dir() / "daemon.lock"
-
-
-def log_dir() -> Path:
-    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
-    return Path(base).expanduser().absolute() / "attractor" / "logs"
 
 
 def ensure_private(path: Path) -> Path:
@@ -80,29 +69,6 @@ class DaemonRunningError(AttractorError):
         who = f"pid {pid}" if pid else "another process"
         super().__init__(f"a daemon is already running ({who}, socket {socket_file}); "
                          "stop it with: attractor daemon stop")
-
-
-def lock_holder() -> dict[str, Any] | None:
-    """What the lock file says about the daemon holding it, or None when nobody holds it."""
-    path = lock_path()
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    except FileNotFoundError:
-        return None
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except BlockingIOError:
-            pass  # held: someone is running
-        else:
-            return None
-        try:
-            data = json.loads(os.read(fd, 4096) or b"{}")
-        except json.JSONDecodeError:
-            data = {}
-        return data if isinstance(data, dict) else {}
-    finally:
-        os.close(fd)
 
 
 # -- the socket -------------------------------------------------------------------------------
@@ -283,22 +249,3 @@ def stop_daemon(runs: bool, out: TextIO, timeout: float = 15.0) -> int:
     return 0
 
 
-def status_without_daemon() -> dict[str, Any]:
-    return {"running": False, "socket": str(socket_path())}
-
-
-def hand_over(state_root: Path, run_id: str, out: TextIO) -> bool:
-    """Give a detached run to the user's daemon, when one runs: it supervises the guardian from
-    then on (and registers the run's target as a project if it is none yet). With no daemon
-    nothing changes: the run goes on, unsupervised until someone follows it."""
-    import sys
-
-    try:
-        answer = rpc.call(socket_path(), "runs.adopt", {"state_dir": str(state_root), "run_id": run_id}, timeout=10.0)
-    except rpc.DaemonNotRunningError:
-        return False
-    except AttractorError as exc:
-        print(f"warning: the daemon did not take run {run_id}: {exc}", file=sys.stderr)
-        return False
-    print(f"the daemon supervises it (project {answer['project']})", file=out)
-    return True

@@ -33,54 +33,31 @@ import socket
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-from attractor.errors import EXIT_USAGE, AttractorError, UsageError
+from attractor.control.client import (
+    INTERNAL_ERROR,
+    INVALID_PARAMS,
+    INVALID_REQUEST,
+    METHOD_NOT_FOUND,
+    OPERATION_FAILED,
+    PARSE_ERROR,
+    RECV_CHUNK,
+    DaemonNotRunningError,
+    RpcError,
+    call,
+)
+from attractor.errors import AttractorError, UsageError
 
 logger = logging.getLogger(__name__)
-
-PARSE_ERROR = -32700
-INVALID_REQUEST = -32600
-METHOD_NOT_FOUND = -32601
-INVALID_PARAMS = -32602
-INTERNAL_ERROR = -32603
-OPERATION_FAILED = -32000
 
 MAX_REQUEST_BYTES = 1 << 20
 MAX_CLIENTS = 512
 SEND_TIMEOUT = 5.0
 PARTIAL_LINE_TIMEOUT = 30.0
-RECV_CHUNK = 65536
 DRAIN_TIMEOUT = 2.0
 
 Params = dict[str, Any] | list[Any]
-
-
-class RpcError(AttractorError):
-    """An error answer: raised by a method to answer with `code`, and by `call` on receiving one."""
-
-    def __init__(self, code: int, message: str, data: Any = None) -> None:
-        self.code = code
-        self.data = data
-        super().__init__(message)
-        if code in (INVALID_PARAMS, INVALID_REQUEST, PARSE_ERROR, METHOD_NOT_FOUND):
-            self.exit_code = EXIT_USAGE
-        elif isinstance(data, dict) and isinstance(data.get("exit_code"), int):
-            self.exit_code = data["exit_code"]
-
-    def to_json(self) -> dict[str, Any]:
-        error: dict[str, Any] = {"code": self.code, "message": self.message}
-        if self.data is not None:
-            error["data"] = self.data
-        return error
-
-
-class DaemonNotRunningError(AttractorError):
-    def __init__(self, path: Path, problem: str) -> None:
-        self.path = path
-        self.problem = problem
-        super().__init__(f"no daemon answers on {path} ({problem}); start one with: attractor daemon start")
 
 
 Method = Callable[[dict[str, Any]], Any]
@@ -337,44 +314,6 @@ class Server:
                 conn.sock.shutdown(socket.SHUT_RDWR)
 
 
-def call(path: Path, method: str, params: dict[str, Any] | None = None, timeout: float = 30.0) -> Any:
-    """Send one request to the daemon at `path` and return its result; an error answer raises
-    RpcError, no daemon there raises DaemonNotRunningError."""
-    request = {"jsonrpc": "2.0", "method": method, "params": params or {}, "id": 1}
-    with connect(path, timeout) as sock:
-        sock.sendall((json.dumps(request) + "\n").encode())
-        answer = read_answer(sock, path)
-    if "error" in answer:
-        error = answer["error"]
-        raise RpcError(int(error.get("code", INTERNAL_ERROR)), str(error.get("message", "")), error.get("data"))
-    return answer.get("result")
-
-
-def connect(path: Path, timeout: float) -> socket.socket:
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    sock.settimeout(timeout)
-    try:
-        sock.connect(str(path))
-    except (FileNotFoundError, ConnectionRefusedError, NotADirectoryError) as exc:
-        sock.close()
-        raise DaemonNotRunningError(path, exc.strerror or type(exc).__name__) from None
-    except OSError:
-        sock.close()
-        raise
-    return sock
-
-
-def read_answer(sock: socket.socket, path: Path) -> dict[str, Any]:
-    buffer = b""
-    while b"\n" not in buffer:
-        try:
-            chunk = sock.recv(RECV_CHUNK)
-        except TimeoutError:
-            raise DaemonNotRunningError(path, "no answer in time") from None
-        if not chunk:
-            raise DaemonNotRunningError(path, "the daemon closed the connection")
-        buffer += chunk
-    answer = json.loads(buffer.split(b"\n", 1)[0])
-    if not isinstance(answer, dict):
-        raise RpcError(INTERNAL_ERROR, f"unexpected answer {answer!r}"[:200])
-    return answer
+__all__ = ["INTERNAL_ERROR", "INVALID_PARAMS", "INVALID_REQUEST", "METHOD_NOT_FOUND", "OPERATION_FAILED",
+           "PARSE_ERROR", "Connection", "DaemonNotRunningError", "Methods", "RpcError", "Server", "Stream",
+           "answer_line", "answer_one", "call"]

@@ -223,7 +223,7 @@ class ServiceFile:
 
 def service_for(manager: str) -> ServiceFile:
     """The service file for this user: this Python, this PATH, the daemon's log directory."""
-    from attractor.control.daemon import log_dir
+    from attractor.control.client import log_dir
 
     path_env = os.environ.get("PATH", os.defpath)
     if manager == SYSTEMD:
@@ -302,7 +302,8 @@ def install(service: ServiceFile) -> list[str]:
                                     f"{service.path}, then run: {then}")
     previous = _read(service.path)
     if service.manager == LAUNCHD:
-        from attractor.control.daemon import ensure_private, log_dir
+        from attractor.control.client import log_dir
+        from attractor.control.daemon import ensure_private
 
         ensure_private(log_dir())  # launchd opens daemon.err there and creates no directory
         gone = _run(["launchctl", "bootout", f"{_domain()}/{LABEL}"])  # loaded from an older file

@@ -19,7 +19,6 @@ listing goes on without it. Staleness: none; a project is there until it is remo
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,16 +26,14 @@ from typing import Any
 from attractor import clock
 from attractor.errors import AlreadyExistsError, BadInputError, NotFoundError
 from attractor.names import validate_name
-from attractor.store import atomic, records
+from attractor.store import atomic, records, userdirs
 
 SCHEMA = 1
 _FIELDS = ("schema", "name", "path", "state_dir", "agent", "pipeline", "policy", "added_at")
 
 
 def config_dir() -> Path:
-    """`$XDG_CONFIG_HOME/attractor`, else `~/.config/attractor`."""
-    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
-    return Path(base).expanduser().absolute() / "attractor"
+    return userdirs.config_dir()
 
 
 def projects_dir() -> Path:
