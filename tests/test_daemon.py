@@ -363,3 +363,47 @@ def test_run_with_daemon_starts_one_and_hands_it_the_run(tmp_path: Path, state_d
         assert again.returncode == 0 and "daemon pid" not in again.stdout, again.stdout  # one was running
     finally:
         _stop_everything()
+
+
+def test_the_queue_listing_comes_from_the_daemon_and_says_the_same(tmp_path: Path, state_dir: Path) -> None:
+    repo = make_repo(tmp_path / "app")
+    subprocess.run(["git", "-C", str(repo), "branch", "attractor/r1/work"], check=True)
+    queued = run_cli(["merge-queue", "enqueue", "attractor/r1/work", "--owner", "runner-work", "--repo", str(repo),
+                      "--state-dir", str(state_dir)])
+    assert queued.returncode == 0, queued.stderr
+    args = ["merge-queue", "list", "--repo", str(repo), "--state-dir", str(state_dir)]
+    local_json, local_table = run_cli([*args, "--json"]), run_cli(args)
+    assert run_cli(["--log-level", "DEBUG", "daemon", "start"]).returncode == 0
+    try:
+        served_json, served_table = run_cli([*args, "--json"]), run_cli(args)
+        assert json.loads(served_json.stdout) == json.loads(local_json.stdout)
+        assert served_table.stdout.splitlines()[0] == local_table.stdout.splitlines()[0]
+        assert [line.split()[:4] for line in served_table.stdout.splitlines()] == \
+            [line.split()[:4] for line in local_table.stdout.splitlines()]
+        assert "rpc queue.list" in (client.log_dir() / "daemon.log").read_text()
+    finally:
+        _stop_everything()
+
+
+def test_a_run_whose_guardian_died_while_no_daemon_ran_is_resumed_when_one_starts(
+        running_daemon: int, tmp_path: Path, state_dir: Path) -> None:
+    repo = make_repo(tmp_path / "app")
+    _rpc("projects.add", {"name": "app", "path": str(repo), "state_dir": str(state_dir)})
+    assert run_cli(["daemon", "stop"]).returncode == 0
+    pipeline = tmp_path / "slow.dot"
+    pipeline.write_text(_SLOW.format(secs=4))
+    launched = run_cli(["run", str(pipeline), "--target-dir", str(repo), "--agent", "scripted", "--detach",
+                        "--state-dir", str(state_dir)], timeout=120)
+    assert launched.returncode == 0 and "daemon supervises" not in launched.stdout, launched.stdout
+    state = StateDir(state_dir)
+    run_id = cp_store.latest_run(state)
+    assert run_id is not None
+    dead = retry_until(lambda: _guardian(state, run_id), 30)
+    assert dead.pid is not None
+    os.kill(dead.pid, signal.SIGKILL)  # nobody supervises: it stays dead
+    retry_until(lambda: not procs.pid_alive(dead.pid), 10)
+    assert run_cli(["daemon", "start"]).returncode == 0
+    back = retry_until(lambda: _guardian(state, run_id), 30, what="the new daemon to resume the run")
+    assert back.pid != dead.pid
+    retry_until(lambda: cp_store.read_checkpoint(state, run_id).status != "running", 90, interval=0.2)
+    assert cp_store.read_checkpoint(state, run_id).status == "succeeded"

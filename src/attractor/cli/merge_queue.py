@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from attractor.cli import Parser, subparser
 from attractor.cli._flags import add_json_option, add_state_dir_option, state_from
@@ -34,6 +34,7 @@ def add_parser(subparsers: argparse._SubParsersAction[Parser]) -> None:
     lst = subparser(commands, "list", "list the queue's entries, oldest first",
                     "attractor merge-queue list --json")
     _common(lst, json=True)
+    lst.add_argument("--no-daemon", action="store_true", help="read the files even when a daemon runs")
     lst.set_defaults(func=run_list)
 
     enq = subparser(commands, "enqueue", "queue a branch (again: updates its entry)",
@@ -159,7 +160,9 @@ def run_list(args: argparse.Namespace) -> int:
     from attractor.engines import merge_queue
 
     _, state = _open(args)
-    entries = merge_queue.list_entries(state)
+    entries = None if args.no_daemon else _entries_from_daemon(state)
+    if entries is None:
+        entries = merge_queue.list_entries(state)
     if args.json:
         print_json({"schema": JSON_SCHEMA, "entries": [e.to_json() for e in entries]})
         return EXIT_OK
@@ -170,6 +173,18 @@ def run_list(args: argparse.Namespace) -> int:
              _age(e.enqueued_at), _describe(e)] for e in entries]
     print(format_table(["ID", "STATE", "PRI", "BRANCH", "OWNER", "RETRIES", "AGE", "DETAIL"], rows))
     return EXIT_OK
+
+
+def _entries_from_daemon(state: Any) -> list[Any] | None:
+    """The queue as the daemon reads it (`queue.list`, the same store), or None with no daemon."""
+    from attractor.control import client
+    from attractor.store.merge_entries import Entry
+
+    try:
+        answer = client.call(client.socket_path(), "queue.list", {"state_dir": str(state.root)}, timeout=30.0)
+    except client.DaemonNotRunningError:
+        return None
+    return [Entry.from_json(item) for item in answer]
 
 
 def run_enqueue(args: argparse.Namespace) -> int:
