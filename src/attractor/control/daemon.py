@@ -44,7 +44,7 @@ from attractor.control.methods import DaemonMethods
 from attractor.control.reload import ReloadWatcher
 from attractor.control.watchers import Supervision, Watcher
 from attractor.errors import AttractorError, StateDirError, UsageError
-from attractor.store import atomic
+from attractor.store import atomic, projects, wakeup
 
 logger = logging.getLogger(__name__)
 
@@ -155,9 +155,13 @@ class Daemon(Supervision, DaemonMethods):
         scanner = threading.Thread(target=self.scan_loop, name="scan", daemon=True)
         scanner.start()
         self.reloads.start()
+        # a project file added, edited or removed by hand is seen at once, not at the next scan
+        ensure_private(projects.config_dir())
+        unwatch = wakeup.watch_directory(ensure_private(projects.projects_dir()), self.wake, modified=True)
         try:
             self.server.serve_forever()
         finally:
+            wakeup.unwatch(unwatch)
             self.stopping.set()
             self.wake.set()
             if self.stop_runs_on_exit:
