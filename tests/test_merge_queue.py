@@ -595,3 +595,25 @@ def test_scripts_cli_runs_from_a_checkout_without_the_package_installed() -> Non
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == EXIT_OK, done.stderr
     assert "merge-queue" in done.stdout and "process" in done.stdout
+
+
+def test_a_session_keeps_the_spare_worktree_for_the_merge_on_its_way(repo: Path, state: StateDir,
+                                                                     tmp_path: Path) -> None:
+    # the guardian's path: one MERGE_READY at a time, the next one known to be coming
+    shas = {name: branch(repo, name, {f"{name}.txt": f"{name}\n"}) for name in ("one", "two")}
+    where = tmp_path / "gate-cwd.log"
+    session = mq.MergeSession(more_coming=lambda: True)
+    config = mq.QueueConfig(gates=(Gate(f"pwd -P >> {where}", 30),))
+    first = mq.handle_merge_ready(state, repo, MergeReady(node="one", branch="one", commit=shas["one"], owner=OWNER),
+                                  config, session=session)
+    assert first.merged
+    assert session.spare is not None and session.spare.is_dir() and "spare" in session.spare.name
+    kept = session.spare.resolve()
+    second = mq.handle_merge_ready(state, repo, MergeReady(node="two", branch="two", commit=shas["two"], owner=OWNER),
+                                   config, session=session)
+    assert second.merged
+    assert Path(where.read_text().split()[1]) == kept  # the second merge's gates ran in the spare
+    assert not kept.exists() and session.spare is not None  # used and removed; a new one waits
+    session.close()
+    assert merge_dirs(repo) == []  # nothing left behind
+    assert git(repo, "show", "main:one.txt") == "one" and git(repo, "show", "main:two.txt") == "two"

@@ -47,7 +47,7 @@ import socket
 import threading
 import time
 import tomllib
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -272,6 +272,25 @@ def process_all(
         return outcomes
 
 
+class MergeSession:
+    """A merge processor that lives across entries (the guardian's merge thread): the spare
+    worktree it checks out during one entry's gates, because `more_coming` said another entry
+    is on its way, is kept for that entry instead of being removed with the pass. `close()`
+    removes a spare left over; one left by a process that died is swept by the next slot holder.
+    """
+
+    def __init__(self, more_coming: Callable[[], bool] | None = None) -> None:
+        self.more_coming = more_coming
+        self.spare: Path | None = None
+        self.repo: gitops.GitRepo | None = None
+
+    def close(self) -> None:
+        if self.spare is not None and self.repo is not None:
+            with contextlib.suppress(AttractorError):
+                gitops.remove_worktree(self.repo, self.spare)
+        self.spare = None
+
+
 def handle_merge_ready(
     state: StateDir,
     repo: gitops.RepoLike,
@@ -279,10 +298,12 @@ def handle_merge_ready(
     config: QueueConfig,
     *,
     wait: float | None = None,
+    session: MergeSession | None = None,
 ) -> Outcome:
     """Enqueue the branch of a MERGE_READY and process the queue until that entry is decided.
     Idempotent: a commit already merged returns its recorded outcome and sends nothing more.
-    A branch or commit that does not exist is reported to the owner as MERGE_FAILED."""
+    A branch or commit that does not exist is reported to the owner as MERGE_FAILED. With a
+    `session`, a spare worktree prepared for the next entry outlives this call."""
     payload: Any = signal_or_payload
     if isinstance(payload, Mapping):
         payload = MergeReady.from_json(dict(payload))
@@ -291,7 +312,7 @@ def handle_merge_ready(
     if not isinstance(payload, MergeReady):
         raise BadInputError("MERGE_READY signal", f"payload is {type(payload).__name__}")
     validate_agent_id(payload.owner)
-    with _Processor(state, repo, config, wait, spare=True) as processor:  # checks the config
+    with _Processor(state, repo, config, wait, spare=True, session=session) as processor:  # checks the config
         try:
             entry = enqueue(state, processor.repo, payload.branch, owner=payload.owner,
                             node=payload.node or None, priority=payload.priority,
@@ -336,13 +357,16 @@ class _Processor:
     processor is swept by the next slot holder."""
 
     def __init__(self, state: StateDir, repo: gitops.RepoLike, config: QueueConfig,
-                 wait: float | None, *, spare: bool) -> None:
+                 wait: float | None, *, spare: bool, session: MergeSession | None = None) -> None:
         self.state = state
         self.repo = gitops.as_repo(repo)
         self.config = config
         self.wait = wait
         self.use_spare = spare and bool(config.gates)
+        self.session = session
         self.spare: Path | None = None
+        if session is not None:  # the spare an earlier pass of the session prepared
+            self.spare, session.spare, session.repo = session.spare, None, self.repo
         self.preparing: threading.Thread | None = None
         self.more_queued = False
         check_config(self.repo, config)
@@ -352,6 +376,8 @@ class _Processor:
 
     def __exit__(self, *exc: object) -> None:
         self._join_spare()
+        if self.spare is not None and self.session is not None and exc[0] is None:
+            self.session.spare, self.spare = self.spare, None  # for the session's next entry
         if self.spare is not None:
             with contextlib.suppress(AttractorError):
                 gitops.remove_worktree(self.repo, self.spare)
@@ -415,8 +441,13 @@ class _Processor:
                 gitops.remove_worktree(self.repo, worktree)
         gitops.add_detached_worktree(self.repo, worktree, commit)
 
+    def _coming(self) -> bool:
+        """Whether another entry is queued, or the session's caller has one on its way."""
+        session = self.session
+        return self.more_queued or (session is not None and session.more_coming is not None and session.more_coming())
+
     def _start_spare(self, commit: str) -> None:
-        if not self.use_spare or not self.more_queued or self.spare or self.preparing:
+        if not self.use_spare or self.spare or self.preparing or not self._coming():
             return
         spare = self.repo.root / gitops.WORKTREES_DIR / (
             f"{MERGE_WORKTREE_PREFIX}spare-{os.urandom(4).hex()}")

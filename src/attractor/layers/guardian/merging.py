@@ -30,6 +30,15 @@ class MergeWorker(TargetWatch):
         self.merge_work.put((node, payload))
 
     def merge_loop(self) -> None:
+        # one merge session for the run: while a gate runs and another node's merge is waiting,
+        # the queue checks out the next merge worktree, and keeps it for that merge
+        session = merge_queue.MergeSession(more_coming=lambda: not self.merge_work.empty())
+        try:
+            self._merge_items(session)
+        finally:
+            session.close()
+
+    def _merge_items(self, session: merge_queue.MergeSession) -> None:
         while True:
             item = self.merge_work.get()
             if item is None:
@@ -52,7 +61,8 @@ class MergeWorker(TargetWatch):
                 while True:
                     with self.tip_lock:
                         base = dataclasses.replace(config, expected_base=self.expected_tip)
-                        outcome = merge_queue.handle_merge_ready(self.state, self.target_dir, payload, base)
+                        outcome = merge_queue.handle_merge_ready(self.state, self.target_dir, payload, base,
+                                                                 session=session)
                         if outcome.merged:
                             self.check_target_tip(after_merge=outcome.merged_sha)
                     if outcome.reason != "target_untrusted":
