@@ -4,6 +4,9 @@
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -33,12 +36,33 @@ def test_permission_prompt_is_needs_input_until_answered(chain: tuple[Path, Path
     assert waiting["rule"] == "claude-permission"
     status = run_cli(["status", "--state-dir", str(state)])
     assert "needs input:" in status.stdout and "attractor agent answer asks" in status.stdout
+    _watch_shows_it_first(state)
     answered = run_cli(["agent", "answer", "asks", "yes", "--json", "--state-dir", str(state)])
     assert answered.returncode == 0, answered.stderr
     assert json.loads(answered.stdout)["chosen"] == "Yes"
     code, out = _finish(proc)
     assert code == 0, out
     assert git_show(target, "main", "app/asks.py") == "VALUE = 3\n"
+
+
+def _watch_shows_it_first(state: Path) -> None:
+    """`status --watch` redraws every interval with the waiting agent at the top; Ctrl-C leaves."""
+    watcher = subprocess.Popen([sys.executable, "-m", "attractor", "status", "--watch", "--interval", "0.2",
+                                "--state-dir", str(state)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        assert watcher.stdout is not None
+        seen = b""
+        while seen.count(b"\f") < 3:  # three screens drawn
+            chunk = watcher.stdout.read1(65536)
+            assert chunk, watcher.stderr.read() if watcher.stderr else b""
+            seen += chunk
+        screen = seen.split(b"\f")[2].decode().splitlines()
+        assert screen[1].startswith("every 0.2s") and screen[2] == "NEEDS INPUT (1)", screen[:5]
+        assert screen[3].startswith("  orchestrator-asks: ") and "attractor agent answer asks" in screen[4]
+    finally:
+        watcher.send_signal(signal.SIGINT)
+        _, err = watcher.communicate(timeout=30)
+    assert watcher.returncode == 130 and err.decode().strip() == "error: interrupted"
 
 
 def test_answer_without_a_dialog_is_a_clear_error(chain: tuple[Path, Path]) -> None:

@@ -99,3 +99,14 @@ def test_a_full_disk_while_sending_a_signal_names_the_file(full_disk: Path) -> N
     line = _one_error_line(result.stderr)
     assert line.startswith("error: no space left on device writing "), line
     assert str(state / "signals" / "runner-x") in line
+
+
+@pytest.mark.parametrize("args, words", [
+    (["status", "--watch", "--json"], "--watch redraws a screen for people"),
+    (["status", "--watch", "--interval", "0"], "0.1 to 3600"),
+    (["status", "--watch", "--interval", "soon"], "0.1 to 3600"),
+], ids=["watch-json", "interval-zero", "interval-word"])
+def test_status_watch_refuses_what_it_cannot_do(tmp_path: Path, args: list[str], words: str) -> None:
+    result = run_cli([*args, "--state-dir", str(tmp_path / "state")])
+    assert result.returncode == 2
+    assert words in _one_error_line(result.stderr)

@@ -59,47 +59,93 @@ def collect(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def run_status(args: argparse.Namespace) -> int:
+    from attractor.errors import UsageError
+
+    if args.watch:
+        if args.json:
+            raise UsageError("status: --watch redraws a screen for people; for a machine, read --json "
+                             "in a loop or the daemon's events.subscribe")
+        return watch(args)
     data = collect(args)
     if args.json:
         print_json(data)
         return 0
+    sys.stdout.write(render(data))
+    for p in data["problems"]:
+        print(f"warning: {p}", file=sys.stderr)
+    return 0
+
+
+CLEAR = "\x1b[H\x1b[2J"  # cursor home, clear the screen
+
+
+def watch(args: argparse.Namespace) -> int:
+    """Redraw the status every `--interval` seconds, in place on a terminal (a form feed between
+    screens elsewhere), with the agents that need someone at the top, until Ctrl-C."""
+    import time
+
+    from attractor.errors import AttractorError
+
+    tty = sys.stdout.isatty()
+    while True:
+        try:
+            screen = render(collect(args), needs_first=True)
+        except AttractorError as exc:  # a run not there yet, a file being replaced: say so, go on
+            screen = f"attractor status: {exc}\n"
+        stamp = time.strftime("%H:%M:%S")
+        sys.stdout.write((CLEAR if tty else "\f\n") + f"every {args.interval:g}s, at {stamp} (Ctrl-C to leave)\n"
+                         + screen)
+        sys.stdout.flush()
+        time.sleep(args.interval)
+
+
+def render(data: dict[str, Any], *, needs_first: bool = False) -> str:
+    """The status as people read it; with `needs_first`, the agents waiting for an answer lead."""
+    lines: list[str] = []
+    out = lines.append
     run = data["run"]
-    print(f"run {run['run_id']}  {run['status']}  pipeline {run['pipeline_name']}  target {run['target_branch']}  "
-          f"started {run['started_at']}")
+    waiting = [a for a in data["agents"] if a.get("needs_input")]
+    if needs_first and waiting:
+        out(f"NEEDS INPUT ({len(waiting)})")
+        for a in waiting:
+            asked = str(a["needs_input"].get("message") or "").replace("\n", " / ")[:160]
+            out(f"  {a['agent_id']}: {asked}")
+            out(f"    answer with: attractor agent answer {a['name']} yes|no|always")
+        out("")
+    out(f"run {run['run_id']}  {run['status']}  pipeline {run['pipeline_name']}  target {run['target_branch']}  "
+        f"started {run['started_at']}")
     if run.get("reason"):
-        print(f"  reason: {run['reason']}")
+        out(f"  reason: {run['reason']}")
     if run.get("paused") and run["status"] == "running":
         pause = run["paused"]
         why = f": {pause['reason']}" if pause.get("reason") else ""
-        print(f"  PAUSED by {pause.get('by')} at {pause.get('at')}{why}; no new agents start "
-              f"(unpause with: attractor unpause {run['run_id']})")
-    print(f"\n{'NODE':<20} {'KIND':<12} {'STATE':<11} {'PHASE':<14} {'ATTEMPTS':>8}  {'MERGED':<10}  USAGE")
+        out(f"  PAUSED by {pause.get('by')} at {pause.get('at')}{why}; no new agents start "
+            f"(unpause with: attractor unpause {run['run_id']})")
+    out(f"\n{'NODE':<20} {'KIND':<12} {'STATE':<11} {'PHASE':<14} {'ATTEMPTS':>8}  {'MERGED':<10}  USAGE")
     for n in data["nodes"]:
-        print(f"{n['name']:<20} {n['kind']:<12} {n['state']:<11} {(n['phase'] or '-'):<14} {n['attempts']:>8}  "
-              f"{(n['merged_sha'] or '')[:10]:<10}  {_usage_text(n.get('usage'))}")
+        out(f"{n['name']:<20} {n['kind']:<12} {n['state']:<11} {(n['phase'] or '-'):<14} {n['attempts']:>8}  "
+            f"{(n['merged_sha'] or '')[:10]:<10}  {_usage_text(n.get('usage'))}")
     if run.get("usage"):
-        print(f"{'total':<20} {'':<12} {'':<11} {'':<14} {'':>8}  {'':<10}  {_usage_text(run['usage'])}")
+        out(f"{'total':<20} {'':<12} {'':<11} {'':<14} {'':>8}  {'':<10}  {_usage_text(run['usage'])}")
     width = max([len("AGENT"), *(len(a["agent_id"]) for a in data["agents"])])
-    print(f"\n{'AGENT':<{width}} {'HEALTH':<12} {'PID':>7} {'HEARTBEAT':>10} {'RESTARTS':>8}  NEXT/ATTACH")
+    out(f"\n{'AGENT':<{width}} {'HEALTH':<12} {'PID':>7} {'HEARTBEAT':>10} {'RESTARTS':>8}  NEXT/ATTACH")
     for a in data["agents"]:
         age = f"{a['heartbeat_age']:.1f}s" if a["heartbeat_age"] is not None else "-"
         extra = a["attach"] or (f"restart at {a['next_restart']}" if a["next_restart"] else "") \
             or (a["quarantine_reason"] or "") or (f"last words: {a['last_words']}" if a.get("last_words") else "")
-        print(f"{a['agent_id']:<{width}} {a['health']:<12} {a['pid'] or '-':>7} {age:>10} {a['restarts']:>8}  {extra}")
-        if a.get("needs_input"):
+        out(f"{a['agent_id']:<{width}} {a['health']:<12} {a['pid'] or '-':>7} {age:>10} {a['restarts']:>8}  {extra}")
+        if a.get("needs_input") and not needs_first:
             asked = str(a["needs_input"].get("message") or "").replace("\n", " / ")[:160]
-            print(f"{'':<{width}}   needs input: {asked}")
-            print(f"{'':<{width}}   answer with: attractor agent answer {a['name']} yes|no|always")
+            out(f"{'':<{width}}   needs input: {asked}")
+            out(f"{'':<{width}}   answer with: attractor agent answer {a['name']} yes|no|always")
     if data.get("queue_hold"):
-        print(f"\nMERGING HELD: {data['queue_hold']['reason']}\n  after deciding, lift it with: "
-              "attractor merge-queue resume")
+        out(f"\nMERGING HELD: {data['queue_hold']['reason']}\n  after deciding, lift it with: "
+            "attractor merge-queue resume")
     if data["merge_queue"]:
-        print(f"\n{'ENTRY':<14} {'STATE':<11} BRANCH")
+        out(f"\n{'ENTRY':<14} {'STATE':<11} BRANCH")
         for e in data["merge_queue"]:
-            print(f"{str(e.get('id'))[:14]:<14} {e.get('state')!s:<11} {e.get('branch')}")
-    for p in data["problems"]:
-        print(f"warning: {p}", file=sys.stderr)
-    return 0
+            out(f"{str(e.get('id'))[:14]:<14} {e.get('state')!s:<11} {e.get('branch')}")
+    return "\n".join(lines) + "\n"
 
 
 def run_stop(args: argparse.Namespace) -> int:
@@ -138,6 +184,16 @@ def _run_id(state: Any, given: str | None) -> str:
     return validate_name(run_id, "run id")
 
 
+def _interval(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0.1 <= value <= 3600:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds from 0.1 to 3600")
+    return value
+
+
 def add_parser(subparsers: Any) -> None:
     p = subparser(subparsers, "status", "show a run: nodes, agents (with the tmux pane to attach to), the queue",
                   "attractor status --json")
@@ -147,6 +203,10 @@ def add_parser(subparsers: Any) -> None:
     add_tmux_socket_option(p)
     p.add_argument("--all-agents", action="store_true", help="also list agents of other runs")
     p.add_argument("--no-daemon", action="store_true", help="read the files even when a daemon runs")
+    p.add_argument("--watch", action="store_true",
+                   help="redraw in place every second, the agents that need you at the top (Ctrl-C leaves)")
+    p.add_argument("--interval", type=_interval, default=1.0, metavar="SECONDS",
+                   help="seconds between screens with --watch (default 1)")
     add_json_option(p)
     p.set_defaults(func=run_status)
 
