@@ -4,12 +4,14 @@ and real SIGKILLs of the guardian and of the daemon itself."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import socket
 import stat
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -407,3 +409,31 @@ def test_a_run_whose_guardian_died_while_no_daemon_ran_is_resumed_when_one_start
     assert back.pid != dead.pid
     retry_until(lambda: cp_store.read_checkpoint(state, run_id).status != "running", 90, interval=0.2)
     assert cp_store.read_checkpoint(state, run_id).status == "succeeded"
+
+
+def test_a_launcher_stopped_with_ctrl_z_supervises_nothing_so_the_daemon_does(running_daemon: int, tmp_path: Path,
+                                                                               state_dir: Path) -> None:
+    repo = make_repo(tmp_path / "app")
+    _rpc("projects.add", {"name": "app", "path": str(repo), "state_dir": str(state_dir)})
+    pipeline = tmp_path / "slow.dot"
+    pipeline.write_text(_SLOW.format(secs=30))
+    follower = subprocess.Popen([sys.executable, "-m", "attractor", "run", str(pipeline), "--target-dir", str(repo),
+                                 "--agent", "scripted", "--state-dir", str(state_dir)],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        state = StateDir(state_dir)
+        run_id = retry_until(lambda: cp_store.latest_run(state) if (state_dir / "runs").is_dir() else None, 30)
+        guardian = retry_until(lambda: _guardian(state, run_id), 60)
+        retry_until(lambda: [r for r in _rpc("runs.list") if r["supervision"] == "followed-elsewhere"], 30,
+                    what="the daemon to leave the run to its launcher")
+        os.kill(follower.pid, signal.SIGSTOP)  # Ctrl-Z in the user's terminal
+        assert guardian.pid is not None
+        os.kill(guardian.pid, signal.SIGKILL)
+        back = retry_until(lambda: (g := _guardian(state, run_id)) is not None and g.pid != guardian.pid and g, 60,
+                           what="the daemon to take over from the silent launcher")
+        assert back and back.pid != guardian.pid
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(follower.pid, signal.SIGCONT)
+        follower.kill()
+        follower.wait(timeout=30)

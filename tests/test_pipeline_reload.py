@@ -152,3 +152,84 @@ def test_an_edit_of_a_live_run_is_linted_then_applied_by_the_daemon(tmp_path: Pa
         run_cli(["daemon", "stop", "--runs"], timeout=60)
         holder = client.lock_holder()
         assert holder is None, holder
+
+
+def test_a_guardian_killed_between_the_two_writes_of_a_reload_is_reconciled_on_restart(
+        tmp_path: Path, state_dir: Path) -> None:
+    import os
+    import signal
+
+    from attractor.engines.pipeline import save_snapshot
+
+    repo = make_repo(tmp_path / "app")
+    source = tmp_path / "live.dot"
+    source.write_text(_LIVE.format(prompt_a="a", middle="", edges="start -> a -> exit"))
+    launched = run_cli(["run", str(source), "--target-dir", str(repo), "--agent", "scripted", "--detach",
+                        "--state-dir", str(state_dir)], timeout=120)
+    assert launched.returncode == 0, launched.stderr
+    state = StateDir(state_dir)
+    run_id = cp_store.latest_run(state)
+    assert run_id is not None
+    retry_until(lambda: cp_store.read_checkpoint(state, run_id).nodes["a"].state is NodeState.RUNNING, 30)
+    guardian = identities.find(state, "guardian", run_id)
+    assert guardian is not None and guardian.pid is not None
+    os.kill(guardian.pid, signal.SIGSTOP)
+    # what a reload leaves when its guardian dies after replacing the pipeline files and before
+    # the checkpoint: the run's copy has node c, the checkpoint does not
+    cp = cp_store.read_checkpoint(state, run_id)
+    copy = Path(cp.pipeline_path)
+    copy.write_text(_LIVE.format(prompt_a="a", middle=_C, edges="start -> a -> exit\n  start -> c -> exit"))
+    save_snapshot(load_pipeline(copy), copy)
+    os.kill(guardian.pid, signal.SIGKILL)
+    resumed = run_cli(["run", "--resume", run_id, "--target-dir", str(repo), "--state-dir", str(state_dir)],
+                      timeout=180)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    cp = cp_store.read_checkpoint(state, run_id)
+    assert cp.status == "succeeded" and cp.nodes["c"].state is NodeState.MERGED, cp.nodes
+
+
+_GATED = """digraph g {
+  start [shape=Mdiamond]
+  a [shape=box, prompt="a", script="sleep 6
+write a.txt a
+commit add a
+report a done"]
+  t [shape=parallelogram, command="test -f ok.txt", max_retries=0]
+  exit [shape=Msquare]
+  start -> a -> t -> exit
+}
+"""
+
+
+def test_a_forged_reload_that_would_turn_a_red_gate_green_is_refused(tmp_path: Path, state_dir: Path) -> None:
+    # any process that can write the state directory can send a signal: the guardian applies
+    # only what the user's pipeline file holds now, and parses it itself
+    from attractor.engines.pipeline import save_snapshot
+    from attractor.names import sha256_hex
+
+    repo = make_repo(tmp_path / "app")
+    source = tmp_path / "g.dot"
+    source.write_text(_GATED)
+    launched = run_cli(["run", str(source), "--target-dir", str(repo), "--agent", "scripted", "--detach",
+                        "--state-dir", str(state_dir)], timeout=120)
+    assert launched.returncode == 0, launched.stderr
+    state = StateDir(state_dir)
+    run_id = cp_store.latest_run(state)
+    assert run_id is not None
+    retry_until(lambda: cp_store.read_checkpoint(state, run_id).nodes["a"].state is NodeState.RUNNING, 30)
+    forged = _GATED.replace('command="test -f ok.txt"', 'command="true"')
+    staged = cp_store.run_dir(state, run_id) / "pipeline.next-forged.dot"
+    staged.write_text(forged)
+    save_snapshot(load_pipeline(staged), staged)
+    sent = run_cli(["signal", "send", "PIPELINE_RELOAD", "--to", f"guardian-{run_id}", "--from", "user-daemon",
+                    "--payload", json.dumps({"staged": str(staged), "sha256": sha256_hex(forged.encode()),
+                                             "source": str(source)}), "--state-dir", str(state_dir)])
+    assert sent.returncode == 0, sent.stderr
+    retry_until(lambda: cp_store.read_checkpoint(state, run_id).status != "running", 90, interval=0.2)
+    refused = [e for e in cp_store.read_events(state, run_id) if e["event"] == "pipeline_reload_failed"]
+    assert refused and "does not hold what was staged" in str(refused[0]["problems"]), refused
+    assert not [e for e in cp_store.read_events(state, run_id) if e["event"] == "pipeline_reloaded"]
+    assert cp_store.read_checkpoint(state, run_id).status == "failed"  # the gate stayed red
+    subjects = subprocess.run(["git", "-C", str(repo), "log", "--format=%s", "main"], capture_output=True,
+                              text=True, check=True).stdout.splitlines()
+    assert "add a" not in subjects and not staged.exists()

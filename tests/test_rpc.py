@@ -237,3 +237,29 @@ def test_call_names_a_missing_daemon(tmp_path: Path) -> None:
     sock.close()  # the file stays, nobody listens
     with pytest.raises(rpc.DaemonNotRunningError):
         rpc.call(dead, "status")
+
+
+def test_a_request_nested_too_deeply_is_refused_and_the_connection_goes_on(server: tuple[rpc.Server, Path]) -> None:
+    _, path = server
+    with _client(path) as sock:
+        sock.sendall(b"[" * 200_000 + b"]" * 200_000 + b"\n" + b'{"jsonrpc": "2.0", "method": "echo", "id": 2}\n')
+        refused, after = _lines(sock, 2)
+    assert refused["error"]["code"] == rpc.INVALID_REQUEST and "deeply" in refused["error"]["message"]
+    assert after["result"] == {}
+
+
+def test_a_busy_daemon_is_no_daemon_to_a_command_so_it_reads_the_files(tmp_path: Path) -> None:
+    path = tmp_path / "s.sock"
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(path))
+    listener.listen(16)
+    srv = rpc.Server(listener, _methods(), max_clients=1)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        held = _client(path)
+        retry_until(lambda: srv.client_count == 1, 10)
+        with pytest.raises(rpc.DaemonNotRunningError, match="too many clients"):
+            rpc.call(path, "echo", {})
+        held.close()
+    finally:
+        srv.stop()

@@ -3,8 +3,8 @@
 call over its socket (the wire format is in `control/rpc.py`).
 
 Paths: the runtime directory is `$XDG_RUNTIME_DIR/attractor`, else `<config>/run` (the config
-directory is `store.userdirs.config_dir()`); it holds `daemon.sock` and `daemon.lock`. The logs
-are in `$XDG_STATE_HOME/attractor/logs`, else `~/.local/state/attractor/logs`.
+directory is `store.userdirs.config_dir()`); it holds `daemon.sock`. The lock, `daemon.lock`, is
+in `$XDG_STATE_HOME/attractor` (else `~/.local/state/attractor`), with the logs under `logs/`.
 """
 
 from __future__ import annotations
@@ -66,7 +66,9 @@ def socket_path() -> Path:
 
 
 def lock_path() -> Path:
-    return runtime_dir() / "daemon.lock"
+    """One lock per user whatever $XDG_RUNTIME_DIR says (two shells with different ones must not
+    start two daemons): in the state home, not the runtime directory."""
+    return userdirs.state_home() / "daemon.lock"
 
 
 def log_dir() -> Path:
@@ -101,11 +103,17 @@ def call(path: Path, method: str, params: dict[str, Any] | None = None, timeout:
     RpcError, no daemon there raises DaemonNotRunningError."""
     request = {"jsonrpc": "2.0", "method": method, "params": params or {}, "id": 1}
     with connect(path, timeout) as sock:
-        sock.sendall((json.dumps(request) + "\n").encode())
-        answer = read_answer(sock, path)
+        try:
+            sock.sendall((json.dumps(request) + "\n").encode())
+            answer = read_answer(sock, path)
+        except OSError as exc:  # it closed on us (too many clients, stopping): as good as none
+            raise DaemonNotRunningError(path, exc.strerror or type(exc).__name__) from None
     if "error" in answer:
         error = answer["error"]
-        raise RpcError(int(error.get("code", INTERNAL_ERROR)), str(error.get("message", "")), error.get("data"))
+        data = error.get("data")
+        if isinstance(data, dict) and data.get("busy") is True:  # a command falls back on the files
+            raise DaemonNotRunningError(path, str(error.get("message", "busy")))
+        raise RpcError(int(error.get("code", INTERNAL_ERROR)), str(error.get("message", "")), data)
     return answer.get("result")
 
 

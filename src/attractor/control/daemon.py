@@ -5,10 +5,12 @@ Files (the runtime directory is `$XDG_RUNTIME_DIR/attractor`, else `<config>/run
 refused when another user owns it or others may write it):
 
     <runtime>/daemon.sock     the control socket, mode 0600
-    <runtime>/daemon.lock     flock-held for the daemon's whole life (the kernel lets go when it
-                              dies); holds {"pid", "pid_start", "started_at", "socket"} of the holder
-    <logs>/daemon.log         what the daemon did (`$XDG_STATE_HOME/attractor/logs`, else
-    <logs>/daemon.err         `~/.local/state/attractor/logs`); .err is its stderr
+    <state>/daemon.lock       flock-held for the daemon's whole life (the kernel lets go when it
+                              dies); holds {"pid", "pid_start", "started_at", "socket"} of the holder.
+                              <state> is `$XDG_STATE_HOME/attractor`, else `~/.local/state/attractor`:
+                              one lock per user whatever $XDG_RUNTIME_DIR a shell has
+    <state>/logs/daemon.log   what the daemon did
+    <state>/logs/daemon.err   its stderr
 
 Its parts: this module has its life (the lock, the socket, start and stop from the command
 line); `control/watchers.py` its supervision of runs (a watcher per live run, following it with
@@ -131,6 +133,7 @@ class Daemon(Supervision, DaemonMethods):
         """Take the per-user lock (exit 1 naming the holder when another daemon has it)."""
         ensure_private(runtime_dir())
         path = lock_path()
+        ensure_private(path.parent)
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -150,7 +153,8 @@ class Daemon(Supervision, DaemonMethods):
         listener = bind_socket(self.socket_file)
         self.server = rpc.Server(listener, self.methods())
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-            signal.signal(sig, lambda *_: self.stop())
+            # stop from a thread of its own: the handler may run while this thread holds a lock
+            signal.signal(sig, lambda *_: threading.Thread(target=self.stop, name="stop", daemon=True).start())
         logger.info("daemon pid %s listening on %s", os.getpid(), self.socket_file)
         scanner = threading.Thread(target=self.scan_loop, name="scan", daemon=True)
         scanner.start()
@@ -231,7 +235,8 @@ def start_background(log_level: str, out: TextIO, timeout: float = 20.0) -> int:
                          f"see {directory}/daemon.err")
 
 
-def stop_daemon(runs: bool, out: TextIO, timeout: float = 15.0) -> int:
+def stop_daemon(runs: bool, out: TextIO, timeout: float | None = None) -> int:
+    timeout = timeout if timeout is not None else (180.0 if runs else 15.0)  # stopping runs takes a while each
     holder = lock_holder()
     if holder is None:
         print("no daemon is running", file=out)

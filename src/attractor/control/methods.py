@@ -19,7 +19,7 @@ from typing import Any
 
 from attractor import clock
 from attractor.control import rpc
-from attractor.control.watchers import DaemonState
+from attractor.control.watchers import DaemonState, run_key
 from attractor.errors import AttractorError, BadInputError, NotFoundError, UsageError
 from attractor.names import agent_id, validate_name
 from attractor.states import NodeState, RunStatus
@@ -89,7 +89,9 @@ class DaemonMethods(DaemonState):
             return project.name, StateDir(project.state_path)
         if "state_dir" in params:
             path = Path(_text(params, "state_dir"))
-            owner = next((p for p in projects.list_projects() if Path(p.state_path) == path), None)
+            if not path.is_absolute():
+                raise rpc.RpcError(rpc.INVALID_PARAMS, f"param 'state_dir' must be an absolute path, not {str(path)!r}")
+            owner = projects.find_project_by_state(path)
             return (owner.name if owner else "-"), StateDir(path)
         raise BadInputError("params", "name the run's project (project) or its state directory (state_dir)")
 
@@ -117,24 +119,24 @@ class DaemonMethods(DaemonState):
                              "state_dir": str(state.root), "nodes_done": done, "nodes_total": len(cp.nodes),
                              "guardian_pid": guardian.pid if guardian else None,
                              "guardian_alive": bool(guardian and guardian.process_alive),
-                             "supervision": watchers.get((str(state.root), run_id), "none")})
+                             "supervision": watchers.get(run_key(state.root, run_id), "none")})
         return rows
 
     def rpc_runs_adopt(self, params: dict[str, Any]) -> dict[str, Any]:
         """A launcher hands its run over: the run's target becomes a project if it is none yet."""
         _only(params, "state_dir", "run_id", "target_dir")
-        state = StateDir(Path(_text(params, "state_dir")))
-        run_id = _text(params, "run_id")
+        state = StateDir(Path(_text(params, "state_dir")).resolve())
+        run_id = validate_name(_text(params, "run_id"), "run id")
         cp = cp_store.read_checkpoint(state, run_id)
-        project = next((p for p in projects.list_projects() if Path(p.state_path) == state.root), None)
+        project = projects.find_project_by_state(state.root)
         if project is None:
             target = Path(cp.target_dir)
-            explicit = None if state.root == target / ".claude" / "state" else str(state.root)
+            explicit = None if state.root == (target / ".claude" / "state").resolve() else str(state.root)
             name = _free_project_name(target.name)
             project = projects.add_project(name, target, state_dir=explicit)
             logger.info("registered project %s (%s) for run %s", name, target, run_id)
         with self.lock:
-            self.given_up.discard((str(state.root), run_id))
+            self.given_up.discard(run_key(state.root, run_id))
         self.wake.set()
         return {"project": project.name, "run_id": run_id}
 
@@ -155,7 +157,7 @@ class DaemonMethods(DaemonState):
             raise UsageError(f"run {run_id} is {cp.status}; start it again with: attractor run --resume {run_id} "
                              f"--target-dir {cp.target_dir}")
         with self.lock:
-            self.given_up.discard((str(state.root), run_id))
+            self.given_up.discard(run_key(state.root, run_id))
         self.wake.set()
         return {"project": name, "run_id": run_id, "resumed": True}
 
@@ -186,7 +188,7 @@ class DaemonMethods(DaemonState):
         agent = _opt_text(params, "agent") or project.agent
         opts = LaunchOptions(pipeline=path, target_dir=Path(project.path), agent=agent,
                              agent_cmd=_opt_text(params, "agent_cmd"), max_agents=max_agents, detach=True,
-                             state_dir=project.state_dir, target_branch=_opt_text(params, "target_branch"),
+                             state_dir=str(project.state_path), target_branch=_opt_text(params, "target_branch"),
                              log_level=self.log_level, on_detach=lambda root, run_id, _out: started.append(run_id))
         code = launch(opts, out)
         self.wake.set()

@@ -100,7 +100,7 @@ class ReloadWatcher:
     def track(self, state: StateDir, cp: cp_store.Checkpoint) -> None:
         if not cp.pipeline_source:
             return  # a run started before checkpoints named their source: nothing to watch
-        key = (str(state.root), cp.run_id)
+        key = (str(state.root.resolve()), cp.run_id)
         source = Path(cp.pipeline_source)
         target = Path(cp.target_dir)
         with self.lock:
@@ -116,7 +116,7 @@ class ReloadWatcher:
 
     def forget(self, state: StateDir, run_id: str) -> None:
         with self.lock:
-            self.runs.pop((str(state.root), run_id), None)
+            self.runs.pop((str(state.root.resolve()), run_id), None)
 
     def _watch(self, directory: Path) -> None:
         if directory in self.watches or not directory.is_dir():
@@ -183,18 +183,31 @@ class ReloadWatcher:
         if sha == run.sent_sha:
             if now - run.sent_at < RESEND_AFTER:
                 return RESEND_AFTER - (now - run.sent_at)
+            if self.refused_by_guardian(run, sha):
+                run.failed_sha, run.sent_sha = sha, None  # it said why, in the run's events
+                return RESCAN_INTERVAL
             if run.sends >= MAX_SENDS:
                 self.fail(run, sha, [f"the guardian did not apply it after {MAX_SENDS} tries; see its log"])
                 return RESCAN_INTERVAL
         else:
             run.sends = 0
-        self.stage_and_send(run, data, sha)
+        try:
+            self.stage_and_send(run, data, sha)
+        except Exception:
+            run.dirty, run.changed_at = True, now  # not handed over (a full disk, say): try again later
+            raise
         return RESEND_AFTER
+
+    @staticmethod
+    def refused_by_guardian(run: WatchedRun, sha: str) -> bool:
+        """Whether the guardian refused these bytes (its pipeline_reload_failed names them)."""
+        return any(e.get("event") == Event.PIPELINE_RELOAD_FAILED and e.get("sha256") == sha
+                   for e in cp_store.read_events(run.state, run.run_id))
 
     def fail(self, run: WatchedRun, sha: str, problems: list[str]) -> None:
         run.failed_sha, run.sent_sha = sha, None
         cp_store.append_event(run.state, run.run_id, Event.PIPELINE_RELOAD_FAILED, problems=problems, by=SENDER,
-                              source=str(run.source))
+                              source=str(run.source), sha256=sha)
         logger.warning("%s: the edit of %s is not applied: %s", run.run_id, run.source, "; ".join(problems))
 
     def stage_and_send(self, run: WatchedRun, data: bytes, sha: str) -> None:
@@ -206,8 +219,6 @@ class ReloadWatcher:
 
         cp = cp_store.read_checkpoint(run.state, run.run_id)
         directory = cp_store.run_dir(run.state, run.run_id)
-        for old in directory.glob(f"{STAGED_PREFIX}*"):
-            old.unlink(missing_ok=True)  # an earlier edit the guardian did not take: this one replaces it
         staged = directory / f"{STAGED_PREFIX}{clock.iso().replace(':', '')}.dot"
         atomic.write_bytes_atomic(staged, data)
         try:

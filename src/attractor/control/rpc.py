@@ -56,6 +56,8 @@ MAX_CLIENTS = 512
 SEND_TIMEOUT = 5.0
 PARTIAL_LINE_TIMEOUT = 30.0
 DRAIN_TIMEOUT = 2.0
+ACCEPT_RETRY = 0.1
+IDLE_TIMEOUT = 600.0  # a connection with no request in flight and no stream is closed after this
 
 Params = dict[str, Any] | list[Any]
 
@@ -153,10 +155,13 @@ def answer_one(methods: Methods, request: Any, streams: list[Stream] | None = No
 def answer_line(methods: Methods, line: bytes, streams: list[Stream] | None = None) -> bytes | None:
     """The answer line (with its newline) to one request line; None when nothing is owed. A
     stream a method opened is appended to `streams` (not in a batch: there it is closed)."""
+    answer: Any
     try:
         decoded = json.loads(line.decode("utf-8"))
+    except RecursionError:
+        answer = _error(None, INVALID_REQUEST, "nested too deeply")
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        answer: Any = _error(None, PARSE_ERROR, f"not JSON: {exc}")
+        answer = _error(None, PARSE_ERROR, f"not JSON: {exc}")
     else:
         if isinstance(decoded, list):
             if not decoded:
@@ -187,11 +192,11 @@ class Connection:
         """Complete lines as they arrive; a line over the limit is answered and ends the stream."""
         buffer = b""
         while True:
-            self.sock.settimeout(PARTIAL_LINE_TIMEOUT if buffer else None)
+            self.sock.settimeout(PARTIAL_LINE_TIMEOUT if buffer else IDLE_TIMEOUT)
             try:
                 chunk = self.sock.recv(RECV_CHUNK)
             except TimeoutError:
-                logger.info("rpc client sent half a line and went quiet; closing")
+                logger.info("rpc client went quiet%s; closing", " half-way through a line" if buffer else "")
                 return
             if not chunk:
                 return
@@ -285,18 +290,22 @@ class Server:
         while not self._stopping.is_set():
             try:
                 sock, _ = self.listener.accept()
-            except OSError:
+            except OSError as exc:
                 if self._stopping.is_set():
                     return
-                raise
+                # out of file descriptors, say: this client is lost, the daemon is not
+                logger.warning("rpc accept failed: %s; going on", exc)
+                self._stopping.wait(ACCEPT_RETRY)
+                continue
             conn = Connection(sock, self.methods, self._done)
             with self._lock:
                 full = len(self._clients) >= self.max_clients
                 if not full:
                     self._clients.add(conn)
             if full:
+                busy = _error(None, OPERATION_FAILED, "too many clients; try again", {"exit_code": 1, "busy": True})
                 with contextlib.suppress(OSError):
-                    conn.send((json.dumps(_error(None, INTERNAL_ERROR, "too many clients; try again")) + "\n").encode())
+                    conn.send((json.dumps(busy) + "\n").encode())
                 sock.close()
                 continue
             threading.Thread(target=conn.serve, name="rpc-client", daemon=True).start()

@@ -23,6 +23,7 @@ from typing import Any
 from attractor import clock
 from attractor.control.reload import ReloadWatcher
 from attractor.errors import AttractorError, BadInputError
+from attractor.layers.launcher import Restarts
 from attractor.states import IdentityStatus, RunStatus
 from attractor.store import checkpoint as cp_store
 from attractor.store import identities, projects
@@ -59,23 +60,37 @@ class Watcher:
     run_id: str
     thread: threading.Thread | None = None
     mode: str = "starting"  # starting | supervising | followed-elsewhere | finished | gave-up | error
-    restarts: int = 0
+    restarts: Restarts = field(default_factory=Restarts)  # across every follow of the run
     since: float = field(default_factory=time.time)
 
     @property
     def key(self) -> tuple[str, str]:
-        return (str(self.state_root), self.run_id)
+        return run_key(self.state_root, self.run_id)
 
     def to_json(self) -> dict[str, Any]:
         return {"project": self.project, "state_dir": str(self.state_root), "run_id": self.run_id,
                 "supervision": self.mode, "since": clock.iso(self.since)}
 
 
+def run_key(state_root: Path, run_id: str) -> tuple[str, str]:
+    """One key per run however its state directory was spelled (`../state`, a symlink)."""
+    return (str(Path(state_root).resolve()), run_id)
+
+
+LAUNCHER_SILENT_AFTER = 3 * identities.LAUNCHER_HEARTBEAT_INTERVAL
+
+
 def live_launcher(state: StateDir, run_id: str) -> identities.Identity | None:
+    """The launcher following the run, if one does: its process lives and it beat lately (one
+    stopped with Ctrl-Z, or stuck writing to a full pipe, supervises nothing)."""
     ident = identities.find(state, "launcher", run_id)
     if ident is None or ident.status is IdentityStatus.TERMINATED or ident.pid == os.getpid():
         return None
-    return ident if ident.may_be_alive else None
+    if not ident.may_be_alive or not ident.last_heartbeat:
+        return None
+    if time.time() - clock.parse_iso(ident.last_heartbeat) > LAUNCHER_SILENT_AFTER:
+        return None
+    return ident
 
 
 def tmux_socket_of(state: StateDir, cp: cp_store.Checkpoint) -> str:
@@ -137,7 +152,7 @@ class Supervision(DaemonState):
 
     def scan(self) -> None:
         for project, state, cp in self.live_runs():
-            key = (str(state.root), cp.run_id)
+            key = run_key(state.root, cp.run_id)
             self.reloads.track(state, cp)
             with self.lock:
                 current = self.watchers.get(key)
@@ -172,7 +187,8 @@ class Supervision(DaemonState):
                 watcher.mode = "supervising"
                 gcfg = GuardianConfig(state=state, run_id=watcher.run_id, tmux_socket=tmux_socket_of(state, cp),
                                       log_level=self.log_level)
-                code = follow(state, watcher.run_id, gcfg, LogLines(prefix), heartbeat=False, stop=self.stopping)
+                code = follow(state, watcher.run_id, gcfg, LogLines(prefix), heartbeat=False, stop=self.stopping,
+                              restarts=watcher.restarts)
                 cp = cp_store.read_checkpoint(state, watcher.run_id)
                 if code != 0 and cp.status == RunStatus.RUNNING and not self.stopping.is_set():
                     watcher.mode = "gave-up"

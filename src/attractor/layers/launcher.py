@@ -391,10 +391,20 @@ def describe_event(event: dict[str, object]) -> str | None:
     return f"{node:<20} {text}"
 
 
+@dataclass
+class Restarts:
+    """How often a follower started the guardian again; kept by a caller that follows the same
+    run more than once (the daemon), so the limit holds across its calls."""
+
+    count: int = 0
+
+
 def follow(state: StateDir, run_id: str, gcfg: GuardianConfig, out: TextIO, timeout: float | None = None,
-           heartbeat: bool = True, stop: threading.Event | None = None) -> int:
-    """Follow the run until it ends, restarting a dead guardian; `stop` (the daemon's) ends the
-    following early, with 0, and leaves the run as it is."""
+           heartbeat: bool = True, stop: threading.Event | None = None, restarts: Restarts | None = None) -> int:
+    """Follow the run until it ends, restarting a dead guardian (at most MAX_GUARDIAN_RESTARTS
+    times, counted in `restarts`); `stop` (the daemon's) ends the following early, with 0, and
+    leaves the run as it is."""
+    restarts = restarts if restarts is not None else Restarts()
     # the guardian is never quarantined: it is what resolves everything else; the launcher gives
     # up after MAX_GUARDIAN_RESTARTS instead
     watch = Watch(state, Supervisor(state, policy_from_env(quarantine_deaths=1_000_000)))
@@ -440,7 +450,6 @@ def follow(state: StateDir, run_id: str, gcfg: GuardianConfig, out: TextIO, time
     unwatch = wakeup.watch_directory(run_dir, deaths, modified=True) if run_dir.is_dir() else None
     events = unwatch is not None
     try:
-        restarts = 0
         last_beat = 0.0
         panes: dict[str, PaneInfo] = {}
         panes_at = 0.0
@@ -478,14 +487,21 @@ def follow(state: StateDir, run_id: str, gcfg: GuardianConfig, out: TextIO, time
                     ident = identities.find(state, "guardian", run_id)
             if ident is not None and ident.status in (IdentityStatus.CRASHED, IdentityStatus.RESPAWNING) \
                     and watch.may_respawn(ident.agent_id):
-                restarts += 1
-                if restarts > MAX_GUARDIAN_RESTARTS:
-                    print(f"error: guardian died {restarts - 1} times; giving up (resume later with: "
+                if restarts.count >= MAX_GUARDIAN_RESTARTS:
+                    print(f"error: guardian died {restarts.count} times; giving up (resume later with: "
                           f"attractor run --resume {run_id})", file=sys.stderr)
                     return 1
-                print(f"[{time.monotonic() - start:7.1f}s] starting the guardian again (restart {restarts})",
-                      file=out, flush=True)
-                spawn_guardian(gcfg, Path(cp.target_dir))
+                # another follower (a second `--attach`, the daemon) may be at the same point: the
+                # launch lock makes one of them start it, and the other find it started
+                with locks.file_lock(state.root / "launch", timeout=LAUNCH_LOCK_TIMEOUT):
+                    again = identities.find(state, "guardian", run_id)
+                    if again is None or again.epoch != ident.epoch or again.status not in (
+                            IdentityStatus.CRASHED, IdentityStatus.RESPAWNING) or again.process_alive:
+                        continue  # someone else started it meanwhile
+                    restarts.count += 1
+                    print(f"[{time.monotonic() - start:7.1f}s] starting the guardian again (restart "
+                          f"{restarts.count})", file=out, flush=True)
+                    spawn_guardian(gcfg, Path(cp.target_dir))
                 watch.respawned(ident.agent_id)
                 continue
             if timeout is not None and now - start > timeout:

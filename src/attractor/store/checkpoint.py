@@ -259,8 +259,8 @@ EVENT_FIELDS: dict[Event, frozenset[str]] = {
     Event.RUN_STOPPED: frozenset(),
     Event.RUN_PAUSED: frozenset({"by", "reason"}),
     Event.RUN_UNPAUSED: frozenset({"by"}),
-    Event.PIPELINE_RELOADED: frozenset({"added", "dropped", "changed", "kept", "by", "source"}),
-    Event.PIPELINE_RELOAD_FAILED: frozenset({"problems", "by", "source"}),
+    Event.PIPELINE_RELOADED: frozenset({"added", "dropped", "changed", "kept", "edges_changed", "by", "source"}),
+    Event.PIPELINE_RELOAD_FAILED: frozenset({"problems", "by", "source", "sha256"}),
     Event.ROLE_CHANGED: frozenset({"role", "path", "ok", "problem"}),
     Event.ALERT: frozenset({"alert", "reason", "node", "kind", "sender", "expected", "found"}),
     Event.VALIDATION: frozenset({"node", "tool", "ok"}),
@@ -285,7 +285,9 @@ def append_event(state: StateDir, run_id: str, event: Event, /, **fields: Any) -
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         try:
-            os.write(fd, line.encode())
+            data = line.encode()
+            while data:  # a short write (a nearly full disk) must not glue the next event on
+                data = data[os.write(fd, data):]
         finally:
             os.close(fd)
     except OSError as exc:

@@ -69,10 +69,8 @@ class Project:
 
     @property
     def state_path(self) -> Path:
-        from attractor.store.statedir import resolve_state_path
-
-        if self.state_dir:
-            return resolve_state_path(self.state_dir, self.path)
+        if self.state_dir:  # absolute (add_project makes it so); a relative one is under `path`
+            return (Path(self.path) / Path(self.state_dir).expanduser()).resolve()
         return Path(self.path) / ".claude" / "state"
 
 
@@ -128,6 +126,8 @@ def add_project(name: str, path: Path, *, state_dir: str | None = None, agent: s
 
     target = project_file(name)
     root = gitops.open_repo(path).root
+    if state_dir is not None:  # absolute and resolved: the daemon and every command agree on it
+        state_dir = str((root / Path(state_dir).expanduser()).resolve())
     if target.exists() and not replace:
         raise AlreadyExistsError("project", name, f"{target}; remove it first or pass replace")
     project = Project(name=name, path=str(root), state_dir=state_dir, agent=agent, pipeline=pipeline,
@@ -143,6 +143,15 @@ def remove_project(name: str) -> Project:
     project = get_project(name)
     project_file(name).unlink()
     return project
+
+
+def find_project_by_state(state_root: Path) -> Project | None:
+    """The registered project whose state directory is `state_root` (both resolved), if any."""
+    wanted = Path(state_root).resolve()
+    for project in list_projects():
+        if project.state_path.resolve() == wanted:
+            return project
+    return None
 
 
 def find_project_for(path: Path) -> Project | None:

@@ -412,9 +412,10 @@ def snapshot_path(path: Path) -> Path:
     return path.with_name(path.name + ".parsed.json")
 
 
-def save_snapshot(pipeline: Pipeline, path: Path) -> None:
+def save_snapshot(pipeline: Pipeline, path: Path, *, fsync: bool = False) -> None:
     """Keep the parsed form of the pipeline file at `path` (which `pipeline` was read from)
-    beside it, tied to the file's bytes by their SHA-256."""
+    beside it, tied to the file's bytes by their SHA-256; `fsync` when it is the only record of
+    what the run follows (after a reload kept nodes the file no longer has)."""
     data = {
         "schema": SNAPSHOT_SCHEMA,
         "source_sha256": sha256_hex(Path(path).read_bytes()),
@@ -424,7 +425,7 @@ def save_snapshot(pipeline: Pipeline, path: Path) -> None:
         "edges": [e.to_json() for e in pipeline.edges],
         "validates": dict(pipeline.validates),
     }
-    atomic.write_json_atomic(snapshot_path(Path(path)), data, fsync=False)
+    atomic.write_json_atomic(snapshot_path(Path(path)), data, fsync=fsync)
 
 
 def read_snapshot(path: Path) -> Pipeline | None:

@@ -36,14 +36,15 @@ class ReloadPlan:
     changed: tuple[str, ...]
     kept: tuple[str, ...]
     pipeline: Pipeline
+    edges_changed: bool = False
 
     @property
     def empty(self) -> bool:
-        return not (self.added or self.dropped or self.changed)
+        return not (self.added or self.dropped or self.changed or self.edges_changed)
 
     def to_json(self) -> dict[str, Any]:
         return {"added": list(self.added), "dropped": list(self.dropped), "changed": list(self.changed),
-                "kept": list(self.kept)}
+                "kept": list(self.kept), "edges_changed": self.edges_changed}
 
 
 def _same(a: Node, b: Node) -> bool:
@@ -80,10 +81,13 @@ def plan_reload(current: Pipeline, edited: Pipeline, states: Mapping[str, NodeSt
         else:
             dropped.append(name)
     kept_set = set(kept)
+    began = {name for name in current.nodes if started(name)}
     edges = list(edited.edges)
     known = {(e.src, e.dst) for e in edges}
+    # a node that started keeps the edges it started with: what it waited for, and what waits
+    # for it (an edit that puts a new node before it contradicts that and is refused below)
     for edge in current.edges:
-        if (edge.src in kept_set or edge.dst in kept_set) and edge.src in nodes and edge.dst in nodes \
+        if (edge.src in began or edge.dst in began) and edge.src in nodes and edge.dst in nodes \
                 and (edge.src, edge.dst) not in known:
             edges.append(edge)
     problems = [Problem(f"edge '{e.src} -> {e.dst}'", "names a node the reload drops")
@@ -101,7 +105,9 @@ def plan_reload(current: Pipeline, edited: Pipeline, states: Mapping[str, NodeSt
             problems.extend(exc.problems)
     if problems:
         raise PipelineError(edited.path, problems)
-    return ReloadPlan(tuple(added), tuple(dropped), tuple(changed), tuple(sorted(kept)), pipeline)
+    edges_changed = {(e.src, e.dst, e.condition) for e in pipeline.edges} != \
+        {(e.src, e.dst, e.condition) for e in current.edges}
+    return ReloadPlan(tuple(added), tuple(dropped), tuple(changed), tuple(sorted(kept)), pipeline, edges_changed)
 
 
 def _unique(edges: list[Edge]) -> list[Edge]:

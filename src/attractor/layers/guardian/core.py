@@ -105,6 +105,7 @@ class GuardianBase:
         self.lock = threading.RLock()
         self.stop_event = threading.Event()
         self.validations: set[str] = set()
+        self._reloads: list[tuple[payloads.PipelineReload, str]] = []  # edits waiting for the main loop
         self.merges: set[str] = set()
         self.merge_work: queue.Queue[tuple[str, payloads.MergeReady] | None] = queue.Queue()
         self.pool = ThreadPoolExecutor(max_workers=max(1, self.cp.max_agents), thread_name_prefix="validate")

@@ -43,7 +43,7 @@ class Guardian(Supervision, Validation):
             return "stopping"
         p = sig.payload
         if isinstance(p, payloads.PipelineReload):
-            return self.reload_pipeline(p, sig.sender)
+            return self.queue_reload(p, sig.sender)
         if not isinstance(p, (payloads.NodeImplComplete, payloads.MergeReady, payloads.OrchestratorStuck)):
             return f"ignored: {sig.kind.value} is not for the guardian"
         if p.node not in self.cp.nodes:
@@ -61,7 +61,8 @@ class Guardian(Supervision, Validation):
         return "node blocked" if p.quarantined else "node failed"
 
     def rebuild(self) -> None:
-        """After a restart: reconcile the checkpoint with hooks and live runners."""
+        """After a restart: reconcile the checkpoint with the pipeline, hooks and live runners."""
+        self.reconcile_nodes()
         self.sweep_validation_trees()
         for name in self.active_nodes():
             hook = hooks.find_hook(self.state, "runner", name, run_id=self.cfg.run_id)
@@ -211,6 +212,7 @@ class Guardian(Supervision, Validation):
                     stopped = True
                     break
                 try:
+                    self.apply_reloads()
                     self.schedule()
                     self.supervise()
                     self.schedule()  # what supervision just finished may make the exit ready

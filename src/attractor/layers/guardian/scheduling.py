@@ -9,7 +9,7 @@ import os
 from dataclasses import replace
 from pathlib import Path
 
-from attractor.engines.pipeline import NodeKind, PipelineError, node_states, read_snapshot, save_snapshot, snapshot_path
+from attractor.engines.pipeline import NodeKind, PipelineError, node_states, save_snapshot, snapshot_path
 from attractor.engines.pipeline import ScheduleState as Rule
 from attractor.engines.pipeline.model import topological_order
 from attractor.engines.pipeline.reload import STAGED_PREFIX, plan_reload
@@ -32,6 +32,7 @@ class Scheduling(MergeWorker):
     run is paused."""
 
     _pause_seen: dict[str, object] | None = None
+    _reloads: list[tuple[payloads.PipelineReload, str]]
 
     # -- scheduling and supervision --------------------------------------------------------------
     def start_codergen(self, name: str) -> None:
@@ -102,50 +103,92 @@ class Scheduling(MergeWorker):
             self._pause_seen = pause
         return pause
 
+    def queue_reload(self, p: payloads.PipelineReload, sender: str) -> str:
+        """Called on the signal thread: the reload waits for the main loop, between two passes
+        of the schedule, so the pipeline and the checkpoint never change under a pass."""
+        with self.lock:
+            self._reloads.append((p, sender))
+        self.deaths.wake()
+        return "queued for the next pass"
+
+    def apply_reloads(self) -> None:
+        with self.lock:
+            pending, self._reloads = self._reloads, []
+        for p, sender in pending:
+            self.reload_pipeline(p, sender)
+
     def reload_pipeline(self, p: payloads.PipelineReload, sender: str) -> str:
-        """Apply an edited pipeline (linted and staged by the daemon) to the live run: new nodes
-        join, removed pending ones leave, changed pending ones start with their new attributes;
-        nodes that started are never touched (`engines.pipeline.reload`). Refused with an event
-        when the staged file is not what was linted or the result cannot run."""
+        """Apply an edited pipeline to the live run: new nodes join, removed pending ones leave,
+        changed pending ones start with their new attributes; nodes that started are never
+        touched (`engines.pipeline.reload`). Trusts nothing the signal says: the staged bytes
+        must be what the user's pipeline file holds now, and the guardian parses and lints them
+        itself. Refused with an event (naming the bytes' SHA-256) when they are not, or when the
+        result cannot run. The checkpoint is written before the pipeline files, and `rebuild`
+        reconciles the two after a crash between them."""
+        from attractor.engines.pipeline import load_pipeline
+
         run_dir = cp_store.run_dir(self.state, self.cfg.run_id)
         staged = Path(p.staged)
 
         def refuse(problem: str) -> str:
             cp_store.append_event(self.state, self.cfg.run_id, Event.PIPELINE_RELOAD_FAILED, problems=[problem],
-                                  by=sender, source=p.source)
+                                  by=sender, source=p.source, sha256=p.sha256)
             logger.warning("pipeline reload refused: %s", problem)
             return f"refused: {problem}"
 
         if staged.parent != run_dir or not staged.name.startswith(STAGED_PREFIX):
             return refuse(f"staged file {staged} is not a staged pipeline of this run")
         try:
-            if sha256_hex(staged.read_bytes()) != p.sha256:
-                return refuse(f"{staged} changed after it was checked")
-        except OSError as exc:
-            return refuse(f"{staged}: {exc.strerror}")
-        edited = read_snapshot(staged)
-        if edited is None:
-            return refuse(f"{staged} has no parsed form beside it")
-        with self.lock:
-            states = {name: progress.state for name, progress in self.cp.nodes.items()}
             try:
-                plan = plan_reload(self.pipeline, edited, states)
+                data = staged.read_bytes()
+                source = Path(self.cp.pipeline_source).read_bytes() if self.cp.pipeline_source else None
+            except OSError as exc:
+                return refuse(f"{exc.filename}: {exc.strerror}")
+            if sha256_hex(data) != p.sha256:
+                return refuse(f"{staged} changed after it was checked")
+            if source is None or sha256_hex(source) != p.sha256:
+                return refuse(f"the run's pipeline file {self.cp.pipeline_source} does not hold what was staged")
+            try:
+                edited = load_pipeline(staged)
             except PipelineError as exc:
                 return refuse("; ".join(str(problem) for problem in exc.problems))
-            copy = Path(self.cp.pipeline_path)
-            save_snapshot(plan.pipeline, staged)  # the run's parse, tied to the edited bytes
-            os.replace(snapshot_path(staged), snapshot_path(copy))
-            os.replace(staged, copy)
-            self.pipeline = replace(plan.pipeline, path=copy)
-            self.order = topological_order(self.pipeline)
-            added = [NodeProgress(name=name, kind=self.pipeline.nodes[name].kind) for name in plan.added]
-            self.cp = self.cp.with_nodes(added, list(plan.dropped))
-            cp_store.write_checkpoint(self.state, self.cp)
-            cp_store.append_event(self.state, self.cfg.run_id, Event.PIPELINE_RELOADED, **plan.to_json(), by=sender,
-                                  source=p.source)
+            with self.lock:
+                states = {name: progress.state for name, progress in self.cp.nodes.items()}
+                try:
+                    plan = plan_reload(self.pipeline, edited, states)
+                except PipelineError as exc:
+                    return refuse("; ".join(str(problem) for problem in exc.problems))
+                added = [NodeProgress(name=name, kind=plan.pipeline.nodes[name].kind) for name in plan.added]
+                self.cp = self.cp.with_nodes(added, list(plan.dropped))
+                cp_store.write_checkpoint(self.state, self.cp)
+                copy = Path(self.cp.pipeline_path)
+                save_snapshot(plan.pipeline, staged, fsync=True)  # the run's parse, tied to the edited bytes
+                os.replace(snapshot_path(staged), snapshot_path(copy))
+                os.replace(staged, copy)
+                self.pipeline = replace(plan.pipeline, path=copy)
+                self.order = topological_order(self.pipeline)
+                cp_store.append_event(self.state, self.cfg.run_id, Event.PIPELINE_RELOADED, **plan.to_json(),
+                                      by=sender, source=p.source)
+        finally:
+            for leftover in run_dir.glob(f"{STAGED_PREFIX}*"):
+                leftover.unlink(missing_ok=True)  # taken or refused: the daemon stages anew
         logger.info("pipeline reloaded: %s", plan.to_json())
-        self.deaths.wake()
         return "reloaded" if not plan.empty else "reloaded: nothing the run had not started changed"
+
+    def reconcile_nodes(self) -> None:
+        """After a restart: the checkpoint's nodes and the pipeline's agree (a guardian killed
+        between the two writes of a reload leaves them apart): a pipeline node the checkpoint
+        lacks joins as pending, a pending node the pipeline lacks leaves."""
+        with self.lock:
+            missing = [name for name in self.pipeline.nodes if name not in self.cp.nodes]
+            extra = [name for name, progress in self.cp.nodes.items()
+                     if name not in self.pipeline.nodes and progress.state is NodeState.PENDING]
+            if not missing and not extra:
+                return
+            added = [NodeProgress(name=name, kind=self.pipeline.nodes[name].kind) for name in missing]
+            self.cp = self.cp.with_nodes(added, extra)
+            cp_store.write_checkpoint(self.state, self.cp)
+        logger.warning("checkpoint and pipeline disagreed after a restart: added %s, dropped %s", missing, extra)
 
     def _rule_outcome(self, name: str) -> str:
         """Outcome of a node the rules finished: a tool follows its codergen node, a conditional
