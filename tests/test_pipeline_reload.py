@@ -103,19 +103,25 @@ commit add c
 report c done"]'''
 
 
+def _detached_run(repo: Path, source: Path, state_dir: Path) -> tuple[StateDir, str]:
+    """Start a run of `source` in the background; its state and id once node a runs."""
+    launched = run_cli(["run", str(source), "--target-dir", str(repo), "--agent", "scripted", "--detach",
+                        "--state-dir", str(state_dir)], timeout=120)
+    assert launched.returncode == 0, launched.stderr
+    state = StateDir(state_dir)
+    run_id = cp_store.latest_run(state)
+    assert run_id is not None
+    retry_until(lambda: cp_store.read_checkpoint(state, run_id).nodes["a"].state is NodeState.RUNNING, 30)
+    return state, run_id
+
+
 def test_an_edit_of_a_live_run_is_linted_then_applied_by_the_daemon(tmp_path: Path, state_dir: Path) -> None:
     repo = make_repo(tmp_path / "app")
     source = tmp_path / "live.dot"
     source.write_text(_LIVE.format(prompt_a="a", middle=_B, edges="start -> a -> b -> exit"))
     assert run_cli(["daemon", "start"]).returncode == 0
     try:
-        launched = run_cli(["run", str(source), "--target-dir", str(repo), "--agent", "scripted", "--detach",
-                            "--state-dir", str(state_dir)], timeout=120)
-        assert launched.returncode == 0, launched.stderr
-        state = StateDir(state_dir)
-        run_id = cp_store.latest_run(state)
-        assert run_id is not None
-        retry_until(lambda: cp_store.read_checkpoint(state, run_id).nodes["a"].state is NodeState.RUNNING, 30)
+        state, run_id = _detached_run(repo, source, state_dir)
 
         def events(kind: str) -> list[dict[str, object]]:
             return [e for e in cp_store.read_events(state, run_id) if e["event"] == kind]
@@ -164,13 +170,7 @@ def test_a_guardian_killed_between_the_two_writes_of_a_reload_is_reconciled_on_r
     repo = make_repo(tmp_path / "app")
     source = tmp_path / "live.dot"
     source.write_text(_LIVE.format(prompt_a="a", middle="", edges="start -> a -> exit"))
-    launched = run_cli(["run", str(source), "--target-dir", str(repo), "--agent", "scripted", "--detach",
-                        "--state-dir", str(state_dir)], timeout=120)
-    assert launched.returncode == 0, launched.stderr
-    state = StateDir(state_dir)
-    run_id = cp_store.latest_run(state)
-    assert run_id is not None
-    retry_until(lambda: cp_store.read_checkpoint(state, run_id).nodes["a"].state is NodeState.RUNNING, 30)
+    state, run_id = _detached_run(repo, source, state_dir)
     guardian = identities.find(state, "guardian", run_id)
     assert guardian is not None and guardian.pid is not None
     os.kill(guardian.pid, signal.SIGSTOP)
@@ -210,13 +210,7 @@ def test_a_forged_reload_that_would_turn_a_red_gate_green_is_refused(tmp_path: P
     repo = make_repo(tmp_path / "app")
     source = tmp_path / "g.dot"
     source.write_text(_GATED)
-    launched = run_cli(["run", str(source), "--target-dir", str(repo), "--agent", "scripted", "--detach",
-                        "--state-dir", str(state_dir)], timeout=120)
-    assert launched.returncode == 0, launched.stderr
-    state = StateDir(state_dir)
-    run_id = cp_store.latest_run(state)
-    assert run_id is not None
-    retry_until(lambda: cp_store.read_checkpoint(state, run_id).nodes["a"].state is NodeState.RUNNING, 30)
+    state, run_id = _detached_run(repo, source, state_dir)
     forged = _GATED.replace('command="test -f ok.txt"', 'command="true"')
     staged = cp_store.run_dir(state, run_id) / "pipeline.next-forged.dot"
     staged.write_text(forged)

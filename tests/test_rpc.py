@@ -35,19 +35,27 @@ def _methods() -> rpc.Methods:
     return m
 
 
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[tuple[rpc.Server, Path]]:
+@contextlib.contextmanager
+def _serving(tmp_path: Path, max_clients: int = rpc.MAX_CLIENTS) -> Iterator[tuple[rpc.Server, Path]]:
     path = tmp_path / "s.sock"
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listener.bind(str(path))
     listener.listen(256)
-    srv = rpc.Server(listener, _methods())
+    srv = rpc.Server(listener, _methods(), max_clients=max_clients)
     thread = threading.Thread(target=srv.serve_forever, daemon=True)
     thread.start()
-    yield srv, path
-    srv.stop()
-    thread.join(timeout=10)
+    try:
+        yield srv, path
+    finally:
+        srv.stop()
+        thread.join(timeout=10)
     assert not thread.is_alive()
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[tuple[rpc.Server, Path]]:
+    with _serving(tmp_path) as served:
+        yield served
 
 
 def _client(path: Path, timeout: float = 10.0) -> socket.socket:
@@ -208,13 +216,7 @@ def test_200_concurrent_clients_each_get_their_own_answers(server: tuple[rpc.Ser
 
 
 def test_past_the_client_limit_a_new_client_is_told_and_closed(tmp_path: Path) -> None:
-    path = tmp_path / "s.sock"
-    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    listener.bind(str(path))
-    listener.listen(16)
-    srv = rpc.Server(listener, _methods(), max_clients=2)
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
-    try:
+    with _serving(tmp_path, max_clients=2) as (srv, path):
         held = [_client(path), _client(path)]
         retry_until(lambda: srv.client_count == 2, 10)
         with _client(path) as third:
@@ -224,8 +226,6 @@ def test_past_the_client_limit_a_new_client_is_told_and_closed(tmp_path: Path) -
         retry_until(lambda: srv.client_count == 1, 10)
         assert rpc.call(path, "echo", {}) == {}
         held[1].close()
-    finally:
-        srv.stop()
 
 
 def test_call_names_a_missing_daemon(tmp_path: Path) -> None:
@@ -249,17 +249,9 @@ def test_a_request_nested_too_deeply_is_refused_and_the_connection_goes_on(serve
 
 
 def test_a_busy_daemon_is_no_daemon_to_a_command_so_it_reads_the_files(tmp_path: Path) -> None:
-    path = tmp_path / "s.sock"
-    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    listener.bind(str(path))
-    listener.listen(16)
-    srv = rpc.Server(listener, _methods(), max_clients=1)
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
-    try:
+    with _serving(tmp_path, max_clients=1) as (srv, path):
         held = _client(path)
         retry_until(lambda: srv.client_count == 1, 10)
         with pytest.raises(rpc.DaemonNotRunningError, match="too many clients"):
             rpc.call(path, "echo", {})
         held.close()
-    finally:
-        srv.stop()

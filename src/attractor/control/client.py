@@ -105,8 +105,11 @@ def call(path: Path, method: str, params: dict[str, Any] | None = None, timeout:
     with connect(path, timeout) as sock:
         try:
             sock.sendall((json.dumps(request) + "\n").encode())
+        except OSError:
+            pass  # it may have answered already (too many clients) and closed: read that first
+        try:
             answer = read_answer(sock, path)
-        except OSError as exc:  # it closed on us (too many clients, stopping): as good as none
+        except OSError as exc:  # it closed on us (stopping, say): as good as none
             raise DaemonNotRunningError(path, exc.strerror or type(exc).__name__) from None
     if "error" in answer:
         error = answer["error"]
