@@ -9,6 +9,7 @@ in `$XDG_STATE_HOME/attractor` (else `~/.local/state/attractor`), with the logs 
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
@@ -103,10 +104,9 @@ def call(path: Path, method: str, params: dict[str, Any] | None = None, timeout:
     RpcError, no daemon there raises DaemonNotRunningError."""
     request = {"jsonrpc": "2.0", "method": method, "params": params or {}, "id": 1}
     with connect(path, timeout) as sock:
-        try:
+        # it may have answered already (too many clients) and closed: then read that answer
+        with contextlib.suppress(OSError):
             sock.sendall((json.dumps(request) + "\n").encode())
-        except OSError:
-            pass  # it may have answered already (too many clients) and closed: read that first
         try:
             answer = read_answer(sock, path)
         except OSError as exc:  # it closed on us (stopping, say): as good as none
