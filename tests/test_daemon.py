@@ -437,3 +437,42 @@ def test_a_launcher_stopped_with_ctrl_z_supervises_nothing_so_the_daemon_does(ru
             os.kill(follower.pid, signal.SIGCONT)
         follower.kill()
         follower.wait(timeout=30)
+
+
+def test_a_daemon_and_an_attached_launcher_start_a_dead_guardian_once(running_daemon: int, tmp_path: Path,
+                                                                      state_dir: Path) -> None:
+    repo = make_repo(tmp_path / "app")
+    pipeline = tmp_path / "slow.dot"
+    pipeline.write_text(_SLOW.format(secs=20))
+    launched = run_cli(["run", str(pipeline), "--target-dir", str(repo), "--agent", "scripted", "--detach",
+                        "--state-dir", str(state_dir)], timeout=120)
+    assert launched.returncode == 0, launched.stderr
+    state = StateDir(state_dir)
+    run_id = cp_store.latest_run(state)
+    assert run_id is not None
+    attached = subprocess.Popen([sys.executable, "-m", "attractor", "run", "--attach", "--target-dir", str(repo),
+                                 "--state-dir", str(state_dir)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                text=True)
+    try:
+        retry_until(lambda: (i := identities.find(state, "launcher", run_id)) is not None and i.pid == attached.pid,
+                    30, what="the attached launcher to follow")
+        first = _kill_guardian_and_see_it_back(state, run_id)
+        retry_until(lambda: cp_store.read_checkpoint(state, run_id).status != "running", 90, interval=0.2)
+        starts = [e for e in cp_store.read_events(state, run_id) if e["event"] == "guardian_started"]
+        assert len(starts) == 2, starts  # the first guardian and one replacement, not two
+        assert cp_store.read_checkpoint(state, run_id).status == "succeeded"
+        out, _ = attached.communicate(timeout=60)
+        assert "duplicate session" not in out and attached.returncode == 0, out
+        assert first is not None
+    finally:
+        attached.kill()
+        attached.wait(timeout=30)
+
+
+def test_a_second_daemon_is_refused_whatever_runtime_directory_its_shell_has(running_daemon: int,
+                                                                              tmp_path: Path) -> None:
+    elsewhere = tmp_path / "run"
+    elsewhere.mkdir(mode=0o700)
+    second = run_cli(["daemon", "start", "--foreground"], env={**os.environ, "XDG_RUNTIME_DIR": str(elsewhere)})
+    assert second.returncode == 1 and f"pid {running_daemon}" in second.stderr, second.stderr
+    assert not (elsewhere / "attractor" / "daemon.sock").exists()
