@@ -476,3 +476,31 @@ def test_a_second_daemon_is_refused_whatever_runtime_directory_its_shell_has(run
     second = run_cli(["daemon", "start", "--foreground"], env={**os.environ, "XDG_RUNTIME_DIR": str(elsewhere)})
     assert second.returncode == 1 and f"pid {running_daemon}" in second.stderr, second.stderr
     assert not (elsewhere / "attractor" / "daemon.sock").exists()
+
+
+def test_a_pause_ends_with_its_run_and_a_resume_says_when_one_is_left(tmp_path: Path, state_dir: Path) -> None:
+    repo = make_repo(tmp_path / "app")
+    pipeline = tmp_path / "chain.dot"
+    pipeline.write_text(_CHAIN.format(secs=20))
+    launched = run_cli(["run", str(pipeline), "--target-dir", str(repo), "--agent", "scripted", "--detach",
+                        "--state-dir", str(state_dir)], timeout=120)
+    assert launched.returncode == 0, launched.stderr
+    state = StateDir(state_dir)
+    run_id = cp_store.latest_run(state)
+    assert run_id is not None
+    assert run_cli(["pause", run_id, "--state-dir", str(state_dir)]).returncode == 0
+    stopped = run_cli(["stop", run_id, "--state-dir", str(state_dir)], timeout=60)
+    assert stopped.returncode == 0, stopped.stderr
+    retry_until(lambda: cp_store.paused(state, run_id) is None, 30, what="the pause to end with the run")
+    assert [e.get("by") for e in cp_store.read_events(state, run_id) if e["event"] == "run_unpaused"] == \
+        ["the run's end"]
+    # a pause that raced the run's end is left behind: the resume says so, on stderr
+    (cp_store.pause_path(state, run_id)).write_text(json.dumps({"by": "someone", "reason": "", "at": "then"}))
+    resumed = run_cli(["run", "--resume", run_id, "--target-dir", str(repo), "--state-dir", str(state_dir),
+                       "--detach"], timeout=120)
+    try:
+        assert resumed.returncode == 0, resumed.stderr
+        assert f"run {run_id} is paused (by someone" in resumed.stderr
+        assert f"attractor unpause {run_id}" in resumed.stderr
+    finally:
+        run_cli(["stop", run_id, "--state-dir", str(state_dir)], timeout=60)

@@ -276,6 +276,10 @@ def launch(opts: LaunchOptions, out: TextIO = sys.stdout) -> int:
         return attach(state, live, opts, out)
     print(f"run {cp.run_id}: guardian pid {guardian.pid} in tmux session {guardian.tmux_session} "
           f"(attach: tmux -L {socket} attach -t {guardian.tmux_session})", file=out, flush=True)
+    pause = cp_store.paused(state, cp.run_id)
+    if pause is not None:  # paused as it ended (a pause that raced the end): say so, never silently
+        print(f"warning: run {cp.run_id} is paused (by {pause.get('by')} at {pause.get('at')}): no new agents "
+              f"start until: attractor unpause {cp.run_id}", file=sys.stderr)
     if opts.detach:
         print(f"detached; follow with: attractor status --run {cp.run_id} --state-dir {state.root}", file=out)
         identities.mark_terminated(state, "launcher", cp.run_id, reason="detached")

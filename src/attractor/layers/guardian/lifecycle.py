@@ -127,6 +127,7 @@ class Guardian(Supervision, Validation):
             self.cp = self.cp.with_status(status, reason)
             cp_store.write_checkpoint(self.state, self.cp)
             cp_store.append_event(self.state, self.cfg.run_id, Event.RUN_FINISHED, status=status, reason=reason)
+        cp_store.unpause_run(self.state, self.cfg.run_id, by="the run's end")  # a pause ends with its run
         return 0 if status == RunStatus.SUCCEEDED else 1
 
     def shutdown_runners(self) -> None:
