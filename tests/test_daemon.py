@@ -237,13 +237,18 @@ def _stays(predicate: Any, seconds: float) -> bool:
     return True
 
 
-def test_a_paused_run_starts_no_new_agent_until_unpaused(running_daemon: int, tmp_path: Path,
-                                                         state_dir: Path) -> None:
+def _start_through_the_daemon(tmp_path: Path, state_dir: Path, secs: int) -> tuple[Path, dict[str, Any]]:
+    """Register project `app` (a repo with the chain pipeline) and start a run with `run.start`."""
     repo = make_repo(tmp_path / "app")
-    (repo / "chain.dot").write_text(_CHAIN.format(secs=3))
+    (repo / "chain.dot").write_text(_CHAIN.format(secs=secs))
     _rpc("projects.add", {"name": "app", "path": str(repo), "state_dir": str(state_dir),
                           "pipeline": "chain.dot", "agent": "scripted"})
-    started = _rpc("run.start", {"project": "app"})
+    return repo, _rpc("run.start", {"project": "app"})
+
+
+def test_a_paused_run_starts_no_new_agent_until_unpaused(running_daemon: int, tmp_path: Path,
+                                                         state_dir: Path) -> None:
+    _, started = _start_through_the_daemon(tmp_path, state_dir, secs=3)
     run_id = started["run_id"]
     assert started["exit_code"] == 0 and run_id, started
     state = StateDir(state_dir)
@@ -296,11 +301,8 @@ def _subscribe(after: int, run_id: str, until_event: str | None, count: int | No
 
 def test_events_stream_live_and_a_reconnect_resumes_after_its_last_id(running_daemon: int, tmp_path: Path,
                                                                       state_dir: Path) -> None:
-    repo = make_repo(tmp_path / "app")
-    (repo / "chain.dot").write_text(_CHAIN.format(secs=1))
-    _rpc("projects.add", {"name": "app", "path": str(repo), "state_dir": str(state_dir),
-                          "pipeline": "chain.dot", "agent": "scripted"})
-    run_id = _rpc("run.start", {"project": "app"})["run_id"]
+    _, started = _start_through_the_daemon(tmp_path, state_dir, secs=1)
+    run_id = started["run_id"]
     first = _subscribe(0, run_id, "run_finished")
     ids = [e["id"] for e in first]
     assert ids == list(range(1, len(ids) + 1)) and len(ids) > 5
