@@ -213,9 +213,7 @@ def run_list(args: argparse.Namespace) -> int:
 
 
 def run_clear(args: argparse.Namespace) -> int:
-    from attractor.engines.supervision import clear_agent, clear_escalation
     from attractor.errors import UsageError
-    from attractor.names import agent_id as make_agent_id
 
     if args.role is None and not args.escalation:
         raise UsageError("agent clear: give ROLE NAME, or --escalation "
@@ -223,38 +221,41 @@ def run_clear(args: argparse.Namespace) -> int:
     if args.role is not None and args.name is None:
         raise UsageError(f"agent clear: missing NAME after role {args.role!r} "
                          "(example: attractor agent clear runner impl_auth)")
-    root = state_dir_from(args)
-    if args.role is not None:
-        print(clear_agent(root, make_agent_id(args.role, args.name)))
-    if args.escalation:
-        print(clear_escalation(root))
+    from attractor.layers import actions
+
+    done = actions.perform(state_from(args), "clear", by=actions.who("cli"), role=args.role, name=args.name,
+                           escalation=args.escalation)
+    for line in done["lines"]:
+        print(line)
     return 0
 
 
 def run_answer(args: argparse.Namespace) -> int:
-    from attractor.engines.answers import answer
+    from attractor.layers import actions
     from attractor.names import validate_name
 
     validate_name(args.node, "node")
-    result = answer(state_from(args), args.node, args.reply, tmux_socket=args.tmux_socket)
+    result = actions.perform(state_from(args), "answer", by=actions.who("cli"), node=args.node, reply=args.reply,
+                             tmux_socket=args.tmux_socket)
     if args.json:
-        print_json({"agent_id": result.agent_id, "chosen": result.chosen, "keys": list(result.keys),
-                    "question": result.question, "remembered": result.remembered})
+        print_json({k: result[k] for k in ("agent_id", "chosen", "keys", "question", "remembered")})
         return 0
-    print(f"{result.agent_id}: chose {result.chosen!r}")
-    if result.remembered:
-        print(f"  remembered for this agent: {result.remembered}")
+    for line in result["lines"]:
+        print(line)
     return 0
 
 
 def run_send(args: argparse.Namespace) -> int:
-    from attractor.engines.answers import queue_message
+    from attractor.layers import actions
     from attractor.names import validate_name
 
     validate_name(args.node, "node")
-    sent = queue_message(state_from(args), args.node, args.text, author=args.author)
+    sent = actions.perform(state_from(args), "send", by=actions.who("cli"), node=args.node, text=args.text,
+                           author=args.author)
     if args.json:
-        print_json({"signal_id": sent.id, "to": sent.recipient})
+        print_json({"signal_id": sent["signal_id"], "to": sent["to"]})
         return 0
+    print(sent["lines"][0])
+    return 0
     print(f"queued message {sent.id} for {sent.recipient}")
     return 0

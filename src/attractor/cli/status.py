@@ -149,39 +149,22 @@ def render(data: dict[str, Any], *, needs_first: bool = False) -> str:
 
 
 def run_stop(args: argparse.Namespace) -> int:
-    from attractor.layers.stop import stop_run
+    from attractor.layers import actions
 
-    result = stop_run(state_from(args), args.run_id, tmux_socket=args.tmux_socket,
-                      timeout=args.timeout)
-    for line in result:
+    done = actions.perform(state_from(args), "stop", by=actions.who("cli"), run_id=args.run_id,
+                           tmux_socket=args.tmux_socket, stop_timeout=args.timeout)
+    for line in done["lines"]:
         print(line)
     return 0
 
 
 def run_pause(args: argparse.Namespace) -> int:
-    from attractor.store import checkpoint as cp_store
+    from attractor.layers import actions
 
-    state = state_from(args)
-    run_id = _run_id(state, args.run_id)
-    if args.command == "pause":
-        changed = cp_store.pause_run(state, run_id, by=args.by, reason=args.reason)
-        print(f"run {run_id} paused: no new agents start; running ones go on" if changed
-              else f"run {run_id} was already paused")
-    else:
-        changed = cp_store.unpause_run(state, run_id, by=args.by)
-        print(f"run {run_id} unpaused: ready nodes start again" if changed else f"run {run_id} was not paused")
+    done = actions.perform(state_from(args), args.command, by=args.by or actions.who("cli"), run_id=args.run_id,
+                           reason=getattr(args, "reason", "") or "")
+    print(done["lines"][0])
     return 0
-
-
-def _run_id(state: Any, given: str | None) -> str:
-    from attractor.errors import NotFoundError
-    from attractor.names import validate_name
-    from attractor.store import checkpoint as cp_store
-
-    run_id = given or cp_store.latest_run(state)
-    if run_id is None:
-        raise NotFoundError("run", "(any)", f"no run in {state.root}")
-    return validate_name(run_id, "run id")
 
 
 def _interval(text: str) -> float:

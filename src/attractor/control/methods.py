@@ -21,7 +21,7 @@ from attractor import clock
 from attractor.control import rpc
 from attractor.control.watchers import DaemonState, run_key
 from attractor.errors import AttractorError, BadInputError, NotFoundError, UsageError
-from attractor.names import agent_id, validate_name
+from attractor.names import validate_name
 from attractor.states import NodeState, RunStatus
 from attractor.store import checkpoint as cp_store
 from attractor.store import identities, projects
@@ -57,6 +57,7 @@ class DaemonMethods(DaemonState):
         m.add("agent.clear", self.rpc_agent_clear)
         m.add("events.subscribe", self.rpc_events_subscribe)
         m.add("run.status", self.rpc_run_status)
+        m.add("action", self.rpc_action)
         return m
 
     def status(self) -> dict[str, Any]:
@@ -141,11 +142,10 @@ class DaemonMethods(DaemonState):
         return {"project": project.name, "run_id": run_id}
 
     def rpc_run_stop(self, params: dict[str, Any]) -> dict[str, Any]:
-        from attractor.layers.stop import stop_run
-
-        _only(params, "project", "state_dir", "run_id")
-        name, state = self._state_of(params)
-        return {"project": name, "lines": stop_run(state, _text(params, "run_id"))}
+        _only(params, "project", "state_dir", "run_id", "by")
+        name, _ = self._state_of(params)
+        _text(params, "run_id")
+        return {"project": name, **self._act(params, "stop")}
 
     def rpc_run_resume(self, params: dict[str, Any]) -> dict[str, Any]:
         """Supervise a run again that the daemon gave up on, or that stopped being watched."""
@@ -199,55 +199,44 @@ class DaemonMethods(DaemonState):
         """No new agents in the run; the running ones go on."""
         _only(params, "project", "state_dir", "run_id", "by", "reason")
         name, state = self._state_of(params)
-        run_id = self._run_of(params, state)
-        changed = cp_store.pause_run(state, run_id, by=_opt_text(params, "by") or "rpc",
-                                     reason=_opt_text(params, "reason") or "")
-        return {"project": name, "run_id": run_id, "paused": True, "changed": changed}
+        done = self._act({**params, "run_id": self._run_of(params, state)}, "pause",
+                         reason=_opt_text(params, "reason") or "")
+        return {"project": name, "run_id": done["run_id"], "paused": True, "changed": done["changed"]}
 
     def rpc_run_unpause(self, params: dict[str, Any]) -> dict[str, Any]:
         _only(params, "project", "state_dir", "run_id", "by")
         name, state = self._state_of(params)
-        run_id = self._run_of(params, state)
-        changed = cp_store.unpause_run(state, run_id, by=_opt_text(params, "by") or "rpc")
-        return {"project": name, "run_id": run_id, "paused": False, "changed": changed}
+        done = self._act({**params, "run_id": self._run_of(params, state)}, "unpause")
+        return {"project": name, "run_id": done["run_id"], "paused": False, "changed": done["changed"]}
+
+    def _act(self, params: dict[str, Any], action: str, **fields: Any) -> dict[str, Any]:
+        from attractor.layers import actions
+
+        _, state = self._state_of(params)
+        return actions.perform(state, action, by=_opt_text(params, "by") or actions.who("rpc"),
+                               run_id=_opt_text(params, "run_id"), **fields)
 
     def rpc_agent_send(self, params: dict[str, Any]) -> dict[str, Any]:
         """Queue a message for a node's live agent (the same delivery as `attractor agent send`)."""
-        from attractor.engines.answers import queue_message
-
-        _only(params, "project", "state_dir", "node", "text", "author")
-        _, state = self._state_of(params)
-        sent = queue_message(state, validate_name(_text(params, "node"), "node"), _text(params, "text"),
-                             author=_opt_text(params, "author") or "rpc")
-        return {"signal_id": sent.id, "to": sent.recipient}
+        _only(params, "project", "state_dir", "run_id", "node", "text", "author", "by")
+        return self._act(params, "send", node=validate_name(_text(params, "node"), "node"), text=_text(params, "text"),
+                         author=_opt_text(params, "author") or "rpc")
 
     def rpc_agent_answer(self, params: dict[str, Any]) -> dict[str, Any]:
         """Answer the dialog a node's agent waits at: yes, no or always."""
-        from attractor.engines.answers import answer
-
-        _only(params, "project", "state_dir", "node", "reply")
-        _, state = self._state_of(params)
+        _only(params, "project", "state_dir", "run_id", "node", "reply", "by")
         reply = _text(params, "reply")
         if reply not in ("yes", "no", "always"):
             raise rpc.RpcError(rpc.INVALID_PARAMS, f"param 'reply' must be yes, no or always, not {reply!r}")
-        result = answer(state, validate_name(_text(params, "node"), "node"), reply)
-        return {"agent_id": result.agent_id, "chosen": result.chosen, "keys": list(result.keys),
-                "question": result.question, "remembered": result.remembered}
+        return self._act(params, "answer", node=validate_name(_text(params, "node"), "node"), reply=reply)
 
     def rpc_agent_clear(self, params: dict[str, Any]) -> dict[str, Any]:
         """Lift an agent's quarantine (`role` and `name`), or end the escalation (`escalation`)."""
-        from attractor.engines.supervision import clear_agent, clear_escalation
-
-        _only(params, "project", "state_dir", "role", "name", "escalation")
-        _, state = self._state_of(params)
-        lines = []
-        if params.get("role") is not None or params.get("name") is not None:
-            lines.append(clear_agent(state.root, agent_id(_text(params, "role"), _text(params, "name"))))
-        if _flag(params, "escalation"):
-            lines.append(clear_escalation(state.root))
-        if not lines:
+        _only(params, "project", "state_dir", "run_id", "role", "name", "escalation", "by")
+        if params.get("role") is None and params.get("name") is None and not _flag(params, "escalation"):
             raise rpc.RpcError(rpc.INVALID_PARAMS, "give role and name, or escalation: true")
-        return {"lines": lines}
+        return self._act(params, "clear", role=_opt_text(params, "role"), name=_opt_text(params, "name"),
+                         escalation=_flag(params, "escalation"))
 
     def rpc_events_subscribe(self, params: dict[str, Any]) -> rpc.Stream:
         """A stream of the run's events, each `{"project", "run_id", "id", "event"}` with `id` the
@@ -280,6 +269,22 @@ class DaemonMethods(DaemonState):
                 wakeup.unwatch(unwatch)
 
         return rpc.Stream({"project": name, "run_id": run_id, "after": after}, "event", items())
+
+    def rpc_action(self, params: dict[str, Any]) -> dict[str, Any]:
+        """A person's action on a run (`layers.actions.perform`, as the command line and the
+        dashboard do it), recorded in the run's events with `by`."""
+        from attractor.layers import actions
+
+        _only(params, "project", "state_dir", "run_id", "action", "by", "node", "reply", "text", "role", "name",
+              "escalation", "reason")
+        action = _text(params, "action")
+        if action not in actions.ACTIONS:
+            raise rpc.RpcError(rpc.INVALID_PARAMS, f"param 'action' must be one of {', '.join(actions.ACTIONS)}, "
+                               f"not {action!r}")
+        return self._act(params, action, node=_opt_text(params, "node"), reply=_opt_text(params, "reply"),
+                         text=_opt_text(params, "text"), role=_opt_text(params, "role"),
+                         name=_opt_text(params, "name"), escalation=_flag(params, "escalation"),
+                         reason=_opt_text(params, "reason") or "")
 
     def rpc_run_status(self, params: dict[str, Any]) -> dict[str, Any]:
         """What `attractor status --json` prints, by the same code (`layers.status.run_report`)."""

@@ -155,15 +155,38 @@ def modify(state: StateDir, agent_id: str, change: Callable[[AgentSession], Agen
     """Read-modify-write the record under its lock; None when there is no record (an agent
     started by hand outside a run). `change` returns the same object to leave it untouched."""
     now = clock.iso()
+    before: list[AgentSession] = []
 
     def stamped(current: AgentSession) -> AgentSession:
+        before[:] = [current]
         new = change(current)
         return new if new is current else dataclasses.replace(new, updated_at=now)
 
     try:
-        return _RECORDS.modify(path_for(state, agent_id), stamped, fsync=lambda old, new: False)
+        record = _RECORDS.modify(path_for(state, agent_id), stamped, fsync=lambda old, new: False)
     except NotFoundError:
         return None
+    if before and bool(before[0].needs_input) != bool(record.needs_input):
+        _log_needs_input(state, record, record.last_event if record.last_event != before[0].last_event else None)
+    return record
+
+
+def _log_needs_input(state: StateDir, record: AgentSession, news: dict[str, Any] | None) -> None:
+    """The run's event log says when a node's agent starts and stops waiting for a human, so the
+    live views see it at once (the session record is the truth; this is its news)."""
+    from attractor.store import checkpoint
+
+    if not record.run_id or not checkpoint.run_dir(state, record.run_id).is_dir():
+        return
+    if record.needs_input:
+        checkpoint.append_event(state, record.run_id, checkpoint.Event.NEEDS_INPUT, node=record.node,
+                                agent=record.agent_id, kind=record.needs_input.get("kind"),
+                                message=str(record.needs_input.get("message") or "")[:2000])
+    else:
+        # what ended the wait when this change says (an answer, a hook event), else the dialog went away
+        cause = str(news.get("event")) if news else "the dialog closed"
+        checkpoint.append_event(state, record.run_id, checkpoint.Event.INPUT_GIVEN, node=record.node,
+                                agent=record.agent_id, cause=cause)
 
 
 def update(state: StateDir, agent_id: str, **fields: Any) -> AgentSession | None:

@@ -229,6 +229,9 @@ class Event(enum.StrEnum):
     PIPELINE_RELOAD_FAILED = "pipeline_reload_failed"  # ... refused: nothing changed
     ROLE_CHANGED = "role_changed"          # a role definition was edited: the next agent uses it
     ALERT = "alert"                        # something did not hold against the ground truth
+    ACTION = "action"                      # a person acted on the run (`layers/actions.py`): who, what
+    NEEDS_INPUT = "needs_input"            # a node's agent waits for a human (a dialog, a question)
+    INPUT_GIVEN = "input_given"            # ... and no longer does
     VALIDATION = "validation"              # one validator's verdict on a node's commit
     RUNNER_DIED = "runner_died"
     RUNNER_RESPAWN = "runner_respawn"
@@ -263,6 +266,10 @@ EVENT_FIELDS: dict[Event, frozenset[str]] = {
     Event.PIPELINE_RELOAD_FAILED: frozenset({"problems", "by", "source", "sha256"}),
     Event.ROLE_CHANGED: frozenset({"role", "path", "ok", "problem"}),
     Event.ALERT: frozenset({"alert", "reason", "node", "kind", "sender", "expected", "found"}),
+    Event.ACTION: frozenset({"action", "by", "ok", "detail", "node", "reply", "chosen", "text", "agent",
+                             "escalation"}),
+    Event.NEEDS_INPUT: frozenset({"node", "agent", "kind", "message"}),
+    Event.INPUT_GIVEN: frozenset({"node", "agent", "cause"}),  # cause: the hook event (`event` is the kind)
     Event.VALIDATION: frozenset({"node", "tool", "ok"}),
     Event.RUNNER_DIED: frozenset({"node", "reason"}),
     Event.RUNNER_RESPAWN: frozenset({"node", "restart"}),
@@ -274,6 +281,8 @@ def append_event(state: StateDir, run_id: str, event: Event, /, **fields: Any) -
     """Append one line to events.jsonl with a single write (O_APPEND). A field EVENT_FIELDS
     does not list for the event is written all the same (an event is never lost) and logged."""
     event = Event(event)
+    if "at" in fields or "event" in fields:
+        raise ValueError(f"event {event}: 'at' and 'event' are the line's own fields, not fields of the event")
     unlisted = sorted(set(fields) - EVENT_FIELDS[event])
     if unlisted:
         logger.warning("event %s of run %s has field(s) not listed in EVENT_FIELDS: %s", event, run_id,
