@@ -12,6 +12,8 @@ commands. `GROUPS` maps the modules to the commands they add, in the order `--he
     agent_hook    attractor agent-hook EVENT
     layers        attractor guardian, runner, spawn-runner, spawn-orchestrator
     demo          attractor demo
+    daemon        attractor daemon ACTION, attractor rpc
+    dashboard     attractor dashboard
 
 `build_parser` imports only the module whose command the command line names (all of them when
 it names none, as for `attractor --help`) and calls its `add_parser(subparsers)`, which sets each
@@ -58,6 +60,7 @@ GROUPS: dict[str, tuple[str, ...]] = {
     "layers": ("guardian", "runner", "spawn-runner", "spawn-orchestrator"),
     "demo": ("demo",),
     "daemon": ("daemon", "rpc"),
+    "dashboard": ("dashboard",),
 }
 _OPTIONS_WITH_VALUE = frozenset({"--log-level"})
 
