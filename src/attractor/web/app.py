@@ -169,7 +169,7 @@ class Pages:
         waiting: list[dict[str, Any]] = []
         for row in runs[:REPORTS_LIMIT]:
             try:
-                report = self.source.report(row["run_id"])
+                report = self.source.report(row["run_id"], reuse_finished=True)
             except AttractorError as exc:
                 row["problem"] = str(exc)
                 continue
@@ -188,7 +188,7 @@ class Pages:
         out = []
         for row in self.source.runs()[:REPORTS_LIMIT]:
             try:
-                out.append(self.source.report(row["run_id"]))
+                out.append(self.source.report(row["run_id"], reuse_finished=True))
             except AttractorError as exc:
                 logger.debug("run %s: %s", row["run_id"], exc)
         return out

@@ -38,6 +38,7 @@ class Source:
         self.extra = [p.resolve() for p in state_dirs]
         self.use_daemon = use_daemon
         self.tmux_socket = tmux_socket
+        self._finished: dict[tuple[str, str], tuple[tuple[int, ...], dict[str, Any]]] = {}
 
     # --- where ---------------------------------------------------------------------------
 
@@ -111,9 +112,21 @@ class Source:
         ended.sort(key=lambda r: r["started_at"] or "", reverse=True)
         return running + ended
 
-    def report(self, run_id: str) -> dict[str, Any]:
-        """`attractor status --json` of one run."""
+    def report(self, run_id: str, *, reuse_finished: bool = False) -> dict[str, Any]:
+        """`attractor status --json` of one run. With `reuse_finished`, the report of a run that
+        has ended is kept and given again while its checkpoint and event log stay as they are
+        (the overview and the costs read every run on each refresh)."""
         place = self.find(run_id)
+        if reuse_finished:
+            key = (str(place.state.root), run_id)
+            stamp = _stamp(cp_store.run_dir(place.state, run_id))
+            kept = self._finished.get(key)
+            if kept is not None and kept[0] == stamp:
+                return kept[1]
+            fresh = self.report(run_id)
+            if fresh["run"].get("status") != str(RunStatus.RUNNING):
+                self._finished[key] = (stamp, fresh)
+            return fresh
         params = {"state_dir": str(place.state.root), "run_id": run_id, "tmux_socket": self.tmux_socket,
                   "all_agents": False}
         answer = self._ask("run.status", params)
@@ -161,3 +174,15 @@ class Source:
         from attractor.layers import actions
 
         return actions.perform(place.state, action, by=by, run_id=run_id, tmux_socket=self.tmux_socket, **params)
+
+
+def _stamp(directory: Path) -> tuple[int, ...]:
+    """What changes when a run's checkpoint or event log does."""
+    out: list[int] = []
+    for name in ("checkpoint.json", "events.jsonl"):
+        try:
+            info = (directory / name).stat()
+            out += [info.st_mtime_ns, info.st_size]
+        except FileNotFoundError:
+            out += [0, 0]
+    return tuple(out)
