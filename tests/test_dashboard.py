@@ -12,7 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from attractor.states import NodeState
+from attractor.states import NodeState, RunStatus
 from attractor.store import checkpoint as cp_store
 from attractor.store.checkpoint import Checkpoint, Event, NodeProgress
 from attractor.store.statedir import StateDir
@@ -215,3 +215,30 @@ def test_a_needs_input_agent_is_answered_and_recorded(chain: tuple[Path, Path]) 
     # the answer closed it, or the runner saw the dialog go first
     assert next(e for e in events if e["event"] == "input_given")["cause"] in ("answered:yes", "the dialog closed")
     assert read_json(state_dir / "agents" / "orchestrator-asks" / "session.json")["needs_input"] is None
+
+
+def test_with_a_daemon_it_reads_and_acts_through_it(state: StateDir, tmp_path: Path) -> None:
+    """A registered project shows without naming its state directory, the data and the actions
+    come through the daemon, and an action is still recorded as the dashboard's."""
+    from attractor.store import projects
+
+    repo = make_repo(tmp_path / "app")
+    # a run that has ended: the daemon leaves it alone (it would resume a running one)
+    cp_store.write_checkpoint(state, _run(state).with_status(RunStatus.STOPPED))
+    projects.add_project("app", repo, state_dir=str(state.root))
+    started = run_cli(["daemon", "start"])
+    assert started.returncode == 0, started.stderr
+    try:
+        with dashboard("--target-dir", str(tmp_path)) as d:  # a directory with no state of its own
+            runs = d.get("/api/runs").json()
+            assert runs["daemon"] is True
+            assert [(r["project"], r["run_id"]) for r in runs["runs"]] == [("app", "r1")]
+            assert d.get("/api/runs/r1").json()["project"] == "app"
+            sent = d.post("/api/runs/r1/actions/send", {"node": "a", "text": "hello"})
+            assert sent.status == 200, sent.text
+            assert sent.json()["to"] == "orchestrator-a"
+        action = cp_store.read_events(state, "r1")[-1]
+        assert action["event"] == "action" and action["action"] == "send"
+        assert "@dashboard(127.0.0.1)" in str(action["by"])
+    finally:
+        run_cli(["daemon", "stop", "--runs"], timeout=60)
