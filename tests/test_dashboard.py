@@ -242,3 +242,34 @@ def test_with_a_daemon_it_reads_and_acts_through_it(state: StateDir, tmp_path: P
         assert "@dashboard(127.0.0.1)" in str(action["by"])
     finally:
         run_cli(["daemon", "stop", "--runs"], timeout=60)
+
+
+def test_the_timeline_has_a_lane_per_working_node_with_its_bars_and_marks() -> None:
+    from attractor.web import views
+
+    def at(second: float) -> str:
+        return f"2026-12-01T10:00:{second:06.3f}Z"
+
+    report = {"run": {"run_id": "r1", "started_at": at(0), "finished_at": at(10)}, "project": "-",
+              "nodes": [{"name": "start", "kind": "start"}, {"name": "a", "kind": "codergen"},
+                        {"name": "check_a", "kind": "tool"}, {"name": "exit", "kind": "exit"}]}
+    events = [{"id": i + 1, "event": e} for i, e in enumerate([
+        {"at": at(1), "event": "runner_spawned", "node": "a", "attempts": 1},
+        {"at": at(2), "event": "validating", "node": "a", "attempts": 1},
+        {"at": at(3), "event": "validation", "node": "a", "tool": "check_a", "ok": False},
+        {"at": at(3), "event": "validation_failed", "node": "a", "state": "running"},
+        {"at": at(5), "event": "validating", "node": "a", "attempts": 2},
+        {"at": at(6), "event": "validation", "node": "a", "tool": "check_a", "ok": True},
+        {"at": at(6), "event": "merging", "node": "a"},
+        {"at": at(8), "event": "merged", "node": "a"},
+        {"at": at(8), "event": "validator", "node": "check_a", "outcome": "success"},
+    ])]
+    queue = [{"node": "a", "enqueued_at": at(6), "history": [f"{at(7)} queued -> processing: claimed by pid 1"]}]
+    lanes = {lane["node"]: lane for lane in views.timeline(report, events, queue)["lanes"]}
+    assert sorted(lanes) == ["a", "check_a"]  # start and exit do no work
+    bars = [(b["phase"], b["seconds"], b["left"]) for b in lanes["a"]["bars"]]
+    assert bars == [("running", 1.0, 10.0), ("validating", 1.0, 20.0), ("running", 2.0, 30.0),
+                    ("validating", 1.0, 50.0), ("merging", 2.0, 60.0), ("queued", 1.0, 60.0)]
+    assert [(m["kind"], m["left"]) for m in lanes["a"]["marks"]] == [
+        ("failure", 30.0), ("retry", 50.0), ("passed", 60.0)]
+    assert [m["kind"] for m in lanes["check_a"]["marks"]] == ["passed"]

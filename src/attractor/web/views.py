@@ -119,8 +119,9 @@ def timeline(report: dict[str, Any], events: list[dict[str, Any]], queue: list[d
     human), from the run's events and the queue's records; failures and retries as marks."""
     run = report["run"]
     start = clock.parse_iso(run["started_at"]) if run.get("started_at") else None
-    lanes: dict[str, dict[str, Any]] = {n["name"]: {"node": n["name"], "bars": [], "marks": [], "open": None}
-                                        for n in report["nodes"]}
+    lanes: dict[str, dict[str, Any]] = {n["name"]: {"node": n["name"], "kind": n.get("kind"), "bars": [], "marks": [],
+                                                    "open": None}
+                                        for n in report["nodes"] if n.get("kind") not in ("start", "exit")}
     last = start or 0.0
     for item in events:
         event = item["event"]
@@ -139,10 +140,21 @@ def timeline(report: dict[str, Any], events: list[dict[str, Any]], queue: list[d
                 lane["open"] = None
             if phase is not None:
                 lane["open"] = {"phase": phase, "start": at, "attempt": event.get("attempts")}
-        if kind in ("validation_failed", "merge_failed", "merge_error", "failed", "blocked", "runner_died"):
+        if kind in ("merge_failed", "merge_error", "failed", "blocked", "runner_died"):
             lane["marks"].append({"at": at, "kind": "failure", "label": f"{kind}: {event.get('reason') or ''}".strip()})
-        if kind == "runner_spawned" and int(event.get("attempts") or 1) > 1:
-            lane["marks"].append({"at": at, "kind": "retry", "label": f"attempt {event.get('attempts')}"})
+        if kind == "validation":  # a gate's verdict on this node's commit
+            ok = event.get("ok") is True
+            lane["marks"].append({"at": at, "kind": "passed" if ok else "failure",
+                                  "label": f"{event.get('tool')}: {'passed' if ok else 'failed'}"})
+        if kind in ("validator", "done") and lane.get("kind") not in ("codergen", None):
+            ok = event.get("outcome") in (None, "success")
+            lane["marks"].append({"at": at, "kind": "passed" if ok else "failure",
+                                  "label": f"decided: {event.get('outcome')}"})
+        attempt = event.get("attempts")
+        if isinstance(attempt, int) and attempt > lane.get("attempt", 1):
+            lane["marks"].append({"at": at, "kind": "retry", "label": f"attempt {attempt}"})
+        if isinstance(attempt, int):
+            lane["attempt"] = max(attempt, lane.get("attempt", 1))
     # the wait in the queue: from the entry's enqueue to its claim, inside the node's merging bar
     for entry in queue:
         lane = lanes.get(str(entry.get("node")))
@@ -159,6 +171,7 @@ def timeline(report: dict[str, Any], events: list[dict[str, Any]], queue: list[d
         if lane["open"] is not None:
             lane["bars"].append({**lane["open"], "end": None})
         lane.pop("open")
+        lane.pop("attempt", None)
     origin = start or now
     span = max(now - origin, 1e-3)
     for lane in lanes.values():
