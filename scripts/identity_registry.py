@@ -10,8 +10,8 @@ A thin shim: each flag becomes the matching `attractor identity …` command and
 
 from __future__ import annotations
 
+import os
 import sys
-from pathlib import Path
 
 ACTIONS = {
     "--create-identity": ("create", ("ROLE", "NAME")),
@@ -28,10 +28,10 @@ ACTIONS = {
 
 def main(argv: list[str] | None = None) -> int:
     try:
-        from attractor.cli.identity import run_flag_form
+        from attractor.cli import run_flag_form
     except ModuleNotFoundError:  # run from a checkout without installing
-        sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
-        from attractor.cli.identity import run_flag_form
+        sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.realpath(__file__))), "src"))
+        from attractor.cli import run_flag_form
     args = sys.argv[1:] if argv is None else argv
     return run_flag_form("identity", ACTIONS, args, "identity_registry.py")
 

@@ -13,9 +13,12 @@ import errno
 import os
 import sys
 import time
-import traceback
-from collections.abc import Callable, Iterable
-from pathlib import Path
+
+# Imported by the hot commands (cli/hot.py): only what a bare interpreter has loaded already.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable
+    from pathlib import Path
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -231,6 +234,8 @@ def _private_dirs(path: Path) -> None:
 def _log_traceback(exc: BaseException, log_dir: Path | None) -> Path | None:
     if log_dir is None:
         return None
+    import traceback
+
     try:
         _private_dirs(log_dir)
         stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())

@@ -6,13 +6,13 @@ shell or tmux metacharacter. Agent ids are `<role>-<name>`.
 
 from __future__ import annotations
 
-import importlib
-import re
-
 from attractor.errors import InvalidNameError, UnknownValueError
 
+# The hot commands (cli/hot.py) validate names with this module, so it checks them without `re`:
+# a name fits NAME_PATTERN when its first character is one of _FIRST and every other one of _REST.
 NAME_PATTERN = r"[a-z0-9][a-z0-9_.-]{0,63}"
-_NAME_RE = re.compile(NAME_PATTERN)
+_FIRST = "abcdefghijklmnopqrstuvwxyz0123456789"
+_REST = _FIRST + "_.-"
 NAME_RULE = (
     "use 1-64 characters from a-z 0-9 _ . - starting with a letter or digit "
     "(no slash, space, quote or uppercase)"
@@ -33,11 +33,17 @@ ENV_MODEL = "ATTRACTOR_MODEL"
 
 ROLES = ("launcher", "guardian", "runner", "orchestrator", "merge-queue", "user")
 # Agent ids: role + '-' + name. Roles may themselves contain '-' (merge-queue).
-_AGENT_ID_RE = re.compile(r"[a-z0-9][a-z0-9_.-]{0,130}")
+AGENT_ID_PATTERN = r"[a-z0-9][a-z0-9_.-]{0,130}"
+
+
+def _fits(value: object, limit: int) -> bool:
+    """`value` is 1 to `limit` characters of the name alphabet, starting with a letter or digit."""
+    return (isinstance(value, str) and 0 < len(value) <= limit and value[0] in _FIRST
+            and not value.strip(_REST))
 
 
 def validate_name(value: str, kind: str = "name") -> str:
-    if not isinstance(value, str) or not _NAME_RE.fullmatch(value):
+    if not _fits(value, 64):
         raise InvalidNameError(kind, str(value), NAME_RULE)
     return value
 
@@ -54,7 +60,7 @@ def agent_id(role: str, name: str) -> str:
 
 def validate_agent_id(value: str) -> str:
     """An agent id is `<role>-<name>` or any other valid name (an inbox of a custom agent)."""
-    if not isinstance(value, str) or not _AGENT_ID_RE.fullmatch(value):
+    if not _fits(value, 131):
         raise InvalidNameError("agent id", str(value), NAME_RULE)
     return value
 
@@ -76,6 +82,8 @@ _SHA256_MODULES = ("_sha256", "_sha2", "hashlib")  # CPython 3.11, CPython 3.12+
 
 def sha256_hex(data: bytes) -> str:
     """The SHA-256 of `data`, in hex (the same digest whichever implementation computes it)."""
+    import importlib
+
     for module in _SHA256_MODULES:
         try:
             sha256 = importlib.import_module(module).sha256

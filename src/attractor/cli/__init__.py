@@ -23,6 +23,11 @@ exit codes; with no `func` (`attractor` alone, or `attractor merge-queue` with n
 prints the top-level help and exits 2. Shared options come from `_flags`; tables, `--json` and
 help from `_output`.
 
+`main` first offers the command line to `hot` (the hot commands' short path, which imports
+neither argparse nor the stores); whatever `hot` does not take runs through `_parser` (the
+argparse parser, `GROUPS`, and the stores). This package imports only `sys` at the top, and
+`Parser`, `subparser`, `build_parser`, `GROUPS` and `state_dir_from` are loaded on first use.
+
 The modules keep their top-level imports light: agents call `attractor signal send`,
 `identity update-liveness` and `hook update-phase` many times an hour, so heavy modules
 (pydot, watchdog, and the tmux and git doors) are imported inside the functions that need them,
@@ -31,147 +36,82 @@ never at module import.
 
 from __future__ import annotations
 
-import argparse
-import importlib
-import logging
-import os
 import sys
-from collections.abc import Sequence
-from pathlib import Path
-from typing import Any, NoReturn
 
-from attractor import __version__, names
-from attractor.cli._flags import state_dir_from
-from attractor.errors import EXIT_USAGE, UsageError, error_handler
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Sequence
 
-# Subcommand group modules, in the order `--help` lists them, with the commands each adds. Only
-# the module of the command being run is imported: the hot commands stay fast.
-GROUPS: dict[str, tuple[str, ...]] = {
-    "identity": ("identity",),
-    "hook": ("hook",),
-    "signal": ("signal",),
-    "merge_queue": ("merge-queue", "queue"),
-    "pipeline": ("pipeline",),
-    "run": ("run",),
-    "status": ("status", "stop", "pause", "unpause"),
-    "logs": ("logs",),
-    "agent": ("agent",),
-    "agent_hook": ("agent-hook",),
-    "layers": ("guardian", "runner", "spawn-runner", "spawn-orchestrator"),
-    "demo": ("demo",),
-    "daemon": ("daemon", "rpc"),
-    "dashboard": ("dashboard",),
-}
-_OPTIONS_WITH_VALUE = frozenset({"--log-level"})
-
-
-def _command_word(argv: Sequence[str]) -> str | None:
-    """The subcommand named on the command line, if any (skipping global options)."""
-    skip = False
-    for word in argv:
-        if skip:
-            skip = False
-        elif word in _OPTIONS_WITH_VALUE:
-            skip = True
-        elif not word.startswith("-"):
-            return word
-    return None
-
-
-def _columns() -> int:
-    """The terminal's width as argparse would find it ($COLUMNS, the terminal, else 80), without
-    the `shutil` import argparse makes for it: 3 ms of every hot command, for a help text."""
-    try:
-        return int(os.environ["COLUMNS"])
-    except (KeyError, ValueError):
-        pass
-    try:
-        return os.get_terminal_size(sys.__stdout__.fileno()).columns if sys.__stdout__ else 80
-    except (AttributeError, ValueError, OSError):
-        return 80
-
-
-class _Formatter(argparse.RawDescriptionHelpFormatter):
-    def __init__(self, prog: str, indent_increment: int = 2, max_help_position: int = 24,
-                 width: int | None = None) -> None:
-        super().__init__(prog, indent_increment, max_help_position, _columns() - 2 if width is None else width)
-
-
-class Parser(argparse.ArgumentParser):
-    """argparse that reports bad usage as one line (`error: …`) with exit code 2."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        kwargs.setdefault("formatter_class", _Formatter)
-        super().__init__(*args, **kwargs)
-
-    def error(self, message: str) -> NoReturn:
-        raise UsageError(f"{self.prog}: {message} (see '{self.prog} --help')")
-
-
-def subparser(
-    subparsers: argparse._SubParsersAction[Parser], name: str, help_text: str, example: str = "",
-    aliases: Sequence[str] = (),
-) -> Parser:
-    """Add a subcommand with a help text and an example shown under `--help`."""
-    epilog = f"example:\n  {example}" if example else None
-    parser: Parser = subparsers.add_parser(
-        name, help=help_text, description=help_text, epilog=epilog, formatter_class=_Formatter,
-        aliases=list(aliases),
-    )
-    return parser
-
-
-def build_parser(argv: Sequence[str] | None = None) -> Parser:
-    parser = Parser(
-        prog="attractor",
-        description="Run a pipeline of AI coding agents on one git repository.",
-        formatter_class=_Formatter,
-        epilog="example:\n  attractor run pipelines/demo.dot --target-dir /tmp/demo --agent scripted",
-    )
-    parser.add_argument("--version", action="version", version=f"attractor {__version__}")
-    parser.add_argument(
-        "--log-level",
-        default=os.environ.get(names.ENV_LOG_LEVEL, "WARNING"),
-        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
-        help="log level for stderr (default: WARNING)",
-    )
-    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
-    word = _command_word(argv) if argv is not None else None
-    groups = [g for g, commands in GROUPS.items() if word in commands] or list(GROUPS)
-    for group in groups:
-        importlib.import_module(f"attractor.cli.{group}").add_parser(subparsers)
-    return parser
-
+    from attractor.cli._flags import state_dir_from as state_dir_from
+    from attractor.cli._parser import GROUPS as GROUPS
+    from attractor.cli._parser import Parser as Parser
+    from attractor.cli._parser import build_parser as build_parser
+    from attractor.cli._parser import subparser as subparser
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args_box: list[argparse.Namespace] = []
+    words = list(argv) if argv is not None else sys.argv[1:]
+    from attractor.cli import hot
 
-    def _run() -> int:
-        words = list(argv) if argv is not None else sys.argv[1:]
-        parser = build_parser(words)
-        args = parser.parse_args(words)
-        args_box.append(args)
-        logging.basicConfig(
-            level=getattr(logging, args.log_level),
-            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-            stream=sys.stderr,
-        )
-        if not getattr(args, "func", None):
-            parser.print_help(sys.stderr)
-            return EXIT_USAGE
-        result: int = args.func(args)
-        return result
+    code = hot.run(words)
+    if code is not None:
+        return code
+    from attractor.cli import _parser
 
-    def _log_dir() -> Path | None:
-        if not args_box:
-            return None
-        try:
-            return state_dir_from(args_box[0]) / "logs"
-        except Exception:
-            return None
-
-    return error_handler(_run, _log_dir)
+    return _parser.main(words)
 
 
 def entry() -> None:
     raise SystemExit(main())
+
+
+def run_flag_form(
+    group: str, actions: dict[str, tuple[str, tuple[str, ...]]], argv: Sequence[str], prog: str
+) -> int:
+    """Translate the flag form the `scripts/` shims accept (`--update-liveness ROLE NAME …`)
+    into `attractor GROUP ACTION ROLE NAME …` and run it. `actions` maps each action flag to
+    its subcommand and the metavars of the values that follow it; every other argument is
+    passed through after them (`--json`, `--state-dir DIR`, `--timeout S` …)."""
+    from attractor.errors import EXIT_OK, EXIT_USAGE
+
+    args = list(argv)
+    usage = f"usage: {prog} {{{' | '.join(actions)}}} [options]"
+    if not args or args[0] in ("-h", "--help"):
+        print(usage, file=sys.stdout if args else sys.stderr)
+        return EXIT_OK if args else EXIT_USAGE
+    front: list[str] = []
+    if args[0] == "--log-level" and len(args) > 1:
+        front, args = args[:2], args[2:]
+    elif args[0].startswith("--log-level="):
+        front, args = args[:1], args[1:]
+    found = [i for i, arg in enumerate(args) if arg in actions]
+    if len(found) != 1:
+        what = "no action given" if not found else "give only one action"
+        print(f"error: {prog}: {what}; {usage[len('usage: '):]}", file=sys.stderr)
+        return EXIT_USAGE
+    index = found[0]
+    action, metavars = actions[args[index]]
+    values = args[index + 1 : index + 1 + len(metavars)]
+    pairs = zip(values, metavars, strict=False)
+    short = len(values) < len(metavars) or any(
+        value.startswith("-") and meta != "TEXT" for value, meta in pairs
+    )
+    if short:
+        print(f"error: {prog}: {args[index]} needs {' '.join(metavars)}", file=sys.stderr)
+        return EXIT_USAGE
+    rest = args[:index] + args[index + 1 + len(metavars) :]
+    return main([*front, group, action, *values, *rest])
+
+
+_LAZY = {"Parser": "attractor.cli._parser", "subparser": "attractor.cli._parser",
+         "build_parser": "attractor.cli._parser", "GROUPS": "attractor.cli._parser",
+         "state_dir_from": "attractor.cli._flags"}
+
+
+def __getattr__(name: str) -> object:
+    """`Parser`, `subparser`, `build_parser`, `GROUPS` and `state_dir_from`, imported on first use so
+    that the hot commands never load argparse."""
+    if name not in _LAZY:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(_LAZY[name]), name)

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from attractor.cli import Parser, subparser
 from attractor.cli._flags import add_json_option, add_state_dir_option, state_from
 from attractor.cli._output import format_table, group_help, print_json, problems_json, report_problems
+from attractor.cli.hot import hook_line
 from attractor.errors import EXIT_OK
 
 if TYPE_CHECKING:
@@ -32,8 +33,7 @@ def _print_hook(hook: Hook, as_json: bool, verb: str) -> None:
     if as_json:
         print_json(hook.to_json())
     else:
-        commit = f", commit {hook.last_commit}" if hook.last_commit else ""
-        print(f"{verb} {hook.agent_id}: {hook.phase.value}{commit}")
+        print(hook_line(verb, hook.agent_id, hook.phase.value, hook.last_commit))
 
 
 def run_create(args: argparse.Namespace) -> int:

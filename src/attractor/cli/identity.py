@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
@@ -16,7 +15,8 @@ from typing import TYPE_CHECKING, Any
 from attractor.cli import Parser, subparser
 from attractor.cli._flags import add_json_option, add_state_dir_option, state_from
 from attractor.cli._output import format_age, format_table, group_help, print_json, problems_json, report_problems
-from attractor.errors import EXIT_OK, EXIT_USAGE, BadInputError
+from attractor.cli.hot import record_line
+from attractor.errors import EXIT_OK, BadInputError
 
 if TYPE_CHECKING:
     from attractor.errors import CorruptStateError
@@ -43,8 +43,7 @@ def _print_record(record: Identity, as_json: bool, verb: str) -> None:
     if as_json:
         print_json(record.to_json())
     else:
-        pid = f", pid {record.pid}" if record.pid else ""
-        print(f"{verb} {record.agent_id}: {record.status.value}, epoch {record.epoch}{pid}")
+        print(record_line(verb, record.agent_id, record.status.value, record.epoch, record.pid))
 
 
 # --------------------------------------------------------------------------- commands
@@ -269,43 +268,3 @@ def add_parser(subparsers: argparse._SubParsersAction[Parser]) -> None:
     _common(p)
     p.set_defaults(func=run_show)
 
-
-# --------------------------------------------------------------------------- flag form (scripts/)
-
-
-def run_flag_form(
-    group: str, actions: dict[str, tuple[str, tuple[str, ...]]], argv: Sequence[str], prog: str
-) -> int:
-    """Translate the flag form the `scripts/` shims accept (`--update-liveness ROLE NAME …`)
-    into `attractor GROUP ACTION ROLE NAME …` and run it. `actions` maps each action flag to
-    its subcommand and the metavars of the values that follow it; every other argument is
-    passed through after them (`--json`, `--state-dir DIR`, `--timeout S` …)."""
-    from attractor.cli import main
-
-    args = list(argv)
-    usage = f"usage: {prog} {{{' | '.join(actions)}}} [options]"
-    if not args or args[0] in ("-h", "--help"):
-        print(usage, file=sys.stdout if args else sys.stderr)
-        return EXIT_OK if args else EXIT_USAGE
-    front: list[str] = []
-    if args[0] == "--log-level" and len(args) > 1:
-        front, args = args[:2], args[2:]
-    elif args[0].startswith("--log-level="):
-        front, args = args[:1], args[1:]
-    found = [i for i, arg in enumerate(args) if arg in actions]
-    if len(found) != 1:
-        what = "no action given" if not found else "give only one action"
-        print(f"error: {prog}: {what}; {usage[len('usage: '):]}", file=sys.stderr)
-        return EXIT_USAGE
-    index = found[0]
-    action, metavars = actions[args[index]]
-    values = args[index + 1 : index + 1 + len(metavars)]
-    pairs = zip(values, metavars, strict=False)
-    short = len(values) < len(metavars) or any(
-        value.startswith("-") and meta != "TEXT" for value, meta in pairs
-    )
-    if short:
-        print(f"error: {prog}: {args[index]} needs {' '.join(metavars)}", file=sys.stderr)
-        return EXIT_USAGE
-    rest = args[:index] + args[index + 1 + len(metavars) :]
-    return main([*front, group, action, *values, *rest])

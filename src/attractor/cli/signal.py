@@ -16,13 +16,13 @@ from attractor import names
 from attractor.cli import Parser, subparser
 from attractor.cli._flags import add_json_option, add_state_dir_option, state_from
 from attractor.cli._output import format_table, group_help, print_json, problems_json
+from attractor.cli.hot import DEFAULT_SENDER
 from attractor.errors import EXIT_OK, BadInputError
 
 if TYPE_CHECKING:
     from attractor.store.signals import Signal
 
 ENV_AGENT_ID = names.ENV_AGENT_ID
-DEFAULT_SENDER = "user-cli"
 BOX_CHOICES = ("new", "cur", "done", "all")
 
 

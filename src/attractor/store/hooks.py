@@ -30,7 +30,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,16 +38,15 @@ from typing import Any
 from attractor import clock, names
 from attractor.errors import BadInputError, CorruptStateError, NotFoundError
 from attractor.states import PHASE_MOVES, HookPhase, transition
-from attractor.store import atomic, locks, records
+from attractor.store import atomic, formats, locks, records
 from attractor.store.statedir import StateDir
 
 logger = logging.getLogger(__name__)
 
-SCHEMA = 1
-HISTORY_LIMIT = 1000
-TEXT_LIMIT = 64 * 1024
+SCHEMA = formats.SCHEMA
+HISTORY_LIMIT = formats.HISTORY_LIMIT
+TEXT_LIMIT = formats.TEXT_LIMIT
 P = HookPhase
-_COMMIT_RE = re.compile(r"[0-9a-f]{4,64}")
 
 
 def _check_text(what: str, value: Any) -> str:
@@ -66,7 +64,7 @@ def check_commit(value: Any) -> str | None:
     if value is None:
         return None
     text = value.lower() if isinstance(value, str) else value
-    if not isinstance(text, str) or not _COMMIT_RE.fullmatch(text):
+    if not formats.is_commit(text):
         raise BadInputError("commit", f"{value!r} is not a commit id; give 4-64 hex digits")
     return text
 

@@ -75,13 +75,13 @@ from attractor.errors import (
     UnknownValueError,
 )
 from attractor.states import IDENTITY_MOVES, IdentityStatus, transition
-from attractor.store import atomic, locks, records
+from attractor.store import atomic, formats, locks, records
 from attractor.store.statedir import StateDir
 
 logger = logging.getLogger(__name__)
 
-SCHEMA = 1
-HISTORY_LIMIT = 1000
+SCHEMA = formats.SCHEMA
+HISTORY_LIMIT = formats.HISTORY_LIMIT
 S = IdentityStatus
 # Statuses in which a record is claimed by a (possibly) running process.
 LIVE_STATUSES = frozenset({S.SPAWNING, S.ACTIVE, S.STALE})

@@ -19,7 +19,8 @@ waiter and lets the releaser take the lock straight back: with 32 processes upda
 back to back on two cores its p99 wait is about twice the queue's (bench/state_writes.py, README
 "Performance"). A lock taken while nobody holds or waits for it draws no ticket.
 
-Bytes 8-15 stamp the last hand-over through the queue (a monotonic clock in ns).
+Bytes 8-15 stamp the last hand-over through the queue (a monotonic clock in ns). The byte-range
+calls and the uncontended take live in `formats.py`, shared with the hot commands' short path.
 
 Staleness: none to clean up. A dead process's byte locks vanish with it; if a waiter dies, the
 one behind it goes straight on to wait for `HELD`, so mutual exclusion never rests on the queue.
@@ -44,81 +45,35 @@ import errno
 import fcntl
 import math
 import os
-import struct
-import sys
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 from attractor.errors import LockTimeoutError, UnsafeStateFileError, no_space
+from attractor.store.formats import (
+    FILE_MODE,
+    FIRST_TICKET,
+    GUARD,
+    HELD,
+    QUEUED,
+    SERVED,
+    TICKETS,
+    open_lock,
+    try_fast,
+)
+from attractor.store.formats import draw_ticket as _draw_ticket
+from attractor.store.formats import is_free as _is_free
+from attractor.store.formats import lock_byte as _lock
+from attractor.store.formats import mark_served as _mark_served
+from attractor.store.formats import next_ticket as _next_ticket
+from attractor.store.formats import ticket_byte as _ticket_byte
+from attractor.store.formats import unlock_byte as _unlock
 
-FILE_MODE = 0o600
+__all__ = ["FILE_MODE", "FIRST_TICKET", "GUARD", "HELD", "QUEUED", "SERVED", "TICKETS", "file_lock"]
+
 DEFAULT_LOCK_TIMEOUT = 10.0
-
-GUARD, HELD, FIRST_TICKET = 0, 1, 2
-SERVED = 8  # file offset of the last hand-over's stamp (8 bytes, after the ticket counter)
 STALL_CHECK = 0.1  # seconds between a waiter's checks that the queue ahead still moves
-TICKETS = 1 << 40  # ticket numbers wrap here; far more than can ever wait at once
-# struct flock on 64-bit Linux: l_type, l_whence, l_start, l_len, l_pid (must be 0), padding
-_FLOCK = struct.Struct("@hhqqi4x")
-QUEUED = sys.platform == "linux" and hasattr(fcntl, "F_OFD_SETLKW") and _FLOCK.size == 32
-
-
-def _range(kind: int, start: int) -> bytes:
-    return _FLOCK.pack(kind, os.SEEK_SET, start, 1, 0)
-
-
-def _lock(fd: int, start: int, *, wait: bool) -> bool:
-    """Lock one byte for writing; False if it is taken and `wait` is off."""
-    try:
-        fcntl.fcntl(fd, fcntl.F_OFD_SETLKW if wait else fcntl.F_OFD_SETLK, _range(fcntl.F_WRLCK, start))
-    except (BlockingIOError, PermissionError):  # EAGAIN or EACCES: held by someone else
-        return False
-    return True
-
-
-def _unlock(fd: int, start: int) -> None:
-    fcntl.fcntl(fd, fcntl.F_OFD_SETLK, _range(fcntl.F_UNLCK, start))
-
-
-def _is_free(fd: int, start: int) -> bool:
-    answer = fcntl.fcntl(fd, fcntl.F_OFD_GETLK, _range(fcntl.F_WRLCK, start))
-    kind: int = _FLOCK.unpack(answer)[0]
-    return kind == fcntl.F_UNLCK
-
-
-def _ticket_byte(ticket: int) -> int:
-    return FIRST_TICKET + ticket % TICKETS
-
-
-def _next_ticket(fd: int) -> int:
-    raw = os.pread(fd, 8, 0)
-    return int.from_bytes(raw, "little") % TICKETS if len(raw) == 8 else 0
-
-
-def _draw_ticket(fd: int, ticket: int) -> int:
-    """Take `ticket` (the next one; the caller holds GUARD) and lock its byte."""
-    os.pwrite(fd, ((ticket + 1) % TICKETS).to_bytes(8, "little"), 0)
-    _lock(fd, _ticket_byte(ticket), wait=True)  # nobody else locks a fresh ticket's byte
-    return ticket
-
-
-def _try_fast(fd: int) -> int | bool:
-    """Take the lock without blocking if it is free and nobody waits for it: True. Otherwise
-    queue up: the ticket drawn (-1 if GUARD was busy). The uncontended path draws no ticket,
-    so it never writes to the lock file."""
-    if not _lock(fd, GUARD, wait=False):
-        return -1
-    try:
-        ticket = _next_ticket(fd)
-        # everyone queued holds their ticket's byte until they hold HELD, so a free byte for the
-        # last ticket drawn means nobody is waiting
-        if _is_free(fd, _ticket_byte(ticket - 1)) and _lock(fd, HELD, wait=False):
-            return True
-        return _draw_ticket(fd, ticket)
-    finally:
-        _unlock(fd, GUARD)
 
 
 def _wait_turn(waiter: _Waiter) -> None:
@@ -140,12 +95,6 @@ def _wait_turn(waiter: _Waiter) -> None:
     _lock(fd, HELD, wait=True)
     _mark_served(fd)
     _unlock(fd, _ticket_byte(waiter.ticket))
-
-
-def _mark_served(fd: int) -> None:
-    """Stamp the lock file when the lock changes hands through the queue, so that waiters can
-    tell a queue that moves from one that is stuck."""
-    os.pwrite(fd, time.monotonic_ns().to_bytes(8, "little"), SERVED)
 
 
 def _bypass(lock_path: Path) -> int | None:
@@ -381,7 +330,7 @@ def _acquire(fd: int, lock_path: Path, timeout: float) -> int:
         if waiter is not None:  # take its place rather than queue again
             return _wait_queued(fd, lock_path, timeout, waiter=waiter)
     if QUEUED:
-        fast = _try_fast(fd)
+        fast = try_fast(fd)
         if fast is True:
             return fd
         ticket = int(fast)
@@ -393,12 +342,8 @@ def _acquire(fd: int, lock_path: Path, timeout: float) -> int:
 
 
 def _open(lock_path: Path) -> int:
-    flags = os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC
     try:
-        try:  # without O_CREAT first: creating takes the directory's lock, which writers there need
-            return os.open(lock_path, flags)
-        except FileNotFoundError:
-            return os.open(lock_path, flags | os.O_CREAT, FILE_MODE)
+        return open_lock(lock_path)
     except OSError as exc:
         if exc.errno == errno.ELOOP:
             raise UnsafeStateFileError(lock_path, "the lock file is a symbolic link; attractor never makes one, "

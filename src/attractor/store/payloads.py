@@ -13,16 +13,9 @@ from typing import Any, ClassVar, Self, TypeVar
 
 from attractor.errors import BadInputError
 from attractor.states import SignalKind
+from attractor.store.formats import JSON_TYPES
 
-_JSON_TYPES: dict[str, tuple[type, ...]] = {
-    "str": (str,),
-    "int": (int,),
-    "str | None": (str, type(None)),
-    "int | None": (int, type(None)),
-    "list[str]": (list,),
-    "dict[str, Any]": (dict,),
-    "bool": (bool,),
-}
+_JSON_TYPES = JSON_TYPES
 
 
 class MergeFailureReason(enum.Enum):

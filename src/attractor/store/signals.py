@@ -53,13 +53,13 @@ from attractor.errors import (
     no_space,
 )
 from attractor.states import SignalKind
-from attractor.store import atomic, wakeup
+from attractor.store import atomic, formats, wakeup
 from attractor.store.payloads import PAYLOAD_TYPES, Payload, payload_from_json
 from attractor.store.statedir import StateDir
 
 logger = logging.getLogger(__name__)
 
-SCHEMA = 1
+SCHEMA = formats.SCHEMA
 BOXES = ("new", "cur", "done")
 DEFAULT_RESCAN_INTERVAL = 2.0
 NO_EVENTS_RESCAN_INTERVAL = 1.0  # seconds between rescans where no file-system events come
@@ -71,10 +71,7 @@ _ID_PATTERN = r"\d{8}T\d{6}\.\d{9}Z-\d+-[0-9a-f]{8}"
 _ID_RE = re.compile(_ID_PATTERN)
 _FILE_RE = re.compile(rf"(?P<id>{_ID_PATTERN})\.json")
 _CLAIM_RE = re.compile(rf"(?P<id>{_ID_PATTERN})\.by-(?P<pid>\d+)-(?P<start>\d+)\.json")
-_FIELDS = (
-    "schema", "id", "kind", "sender", "recipient", "epoch", "payload", "created_at",
-    "outcome", "handled_at", "handled_by", "detail",
-)
+_FIELDS = formats.SIGNAL_FIELDS
 
 KindsArg = Iterable[SignalKind | str] | None
 Predicate = Callable[["Signal"], bool]
@@ -176,10 +173,7 @@ def parse_kinds(kinds: KindsArg) -> frozenset[SignalKind] | None:
     return frozenset(k if isinstance(k, SignalKind) else SignalKind.from_text(k) for k in kinds)
 
 
-def new_signal_id() -> str:
-    ns = time.time_ns()
-    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(ns // 1_000_000_000))
-    return f"{stamp}.{ns % 1_000_000_000:09d}Z-{os.getpid()}-{os.urandom(4).hex()}"
+new_signal_id = formats.new_signal_id
 
 
 def _process_start(pid: int) -> int | None:
