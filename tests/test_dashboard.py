@@ -12,6 +12,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from attractor.states import NodeState, RunStatus
 from attractor.store import checkpoint as cp_store
 from attractor.store.checkpoint import Checkpoint, Event, NodeProgress
@@ -273,3 +275,30 @@ def test_the_timeline_has_a_lane_per_working_node_with_its_bars_and_marks() -> N
     assert [(m["kind"], m["left"]) for m in lanes["a"]["marks"]] == [
         ("failure", 30.0), ("retry", 50.0), ("passed", 60.0)]
     assert [m["kind"] for m in lanes["check_a"]["marks"]] == ["passed"]
+
+
+def test_the_token_is_kept_across_restarts_until_a_new_one_is_asked_for(state: StateDir, _isolated_env: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    _run(state)
+    with dashboard("--state-dir", str(state.root), "--no-daemon") as first:
+        token = first.token
+    kept = info_file(_isolated_env).with_name("dashboard.token")
+    assert kept.read_text().strip() == token and stat.S_IMODE(kept.stat().st_mode) == 0o600
+    with dashboard("--state-dir", str(state.root), "--no-daemon") as again:
+        assert again.token == token  # a page left open goes on working
+    with dashboard("--state-dir", str(state.root), "--no-daemon", "--new-token") as renewed:
+        assert renewed.token != token and renewed.get("/api/runs", headers={"X-Attractor-Token": token}).status == 401
+    env_token = "from-the-environment-0123"
+    monkeypatch.setenv("ATTRACTOR_DASHBOARD_TOKEN", env_token)
+    with dashboard("--state-dir", str(state.root), "--no-daemon") as given:
+        assert given.token == env_token
+    assert kept.read_text().strip() == renewed.token  # a given token is not kept
+
+
+def test_a_page_starts_its_stream_after_the_events_there_are(state: StateDir) -> None:
+    _run(state, state=NodeState.RUNNING, attempts=1)
+    for n in range(3):
+        cp_store.append_event(state, "r1", Event.ALERT, node="a", alert=f"old-{n}")
+    with dashboard("--state-dir", str(state.root), "--no-daemon") as d:
+        assert 'data-cursor="r1:3"' in d.get("/runs/r1/tree").text  # no replay of the old ones
+        assert 'data-cursor="r1:3"' in d.get("/").text

@@ -1,8 +1,12 @@
 """`attractor dashboard`: the web dashboard of runs, agents, queue, costs and alerts.
 
-It prints the URL with its token and keeps it, with its address and pid, in
-`$XDG_STATE_HOME/attractor/dashboard.json` (mode 0600; removed when it stops), so a script or a
-second shell can find it: `{"schema": 1, "url", "host", "port", "token", "pid", "started_at"}`.
+Files, under `$XDG_STATE_HOME/attractor/` (mode 0600):
+    dashboard.token   the random token, made on the first start and kept, so a page left open
+                      goes on working when the dashboard restarts (`--new-token` makes another)
+    dashboard.json    while it runs: `{"schema": 1, "url", "host", "port", "token", "pid",
+                      "started_at"}`, so a script or a second shell can find it; removed when it
+                      stops (if it is still this process's)
+A token given with `--token` or $ATTRACTOR_DASHBOARD_TOKEN is used as it is and not kept.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from attractor.cli import subparser
 from attractor.cli._flags import add_state_dir_option, add_target_dir_option, add_tmux_socket_option
 
 DEFAULT_PORT = 8420
+MIN_TOKEN = 16
 TOKEN_ENV = "ATTRACTOR_DASHBOARD_TOKEN"
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
@@ -24,6 +29,26 @@ def info_path() -> Path:
     from attractor.store.userdirs import state_home
 
     return state_home() / "dashboard.json"
+
+
+def kept_token(*, new: bool) -> str:
+    """The token of `dashboard.token`, made (or made again, with `new`) when there is none fit."""
+    import secrets
+
+    from attractor.store.atomic import ensure_private_dir, write_bytes_atomic
+
+    path = info_path().with_name("dashboard.token")
+    if not new:
+        try:
+            token = path.read_text().strip()
+        except (OSError, UnicodeDecodeError):
+            token = ""
+        if len(token) >= MIN_TOKEN and token.isascii() and token.isprintable() and " " not in token:
+            return token
+    token = secrets.token_urlsafe(24)
+    ensure_private_dir(path.parent)
+    write_bytes_atomic(path, (token + "\n").encode())
+    return token
 
 
 def _places(args: argparse.Namespace) -> list[Path]:
@@ -41,8 +66,6 @@ def _places(args: argparse.Namespace) -> list[Path]:
 
 
 def run_dashboard(args: argparse.Namespace) -> int:
-    import secrets
-
     from attractor import clock
     from attractor.errors import UsageError
     from attractor.store.atomic import ensure_private_dir, write_json_atomic
@@ -52,11 +75,11 @@ def run_dashboard(args: argparse.Namespace) -> int:
     if host not in LOOPBACK and not host.startswith("127.") and not token:
         raise UsageError(f"dashboard: --host {host} would answer other machines; set a token first "
                          f"(--token or ${TOKEN_ENV}), or keep the default --host 127.0.0.1")
-    if token and len(token) < 16:
-        raise UsageError("dashboard: the token is too short; give at least 16 characters")
+    if token and len(token) < MIN_TOKEN:
+        raise UsageError(f"dashboard: the token is too short; give at least {MIN_TOKEN} characters")
     if not 0 <= args.port <= 65535:
         raise UsageError(f"dashboard: --port {args.port} is not a TCP port (0 to 65535)")
-    token = token or secrets.token_urlsafe(24)
+    token = token or kept_token(new=args.new_token)
     from attractor.web.app import create_app, listen, serve
     from attractor.web.source import Source
 
@@ -102,7 +125,10 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--host", default="127.0.0.1",
                    help="address to listen on (default 127.0.0.1; another one needs --token)")
     p.add_argument("--open", action="store_true", help="open the URL in a browser")
-    p.add_argument("--token", help=f"the access token (default: ${TOKEN_ENV}, else a new random one)")
+    p.add_argument("--token", help=f"the access token (default: ${TOKEN_ENV}, else the one kept in the state "
+                   "home, made at the first start)")
+    p.add_argument("--new-token", action="store_true", help="make a new kept token (pages still open with "
+                   "the old one stop working)")
     p.add_argument("--no-daemon", action="store_true", help="read the state files even when a daemon runs")
     add_target_dir_option(p)
     add_state_dir_option(p)

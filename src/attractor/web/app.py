@@ -216,7 +216,7 @@ class Pages:
                 continue
             tail = cp_store.EventTail(cp_store.run_dir(place.state, run_id) / "events.jsonl")
             tail.new_numbered()
-            parts.append(f"{run_id}:{tail.after}")
+            parts.append(f"{run_id}:{tail.count}")
         return ",".join(parts)
 
     # handlers

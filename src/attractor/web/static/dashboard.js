@@ -43,20 +43,47 @@
     }
   }
 
+  let cursor = body.dataset.cursor || "";
+  let retryIn = 1000;
+
+  // The browser reconnects a dropped stream by itself, sending the last id; when the server
+  // answered with an error instead (it restarted with another token, or was down too long),
+  // the stream is closed for good and this opens a new one after the last id seen, with backoff.
   function connect() {
     if (!window.EventSource || body.dataset.stream === "") return;
     const url = new URL("/api/stream", window.location.origin);
     if (body.dataset.stream && body.dataset.stream !== "*") url.searchParams.set("run", body.dataset.stream);
-    if (body.dataset.cursor) url.searchParams.set("after", body.dataset.cursor);
+    if (cursor) url.searchParams.set("after", cursor);
     const source = new EventSource(url.toString());
-    source.onopen = function () { live.textContent = "live"; live.className = "live on"; };
-    source.onerror = function () { live.textContent = "reconnecting"; live.className = "live off"; };
+    source.onopen = function () { live.textContent = "live"; live.className = "live on"; retryIn = 1000; };
+    source.onerror = function () {
+      live.textContent = "reconnecting"; live.className = "live off";
+      if (source.readyState === EventSource.CLOSED) {
+        setTimeout(checkThenConnect, retryIn);
+        retryIn = Math.min(retryIn * 2, 30000);
+      }
+    };
     source.addEventListener("run-event", function (message) {
       seen += 1;
+      cursor = message.lastEventId;
       body.dataset.lastEventId = message.lastEventId;
       body.dataset.eventsSeen = String(seen);
       refresh();
     });
+  }
+
+  async function checkThenConnect() {
+    try {
+      const response = await fetch(fragmentUrl(), { headers: { "X-Attractor-Token": token }, cache: "no-store" });
+      if (response.status === 401) {
+        live.textContent = "token changed: open the URL the dashboard printed";
+        setTimeout(checkThenConnect, 30000);
+        return;
+      }
+    } catch (err) {
+      // still down: the stream's own error brings the next try
+    }
+    connect();
   }
 
   function say(text, bad) {
