@@ -146,7 +146,14 @@ def _environment() -> Environment:
     env.filters["tokens"] = lambda v: f"{int(v or 0):,}"
     env.filters["age"] = lambda v: "-" if v is None else f"{float(v):.0f}s" if v < 120 else f"{float(v) / 60:.0f}m"
     env.filters["clip"] = lambda v, n=160: (str(v)[: n - 1] + "…") if v and len(str(v)) > n else (v or "")
+    env.filters["last_lines"] = _last_lines
     return env
+
+
+def _last_lines(text: Any, count: int = 4) -> str:
+    """The last `count` non-blank lines of a pane's text (a dialog's question ends it)."""
+    rows = [row.rstrip() for row in str(text or "").splitlines() if row.strip()]
+    return "\n".join(rows[-count:])
 
 
 class Pages:

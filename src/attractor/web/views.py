@@ -68,6 +68,20 @@ def _context(usage: dict[str, Any] | None) -> float | None:
     return None
 
 
+ENDED_HEALTH = frozenset({"dead", "terminated", "stopped"})
+
+
+def _process(agent: dict[str, Any], node_state: str) -> dict[str, Any]:
+    """A runner's or agent's line on its card: a process that has ended once its node moved on
+    (validating, merging, done) is `exited` with a grey dot, not a red alarm; one that died while
+    its node still runs keeps its health and a red dot."""
+    if agent.get("health") in ENDED_HEALTH or not agent.get("alive", True):
+        if node_state != "running":
+            return {**agent, "shown": "exited", "dot": "off"}
+        return {**agent, "shown": agent.get("health"), "dot": "red"}
+    return {**agent, "shown": agent.get("health"), "dot": heartbeat_dot(agent.get("heartbeat_age"))}
+
+
 def tree(report: dict[str, Any]) -> dict[str, Any]:
     """launcher → guardian → runners → agents: one card per node, with its runner and agent."""
     by_id = {a["agent_id"]: a for a in report["agents"]}
@@ -89,8 +103,8 @@ def tree(report: dict[str, Any]) -> dict[str, Any]:
             "name": name, "kind": node.get("kind"), "state": node.get("state"), "phase": node.get("phase"),
             "status": card_status(node, agent), "attempts": node.get("attempts"), "branch": node.get("branch"),
             "reason": node.get("reason"), "outcome": node.get("outcome"),
-            "runner": runner and {**runner, "dot": heartbeat_dot(runner.get("heartbeat_age"))},
-            "agent": agent and {**agent, "dot": heartbeat_dot(agent.get("heartbeat_age"))},
+            "runner": runner and _process(runner, str(node.get("state"))),
+            "agent": agent and _process(agent, str(node.get("state"))),
             "restarts": sum(int((a or {}).get("restarts") or 0) for a in (runner, agent)),
             "tokens": _tokens(usage), "cost_usd": (usage or {}).get("cost_usd"), "context": _context(usage),
             "needs_input": (agent or {}).get("needs_input"),
