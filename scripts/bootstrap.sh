@@ -17,6 +17,9 @@ command -v tmux >/dev/null 2>&1 || need_apt+=(tmux)
 command -v git >/dev/null 2>&1 || need_apt+=(git)
 "$python" -c 'import venv, ensurepip' >/dev/null 2>&1 || need_apt+=(python3-venv)
 [ "${1:-demo}" != test ] || command -v systemd-analyze >/dev/null 2>&1 || need_apt+=(systemd)
+# the dashboard's browser tests drive the system's chromium (never Playwright's own download)
+[ "${1:-demo}" != test ] || command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 \
+  || need_apt+=(chromium)
 if [ ${#need_apt[@]} -gt 0 ]; then
   sudo=""
   [ "$(id -u)" -eq 0 ] || sudo="sudo"
