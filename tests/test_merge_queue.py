@@ -617,3 +617,105 @@ def test_a_session_keeps_the_spare_worktree_for_the_merge_on_its_way(repo: Path,
     session.close()
     assert merge_dirs(repo) == []  # nothing left behind
     assert git(repo, "show", "main:one.txt") == "one" and git(repo, "show", "main:two.txt") == "two"
+
+
+def base_gate(log: Path, extra: str = "") -> Gate:
+    """Each run appends `<branch> <base> <commit>`: the tip it was tested on and what it tested."""
+    return Gate(f'echo "$ATTRACTOR_MERGE_BRANCH $ATTRACTOR_MERGE_BASE $ATTRACTOR_MERGE_COMMIT" >> {log}{extra}', 30)
+
+
+def gate_runs(log: Path) -> list[tuple[str, str, str]]:
+    return [(b, base, sha) for b, base, sha in (line.split() for line in log.read_text().splitlines())]
+
+
+def assert_tested_on_its_parent(repo: Path, landed: str, log: Path) -> None:
+    """`landed` passed the gates on exactly the tip it landed on (its first parent)."""
+    runs = {(base, sha) for _, base, sha in gate_runs(log)}
+    assert (git(repo, "rev-parse", f"{landed}^"), landed) in runs, f"{landed} landed untested on its parent"
+
+
+def claimed_at(entry: merge_entries.Entry) -> str:
+    return next(line.split(" ", 1)[0] for line in entry.history if " claimed by pid " in line)
+
+
+def ready_payload(shas: dict[str, str], name: str) -> MergeReady:
+    return MergeReady(node=name, branch=name, commit=shas[name], owner=OWNER)
+
+
+def two_through_a_session(
+    repo: Path, state: StateDir, shas: dict[str, str], config: mq.QueueConfig, *, in_flight: bool = True,
+) -> tuple[mq.Outcome, mq.Outcome]:
+    """The guardian's path: two MERGE_READYs handed over one after the other, the session told
+    of the second (`upcoming`) while the first one's gates run. `in_flight`: the second one's
+    gate is expected to run already when the first call returns."""
+    first_name, second_name = shas
+    offers = [mq.Upcoming(ready_payload(shas, second_name), config)]
+    session = mq.MergeSession(upcoming=lambda: offers.pop() if offers else None)
+    try:
+        first = mq.handle_merge_ready(state, repo, ready_payload(shas, first_name), config, session=session)
+        assert (session.inflight is not None) == in_flight, first
+        second = mq.handle_merge_ready(state, repo, ready_payload(shas, second_name), config, session=session)
+    finally:
+        session.close()
+    return first, second
+
+
+def test_the_next_entry_is_got_ready_during_the_gate_and_started_on_the_new_tip(
+    repo: Path, state: StateDir, tmp_path: Path
+) -> None:
+    # the guardian's path: while one merge's gate runs, the session is told what comes next
+    shas = {name: branch(repo, name, {f"{name}.txt": f"{name}\n"}) for name in ("one", "two")}
+    base = git(repo, "rev-parse", "main")
+    log = tmp_path / "gate-runs.log"
+    first, second = two_through_a_session(repo, state, shas, mq.QueueConfig(gates=(base_gate(log, "; sleep 0.3"),)))
+    assert second.merged and git(repo, "rev-parse", "main") == second.merged_sha
+    assert git(repo, "rev-parse", "main^") == first.merged_sha and git(repo, "rev-parse", "main^^") == base
+    # the second entry was tested on exactly the commit the first one landed, and claimed (its
+    # gate started) before the first one's outcome was written
+    assert [r for r in gate_runs(log) if r[0] == "two"] == [("two", first.merged_sha, second.merged_sha)]
+    assert_tested_on_its_parent(repo, str(first.merged_sha), log)
+    assert claimed_at(mq.get_entry(state, second.entry_id)) < first.decided_at
+    assert mq.get_entry(state, second.entry_id).retries == 0
+    assert [k for k, _ in signals_of(state)] == [SignalKind.MERGE_COMPLETE, SignalKind.MERGE_COMPLETE]
+    assert merge_dirs(repo) == [] and len(git(repo, "worktree", "list").splitlines()) == 1
+    with locks.file_lock(state.merge_queue / "slot", timeout=0):
+        pass  # the session let go of the merge slot
+
+
+def test_a_prepared_entry_is_tested_again_when_the_tip_moves_under_its_gate(
+    repo: Path, state: StateDir, tmp_path: Path
+) -> None:
+    # The second entry is got ready on the first one's commit and its gate starts when that
+    # lands; then someone commits on main while that gate runs. Its result must not count: the
+    # entry is rebased onto the new tip and gated there before it lands.
+    shas = {name: branch(repo, name, {f"{name}.txt": f"{name}\n"}) for name in ("one", "two")}
+    log = tmp_path / "gate-runs.log"
+    flag = tmp_path / "moved-once"
+    intrude = (f'; test "$ATTRACTOR_MERGE_BRANCH" != two || test -e {flag} || {{ touch {flag}; '
+               f'git -C "$ATTRACTOR_REPO" commit -q --allow-empty --no-gpg-sign -m intruder; }}')
+    first, second = two_through_a_session(repo, state, shas, mq.QueueConfig(gates=(base_gate(log, intrude),)))
+    assert first.merged and second.merged
+    intruder = git(repo, "rev-parse", "main^")
+    assert git(repo, "log", "-1", "--format=%s", intruder) == "intruder"
+    assert git(repo, "rev-parse", f"{intruder}^") == first.merged_sha  # nothing was overwritten
+    runs = [r for r in gate_runs(log) if r[0] == "two"]
+    assert [r[1] for r in runs] == [first.merged_sha, intruder]  # started on the first, then again
+    assert_tested_on_its_parent(repo, str(second.merged_sha), log)
+    assert_tested_on_its_parent(repo, str(first.merged_sha), log)
+    assert mq.get_entry(state, second.entry_id).retries == 1
+    assert merge_dirs(repo) == []
+
+
+def test_a_prepared_entry_is_rebased_onto_the_real_tip_when_the_one_before_fails(
+    repo: Path, state: StateDir, tmp_path: Path
+) -> None:
+    shas = {name: branch(repo, name, {f"{name}.txt": f"{name}\n"}) for name in ("red", "two")}
+    base = git(repo, "rev-parse", "main")
+    log = tmp_path / "gate-runs.log"
+    config = mq.QueueConfig(gates=(base_gate(log, "; test ! -e red.txt"),))
+    first, second = two_through_a_session(repo, state, shas, config, in_flight=False)
+    assert first.reason == "gate_failed"
+    assert second.merged and git(repo, "rev-parse", "main^") == base
+    assert [r[1] for r in gate_runs(log) if r[0] == "two"] == [base]  # never gated on the red commit
+    assert_tested_on_its_parent(repo, str(second.merged_sha), log)
+    assert merge_dirs(repo) == []

@@ -148,6 +148,9 @@ def test_processor_killed_is_recovered_by_the_next(
     retry_until(ready.exists, 30, what=f"processor paused {point.test_id}")
     if gate_pid.exists():
         reaper.append(int(gate_pid.read_text()))
+        # the gate may say it is ready before the processor has put its pid in the claim
+        retry_until(lambda: (c := mq.get_entry(state, entry.id).claim) is not None and c.gate_pid, 10,
+                    what="the gate's pid in the claim")
     assert mq.get_entry(state, entry.id).state is MergeEntryState.PROCESSING
     if point.whole_group:
         os.killpg(victim.pid, signal.SIGKILL)
@@ -206,4 +209,72 @@ def test_spare_worktree_of_a_killed_processor_is_swept(
     _, err = recovery.communicate(timeout=60)
     assert recovery.returncode == EXIT_OK, err
     assert [e.state for e in mq.list_entries(state)] == [MergeEntryState.MERGED] * 2
+    assert_no_leftovers(repo, state)
+
+
+SESSION_PROCESSOR = """
+import sys
+from pathlib import Path
+from attractor.engines import merge_queue as mq
+from attractor.engines.gates import Gate
+from attractor.store.payloads import MergeReady
+from attractor.store.statedir import StateDir
+
+repo, state_dir, gate, first, second = sys.argv[1:6]
+state = StateDir(Path(state_dir))
+config = mq.QueueConfig(gates=(Gate(gate, 60),))
+def ready(name, sha):
+    return MergeReady(node=name, branch=name, commit=sha, owner=f"runner-{name}")
+offers = [mq.Upcoming(ready(*second.split("=")), config)]
+session = mq.MergeSession(upcoming=lambda: offers.pop() if offers else None)
+for name_sha in (first, second):
+    mq.handle_merge_ready(state, Path(repo), ready(*name_sha.split("=")), config, session=session)
+session.close()
+"""
+
+
+def test_a_session_killed_while_the_next_entry_is_in_flight_loses_nothing(
+    repo: Path, state: StateDir, tmp_path: Path, reaper: list[int]
+) -> None:
+    # The guardian's merge session: the first entry lands, the second (got ready during the
+    # first one's gate) is claimed and its gate started; the process is SIGKILLed right then.
+    log, ready, gate_pid = tmp_path / "trees.log", tmp_path / "ready", tmp_path / "gate.pid"
+    shas = {name: branch(repo, name, {f"{name}.txt": f"{name}\n"}) for name in ("first", "second")}
+    base = git(repo, "rev-parse", "main")
+    record = f"git rev-parse 'HEAD^{{tree}}' >> {log}"
+    # the second entry's first gate run records its pid and waits, as a long test suite would
+    hold = f"echo $$ > {gate_pid}; sleep 60"
+    gate = f'{record}; if [ "$ATTRACTOR_MERGE_BRANCH" = second ] && [ ! -e {gate_pid} ]; then {hold}; fi'
+    victim = subprocess.Popen(
+        [sys.executable, "-c", SESSION_PROCESSOR, str(repo), str(state.root), gate,
+         f"first={shas['first']}", f"second={shas['second']}"],
+        env={**os.environ, mq.PAUSE_ENV: f"after_swap:{ready}"}, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True, start_new_session=True)
+    reaper.append(victim.pid)
+    retry_until(ready.exists, 30, what="first entry landed")
+    retry_until(gate_pid.exists, 30, what="second entry's gate running")
+    orphan = int(gate_pid.read_text())
+    reaper.append(orphan)
+    first, second = sorted(mq.list_entries(state), key=lambda e: e.branch)
+    assert first.state is MergeEntryState.PROCESSING and second.state is MergeEntryState.PROCESSING
+    assert second.claim is not None and second.claim.gate_pid == orphan
+    os.kill(victim.pid, signal.SIGKILL)
+    victim.communicate(timeout=30)
+    landed = git(repo, "rev-parse", "main")
+    assert git(repo, "rev-parse", "main^") == base  # the first one landed, on its tested tip
+
+    recovery = processor(repo, state, record)
+    _, err = recovery.communicate(timeout=60)
+    assert recovery.returncode == EXIT_OK, err
+    retry_until(lambda: process_start(orphan) is None, 10, what="the in-flight gate killed")
+    first, second = sorted(mq.list_entries(state), key=lambda e: e.branch)
+    assert first.state is MergeEntryState.MERGED and first.outcome is not None
+    assert first.outcome.merged_sha == landed and first.retries == 0
+    assert second.state is MergeEntryState.MERGED and second.outcome is not None
+    assert second.retries == 1 and second.outcome.target_sha == landed
+    assert git(repo, "rev-list", "--first-parent", f"{base}..main").split() == [
+        second.outcome.merged_sha, landed]  # each merged once
+    assert completes(state, "runner-first") == [landed]
+    assert completes(state, "runner-second") == [second.outcome.merged_sha]
+    assert_gated(repo, base, log)
     assert_no_leftovers(repo, state)

@@ -24,6 +24,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 from attractor import procs
 from attractor.errors import UsageError
@@ -129,6 +130,72 @@ def _wait(proc: subprocess.Popen[bytes], timeout: float) -> int:
     return proc.wait()
 
 
+class RunningGate:
+    """A gate started by `start_gate` and not yet waited for: the merge queue starts the next
+    entry's gate the moment the current entry lands, and waits for it later."""
+
+    def __init__(self, gate: Gate, proc: subprocess.Popen[bytes], out: IO[bytes], started: float) -> None:
+        self.gate = gate
+        self.proc = proc
+        self.out = out
+        self.started = started  # time.monotonic() when it was started
+        self.reaped = False
+
+    @property
+    def pid(self) -> int:
+        """The gate's pid, which is also its process group and session id."""
+        return self.proc.pid
+
+    def finish(self) -> GateRun:
+        """Wait for the gate (up to its timeout, counted from its start), kill what it left
+        behind, and return its result."""
+        timed_out = False
+        returncode: int | None = None
+        try:
+            returncode = _wait(self.proc, max(0.0, self.gate.timeout - (time.monotonic() - self.started)))
+        except subprocess.TimeoutExpired:
+            timed_out = True
+        finally:
+            self.kill()
+        self.out.seek(0)
+        text = tail(self.out.read())
+        self.out.close()
+        if timed_out:
+            note = f"[attractor: gate killed after its {self.gate.timeout:g}s timeout]"
+            text = f"{text}\n{note}" if text else note
+        ok = returncode == 0 and not timed_out
+        return GateRun(self.gate, ok, timed_out, returncode, text, time.monotonic() - self.started)
+
+    def kill(self) -> None:
+        """SIGKILL the gate's process group and reap the gate, once (its output stays readable)."""
+        if self.reaped:
+            return
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait()
+        self.reaped = True
+
+    def close(self) -> None:
+        """Kill it if it still runs, and drop its output."""
+        self.kill()
+        self.out.close()
+
+
+def start_gate(gate: Gate, cwd: Path, env: Mapping[str, str] | None = None) -> RunningGate:
+    """Start one gate in `cwd` in a session of its own; `finish()` waits for it."""
+    started = time.monotonic()
+    out = tempfile.TemporaryFile()  # noqa: SIM115 - the RunningGate owns it until finish()
+    try:
+        proc = subprocess.Popen(
+            gate.command, shell=True, cwd=cwd, env=dict(env) if env is not None else None,
+            stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+    except BaseException:
+        out.close()
+        raise
+    return RunningGate(gate, proc, out, started)
+
+
 def run_gate(
     gate: Gate,
     cwd: Path,
@@ -137,31 +204,14 @@ def run_gate(
 ) -> GateRun:
     """Run one gate in `cwd`; `on_start(pid)` is called once it runs (the pid is also its
     process group and session id)."""
-    started = time.monotonic()
-    with tempfile.TemporaryFile() as out:
-        proc = subprocess.Popen(
-            gate.command, shell=True, cwd=cwd, env=dict(env) if env is not None else None,
-            stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-        )
-        timed_out = False
-        returncode: int | None = None
-        try:
-            if on_start is not None:
-                on_start(proc.pid)
-            returncode = _wait(proc, gate.timeout)
-        except subprocess.TimeoutExpired:
-            timed_out = True
-        finally:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-        out.seek(0)
-        text = tail(out.read())
-    if timed_out:
-        note = f"[attractor: gate killed after its {gate.timeout:g}s timeout]"
-        text = f"{text}\n{note}" if text else note
-    ok = returncode == 0 and not timed_out
-    return GateRun(gate, ok, timed_out, returncode, text, time.monotonic() - started)
+    running = start_gate(gate, cwd, env)
+    try:
+        if on_start is not None:
+            on_start(running.pid)
+    except BaseException:
+        running.close()
+        raise
+    return running.finish()
 
 
 # Lines of a test run's output that never say why it failed: carets and tildes under a

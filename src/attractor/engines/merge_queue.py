@@ -23,16 +23,8 @@ on the tip in memory; a longer one is rebased in the merge worktree and lands un
 commit whose first parent is the old tip, so every commit on the target's first-parent line is
 one that passed the gates on exactly its tree.
 
-Config file (optional) `<repo>/.attractor/merge-queue.toml`; CLI options override it:
-
-    target = "main"                 # branch the queue lands on
-    delete_merged_branch = false    # delete a branch once merged (unless checked out)
-    push_remote = "origin"          # push the target there after each merge
-    max_retries = 3                 # re-tests after a moved target / dead processor
-    sender = "merge-queue-main"     # agent id the MERGE_* signals come from
-    [[gates]]
-    command = "pytest -q"
-    timeout = 900                   # seconds; the whole process group is killed past it
+The config file and its options: merge_config.py. The next entry got ready while the current
+one's gates run, and started the moment it lands: merge_session.py.
 """
 
 from __future__ import annotations
@@ -46,23 +38,24 @@ import shlex
 import socket
 import threading
 import time
-import tomllib
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
 from attractor import clock, gitops, procs
 from attractor.engines.gates import (
-    DEFAULT_GATE_TIMEOUT,
     OUTPUT_TAIL_CHARS,
     Gate,
     GateCommandError,
+    RunningGate,
     check_gate,
     kill_session,
     run_gate,
+    start_gate,
 )
-from attractor.errors import AttractorError, BadInputError, NotFoundError, UsageError
+from attractor.engines.merge_config import CONFIG_FILE, DEFAULT_MAX_RETRIES, QueueConfig, check_config, load_config
+from attractor.engines.merge_session import InFlight, MergeSession, Prepared, Upcoming, unclaim
+from attractor.errors import AttractorError, BadInputError, UsageError
 from attractor.names import validate_agent_id
 from attractor.states import MergeEntryState, SignalKind
 from attractor.store import locks
@@ -86,15 +79,14 @@ from attractor.store.payloads import MergeComplete, MergeFailed, MergeFailureRea
 from attractor.store.statedir import StateDir
 
 __all__ = [
-    "Entry", "Gate", "GateCommandError", "Outcome", "QueueConfig", "Result",
-    "UnknownBranchError", "enqueue", "get_entry", "handle_merge_ready", "list_entries",
-    "load_config", "process_all", "process_next", "remove_entry", "retry_entry",
+    "CONFIG_FILE", "DEFAULT_MAX_RETRIES", "Entry", "Gate", "GateCommandError", "MergeSession", "Outcome",
+    "QueueConfig", "Result", "UnknownBranchError", "Upcoming", "check_config", "enqueue", "get_entry",
+    "handle_merge_ready", "list_entries", "load_config", "process_all", "process_next", "remove_entry",
+    "retry_entry",
 ]
 
 logger = logging.getLogger(__name__)
 
-CONFIG_FILE = Path(".attractor") / "merge-queue.toml"
-DEFAULT_MAX_RETRIES = 3
 RETRY_PENALTY_SECONDS = 300.0  # a retried entry sorts as if enqueued this much later, per retry
 MERGE_WORKTREE_PREFIX = "_merge-"
 # Test hook `<point>:<ready-file>`: the processor writes <ready-file> and stops at <point>
@@ -108,105 +100,6 @@ _KEEP_GIT_ENV = frozenset({
 M = MergeEntryState
 DECIDED = (M.MERGED, M.FAILED)
 R = MergeFailureReason
-
-
-# --- configuration --------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class QueueConfig:
-    target: str = "main"
-    gates: tuple[Gate, ...] = ()
-    delete_merged_branch: bool = False
-    push_remote: str | None = None
-    sender: str = ""  # default: merge-queue-<target>
-    max_retries: int = DEFAULT_MAX_RETRIES
-    # when set: the target must be exactly this commit to merge onto (the guardian passes the tip
-    # the queue last left); any other tip is TARGET_UNTRUSTED and the entry stays queued
-    expected_base: str | None = None
-
-    def __post_init__(self) -> None:
-        gitops.validate_branch_name(self.target)
-        if not self.sender:
-            cleaned = "".join(c if c.isalnum() or c in "_.-" else "_" for c in self.target.lower())
-            object.__setattr__(self, "sender", f"merge-queue-{cleaned}")
-        validate_agent_id(self.sender)
-        if self.max_retries < 0:
-            raise BadInputError("max_retries", f"must be >= 0, got {self.max_retries}")
-
-
-_CONFIG_TYPES: dict[str, type] = {
-    "target": str, "push_remote": str, "sender": str, "delete_merged_branch": bool,
-    "max_retries": int, "gates": list,
-}
-
-
-def _read_config_file(path: Path) -> dict[str, Any]:
-    what = f"merge queue config {path}"
-    try:
-        data = tomllib.loads(path.read_text())
-    except FileNotFoundError:
-        return {}
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise BadInputError(what, f"not valid TOML ({exc})") from None
-    unknown = sorted(set(data) - set(_CONFIG_TYPES))
-    if unknown:
-        allowed = ", ".join(sorted(_CONFIG_TYPES))
-        raise BadInputError(what, f"unknown key(s) {', '.join(unknown)}; allowed: {allowed}")
-    for key, kind in _CONFIG_TYPES.items():
-        value = data.get(key)
-        if value is not None and (type(value) is not kind):
-            raise BadInputError(what, f"{key} must be a {kind.__name__}, got {value!r}")
-    gates = []
-    for item in data.get("gates", []):
-        if (not isinstance(item, dict) or not isinstance(item.get("command"), str)
-                or set(item) - {"command", "timeout"}):
-            raise BadInputError(what, 'each [[gates]] has command = "…" and optional timeout = N')
-        timeout = item.get("timeout", DEFAULT_GATE_TIMEOUT)
-        if isinstance(timeout, bool) or not isinstance(timeout, int | float):
-            raise BadInputError(what, f"gate {item['command']!r}: timeout must be a number")
-        gates.append(Gate(item["command"], float(timeout)))
-    data["gates"] = tuple(gates)
-    return data
-
-
-def load_config(
-    repo: gitops.RepoLike,
-    *,
-    target: str | None = None,
-    gates: Sequence[str] | None = None,
-    gate_timeout: float | None = None,
-    extra_gates: Sequence[Gate] = (),
-    delete_merged_branch: bool | None = None,
-    push_remote: str | None = None,
-    sender: str | None = None,
-    config_file: Path | None = None,
-) -> QueueConfig:
-    """`<repo>/.attractor/merge-queue.toml` (if present) overridden by the given values. `gates`
-    replaces the file's gates; `gate_timeout` applies to `gates`, or to the file's gates when
-    no `gates` are given; `extra_gates` run after them."""
-    path = config_file or gitops.as_repo(repo).root / CONFIG_FILE
-    data = _read_config_file(path)
-    if gate_timeout is not None and not gate_timeout > 0:
-        raise BadInputError("--gate-timeout", f"must be a positive number, got {gate_timeout:g}")
-    if gates is not None:
-        data["gates"] = tuple(Gate(cmd, gate_timeout or DEFAULT_GATE_TIMEOUT) for cmd in gates)
-    elif gate_timeout is not None:
-        data["gates"] = tuple(Gate(g.command, gate_timeout) for g in data.get("gates", ()))
-    data["gates"] = (*data.get("gates", ()), *extra_gates)
-    overrides = {"target": target, "delete_merged_branch": delete_merged_branch,
-                 "push_remote": push_remote, "sender": sender}
-    data.update({k: v for k, v in overrides.items() if v is not None})
-    return QueueConfig(**data)
-
-
-def check_config(repo: gitops.GitRepo, config: QueueConfig) -> None:
-    """Bad gates or a missing target are bad input (exit 2), found before anything is touched."""
-    for gate in config.gates:
-        check_gate(gate)
-    if not gitops.branch_exists(repo, config.target):
-        hint = f"no such branch in {repo.root}; pass --target BRANCH"
-        raise NotFoundError("target branch", config.target, hint)
 
 
 # --- processing -----------------------------------------------------------------------------------
@@ -272,25 +165,6 @@ def process_all(
         return outcomes
 
 
-class MergeSession:
-    """A merge processor that lives across entries (the guardian's merge thread): the spare
-    worktree it checks out during one entry's gates, because `more_coming` said another entry
-    is on its way, is kept for that entry instead of being removed with the pass. `close()`
-    removes a spare left over; one left by a process that died is swept by the next slot holder.
-    """
-
-    def __init__(self, more_coming: Callable[[], bool] | None = None) -> None:
-        self.more_coming = more_coming
-        self.spare: Path | None = None
-        self.repo: gitops.GitRepo | None = None
-
-    def close(self) -> None:
-        if self.spare is not None and self.repo is not None:
-            with contextlib.suppress(AttractorError):
-                gitops.remove_worktree(self.repo, self.spare)
-        self.spare = None
-
-
 def handle_merge_ready(
     state: StateDir,
     repo: gitops.RepoLike,
@@ -303,7 +177,7 @@ def handle_merge_ready(
     """Enqueue the branch of a MERGE_READY and process the queue until that entry is decided.
     Idempotent: a commit already merged returns its recorded outcome and sends nothing more.
     A branch or commit that does not exist is reported to the owner as MERGE_FAILED. With a
-    `session`, a spare worktree prepared for the next entry outlives this call."""
+    `session`, what it got ready for the next entry outlives this call (merge_session.py)."""
     payload: Any = signal_or_payload
     if isinstance(payload, Mapping):
         payload = MergeReady.from_json(dict(payload))
@@ -313,10 +187,14 @@ def handle_merge_ready(
         raise BadInputError("MERGE_READY signal", f"payload is {type(payload).__name__}")
     validate_agent_id(payload.owner)
     with _Processor(state, repo, config, wait, spare=True, session=session) as processor:  # checks the config
+        inflight = session.inflight if session is not None else None
         try:
-            entry = enqueue(state, processor.repo, payload.branch, owner=payload.owner,
-                            node=payload.node or None, priority=payload.priority,
-                            validated_sha=payload.commit)
+            if inflight is not None and _same_request(inflight.entry, payload):
+                entry = inflight.entry  # enqueued and claimed already; its gate runs
+            else:
+                entry = enqueue(state, processor.repo, payload.branch, owner=payload.owner,
+                                node=payload.node or None, priority=payload.priority,
+                                validated_sha=payload.commit)
         except UsageError as exc:
             reason = R.BRANCH_MISSING if isinstance(exc, UnknownBranchError) else R.ERROR
             outcome = Outcome("", payload.branch, Result.FAILED, config.target,
@@ -334,6 +212,11 @@ def handle_merge_ready(
     return entry.outcome
 
 
+def _same_request(entry: Entry, payload: MergeReady) -> bool:
+    return (entry.branch == payload.branch.removeprefix("refs/heads/") and entry.owner == payload.owner
+            and bool(payload.commit) and entry.validated_sha == payload.commit)
+
+
 def _fair_key(entry: Entry) -> tuple[int, float, str, str]:
     """Priority first, then age, with a retried entry sorting as if it came later."""
     age = clock.parse_iso(entry.enqueued_at) + entry.retries * RETRY_PENALTY_SECONDS
@@ -348,13 +231,20 @@ def _record_claim(state: StateDir, entry_id: str, *, fsync: bool = True, **chang
     update_entry(state, entry_id, change, fsync=fsync)
 
 
+def _new_claim(worktree: Path) -> EntryClaim:
+    pid = os.getpid()
+    return EntryClaim(pid=pid, pid_start=procs.start_time(pid), host=socket.gethostname(),
+                      started_at=clock.iso(), worktree=str(worktree))
+
+
 class _Processor:
     """One processor's pass over the queue. With `spare`, while an entry's gates run it checks
     out a fresh worktree for the next entry in the background (the checkout of the whole tree
     is most of the git work per merge); the next entry takes it over, checks out its own commit
     there (only the files that differ are written) and removes it when decided, like any merge
     worktree. A spare not taken over is removed when the pass ends; one left by a dead
-    processor is swept by the next slot holder."""
+    processor is swept by the next slot holder. With a session that names the upcoming entry,
+    that entry is prepared instead, and started when the current one lands (merge_session.py)."""
 
     def __init__(self, state: StateDir, repo: gitops.RepoLike, config: QueueConfig,
                  wait: float | None, *, spare: bool, session: MergeSession | None = None) -> None:
@@ -368,6 +258,8 @@ class _Processor:
         if session is not None:  # the spare an earlier pass of the session prepared
             self.spare, session.spare, session.repo = session.spare, None, self.repo
         self.preparing: threading.Thread | None = None
+        self.prepared: Prepared | None = None
+        self.slot: contextlib.ExitStack | None = None  # holds the merge slot during next()
         self.more_queued = False
         check_config(self.repo, config)
 
@@ -376,6 +268,7 @@ class _Processor:
 
     def __exit__(self, *exc: object) -> None:
         self._join_spare()
+        self._unprepare()
         if self.spare is not None and self.session is not None and exc[0] is None:
             self.session.spare, self.spare = self.spare, None  # for the session's next entry
         if self.spare is not None:
@@ -384,13 +277,36 @@ class _Processor:
             self.spare = None
 
     def next(self) -> Outcome | None:
-        with _slot(self.state, self.wait):
+        inflight = self._adopt()
+        if inflight is not None:
+            with inflight.slot as slot:  # held since the entry was claimed
+                self.slot = slot
+                return self._process(inflight.entry, inflight)
+        with contextlib.ExitStack() as slot:
+            slot.enter_context(_slot(self.state, self.wait))
+            self.slot = slot
             recovered = _recover(self.state, self.repo, self.config, keep=self.spare)
             _notify_pending(self.state, self.config)
             if recovered is not None:
                 return recovered
             entry = self._claim_next()
             return None if entry is None else self._process(entry)
+
+    def _adopt(self) -> InFlight | None:
+        """The session's entry in flight, if its gate may count: it started on the commit the
+        caller expects the target at. Otherwise it goes back to the queue, its worktree kept."""
+        session = self.session
+        inflight = session.inflight if session is not None else None
+        if session is None or inflight is None:
+            return None
+        session.inflight = None
+        base, expected = inflight.prepared.base, self.config.expected_base
+        if expected is None or expected == base:
+            return inflight
+        logger.warning("merge entry %s: its gates started on %s, the target is expected at %s: tested again",
+                       inflight.entry.id, base[:12], expected[:12], extra={"att_entry": inflight.entry.id})
+        self._keep_spare(inflight.drop(f"requeued: tested on {base[:12]}, not on {expected[:12]}", keep=True))
+        return None
 
     def _claim_next(self) -> Entry | None:
         with queue_lock(self.state):
@@ -402,26 +318,26 @@ class _Processor:
             spare, self.spare = self.spare, None
             worktree = spare if spare is not None and spare.exists() else _merge_worktree(
                 self.repo, entry.id)
-            pid = os.getpid()
-            claim = EntryClaim(pid=pid, pid_start=procs.start_time(pid), host=socket.gethostname(),
-                          started_at=clock.iso(), worktree=str(worktree))
-            entry = entry.moved(M.PROCESSING, f"claimed by pid {pid}", claim=claim,
+            entry = entry.moved(M.PROCESSING, f"claimed by pid {os.getpid()}", claim=_new_claim(worktree),
                                 attempts=entry.attempts + 1)
             write_entry(self.state, entry)
         return entry
 
-    def _process(self, entry: Entry) -> Outcome:
+    def _process(self, entry: Entry, inflight: InFlight | None = None) -> Outcome:
         assert entry.claim is not None
         started = time.monotonic()
         timings: dict[str, float] = {}
         worktree = Path(entry.claim.worktree)
         try:
-            outcome = self._attempt(entry, worktree, timings)
+            outcome = self._attempt(entry, worktree, timings, inflight)
         except AttractorError as exc:  # an unexpected git failure: this entry fails, loudly
             logger.error("merge entry %s: %s", entry.id, exc, extra={"att_entry": entry.id})
             outcome = _fail(entry, self.config.target, R.ERROR, str(exc))
         finally:
+            if inflight is not None:
+                inflight.gate.close()  # already over unless the attempt broke off
             self._join_spare()
+            self._unprepare()
             mark = time.monotonic()
             if worktree.exists():
                 gitops.remove_worktree(self.repo, worktree)
@@ -446,15 +362,25 @@ class _Processor:
         session = self.session
         return self.more_queued or (session is not None and session.more_coming is not None and session.more_coming())
 
-    def _start_spare(self, commit: str) -> None:
-        if not self.use_spare or self.spare or self.preparing or not self._coming():
+    def _start_spare(self, old: str, tested: str) -> None:
+        """While the gates run: prepare the upcoming entry on `tested` (as if the current one
+        lands), or else check out a spare worktree at `old` for whatever comes next."""
+        upcoming = self.session.upcoming if self.session is not None else None
+        if not self.use_spare or self.preparing or (upcoming is None and (self.spare or not self._coming())):
             return
-        spare = self.repo.root / gitops.WORKTREES_DIR / (
-            f"{MERGE_WORKTREE_PREFIX}spare-{os.urandom(4).hex()}")
 
         def prepare() -> None:
+            if upcoming is not None:
+                try:
+                    offer = upcoming()
+                    self.prepared = None if offer is None else self._prepare(offer, tested)
+                except AttractorError as exc:
+                    logger.warning("cannot prepare the next merge entry: %s", exc)
+            if self.prepared is not None or self.spare is not None or not self._coming():
+                return
+            spare = self._spare_path()
             try:
-                gitops.add_detached_worktree(self.repo, spare, commit)
+                gitops.add_detached_worktree(self.repo, spare, old)
                 self.spare = spare
             except AttractorError as exc:
                 logger.warning("cannot prepare a spare merge worktree: %s", exc)
@@ -462,14 +388,144 @@ class _Processor:
         self.preparing = threading.Thread(target=prepare, name="merge-queue-spare", daemon=True)
         self.preparing.start()
 
+    def _spare_path(self) -> Path:
+        return self.repo.root / gitops.WORKTREES_DIR / f"{MERGE_WORKTREE_PREFIX}spare-{os.urandom(4).hex()}"
+
     def _join_spare(self) -> None:
         if self.preparing is not None:
             self.preparing.join()
             self.preparing = None
 
-    def _attempt(self, entry: Entry, worktree: Path, timings: dict[str, float]) -> Outcome:
+    def _keep_spare(self, worktree: Path | None) -> None:
+        """Keep `worktree` as the spare, unless there is one already (then it is removed)."""
+        if worktree is None or worktree == self.spare:
+            return
+        if self.spare is None and worktree.exists():
+            self.spare = worktree
+            return
+        with contextlib.suppress(AttractorError):
+            gitops.remove_worktree(self.repo, worktree)
+
+    def _unprepare(self) -> None:
+        prepared, self.prepared = self.prepared, None
+        if prepared is not None:
+            self._keep_spare(prepared.worktree)
+
+    def _prepare(self, offer: Upcoming, base: str) -> Prepared | None:
+        """Enqueue the upcoming MERGE_READY and rebase it onto `base` in the spare worktree;
+        None when there is nothing to get ready (it is then processed like any entry)."""
+        started = time.monotonic()
+        payload, config = offer.payload, offer.config
+        if not config.gates or config.target != self.config.target:
+            return None
+        try:
+            for gate in config.gates:
+                check_gate(gate)
+            validate_agent_id(payload.owner)
+            entry = enqueue(self.state, self.repo, payload.branch, owner=payload.owner,
+                            node=payload.node or None, priority=payload.priority, validated_sha=payload.commit)
+        except UsageError:
+            return None  # reported when the MERGE_READY is handed over
+        head = gitops.rev_parse(self.repo, f"refs/heads/{entry.branch}")
+        source = entry.validated_sha or head
+        if entry.state is not M.QUEUED or head is None or source is None or (
+                source != head and not gitops.is_ancestor(self.repo, source, head)):
+            return None
+        behind, ahead = gitops.ahead_behind(self.repo, base, source)
+        if ahead == 0:
+            return None
+        worktree, self.spare = self.spare, None
+        if worktree is None or not worktree.exists():
+            worktree = self._spare_path()
+        tested, _, _ = self._rebase(entry, worktree, config.target, base, source, behind, ahead, pause=False)
+        if not tested or tested == base:
+            self._keep_spare(worktree if worktree.exists() else None)
+            return None
+        return Prepared(entry.id, entry.validated_sha, config, head, source, base, tested, worktree,
+                        time.monotonic() - started)
+
+    def _hand_off(self, landed: str) -> None:
+        """The current entry landed at exactly `landed`: claim the entry prepared on that commit
+        and start its first gate now; the session's caller picks it up. Nothing here can undo the
+        landing: any trouble only drops the preparation."""
+        prepared, self.prepared = self.prepared, None
+        session = self.session
+        if prepared is None:
+            return
+        if session is None or self.slot is None or prepared.base != landed:
+            self._keep_spare(prepared.worktree)
+            return
+        entry: Entry | None = None
+        try:
+            with queue_lock(self.state):
+                queued = [e for e in list_entries(self.state) if e.state is M.QUEUED]
+                fairest = min(queued, key=_fair_key) if queued else None
+                if fairest is not None and fairest.id == prepared.entry_id \
+                        and fairest.validated_sha == prepared.validated_sha:
+                    entry = fairest.moved(M.PROCESSING, f"claimed by pid {os.getpid()}",
+                                          claim=_new_claim(prepared.worktree), attempts=fairest.attempts + 1)
+                    # not fsynced: a claim lost with the machine leaves the entry queued, and
+                    # its gate died with it; a dead process loses nothing of it
+                    write_entry(self.state, entry, fsync=False)
+            if entry is None:  # another entry is fairer now, or this one changed
+                self._keep_spare(prepared.worktree)
+                return
+            env = _gate_env(self.repo, prepared.config, entry, prepared.base, prepared.tested)
+            gate = start_gate(prepared.config.gates[0], prepared.worktree, env)
+        except (AttractorError, OSError) as exc:
+            logger.warning("merge entry %s: cannot start it: %s", prepared.entry_id, exc)
+            with contextlib.suppress(AttractorError):
+                if entry is not None:
+                    unclaim(self.state, entry.id, f"requeued: its gate did not start ({exc})")
+            self._keep_spare(prepared.worktree)
+            return
+        session.inflight = InFlight(self.state, self.repo, entry, prepared, gate, self.slot.pop_all())
+        try:
+            _record_claim(self.state, entry.id, fsync=False, gate_pid=gate.pid,
+                          gate_pid_start=procs.start_time(gate.pid))
+        except AttractorError as exc:
+            logger.warning("merge entry %s: recording its gate: %s", entry.id, exc)
+
+    def _rebase(self, entry: Entry, worktree: Path, target: str, old: str, source: str, behind: int, ahead: int,
+                *, pause: bool = True) -> tuple[str, tuple[str, ...], str]:
+        """`source` put onto `old` and checked out in `worktree`: (the commit to test, or "" on
+        a conflict; the conflicting files; git's message)."""
+        repo = self.repo
+        gitops.exclude_attractor_dirs(repo)
+        conflicts: tuple[str, ...] = ()
+        message = ""
+        if behind == 0:  # already on the tip: nothing to rebase
+            tested = source
+            self._checkout(worktree, tested)
+        elif ahead == 1:  # one commit: replayed in memory, then checked out once
+            picked = gitops.pick_onto(repo, source, old)
+            conflicts, tested = picked.conflicts, picked.commit or ""
+            if picked.ok:
+                self._checkout(worktree, tested)
+        else:
+            self._checkout(worktree, source)
+            ready = _pause("rebase", wait=False) if pause else None
+            hold = f": > {shlex.quote(ready)}; sleep 3600" if ready else None
+            rebased = gitops.rebase(worktree, old, exec_cmd=hold)
+            conflicts, tested, message = rebased.conflicts, rebased.head or "", rebased.message
+        if tested and tested != old and ahead > 1:
+            # Several commits: land them under one merge commit (first parent: the old tip), so
+            # that every commit on the target's first-parent line is one the gates tested.
+            merge_message = f"Merge {entry.branch} into {target}\n\nmerge queue entry {entry.id}"
+            tree = gitops.tree_of(repo, tested)
+            tested = gitops.commit_tree(repo, tree, [old, tested], merge_message)
+            gitops.checkout_detached(worktree, tested)
+        return tested, conflicts, message
+
+    def _attempt(self, entry: Entry, worktree: Path, timings: dict[str, float],
+                 inflight: InFlight | None) -> Outcome:
         """Rebase, gate, swap. Returns the outcome; the caller removes the worktree."""
-        repo, state, config = self.repo, self.state, self.config
+        if inflight is not None:  # rebased while the entry before it was tested; its gate runs
+            p = inflight.prepared
+            timings["rebase"] = p.seconds
+            return self._gate_and_land(entry, worktree, timings, p.config, p.head, p.source, p.base, p.tested,
+                                       inflight.gate)
+        repo, config = self.repo, self.config
         mark = time.monotonic()
         target = config.target
         head = gitops.rev_parse(repo, f"refs/heads/{entry.branch}")
@@ -484,50 +540,32 @@ class _Processor:
         old = gitops.rev_parse(repo, f"refs/heads/{target}")
         if old is None:
             return _fail(entry, target, R.ERROR, f"target branch {target!r} no longer exists")
-        if self.config.expected_base and old != self.config.expected_base:
+        if config.expected_base and old != config.expected_base:
             return _fail(entry, target, R.TARGET_UNTRUSTED,
-                         f"{target} is at {old[:12]}, not at {self.config.expected_base[:12]} where the queue "
+                         f"{target} is at {old[:12]}, not at {config.expected_base[:12]} where the queue "
                          "left it: a commit landed outside the queue", target_sha=old)
         behind, ahead = gitops.ahead_behind(repo, old, source)  # only in old, only in source
         if ahead == 0:
             return _merged(entry, target, source, old, "already on the target; nothing to merge")
-        gitops.exclude_attractor_dirs(repo)
-        conflicts: tuple[str, ...] = ()
-        message = ""
-        if behind == 0:  # already on the tip: nothing to rebase
-            tested = source
-            self._checkout(worktree, tested)
-        elif ahead == 1:  # one commit: replayed in memory, then checked out once
-            picked = gitops.pick_onto(repo, source, old)
-            conflicts, tested = picked.conflicts, picked.commit or ""
-            if picked.ok:
-                self._checkout(worktree, tested)
-        else:
-            self._checkout(worktree, source)
-            ready = _pause("rebase", wait=False)
-            hold = f": > {shlex.quote(ready)}; sleep 3600" if ready else None
-            rebased = gitops.rebase(worktree, old, exec_cmd=hold)
-            conflicts, tested, message = rebased.conflicts, rebased.head or "", rebased.message
+        tested, conflicts, message = self._rebase(entry, worktree, target, old, source, behind, ahead)
+        timings["rebase"] = time.monotonic() - mark
         if not tested:
-            timings["rebase"] = time.monotonic() - mark
             detail = (f"rebase onto {target} ({old[:12]}) conflicts in "
                       f"{', '.join(conflicts) or 'unknown files'}")
             return _fail(entry, target, R.CONFLICT, detail, target_sha=old, files=conflicts,
                          gate_output=message[-OUTPUT_TAIL_CHARS:])
         if tested == old:
             return _merged(entry, target, old, old, "every commit is already on the target")
-        if ahead > 1:
-            # Several commits: land them under one merge commit (first parent: the old tip), so
-            # that every commit on the target's first-parent line is one the gates tested.
-            message = f"Merge {entry.branch} into {target}\n\nmerge queue entry {entry.id}"
-            tree = gitops.tree_of(repo, tested)
-            tested = gitops.commit_tree(repo, tree, [old, tested], message)
-            gitops.checkout_detached(worktree, tested)
-        timings["rebase"] = time.monotonic() - mark
+        return self._gate_and_land(entry, worktree, timings, config, head, source, old, tested, None)
 
-        mark = time.monotonic()
-        self._start_spare(old)
-        failed = _run_gates(state, repo, config, entry, worktree, old, tested)
+    def _gate_and_land(self, entry: Entry, worktree: Path, timings: dict[str, float], config: QueueConfig,
+                       head: str, source: str, old: str, tested: str, running: RunningGate | None) -> Outcome:
+        """Gate `tested` (its first gate maybe running already), then move the target from
+        exactly `old` to exactly `tested`."""
+        repo, state, target = self.repo, self.state, config.target
+        mark = time.monotonic() if running is None else running.started
+        self._start_spare(old, tested)
+        failed = _run_gates(state, repo, config, entry, worktree, old, tested, running)
         self._join_spare()
         timings["gates"] = time.monotonic() - mark
         if failed is not None:
@@ -544,6 +582,7 @@ class _Processor:
         timings["swap"] = time.monotonic() - mark
         if refused is not None:
             return refused
+        self._hand_off(tested)  # the next entry's gate starts on exactly this tip
         _pause("after_swap")
         mark = time.monotonic()
         detail = _after_merge(repo, config, entry, head if source == head else None)
@@ -551,22 +590,31 @@ class _Processor:
         return _merged(entry, target, tested, old, detail)
 
 
-def _run_gates(
-    state: StateDir, repo: gitops.GitRepo, config: QueueConfig, entry: Entry, worktree: Path,
-    old: str, tested: str,
-) -> Outcome | None:
-    """Run every gate on the tested tree; None when all passed, else the failure."""
+def _gate_env(repo: gitops.GitRepo, config: QueueConfig, entry: Entry, old: str, tested: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_") or k in _KEEP_GIT_ENV}
     env.pop(PAUSE_ENV, None)
     env.update(ATTRACTOR_MERGE_ENTRY=entry.id, ATTRACTOR_MERGE_BRANCH=entry.branch,
                ATTRACTOR_MERGE_TARGET=config.target, ATTRACTOR_MERGE_BASE=old,
                ATTRACTOR_MERGE_COMMIT=tested, ATTRACTOR_REPO=str(repo.root))
+    return env
+
+
+def _run_gates(
+    state: StateDir, repo: gitops.GitRepo, config: QueueConfig, entry: Entry, worktree: Path,
+    old: str, tested: str, running: RunningGate | None = None,
+) -> Outcome | None:
+    """Run every gate on the tested tree (the first one maybe `running` already); None when
+    all passed, else the failure."""
+    env = _gate_env(repo, config, entry, old, tested)
 
     def started(pid: int) -> None:
         _record_claim(state, entry.id, fsync=False, gate_pid=pid, gate_pid_start=procs.start_time(pid))
 
-    for gate in config.gates:
-        run = run_gate(gate, worktree, env, on_start=started)
+    for index, gate in enumerate(config.gates):
+        if index == 0 and running is not None:
+            run = running.finish()
+        else:
+            run = run_gate(gate, worktree, env, on_start=started)
         if not run.ok:
             reason = R.GATE_TIMEOUT if run.timed_out else R.GATE_FAILED
             what = (f"timed out after {gate.timeout:g}s" if run.timed_out

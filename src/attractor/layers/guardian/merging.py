@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import queue
 
 from attractor import gitops
 from attractor.engines import merge_queue
@@ -13,7 +14,7 @@ from attractor.errors import AttractorError
 from attractor.layers.guardian.core import now_iso, runner_alive
 from attractor.layers.guardian.target import TargetWatch
 from attractor.states import HookPhase, NodeState, Outcome, SignalKind
-from attractor.store import hooks, payloads
+from attractor.store import hooks, payloads, queue_hold
 from attractor.store.checkpoint import Event
 
 logger = logging.getLogger(__name__)
@@ -30,17 +31,51 @@ class MergeWorker(TargetWatch):
         self.merge_work.put((node, payload))
 
     def merge_loop(self) -> None:
-        # one merge session for the run: while a gate runs and another node's merge is waiting,
-        # the queue checks out the next merge worktree, and keeps it for that merge
-        session = merge_queue.MergeSession(more_coming=lambda: not self.merge_work.empty())
+        # one merge session for the run: while a gate runs, the queue takes the next merge-ready
+        # node (`_upcoming`) and gets it ready on the commit under test, and starts its gate the
+        # moment the current one lands; with nothing named yet but more on its way, it checks
+        # out a spare merge worktree and keeps it for that merge
+        self._taken: list[tuple[tuple[str, payloads.MergeReady] | None, bool]] = []
+        session = merge_queue.MergeSession(more_coming=lambda: not self.merge_work.empty(),
+                                           upcoming=self._upcoming)
         try:
             self._merge_items(session)
         finally:
             session.close()
 
+    def _upcoming(self) -> merge_queue.Upcoming | None:
+        """Called by the merge queue while a merge's gates run: the next merge-ready node, taken
+        off the work queue now (the loop merges it next), marked merging, with its config."""
+        with self.lock:
+            if self._taken or self.stop_event.is_set():
+                return None
+            try:
+                item = self.merge_work.get_nowait()
+            except queue.Empty:
+                return None
+            if item is None or queue_hold.read(self.state) is not None:
+                self._taken.append((item, False))
+                return None
+            self._taken.append((item, True))
+        node, payload = item
+        self.update_node(node, Event.MERGING, state=NodeState.MERGING)
+        return merge_queue.Upcoming(payload, self._merge_config(node))
+
+    def _merge_config(self, node: str) -> merge_queue.QueueConfig:
+        gates = tuple(merge_queue.Gate(command=c, timeout=t) for _, c, t in self.validator_commands(node))
+        return merge_queue.load_config(self.target_dir, target=self.cp.target_branch, extra_gates=gates,
+                                       sender=self.cfg.agent_id)
+
+    def _next_item(self) -> tuple[tuple[str, payloads.MergeReady] | None, bool]:
+        """The node taken by `_upcoming` (and whether it is marked merging), else the next one."""
+        with self.lock:
+            if self._taken:
+                return self._taken.pop(0)
+        return self.merge_work.get(), False
+
     def _merge_items(self, session: merge_queue.MergeSession) -> None:
         while True:
-            item = self.merge_work.get()
+            item, marked = self._next_item()
             if item is None:
                 return
             node, payload = item
@@ -54,10 +89,9 @@ class MergeWorker(TargetWatch):
                 self.wait_while_held()
                 if self.stop_event.is_set():
                     continue
-                self.update_node(node, Event.MERGING, state=NodeState.MERGING)
-                gates = tuple(merge_queue.Gate(command=c, timeout=t) for _, c, t in self.validator_commands(node))
-                config = merge_queue.load_config(self.target_dir, target=self.cp.target_branch, extra_gates=gates,
-                                                 sender=self.cfg.agent_id)
+                if not marked:
+                    self.update_node(node, Event.MERGING, state=NodeState.MERGING)
+                config = self._merge_config(node)
                 while True:
                     with self.tip_lock:
                         base = dataclasses.replace(config, expected_base=self.expected_tip)
