@@ -62,9 +62,10 @@ import subprocess
 import sys
 import tempfile
 import time
-from datetime import datetime
 from pathlib import Path
 from typing import Any
+
+from _common import load, log, stats_ms, ts
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -92,30 +93,6 @@ MILESTONES = (  # the brief's cumulative breakdown, from ORCHESTRATOR_DONE writt
     ("merge_complete_received", "merged_hook"),
     ("merge_complete_handled", "mc_handled"),
 )
-
-
-def log(text: str) -> None:
-    print(text, file=sys.stderr, flush=True)
-
-
-def ts(text: str) -> float:
-    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
-
-
-def stats_ms(values: list[float]) -> dict[str, float | int]:
-    if not values:
-        return {"n": 0}
-    ordered = sorted(values)
-
-    def rank(p: float) -> float:
-        return round(ordered[max(0, min(len(ordered) - 1, round(p / 100 * len(ordered) + 0.5) - 1))], 1)
-
-    return {"n": len(ordered), "median": round(statistics.median(ordered), 1), "p95": rank(95),
-            "min": round(ordered[0], 1), "max": round(ordered[-1], 1)}
-
-
-def load() -> list[float]:
-    return [round(x, 2) for x in os.getloadavg()]
 
 
 def child_env() -> dict[str, str]:

@@ -73,13 +73,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
-import math
 import os
 import secrets
 import shutil
 import signal
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -89,6 +88,11 @@ from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
+
+from _common import load, log
+from _common import stats_ms as _stats_ms
+
+stats_ms = functools.partial(_stats_ms, digits=2)
 
 REPO = Path(__file__).resolve().parent.parent
 if str(REPO / "src") not in sys.path:
@@ -121,24 +125,6 @@ def live_pipeline(name: str, nodes: int) -> str:
         lines.append(f'  n{i} [shape=box, prompt="wait", script="sleep 900"]\n  start -> n{i} -> exit\n')
     lines.append("}\n")
     return "".join(lines)
-
-
-def log(text: str) -> None:
-    print(text, file=sys.stderr, flush=True)
-
-
-def load() -> list[float]:
-    return [round(x, 2) for x in os.getloadavg()]
-
-
-def stats_ms(values: list[float], digits: int = 2) -> dict[str, float | int]:
-    if not values:
-        return {"n": 0}
-    ordered = sorted(values)
-    rank = max(0, math.ceil(0.95 * len(ordered)) - 1)  # nearest rank
-    return {"n": len(ordered), "median": round(statistics.median(ordered), digits),
-            "p95": round(ordered[rank], digits), "min": round(ordered[0], digits),
-            "max": round(ordered[-1], digits)}
 
 
 def ratio(a: dict[str, Any], b: dict[str, Any]) -> float | None:

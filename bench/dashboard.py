@@ -44,12 +44,10 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import math
 import os
 import random
 import secrets
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -63,6 +61,7 @@ for entry in (REPO, REPO / "src"):
     if str(entry) not in sys.path:
         sys.path.insert(0, str(entry))
 
+from _common import load, log, stats_ms  # noqa: E402
 from tests.dashboard_helpers import (  # noqa: E402
     PAGE_PROBE,
     VIEWPORT,
@@ -96,23 +95,6 @@ BENCH_PROBE = """
   });
 })();
 """
-
-
-def log(text: str) -> None:
-    print(text, file=sys.stderr, flush=True)
-
-
-def load() -> list[float]:
-    return [round(x, 2) for x in os.getloadavg()]
-
-
-def stats_ms(values: list[float], digits: int = 1) -> dict[str, float | int]:
-    if not values:
-        return {"n": 0}
-    ordered = sorted(values)
-    rank = max(0, math.ceil(0.95 * len(ordered)) - 1)  # nearest rank
-    return {"n": len(ordered), "median": round(statistics.median(ordered), digits),
-            "p95": round(ordered[rank], digits), "min": round(ordered[0], digits), "max": round(ordered[-1], digits)}
 
 
 def wait_for(predicate: Callable[[], Any], seconds: float, what: str, interval: float = 0.1) -> Any:

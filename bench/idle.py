@@ -43,13 +43,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+from _common import log
+
 REPO = Path(__file__).resolve().parents[1]
 TICK = os.sysconf("SC_CLK_TCK")
 PID_MAX = int(Path("/proc/sys/kernel/pid_max").read_text())
-
-
-def log(text: str) -> None:
-    print(text, file=sys.stderr, flush=True)
 
 
 def child_env() -> dict[str, str]:

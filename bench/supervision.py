@@ -57,36 +57,16 @@ import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
-from datetime import datetime
 from pathlib import Path
 from typing import Any
+
+from _common import load, log, stats_ms, ts
 
 REPO = Path(__file__).resolve().parent.parent
 GRACE_S = 5.0  # supervision.PolicyConfig.startup_grace: a kill inside it is seen only later
 POLL_S = 0.01
 RECOVER_TIMEOUT_S = 20.0
 TARGETS_MS = {"detect_ms": 1000, "running_ms": 1500, "resumed_ms": 5000}
-
-
-def log(text: str) -> None:
-    print(text, file=sys.stderr, flush=True)
-
-
-def ts(text: str) -> float:
-    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
-
-
-def load() -> list[float]:
-    return [round(x, 2) for x in os.getloadavg()]
-
-
-def stats_ms(values: list[float]) -> dict[str, float | int]:
-    if not values:
-        return {"n": 0}
-    ordered = sorted(values)
-    rank = max(0, min(len(ordered) - 1, round(0.95 * len(ordered) + 0.5) - 1))  # nearest rank
-    return {"n": len(ordered), "median": round(statistics.median(ordered), 1), "p95": round(ordered[rank], 1),
-            "min": round(ordered[0], 1), "max": round(ordered[-1], 1)}
 
 
 def child_env() -> dict[str, str]:

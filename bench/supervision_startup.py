@@ -25,11 +25,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from _common import log
+
 REPO = Path(__file__).resolve().parent.parent
-
-
-def log(text: str) -> None:
-    print(text, file=sys.stderr, flush=True)
 
 
 def git(repo: Path, *args: str) -> None:
