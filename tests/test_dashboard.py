@@ -235,6 +235,7 @@ def test_with_a_daemon_it_reads_and_acts_through_it(state: StateDir, tmp_path: P
             runs = d.get("/api/runs").json()
             assert runs["daemon"] is True
             assert [(r["project"], r["run_id"]) for r in runs["runs"]] == [("app", "r1")]
+            assert [(p["project"], p["runs"]) for p in runs["projects"]] == [("app", 1)]
             assert d.get("/api/runs/r1").json()["project"] == "app"
             sent = d.post("/api/runs/r1/actions/send", {"node": "a", "text": "hello"})
             assert sent.status == 200, sent.text

@@ -189,7 +189,12 @@ class Pages:
                                 "message": (agent.get("needs_input") or {}).get("message"),
                                 "since": (agent.get("needs_input") or {}).get("since"), "attach": agent.get("attach")})
         runs.sort(key=lambda r: not r.get("needs_input"))
-        return {"runs": runs, "needs_human": waiting, "daemon": self.source.daemon_running()}
+        counts: dict[str, int] = {}
+        for row in runs:
+            counts[row["state_dir"]] = counts.get(row["state_dir"], 0) + 1
+        places = [{"project": p.project, "state_dir": str(p.state.root), "runs": counts.get(str(p.state.root), 0)}
+                  for p in self.source.places()]
+        return {"runs": runs, "needs_human": waiting, "projects": places, "daemon": self.source.daemon_running()}
 
     def reports(self) -> list[dict[str, Any]]:
         out = []
