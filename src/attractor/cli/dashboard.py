@@ -55,8 +55,9 @@ def _places(args: argparse.Namespace) -> list[Path]:
     """The state directories named on the command line, or the one of the repository here (when
     it has one); the registered projects come on top."""
     from attractor.cli._flags import state_dir_from
+    from attractor.names import ENV_STATE_DIR
 
-    if args.state_dir or args.target_dir or os.environ.get("ATTRACTOR_STATE_DIR"):
+    if args.state_dir or args.target_dir or os.environ.get(ENV_STATE_DIR):
         return [state_dir_from(args)]
     try:
         here = state_dir_from(args)

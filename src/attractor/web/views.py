@@ -12,6 +12,8 @@ from __future__ import annotations
 from typing import Any
 
 from attractor import clock
+from attractor.layers import layout
+from attractor.names import agent_id
 
 HEARTBEAT_GREEN = 30.0
 HEARTBEAT_AMBER = 120.0
@@ -88,7 +90,7 @@ def tree(report: dict[str, Any]) -> dict[str, Any]:
     run_id = report["run"]["run_id"]
 
     def layer(role: str) -> dict[str, Any] | None:
-        agent = by_id.get(f"{role}-{run_id}")
+        agent = by_id.get(agent_id(role, run_id))
         if agent is None:
             return None
         return {**agent, "dot": heartbeat_dot(agent.get("heartbeat_age"))}
@@ -96,8 +98,8 @@ def tree(report: dict[str, Any]) -> dict[str, Any]:
     cards = []
     for node in report["nodes"]:
         name = node["name"]
-        runner = by_id.get(f"runner-{name}")
-        agent = by_id.get(f"orchestrator-{name}")
+        runner = by_id.get(layout.runner_id(name))
+        agent = by_id.get(layout.orchestrator_id(name))
         usage = node.get("usage") or (agent or {}).get("usage")
         cards.append({
             "name": name, "kind": node.get("kind"), "state": node.get("state"), "phase": node.get("phase"),
