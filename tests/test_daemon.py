@@ -148,11 +148,11 @@ def test_projects_are_files_the_user_can_read(running_daemon: int, tmp_path: Pat
 
 _SLOW = """digraph slow {{
   start [shape=Mdiamond]
-  a [shape=box, prompt="a", script="sleep {secs}
+  a [shape=box, prompt="a", script="{wait}
 write a.txt a
 commit add a
 report a done"]
-  b [shape=box, prompt="b", script="sleep {secs}
+  b [shape=box, prompt="b", script="{wait}
 write b.txt b
 commit add b
 report b done"]
@@ -161,6 +161,13 @@ report b done"]
   start -> b -> exit
 }}
 """
+
+
+def _slow(secs: int, release: Path | None = None) -> str:
+    """Two nodes whose agents wait `secs` seconds, or until the file `release` appears."""
+    wait = f"sleep {secs}" if release is None else \
+        f"run for i in $(seq {secs * 10}); do [ -e {release} ] && break; sleep 0.1; done"
+    return _SLOW.format(wait=wait)
 
 
 def _run_detached(pipeline: Path, repo: Path, state_dir: Path) -> tuple[StateDir, str, str]:
@@ -194,7 +201,8 @@ def test_the_daemon_keeps_a_detached_run_alive_through_guardian_and_daemon_kills
         running_daemon: int, tmp_path: Path, state_dir: Path) -> None:
     repo = make_repo(tmp_path / "app")
     pipeline = tmp_path / "slow.dot"
-    pipeline.write_text(_SLOW.format(secs=14))
+    release = tmp_path / "release"
+    pipeline.write_text(_slow(20, release))
     state, run_id, said = _run_detached(pipeline, repo, state_dir)
     assert "the daemon supervises it (project app)" in said
     pids = {_kill_guardian_and_see_it_back(state, run_id) for _ in range(3)}
@@ -207,6 +215,7 @@ def test_the_daemon_keeps_a_detached_run_alive_through_guardian_and_daemon_kills
     assert runs[0]["run_id"] == run_id and runs[0]["guardian_pid"] == guardian.pid
     pids.add(_kill_guardian_and_see_it_back(state, run_id))
     assert len(pids) == 4  # four guardians started by the daemons, each a new process
+    release.touch()  # the agents may finish now
     retry_until(lambda: cp_store.read_checkpoint(state, run_id).status != "running", 120, interval=0.2,
                 what="the run to finish")
     cp = cp_store.read_checkpoint(state, run_id)
@@ -401,7 +410,7 @@ def test_a_run_whose_guardian_died_while_no_daemon_ran_is_resumed_when_one_start
     _rpc("projects.add", {"name": "app", "path": str(repo), "state_dir": str(state_dir)})
     assert run_cli(["daemon", "stop"]).returncode == 0
     pipeline = tmp_path / "slow.dot"
-    pipeline.write_text(_SLOW.format(secs=4))
+    pipeline.write_text(_slow(4))
     state, run_id, said = _run_detached(pipeline, repo, state_dir)
     assert "daemon supervises" not in said, said
     dead = retry_until(lambda: _guardian(state, run_id), 30)
@@ -420,7 +429,7 @@ def test_a_launcher_stopped_with_ctrl_z_supervises_nothing_so_the_daemon_does(ru
     repo = make_repo(tmp_path / "app")
     _rpc("projects.add", {"name": "app", "path": str(repo), "state_dir": str(state_dir)})
     pipeline = tmp_path / "slow.dot"
-    pipeline.write_text(_SLOW.format(secs=30))
+    pipeline.write_text(_slow(30))
     follower = subprocess.Popen([sys.executable, "-m", "attractor", "run", str(pipeline), "--target-dir", str(repo),
                                  "--agent", "scripted", "--state-dir", str(state_dir)],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -447,7 +456,8 @@ def test_a_daemon_and_an_attached_launcher_start_a_dead_guardian_once(running_da
                                                                       state_dir: Path) -> None:
     repo = make_repo(tmp_path / "app")
     pipeline = tmp_path / "slow.dot"
-    pipeline.write_text(_SLOW.format(secs=20))
+    release = tmp_path / "release"
+    pipeline.write_text(_slow(20, release))
     state, run_id, _ = _run_detached(pipeline, repo, state_dir)
     attached = subprocess.Popen([sys.executable, "-m", "attractor", "run", "--attach", "--target-dir", str(repo),
                                  "--state-dir", str(state_dir)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -456,6 +466,7 @@ def test_a_daemon_and_an_attached_launcher_start_a_dead_guardian_once(running_da
         retry_until(lambda: (i := identities.find(state, "launcher", run_id)) is not None and i.pid == attached.pid,
                     30, what="the attached launcher to follow")
         first = _kill_guardian_and_see_it_back(state, run_id)
+        release.touch()
         retry_until(lambda: cp_store.read_checkpoint(state, run_id).status != "running", 90, interval=0.2)
         starts = [e for e in cp_store.read_events(state, run_id) if e["event"] == "guardian_started"]
         assert len(starts) == 2, starts  # the first guardian and one replacement, not two

@@ -190,7 +190,7 @@ def test_a_guardian_killed_between_the_two_writes_of_a_reload_is_reconciled_on_r
 
 _GATED = """digraph g {
   start [shape=Mdiamond]
-  a [shape=box, prompt="a", script="sleep 6
+  a [shape=box, prompt="a", script="@1 sleep 6
 write a.txt a
 commit add a
 report a done"]

@@ -315,7 +315,10 @@ def test_a_runner_killed_just_before_stop_is_not_quarantined_on_resume(chain: tu
     # The killed runner's death and its stopped successor's end are two deaths; every tick the
     # resumed guardian sees the terminated runner during its backoff is the same one again.
     target, state = chain
-    pipe = pipeline_file(target.parent, slow_node("work", 9, 20), "  start -> work -> check_work -> exit\n")
+    resumed_flag = target.parent / "resumed"  # the agent works slowly until the run is resumed
+    script = module_steps("work", 9) + f"run [ -e {resumed_flag} ] || sleep 20\ncommit work\nreport"
+    pipe = pipeline_file(target.parent, codergen("work", script) + tool("check_work"),
+                         "  start -> work -> check_work -> exit\n")
     proc = launch(pipe, target, state)
     rid = retry_until(lambda: run_id(state), 10, what="run")
     runner = live_pid(state, "runner-work")
@@ -326,6 +329,7 @@ def test_a_runner_killed_just_before_stop_is_not_quarantined_on_resume(chain: tu
     assert stopped.returncode == 0, stopped.stderr
     finish(proc)
     assert checkpoint(state)["status"] == "stopped"
+    resumed_flag.touch()
     resumed = subprocess.run([sys.executable, str(REPO_ROOT / "scripts" / "launch_guardian.py"), "--resume", rid,
                               "--target-dir", str(target), "--state-dir", str(state)],
                              capture_output=True, text=True, timeout=120)
@@ -354,13 +358,21 @@ def test_twelve_nodes_at_once_on_a_loaded_machine_start_without_a_kill_or_an_esc
                    for i, n in enumerate(names))
     edges = "".join(f"  start -> {n} -> check_{n} -> exit\n" for n in names)
     hogs = cpu_hogs(8 * (os.cpu_count() or 2))  # a busy machine: eight CPU-bound processes per core
+
+    def started() -> bool:
+        path = state / "supervision" / "startup.json"
+        return path.exists() and len(read_json(path)["layers"].get("runner", [])) == len(names)
+
     try:
         proc = launch(pipeline_file(target.parent, body, edges), target, state, "--max-agents", "12")
-        code, out = finish(proc, 900)
+        # the load lasts until every runner has started (what this test is about); the merges
+        # after it run on a quiet machine
+        retry_until(lambda: started() or proc.poll() is not None, 600, what="every runner started")
     finally:
         for hog in hogs:
             hog.kill()
             hog.wait()
+    code, out = finish(proc, 900)
     assert code == 0, out
     cp = checkpoint(state)
     assert all(cp["nodes"][n]["state"] == "merged" for n in names), out
