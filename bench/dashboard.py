@@ -67,6 +67,7 @@ from tests.dashboard_helpers import (  # noqa: E402
     VIEWPORT,
     Dashboard,
     chromium_path,
+    end_tmux_server,
     isolated_env,
     launch_browser,
     missing_browser,
@@ -309,7 +310,7 @@ def main(argv: list[str] | None = None) -> int:
             finally:
                 browser.close()
     finally:
-        subprocess.run(["tmux", "-L", socket, "kill-server"], capture_output=True, check=False)
+        end_tmux_server(socket)
         shutil.rmtree(work, ignore_errors=True)
     result["load_end"] = load()
     print(json.dumps(result, indent=2))

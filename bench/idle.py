@@ -194,6 +194,7 @@ def measure(work: Path, nodes: int, seconds: float, settle: float) -> dict[str, 
             os.killpg(launcher.pid, signal.SIGKILL)
         launcher.wait(timeout=10)
         subprocess.run(["tmux", "-L", socket_name, "kill-server"], capture_output=True)
+        (Path(os.environ.get("TMUX_TMPDIR", "/tmp")) / f"tmux-{os.getuid()}" / socket_name).unlink(missing_ok=True)
 
 
 def main(argv: list[str] | None = None) -> int:

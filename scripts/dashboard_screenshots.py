@@ -36,6 +36,7 @@ from tests.dashboard_helpers import (  # noqa: E402
     VIEWPORT,
     Dashboard,
     chromium_path,
+    end_tmux_server,
     isolated_env,
     launch_browser,
     missing_browser,
@@ -135,7 +136,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if demo.poll() is None:
             demo.kill()
             demo.wait()
-        subprocess.run(["tmux", "-L", socket, "kill-server"], capture_output=True, check=False)
+        end_tmux_server(socket)
         shutil.rmtree(root, ignore_errors=True)
 
 

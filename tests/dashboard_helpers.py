@@ -196,6 +196,13 @@ def isolated_env(root: Path, socket: str, author: str) -> dict[str, str]:
     return env
 
 
+def end_tmux_server(socket: str) -> None:
+    """Kill the private tmux server on `socket` and remove the socket file it leaves behind."""
+    subprocess.run(["tmux", "-L", socket, "kill-server"], capture_output=True, check=False)
+    leftover = Path(os.environ.get("TMUX_TMPDIR", "/tmp")) / f"tmux-{os.getuid()}" / socket
+    leftover.unlink(missing_ok=True)
+
+
 def event_lines(state: Path, run_id: str) -> list[dict[str, Any]]:
     """The run's events.jsonl, each with its id (line number from 1)."""
     path = state / "runs" / run_id / "events.jsonl"
