@@ -37,12 +37,12 @@ def stats_ms(values: list[float], digits: int = 1) -> dict[str, float | int]:
 
 
 def wait_for(predicate: Callable[[], Any], seconds: float, what: str, interval: float = 0.1) -> Any:
-    """The predicate's first truthy value; the bench stops with an error line after `seconds`."""
+    """The predicate's first truthy value; TimeoutError naming `what` after `seconds`."""
     deadline = time.monotonic() + seconds
     while True:
         value = predicate()
         if value:
             return value
         if time.monotonic() > deadline:
-            raise SystemExit(f"error: timed out after {seconds}s waiting for {what}")
+            raise TimeoutError(f"timed out after {seconds:g}s waiting for {what}")
         time.sleep(interval)

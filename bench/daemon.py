@@ -91,6 +91,7 @@ from typing import Any
 
 from _common import load, log
 from _common import stats_ms as _stats_ms
+from _common import wait_for as _wait_for
 
 stats_ms = functools.partial(_stats_ms, digits=2)
 
@@ -99,6 +100,7 @@ if str(REPO / "src") not in sys.path:
     sys.path.insert(0, str(REPO / "src"))
 
 POLL_S = 0.01
+wait_for = functools.partial(_wait_for, interval=POLL_S)  # respawns are timed in ms: look often
 RESPAWN_TIMEOUT_S = 30.0
 MAX_KILLS = 10  # layers.launcher.MAX_GUARDIAN_RESTARTS: a follower gives up past it
 DROP_ENV = ("TMUX", "TMUX_PANE", "ATTRACTOR_STATE_DIR", "ATTRACTOR_TMUX_SOCKET", "ATTRACTOR_POLICY",
@@ -131,17 +133,6 @@ def ratio(a: dict[str, Any], b: dict[str, Any]) -> float | None:
     if not a.get("n") or not b.get("n") or not b["median"]:
         return None
     return round(float(a["median"]) / float(b["median"]), 3)
-
-
-def wait_for(predicate: Callable[[], Any], seconds: float, what: str, interval: float = POLL_S) -> Any:
-    deadline = time.monotonic() + seconds
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {seconds:g}s waiting for {what}")
-        time.sleep(interval)
 
 
 # --------------------------------------------------------------------------- the environment

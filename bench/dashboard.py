@@ -52,7 +52,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -61,7 +60,7 @@ for entry in (REPO, REPO / "src"):
     if str(entry) not in sys.path:
         sys.path.insert(0, str(entry))
 
-from _common import load, log, stats_ms  # noqa: E402
+from _common import load, log, stats_ms, wait_for  # noqa: E402
 from tests.dashboard_helpers import (  # noqa: E402
     PAGE_PROBE,
     VIEWPORT,
@@ -96,17 +95,6 @@ BENCH_PROBE = """
   });
 })();
 """
-
-
-def wait_for(predicate: Callable[[], Any], seconds: float, what: str, interval: float = 0.1) -> Any:
-    deadline = time.monotonic() + seconds
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise SystemExit(f"error: timed out after {seconds}s waiting for {what}")
-        time.sleep(interval)
 
 
 def make_target(path: Path, env: dict[str, str]) -> None:
@@ -302,7 +290,7 @@ def main(argv: list[str] | None = None) -> int:
         os.environ[key] = env[key]
     result: dict[str, Any] = {"load_start": load()}
     try:
-        with sync_playwright() as p:
+        with sync_playwright() as p:  # a TimeoutError of wait_for ends the bench with its line
             browser = launch_browser(p, chromium_path())
             try:
                 result["live"] = live_part(browser, work, env, socket, args)
@@ -318,4 +306,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    try:
+        raise SystemExit(main())
+    except TimeoutError as exc:
+        raise SystemExit(f"error: {exc}") from None
