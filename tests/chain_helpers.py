@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from tests.helpers import REPO_ROOT, make_repo
+from tests.helpers import REPO_ROOT, make_repo, run_cli
 
 CHECK = "python3 -m unittest discover -s tests -t . -q"
 
@@ -120,3 +120,18 @@ def kill_everything(state: Path) -> None:
 def git_show(repo: Path, ref: str, path: str) -> str | None:
     out = subprocess.run(["git", "-C", str(repo), "show", f"{ref}:{path}"], capture_output=True, text=True)
     return out.stdout if out.returncode == 0 else None
+
+
+def run_detached(pipeline: Path, repo: Path, state_dir: Path) -> tuple[Any, str, str]:
+    """`attractor run --detach` of `pipeline` on `repo` with the scripted agent: the state
+    (a StateDir), the run id and what the command printed."""
+    from attractor.store import checkpoint as cp_store
+    from attractor.store.statedir import StateDir
+
+    launched = run_cli(["run", str(pipeline), "--target-dir", str(repo), "--agent", "scripted", "--detach",
+                        "--state-dir", str(state_dir)], timeout=120)
+    assert launched.returncode == 0, launched.stderr
+    state = StateDir(state_dir)
+    run_id = cp_store.latest_run(state)
+    assert run_id is not None
+    return state, run_id, launched.stdout

@@ -24,6 +24,7 @@ from attractor.states import NodeState
 from attractor.store import checkpoint as cp_store
 from attractor.store import identities, projects
 from attractor.store.statedir import StateDir
+from tests.chain_helpers import run_detached
 from tests.helpers import make_repo, retry_until, run_cli
 
 
@@ -170,17 +171,6 @@ def _slow(secs: int, release: Path | None = None) -> str:
     return _SLOW.format(wait=wait)
 
 
-def _run_detached(pipeline: Path, repo: Path, state_dir: Path) -> tuple[StateDir, str, str]:
-    """`attractor run --detach` of `pipeline` on `repo`: the state, the run id and what it printed."""
-    launched = run_cli(["run", str(pipeline), "--target-dir", str(repo), "--agent", "scripted", "--detach",
-                        "--state-dir", str(state_dir)], timeout=120)
-    assert launched.returncode == 0, launched.stderr
-    state = StateDir(state_dir)
-    run_id = cp_store.latest_run(state)
-    assert run_id is not None
-    return state, run_id, launched.stdout
-
-
 def _guardian(state: StateDir, run_id: str) -> identities.Identity | None:
     ident = identities.find(state, "guardian", run_id)
     return ident if ident is not None and ident.process_alive else None
@@ -203,7 +193,7 @@ def test_the_daemon_keeps_a_detached_run_alive_through_guardian_and_daemon_kills
     pipeline = tmp_path / "slow.dot"
     release = tmp_path / "release"
     pipeline.write_text(_slow(20, release))
-    state, run_id, said = _run_detached(pipeline, repo, state_dir)
+    state, run_id, said = run_detached(pipeline, repo, state_dir)
     assert "the daemon supervises it (project app)" in said
     pids = {_kill_guardian_and_see_it_back(state, run_id) for _ in range(3)}
     # the daemon itself dies; a new one adopts the live guardian as it is, then supervises it
@@ -411,7 +401,7 @@ def test_a_run_whose_guardian_died_while_no_daemon_ran_is_resumed_when_one_start
     assert run_cli(["daemon", "stop"]).returncode == 0
     pipeline = tmp_path / "slow.dot"
     pipeline.write_text(_slow(4))
-    state, run_id, said = _run_detached(pipeline, repo, state_dir)
+    state, run_id, said = run_detached(pipeline, repo, state_dir)
     assert "daemon supervises" not in said, said
     dead = retry_until(lambda: _guardian(state, run_id), 30)
     assert dead.pid is not None
@@ -458,7 +448,7 @@ def test_a_daemon_and_an_attached_launcher_start_a_dead_guardian_once(running_da
     pipeline = tmp_path / "slow.dot"
     release = tmp_path / "release"
     pipeline.write_text(_slow(20, release))
-    state, run_id, _ = _run_detached(pipeline, repo, state_dir)
+    state, run_id, _ = run_detached(pipeline, repo, state_dir)
     attached = subprocess.Popen([sys.executable, "-m", "attractor", "run", "--attach", "--target-dir", str(repo),
                                  "--state-dir", str(state_dir)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                 text=True)
@@ -492,7 +482,7 @@ def test_a_pause_ends_with_its_run_and_a_resume_says_when_one_is_left(tmp_path: 
     repo = make_repo(tmp_path / "app")
     pipeline = tmp_path / "chain.dot"
     pipeline.write_text(_CHAIN.format(secs=20))
-    state, run_id, _ = _run_detached(pipeline, repo, state_dir)
+    state, run_id, _ = run_detached(pipeline, repo, state_dir)
     assert run_cli(["pause", run_id, "--state-dir", str(state_dir)]).returncode == 0
     stopped = run_cli(["stop", run_id, "--state-dir", str(state_dir)], timeout=60)
     assert stopped.returncode == 0, stopped.stderr

@@ -17,6 +17,7 @@ from attractor.states import NodeState
 from attractor.store import checkpoint as cp_store
 from attractor.store import identities
 from attractor.store.statedir import StateDir
+from tests.chain_helpers import run_detached
 from tests.helpers import make_repo, retry_until, run_cli
 
 BASE = """digraph p {
@@ -105,12 +106,7 @@ report c done"]'''
 
 def _detached_run(repo: Path, source: Path, state_dir: Path) -> tuple[StateDir, str]:
     """Start a run of `source` in the background; its state and id once node a runs."""
-    launched = run_cli(["run", str(source), "--target-dir", str(repo), "--agent", "scripted", "--detach",
-                        "--state-dir", str(state_dir)], timeout=120)
-    assert launched.returncode == 0, launched.stderr
-    state = StateDir(state_dir)
-    run_id = cp_store.latest_run(state)
-    assert run_id is not None
+    state, run_id, _ = run_detached(source, repo, state_dir)
     retry_until(lambda: cp_store.read_checkpoint(state, run_id).nodes["a"].state is NodeState.RUNNING, 30)
     return state, run_id
 
