@@ -76,10 +76,12 @@ class Case(NamedTuple):
 CASES = [
     Case("fresh", "runner", S.ACTIVE, 0.5, "live", V.ACTIVE, ""),
     Case("future-stamp", "runner", S.ACTIVE, -30.0, "none", V.ACTIVE, ""),
-    Case("just-under-2-intervals", "runner", S.ACTIVE, 3.95, "none", V.ACTIVE, ""),
-    Case("just-over-2-intervals", "runner", S.ACTIVE, 4.05, "none", V.DOWN, "more than 2 x 2s"),
-    Case("just-under-3-intervals", "runner", S.ACTIVE, 5.9, "none", V.DOWN, "no heartbeat for 5.9s (more than 2 x"),
-    Case("just-over-3-intervals", "runner", S.ACTIVE, 6.05, "none", V.EVICTED, "more than 3 x 2s"),
+    Case("just-under-2-intervals", "guardian", S.ACTIVE, 3.95, "none", V.ACTIVE, ""),
+    Case("just-over-2-intervals", "guardian", S.ACTIVE, 4.05, "none", V.DOWN, "more than 2 x 2s"),
+    Case("just-under-3-intervals", "guardian", S.ACTIVE, 5.9, "none", V.DOWN, "no heartbeat for 5.9s (more than 2 x"),
+    Case("just-over-3-intervals", "guardian", S.ACTIVE, 6.05, "none", V.EVICTED, "more than 3 x 2s"),
+    Case("runner-interval", "runner", S.ACTIVE, 9.9, "none", V.ACTIVE, ""),
+    Case("runner-down", "runner", S.ACTIVE, 10.1, "none", V.DOWN, "more than 2 x 5s"),
     Case("spawning-is-judged", "guardian", S.SPAWNING, 4.05, "none", V.DOWN, "2 x 2s"),
     Case("stale-is-judged", "launcher", S.STALE, 6.05, "live", V.EVICTED, "3 x 2s"),
     Case("stale-fresh-shows-stale", "launcher", S.STALE, 1.0, "live", V.STALE, ""),
@@ -92,7 +94,7 @@ CASES = [
     Case("respawning-never-down", "runner", S.RESPAWNING, 86400.0, "dead", V.RESPAWNING, ""),
     Case("dead-pid-fresh-is-down", "runner", S.ACTIVE, 0.5, "dead", V.DOWN, "is gone"),
     Case("dead-pid-spawning-is-down", "orchestrator", S.SPAWNING, 1.0, "dead", V.DOWN, "is gone"),
-    Case("dead-pid-old-is-evicted", "runner", S.ACTIVE, 6.05, "dead", V.EVICTED, "is gone"),
+    Case("dead-pid-old-is-evicted", "guardian", S.ACTIVE, 6.05, "dead", V.EVICTED, "is gone"),
     Case("no-interval-role-never-down-by-age", "user", S.ACTIVE, 86400.0, "live", V.ACTIVE, ""),
     Case("no-interval-role-dead-pid", "user", S.ACTIVE, 86400.0, "dead", V.DOWN, "is gone"),
 ]
@@ -119,9 +121,12 @@ def test_every_role_has_an_interval_and_every_stored_status_can_be_shown() -> No
     assert set(identities.HEARTBEAT_INTERVALS) == set(names.ROLES)
     assert {V.stored(s).value for s in S} == {s.value for s in S}
     assert {v.value for v in V} - {s.value for s in S} == {"down", "evicted"}
-    # the supervisor judges control processes in the interval they beat by
-    assert PolicyConfig().heartbeat_interval == identities.CONTROL_HEARTBEAT_INTERVAL == max(
+    # the supervisor judges each control process in the interval it beats by
+    for role in ("launcher", "guardian", "runner"):
+        assert PolicyConfig().heartbeat_for(role) == identities.HEARTBEAT_INTERVALS[role]
+    assert PolicyConfig().heartbeat_for("merge-queue") == identities.CONTROL_HEARTBEAT_INTERVAL == max(
         identities.HEARTBEAT_INTERVALS[role] or 0.0 for role in ("launcher", "guardian", "runner"))
+    assert PolicyConfig(heartbeat_interval=0.5).heartbeat_for("runner") == 0.5
 
 
 def test_registry_view_checks_the_process_of_beating_records_only(state: StateDir) -> None:
@@ -129,7 +134,7 @@ def test_registry_view_checks_the_process_of_beating_records_only(state: StateDi
     register(state, "runner", "alive", pid=os.getpid())
     register(state, "runner", "lost", pid=gone)
     register(state, "runner", "done", S.TERMINATED, pid=gone)
-    register(state, "runner", "quiet", age=4.5)
+    register(state, "runner", "quiet", age=10.5)
     view = {e.record.name: e for e in identities.registry_view(state)}
     assert {name: e.status for name, e in view.items()} == {
         "alive": V.ACTIVE, "done": V.TERMINATED, "lost": V.DOWN, "quiet": V.DOWN}
@@ -137,7 +142,7 @@ def test_registry_view_checks_the_process_of_beating_records_only(state: StateDi
         "agent_id": "runner-lost", "role": "runner", "name": "lost", "status": "down",
         "stored_status": "active", "status_reason": f"pid {gone} is gone", "epoch": 1, "pid": gone,
         "last_heartbeat": view["lost"].record.last_heartbeat, "heartbeat_age": 0,
-        "heartbeat_interval": 2.0}
+        "heartbeat_interval": 5.0}
     later = {e.record.name: e.status for e in identities.registry_view(state, now=time.time() + 3600)}
     assert later == {"alive": V.EVICTED, "done": V.TERMINATED, "lost": V.EVICTED, "quiet": V.EVICTED}
 

@@ -217,3 +217,46 @@ def test_the_agents_pane_is_asked_of_tmux_again_only_when_due_or_when_its_proces
     retry_until(lambda: not ident.process_alive, 10, what="the agent's process gone")
     after = runner.agent_pane(ident, watched=True)
     assert after is not asked and (after is None or after.dead)  # asked again at once
+
+
+def test_an_idle_runner_sleeps_until_its_agent_prints_and_then_looks_at_once(runner: Runner, tmp_path: Path) -> None:
+    from attractor import procs
+    from attractor.store import identities
+    from tests.helpers import retry_until
+
+    pane = runner.tmux.new_session("att-r1-orch-late", ["sleep", "60"], cwd=tmp_path)
+    identities.create_identity(runner.state, "orchestrator", NODE, session_id=RUN)
+    ident = identities.update_fields(runner.state, "orchestrator", NODE, pid=pane.pane_pid, pane_id=pane.pane_id)
+    pty = retry_until(lambda: procs.terminal_of(pane.pane_pid), what="the pane's process on its pty")
+    runner.agent_pane(ident, watched=True)
+    assert runner.bell_pty == pty and runner.bell_unwatch is not None
+    runner.settled = True  # what a look that found the agent alive and watched leaves
+    # quiet since the last look: the loop may sleep the whole idle interval, the bell armed
+    assert runner.next_look() == runner_module.IDLE_CHECK_INTERVAL > runner_module.ACTIVE_CHECK_INTERVAL
+    assert runner.bell.armed
+    assert runner.deaths.wait(0.3) == frozenset() and runner.bell.writes == 0
+    with open(pty, "w") as terminal:  # the agent prints
+        terminal.write("a dialog\r\n")
+    started = time.monotonic()
+    runner.deaths.wait(30)
+    assert time.monotonic() - started < runner_module.ACTIVE_CHECK_INTERVAL  # woken by the write
+    assert runner.bell.writes >= 1 and not runner.bell.armed
+    # it printed since the last look: looked at again soon, however quiet it is by then
+    assert runner.next_look() == runner_module.ACTIVE_CHECK_INTERVAL and not runner.bell.armed
+    with open(pty, "w") as terminal:  # a busy agent does not wake the loop on every write
+        terminal.write("more\r\n")
+    retry_until(lambda: runner.bell.writes >= 2, 10, what="the second write counted")
+    started = time.monotonic()
+    runner.deaths.wait(0.5)
+    assert time.monotonic() - started >= 0.4
+    assert runner.next_look() == runner_module.ACTIVE_CHECK_INTERVAL
+    assert runner.next_look() == runner_module.IDLE_CHECK_INTERVAL and runner.bell.armed  # quiet again
+    runner.listen_to(None)
+    assert runner.bell_unwatch is None
+    # a message for the agent wakes the loop too, to type it in
+    runner.listen_for_messages()
+    signals.send(runner.state, SignalKind.MESSAGE, to=runner.cfg.orchestrator_id, sender="user-alice",
+                 payload={"text": "also do b"})
+    started = time.monotonic()
+    runner.deaths.wait(30)
+    assert time.monotonic() - started < runner_module.ACTIVE_CHECK_INTERVAL

@@ -254,7 +254,7 @@ def test_parse_reset_time(case: ResetCase) -> None:
 
 # --- classify -------------------------------------------------------------------------------
 
-CFG = PolicyConfig()  # grace 5 s, heartbeat 2 s x 3, hung after 600 s
+CFG = PolicyConfig()  # grace 5 s, heartbeat x 3 (runner 5 s, guardian 2 s), hung after 600 s
 
 
 def obs(role: str = "orchestrator", age: float = 30.0, *, pid: int | None = 4242,
@@ -307,8 +307,11 @@ CLASSIFY_CASES = [
                  "not alive"),
     ClassifyCase("dead-beats-prompt", obs(pid_alive=False, text=TRUST_DIALOG), Health.DEAD,
                  "not alive"),
-    ClassifyCase("alive-runner", obs("runner", heartbeat_age=6.0), Health.ALIVE, "heartbeat"),
-    ClassifyCase("stale-runner", obs("runner", heartbeat_age=6.01), Health.STALE,
+    ClassifyCase("alive-runner", obs("runner", heartbeat_age=15.0), Health.ALIVE, "heartbeat"),
+    ClassifyCase("stale-runner", obs("runner", heartbeat_age=15.01), Health.STALE,
+                 "last heartbeat 15.0s ago (> 15s)"),
+    ClassifyCase("alive-guardian", obs("guardian", heartbeat_age=6.0), Health.ALIVE, "heartbeat"),
+    ClassifyCase("stale-guardian", obs("guardian", heartbeat_age=6.01), Health.STALE,
                  "last heartbeat 6.0s ago (> 6s)"),
     ClassifyCase("stale-guardian-never-beat", obs("guardian", age=6.5), Health.STALE,
                  "no heartbeat"),

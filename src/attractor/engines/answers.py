@@ -163,24 +163,25 @@ def deliver_by_paste(state: StateDir, agent_id: str, pane_id: str, tmux: object,
                      has_hooks: bool, last_activity: float | None) -> int:
     """Type queued messages into an idle agent's pane (bracketed paste + Enter). An agent with
     hooks takes them itself while it works; it is typed to only when its session says it ended its
-    turn or waits at its prompt. Never while a dialog shows. Returns how many were delivered."""
+    turn or waits at its prompt. Never while a dialog shows. Returns how many are still waiting
+    (for a later try: the caller looks again soon while any are)."""
     from attractor.tmux import Tmux
 
     assert isinstance(tmux, Tmux)
     inbox = signals.Inbox(state, agent_id)
-    if not inbox.pending([SignalKind.MESSAGE]):
+    waiting = len(inbox.pending([SignalKind.MESSAGE]))
+    if not waiting:
         return 0
     if has_hooks:
         session = agent_sessions.find(state, agent_id)
         event = str((session.last_event or {}).get("event") or "") if session else ""
         if session is None or session.needs_input or not (event.startswith("stop") or session.idle_since):
-            return 0
+            return waiting
     if last_activity is not None and time.time() - last_activity < _IDLE_SETTLE:
-        return 0  # still printing
+        return waiting  # still printing
     text = tmux.capture_pane(pane_id, 40)
     if match_prompt(text) is not None or read_menu(text):
-        return 0  # a dialog is open: typed text would be lost
-    delivered = 0
+        return waiting  # a dialog is open: typed text would be lost
     while (claim := inbox.claim_next([SignalKind.MESSAGE])) is not None:
         body = claim.signal.payload.to_json()
         message = f"[message from {body.get('author') or claim.signal.sender}] {body.get('text', '')}"
@@ -189,8 +190,7 @@ def deliver_by_paste(state: StateDir, agent_id: str, pane_id: str, tmux: object,
         except AttractorError as exc:
             inbox.release(claim)
             logger.warning("agent %s: typing a message failed: %s", agent_id, exc)
-            return delivered
+            return len(inbox.pending([SignalKind.MESSAGE]))
         inbox.complete(claim, "delivered", f"typed into pane {pane_id} at {clock.iso()}")
         agent_sessions.record_event(state, agent_id, "message-typed", idle_since=None)
-        delivered += 1
-    return delivered
+    return 0

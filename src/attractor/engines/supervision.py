@@ -65,7 +65,7 @@ from attractor.names import split_agent_id, validate_agent_id
 from attractor.states import IdentityStatus
 from attractor.store import records
 from attractor.store.atomic import ensure_private_dir, write_json_atomic
-from attractor.store.identities import CONTROL_HEARTBEAT_INTERVAL
+from attractor.store.identities import CONTROL_HEARTBEAT_INTERVAL, HEARTBEAT_INTERVALS
 from attractor.store.locks import file_lock
 from attractor.store.statedir import StateDir
 
@@ -100,7 +100,8 @@ class PolicyConfig:
     # Inside the grace period an agent is DEAD only if its pid and its pane are both gone and at
     # least this long has passed since the spawn (earlier, tmux may not list the pane yet).
     grace_min_dead: float = 1.0
-    heartbeat_interval: float = CONTROL_HEARTBEAT_INTERVAL
+    # None: each role's own (`identities.HEARTBEAT_INTERVALS`); a number: that one for all.
+    heartbeat_interval: float | None = None
     stale_after_intervals: int = 3
     # A control process (launcher, guardian, runner) that has not yet sent its first heartbeat
     # is judged by its start-up, never by that heartbeat: alive and inside the start-up grace
@@ -121,6 +122,12 @@ class PolicyConfig:
     # Roles whose deaths neither count toward nor wait for an escalation: the guardian must
     # always come back, since it is the one that resolves the rest.
     escalation_exempt_roles: frozenset[str] = frozenset({"launcher", "guardian"})
+
+    def heartbeat_for(self, role: str) -> float:
+        """The heartbeat interval staleness of `role` is measured in."""
+        if self.heartbeat_interval is not None:
+            return self.heartbeat_interval
+        return HEARTBEAT_INTERVALS.get(role) or CONTROL_HEARTBEAT_INTERVAL
 
     def backoff(self, consecutive_deaths: int) -> float:
         """The delay before respawn number `consecutive_deaths`, before jitter: 0 for the first
@@ -830,7 +837,8 @@ def classify(agent: AgentObservation, now: float,
        progress (seen within `startup_stall`); STALE when it stopped making progress, or when it
        has been starting for longer than `startup_limit`.
     5. Control processes (guardian, runner, …) are STALE when their heartbeat (or, before the
-       first one, the spawn) is older than `stale_after_intervals * heartbeat_interval`.
+       first one, the spawn) is older than `stale_after_intervals` of their role's heartbeat
+       interval.
     6. Agents are HUNG when their pane (or, before any activity, the spawn) has been quiet for
        longer than `hung_after`.
     """
@@ -861,7 +869,7 @@ def classify(agent: AgentObservation, now: float,
     if control and agent.starting:
         return _classify_startup(agent, now, cfg)
     if control:
-        limit = cfg.stale_after_intervals * cfg.heartbeat_interval
+        limit = cfg.stale_after_intervals * cfg.heartbeat_for(agent.role)
         since = agent.last_heartbeat if agent.last_heartbeat is not None else agent.spawned_at
         what = "last heartbeat" if agent.last_heartbeat is not None else "spawn, no heartbeat"
         if now - since > limit:

@@ -49,7 +49,7 @@ from attractor.layers.launch import (
     write_launch_files,
 )
 from attractor.states import HookPhase, IdentityStatus, MergeEntryState, SignalKind
-from attractor.store import agent_sessions, hooks, identities, merge_entries, payloads, queue_hold, signals
+from attractor.store import agent_sessions, hooks, identities, merge_entries, payloads, queue_hold, signals, wakeup
 from attractor.store import checkpoint as cp_store
 from attractor.store.checkpoint import Event
 from attractor.store.payloads import P
@@ -59,12 +59,17 @@ from attractor.tmux import PaneInfo, Tmux
 logger = logging.getLogger(__name__)
 
 HEARTBEAT_INTERVAL = identities.RUNNER_HEARTBEAT_INTERVAL
-# The loop sleeps on events: the agent's death (a pidfd), a signal handled, the heartbeat. While
-# the agent is up and its pidfd watched it looks round every IDLE_CHECK_INTERVAL (records and
-# /proc only); while something may soon need it (an agent starting or dying, a respawn waiting
-# out its backoff, no pidfd) every CHECK_INTERVAL.
+# The loop sleeps on events: the agent's death (a pidfd), a write to the agent's terminal
+# (inotify, see `TerminalBell`), a message for the agent or a signal handled, and the heartbeat.
+# While the agent is up, its pidfd and its terminal watched and it printed nothing since the
+# last look, the loop looks round (records and /proc only) every IDLE_CHECK_INTERVAL; after a
+# look that found the agent printing, again after ACTIVE_CHECK_INTERVAL; without a terminal to
+# watch every UNWATCHED_CHECK_INTERVAL; while something may soon need it (an agent starting or
+# dying, a respawn waiting out its backoff, no pidfd) every CHECK_INTERVAL.
 CHECK_INTERVAL = 0.25
-IDLE_CHECK_INTERVAL = 2.0
+IDLE_CHECK_INTERVAL = HEARTBEAT_INTERVAL
+ACTIVE_CHECK_INTERVAL = 2.0
+UNWATCHED_CHECK_INTERVAL = 2.0
 PROMPT_CHECK_INTERVAL = 2.0
 # The agent's pane is asked of tmux (a client process per question) at most every
 # PANE_CHECK_INTERVAL while its window showed activity in the last ACTIVE_WINDOW seconds or its
@@ -82,7 +87,7 @@ ACTIVE_WINDOW = 10.0
 # least every QUIET_CAPTURE_INTERVAL for what activity does not show.
 QUIET_CAPTURE_INTERVAL = 30.0
 USAGE_INTERVAL = 15.0
-MESSAGE_INTERVAL = 1.0
+MESSAGE_INTERVAL = 1.0  # the least time between two tries to type a waiting message
 DEATH_TAIL_LINES = 50
 # An answered dialog that still shows this long after the keys were sent was not answered: a
 # human decides.
@@ -145,6 +150,24 @@ def spawn_runner(cfg: RunnerConfig, *, log_level: str = "INFO") -> identities.Id
                                     tmux_session=name, tmux_socket=cfg.tmux_socket)
 
 
+class TerminalBell:
+    """Counts the writes to the agent's terminal (told by the inotify reader thread, see
+    `wakeup.watch_writes`) and wakes the runner's loop on the first write after a look that
+    found none, not on every write: a busy agent prints many times a second, and while it does
+    the loop looks every ACTIVE_CHECK_INTERVAL."""
+
+    def __init__(self, wake: Callable[[], None]) -> None:
+        self.writes = 0
+        self.armed = False
+        self._wake = wake
+
+    def set(self) -> None:
+        self.writes += 1
+        if self.armed:
+            self.armed = False
+            self._wake()
+
+
 class Runner:
     def __init__(self, cfg: RunnerConfig) -> None:
         self.cfg = cfg
@@ -168,11 +191,18 @@ class Runner:
         self.last_capture_wall = 0.0  # time.time() of the last read, against tmux's activity
         self.pty: Path | None = None  # the agent's terminal, whose stamp says it was written to
         self.pty_stamp: int | None = None  # that stamp when tmux was last asked about the pane
+        self.bell_unwatch: Callable[[], None] | None = None
+        self.bell_pty: Path | None = None  # the terminal the bell listens to
+        self.writes_seen = 0  # the bell's count at the last look
+        self.messages_waiting = False  # the last look left a message for the agent untyped
         self.last_pane: PaneInfo | None = None
         self.last_pane_at = 0.0
         self.last_pane_of = (0, "")  # (epoch, pane id) the cached pane belongs to
         self.deaths = procs.DeathWatch()  # the agent's process, by pidfd; wakes the loop
+        self.bell = TerminalBell(self.deaths.wake)  # the writes to the agent's terminal
+        self.inbox_unwatch: Callable[[], None] | None = None  # a message for the agent wakes the loop
         self.settled = False  # the last check found nothing that may need it soon
+        self.agent_done = False  # the last check found the agent's part over
         self.dialog_showing = False  # the last capture showed a known dialog
         self.answered: dict[tuple[str, str], float] = {}
         self.launch_ctx: LaunchContext | None = None
@@ -607,7 +637,11 @@ class Runner:
         last = self.last_pane
         if of != self.last_pane_of or self.pty is None:
             self.pty = procs.terminal_of(ident.pid)
-        stamp = procs.written_stamp(self.pty) if self.pty is not None else None
+            self.listen_to(self.pty)
+        if self.bell_unwatch is not None:
+            stamp: int | None = self.bell.writes
+        else:
+            stamp = procs.written_stamp(self.pty) if self.pty is not None else None
         interval = PANE_CHECK_INTERVAL
         if watched and last is not None and time.time() - last.last_activity > ACTIVE_WINDOW:
             if stamp is None:
@@ -618,6 +652,21 @@ class Runner:
             self.last_pane = self.tmux.pane(ident.pane_id) if ident.pane_id else None
             self.last_pane_at, self.last_pane_of, self.pty_stamp = now, of, stamp
         return self.last_pane
+
+    def listen_to(self, pty: Path | None) -> None:
+        """Have the bell ring on writes to `pty`, the agent's terminal (None: to nothing)."""
+        if pty == self.bell_pty and self.bell_unwatch is not None:
+            return
+        wakeup.unwatch(self.bell_unwatch)
+        self.bell_unwatch, self.bell_pty = None, pty
+        if pty is not None:
+            self.bell_unwatch = wakeup.watch_writes(pty, self.bell)
+
+    def listen_for_messages(self) -> None:
+        """Wake the loop when a message for the agent arrives (typed in once the agent is idle)."""
+        if self.inbox_unwatch is None:
+            self.inbox_unwatch = wakeup.watch_directory(
+                signals.ensure_inbox(self.state, self.cfg.orchestrator_id) / "new", self.deaths)
 
     def capture_due(self, pane: PaneInfo, now: float) -> bool:
         """Read the agent's screen now? At most every PROMPT_CHECK_INTERVAL: after the window
@@ -636,7 +685,10 @@ class Runner:
         with self.lock:
             if self.finished.is_set() or self.hook().phase is not HookPhase.EXECUTING:
                 self.settled = True  # the agent's part is over: signals wake the loop
+                self.agent_done = True
+                self.listen_to(None)
                 return
+            self.agent_done = False
             ident = self.orchestrator()
         if ident is None:
             return
@@ -667,8 +719,9 @@ class Runner:
             if pane is not None and not pane.dead and now - self.last_delivery >= MESSAGE_INTERVAL:
                 self.last_delivery = now
                 try:
-                    deliver_by_paste(self.state, agent, pane.pane_id, self.tmux, has_hooks=self.agent.has_hooks,
-                                     last_activity=pane.last_activity)
+                    self.messages_waiting = deliver_by_paste(
+                        self.state, agent, pane.pane_id, self.tmux, has_hooks=self.agent.has_hooks,
+                        last_activity=pane.last_activity) > 0
                 except AttractorError as exc:
                     logger.info("runner %s: delivering messages: %s", self.cfg.node, exc)
             panes = {pane.pane_id: pane} if pane is not None else {}
@@ -853,6 +906,26 @@ class Runner:
         self.tmux.send_key_names(ident.pane_id, keys)
         agent_sessions.update(self.state, self.cfg.orchestrator_id, needs_input=None)
 
+    def next_look(self) -> float:
+        """Seconds until the loop looks round again (see IDLE_CHECK_INTERVAL); arms the bell when
+        the loop may sleep until the agent prints."""
+        if not self.settled:
+            return CHECK_INTERVAL
+        if self.agent_done:
+            return IDLE_CHECK_INTERVAL
+        if self.bell_unwatch is None:
+            interval = UNWATCHED_CHECK_INTERVAL
+        else:
+            written, self.writes_seen = self.bell.writes != self.writes_seen, self.bell.writes
+            interval = ACTIVE_CHECK_INTERVAL if written else IDLE_CHECK_INTERVAL
+            if not written:
+                self.bell.armed = True
+                if self.bell.writes != self.writes_seen:  # a write came just before the arming
+                    interval = ACTIVE_CHECK_INTERVAL
+        if self.messages_waiting or self.dialog_showing:
+            interval = min(interval, ACTIVE_CHECK_INTERVAL)
+        return interval
+
     def _beat_until(self, done: threading.Event) -> None:
         while not done.wait(HEARTBEAT_INTERVAL):
             with contextlib.suppress(AttractorError):
@@ -890,10 +963,13 @@ class Runner:
             self.state, self.cfg.agent_id, self.handle,
             current_epoch=lambda: identities.current_epoch(self.state, self.cfg.agent_id),
             rescan_interval=5.0)
-        self.consumer.start()
+        self.listen_for_messages()
         try:
             with self.lock:
+                # before the consumer's thread runs: a report sent while this runner was down
+                # is found by `rescue_report` alone, not claimed by that thread meanwhile
                 self.resume()
+            self.consumer.start()
             set_up.set()  # from here the loop beats
             last_beat = 0.0
             patience = DiskPatience(self.cfg.agent_id)
@@ -907,13 +983,14 @@ class Runner:
                     patience.ok()
                 except NoSpaceError as exc:
                     self.finished.wait(patience.hit(exc))
-                interval = IDLE_CHECK_INTERVAL if self.settled else CHECK_INTERVAL
                 if self.finished.is_set():
                     break
-                self.deaths.wait(min(interval, last_beat + HEARTBEAT_INTERVAL - time.monotonic()))
+                self.deaths.wait(min(self.next_look(), last_beat + HEARTBEAT_INTERVAL - time.monotonic()))
         finally:
             set_up.set()
             self.consumer.stop()
+            wakeup.unwatch(self.inbox_unwatch)
+            self.listen_to(None)
             self.deaths.close()
         if self.hook().phase is HookPhase.MERGED:
             try:

@@ -97,13 +97,14 @@ UPDATABLE_FIELDS = ("pid", "pane_id", "tmux_session", "tmux_socket", "worktree",
 # while it sets up).
 LAUNCHER_HEARTBEAT_INTERVAL = 2.0
 GUARDIAN_HEARTBEAT_INTERVAL = 2.0
-RUNNER_HEARTBEAT_INTERVAL = 2.0
+RUNNER_HEARTBEAT_INTERVAL = 5.0
 # An agent beats from its CLI's hooks (session start, each prompt and tool use) or its own steps
 # (scripted), with no timer, and its prompt asks it to beat every few minutes. Two intervals are
 # ten minutes: the supervisor's `hung_after` for an agent whose pane is quiet.
 ORCHESTRATOR_HEARTBEAT_INTERVAL = 300.0
-# The one interval the supervisor's staleness rule for control processes is measured in
-# (`supervision.PolicyConfig.heartbeat_interval`): the slowest control layer's.
+# The supervisor measures a control process's staleness in its role's interval
+# (`supervision.PolicyConfig.heartbeat_for`), and in this one, the slowest control layer's, for
+# a role it does not know.
 CONTROL_HEARTBEAT_INTERVAL = max(LAUNCHER_HEARTBEAT_INTERVAL, GUARDIAN_HEARTBEAT_INTERVAL,
                                  RUNNER_HEARTBEAT_INTERVAL)
 # Per role (every role of names.ROLES); None: the role has no heartbeat, never down by age.

@@ -2,7 +2,8 @@
 is created in (or moved into) it, and the sleep that ends on that event.
 
 The signal consumers (`signals.Consumer`, `signals.wait_for`) sleep here between rescans of
-their inbox, so a signal is handled as soon as it lands rather than at the next rescan. Without
+their inbox, so a signal is handled as soon as it lands rather than at the next rescan; the
+runner also wakes on its agent's messages and on writes to its agent's terminal (`watch_writes`). Without
 file-system events (another platform, no inotify watches left) the watch is None and the
 callers fall back on their rescan timer. watchdog is imported only when a watch is made: the
 hot commands that only send a signal never pay for it.
@@ -37,13 +38,31 @@ def watch_directory(directory: Path, wake: Wakeable, *, modified: bool = False) 
     to pair it with a move target, and events queued behind it wait too, so each claim (a
     rename out of `new/`) would delay the next wake-up by up to half a second."""
     try:
-        from watchdog.observers.inotify_c import InotifyConstants, InotifyFD
+        from watchdog.observers.inotify_c import InotifyConstants
     except Exception:  # not Linux, or another watchdog layout
         return watch_with_observer(directory, wake, modified=modified)
-    from watchdog.observers.inotify_c import CallbackId, InotifyEvent, Mask, WatchDescriptor
+    return _inotify_watch(directory, InotifyConstants.IN_CREATE | InotifyConstants.IN_MOVED_TO
+                          | (InotifyConstants.IN_MODIFY if modified else 0), wake)
 
-    mask = Mask(InotifyConstants.IN_CREATE | InotifyConstants.IN_MOVED_TO
-                | (InotifyConstants.IN_MODIFY if modified else 0))
+
+def watch_writes(path: Path, wake: Wakeable) -> Callable[[], None] | None:
+    """Set `wake` whenever something writes to the file `path`, a terminal device too: Linux
+    notifies its inode of every write, while its mtime moves only in 8-second slots. The runner
+    sleeps on this until its agent prints. None where inotify is not available: the caller then
+    looks on its timer."""
+    try:
+        from watchdog.observers.inotify_c import InotifyConstants
+    except Exception:  # not Linux, or another watchdog layout
+        return None
+    return _inotify_watch(path, InotifyConstants.IN_MODIFY, wake)
+
+
+def _inotify_watch(path: Path, bits: int, wake: Wakeable) -> Callable[[], None] | None:
+    """Set `wake` on the inotify events `bits` of `path`, read by watchdog's shared inotify
+    reader thread; the function that stops, or None (logged) when the watch cannot be made."""
+    from watchdog.observers.inotify_c import CallbackId, InotifyEvent, InotifyFD, Mask, WatchDescriptor
+
+    mask = Mask(bits)
 
     class _Doorbell:
         def on_event(self, event: InotifyEvent) -> None:
@@ -60,11 +79,9 @@ def watch_directory(directory: Path, wake: Wakeable, *, modified: bool = False) 
     doorbell = _Doorbell()
     key = CallbackId(id(doorbell))
     try:
-        wd = reader.add_callback(os.fsencode(directory), mask, doorbell, key)
+        wd = reader.add_callback(os.fsencode(path), mask, doorbell, key)
     except OSError as exc:
-        logger.warning(
-            "no file-system events for %s (%s); rescanning on the timer only", directory, exc
-        )
+        logger.warning("no file-system events for %s (%s); rescanning on the timer only", path, exc)
         return None
     return lambda: reader.remove_callbacks([(wd, key)])
 
