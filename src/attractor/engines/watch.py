@@ -5,8 +5,9 @@ orchestrator) and the launcher (for the guardian), so all three follow one rule.
 
 Timing: the loops sleep on the pidfds of the processes they supervise (`procs.DeathWatch`), so a
 death is seen when it happens, and look round every 0.2-0.25 s while something is starting or
-dying, every 2 s while all is up; a control process whose heartbeat is older than 3 intervals
-(6 s) is stale and is ended so that it is respawned; an agent whose pane has been quiet for
+dying, every 5 s while all is up (the runner also when its agent prints or gets a message); a
+control process whose heartbeat is older than 3 of its role's intervals (15 s) is stale and is
+ended so that it is respawned; an agent whose pane has been quiet for
 `hung_after` (10 min) is hung and is ended likewise.
 
 Start-up: a control process whose identity is still `spawning` has not sent a heartbeat yet and

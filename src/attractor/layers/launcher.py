@@ -55,7 +55,7 @@ logger = logging.getLogger(__name__)
 # death (a pidfd). It looks round every FOLLOW_INTERVAL while the guardian is starting, dying or
 # not watched, every IDLE_FOLLOW_INTERVAL while it is up and watched.
 FOLLOW_INTERVAL = 0.2
-IDLE_FOLLOW_INTERVAL = 2.0
+IDLE_FOLLOW_INTERVAL = 5.0
 HEARTBEAT_INTERVAL = identities.LAUNCHER_HEARTBEAT_INTERVAL
 # While the guardian's process lives, the follower asks tmux for the panes at most this often
 # (a tmux client per question); at once when the process is gone.

@@ -29,7 +29,7 @@ refuses to take it over.
 
 Heartbeat intervals: how often each role stamps `last_heartbeat` is written down here once
 (`HEARTBEAT_INTERVALS`), and the writers beat by these values: the launcher, guardian and runner
-every 2 s on a timer; an agent (orchestrator) from its CLI's hooks or its own steps, with no
+every 5 s on a timer; an agent (orchestrator) from its CLI's hooks or its own steps, with no
 timer, and is asked in its prompt to beat every few minutes: 300 s. merge-queue and user have no
 heartbeat (no process of theirs registers), so their records are never judged by age.
 
@@ -95,8 +95,8 @@ UPDATABLE_FIELDS = ("pid", "pane_id", "tmux_session", "tmux_socket", "worktree",
 # registry view measures ages in them. The control layers beat on a timer: the launcher from
 # its follow loop, the guardian from a heartbeat thread, the runner from its loop (and a thread
 # while it sets up).
-LAUNCHER_HEARTBEAT_INTERVAL = 2.0
-GUARDIAN_HEARTBEAT_INTERVAL = 2.0
+LAUNCHER_HEARTBEAT_INTERVAL = 5.0
+GUARDIAN_HEARTBEAT_INTERVAL = 5.0
 RUNNER_HEARTBEAT_INTERVAL = 5.0
 # An agent beats from its CLI's hooks (session start, each prompt and tool use) or its own steps
 # (scripted), with no timer, and its prompt asks it to beat every few minutes. Two intervals are

@@ -34,7 +34,7 @@ logger = logging.getLogger(__name__)
 # round every TICK while something is starting, dying or waiting out a backoff, every IDLE_TICK
 # while every runner is up and watched.
 TICK = 0.2
-IDLE_TICK = 2.0
+IDLE_TICK = 5.0
 HEARTBEAT_INTERVAL = identities.GUARDIAN_HEARTBEAT_INTERVAL
 OUTPUT_TAIL = 4000
 TIP_CHECK_INTERVAL = 2.0
