@@ -251,7 +251,21 @@ def test_an_idle_runner_sleeps_until_its_agent_prints_and_then_looks_at_once(run
     assert time.monotonic() - started >= 0.4
     assert runner.next_look() == runner_module.ACTIVE_CHECK_INTERVAL
     assert runner.next_look() == runner_module.IDLE_CHECK_INTERVAL and runner.bell.armed  # quiet again
+    # the agent's part over (reported, being validated): its printing wakes the loop no more,
+    # but the bell still listens, for when the node comes back to it
+    assert runner.hook().phase is HookPhase.SPAWNED  # not executing: what a look then finds
+    runner.check_orchestrator()
+    assert runner.agent_done and runner.settled
+    with open(pty, "w") as terminal:
+        terminal.write("done\r\n")
+    retry_until(lambda: runner.bell.writes >= 3, 10, what="the third write counted")
+    assert runner.next_look() == runner_module.IDLE_CHECK_INTERVAL and not runner.bell.armed
+    assert runner.bell_unwatch is not None
+    runner.agent_done = False
+    runner.next_look()
+    assert runner.next_look() == runner_module.IDLE_CHECK_INTERVAL and runner.bell.armed
     runner.listen_to(None)
+    runner.deaths.wait(0)  # what the writes rang is taken
     assert runner.bell_unwatch is None
     # a message for the agent wakes the loop too, to type it in
     runner.listen_for_messages()

@@ -685,8 +685,7 @@ class Runner:
         with self.lock:
             if self.finished.is_set() or self.hook().phase is not HookPhase.EXECUTING:
                 self.settled = True  # the agent's part is over: signals wake the loop
-                self.agent_done = True
-                self.listen_to(None)
+                self.agent_done = True  # and the bell is not armed again (it may come back to work)
                 return
             self.agent_done = False
             ident = self.orchestrator()
