@@ -190,7 +190,7 @@ class Runner:
         self.last_capture = 0.0
         self.last_capture_wall = 0.0  # time.time() of the last read, against tmux's activity
         self.pty: Path | None = None  # the agent's terminal, whose stamp says it was written to
-        self.pty_stamp: int | None = None  # that stamp when tmux was last asked about the pane
+        self.pty_stamp: int | None = None  # that stamp (or the bell's count) when tmux was last asked
         self.bell_unwatch: Callable[[], None] | None = None
         self.bell_pty: Path | None = None  # the terminal the bell listens to
         self.writes_seen = 0  # the bell's count at the last look
